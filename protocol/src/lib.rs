@@ -1,0 +1,13 @@
+//! Sans-IO BitTorrent protocol: bytes in, typed values out; typed values in,
+//! bytes out.
+//!
+//! Nothing here opens a socket, reads a clock or spawns a task. The client's
+//! actors own all I/O and feed this crate the bytes they read; that keeps every
+//! parser of untrusted input testable and fuzzable in isolation.
+
+pub mod bencode;
+pub mod magnet;
+pub mod metainfo;
+pub mod tracker;
+pub mod udp_tracker;
+pub mod wire;
