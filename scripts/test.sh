@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one command that runs every test. On a fresh machine it first installs
+# what the tests need: the real peers and tools they compare against
+# (libtorrent's Python bindings, opentracker, mktorrent, transmission-create)
+# and cargo-fuzz for building the fuzz targets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+/usr/bin/python3 -c 'import libtorrent' 2>/dev/null || need+=(python3-libtorrent)
+command -v opentracker >/dev/null || need+=(opentracker)
+command -v mktorrent >/dev/null || need+=(mktorrent)
+command -v transmission-create >/dev/null || need+=(transmission-cli)
+if ((${#need[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    echo "installing test dependencies: ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --all-targets
+
+# The fuzz targets must keep building; each gets a short smoke run. The
+# toolchain here is stable, so cargo-fuzz's nightly flags are unlocked the
+# documented way rustc's own build uses.
+scripts/fuzz-smoke.sh
