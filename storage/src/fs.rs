@@ -1,0 +1,384 @@
+//! Opening targets safely, preallocating them, and the raw syscalls
+//! (`pwritev`, `pread`, `fdatasync`) with their retry rules.
+//!
+//! Paths below the download directory are opened one component at a time
+//! with `openat(O_NOFOLLOW)` starting from a directory fd of the root, so a
+//! symbolic link planted anywhere in the tree (or a name that slipped past
+//! the layout's checks) can never make the storage layer write outside its
+//! root. This is defence in depth: the layout has already refused unsafe
+//! names.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Result, StorageError};
+use crate::layout::check_component;
+
+/// How files are sized when they are created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preallocation {
+    /// Reserve the blocks with `fallocate` (falls back to sparse where the
+    /// file system does not support it). A full disk is found at open time.
+    #[default]
+    Full,
+    /// Only set the size; blocks are allocated as data arrives.
+    Sparse,
+}
+
+/// An opened target: a file of the torrent, or the raw device/image.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub file: File,
+    /// For error messages.
+    pub path: PathBuf,
+    /// Device the bytes land on (st_rdev for a block device, st_dev else);
+    /// writers are grouped by it.
+    pub device: u64,
+    /// Process-unique id: the writer sorts by (id, offset).
+    pub id: u64,
+}
+
+static NEXT_TARGET_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Target {
+    pub fn new(file: File, path: PathBuf) -> Result<Target> {
+        let meta = file
+            .metadata()
+            .map_err(|e| StorageError::from_io(&path, 0, e))?;
+        let device = if meta.file_type().is_block_device() {
+            meta.rdev()
+        } else {
+            meta.dev()
+        };
+        Ok(Target {
+            file,
+            path,
+            device,
+            id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+fn cstr(c: &str) -> io::Result<CString> {
+    CString::new(c).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))
+}
+
+fn escape_or_io(path: &Path, e: io::Error) -> StorageError {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => StorageError::Escape {
+            path: path.to_path_buf(),
+        },
+        _ => StorageError::from_io(path, 0, e),
+    }
+}
+
+/// Opens (creating as needed) `root/comps...` for reading and writing,
+/// refusing symbolic links and non-directories on the way.
+pub(crate) fn open_under_root(root: &Path, comps: &[String]) -> Result<File> {
+    std::fs::create_dir_all(root).map_err(|e| StorageError::from_io(root, 0, e))?;
+    let mut dir = File::open(root).map_err(|e| StorageError::from_io(root, 0, e))?;
+    let mut path = root.to_path_buf();
+    let Some((name, dirs)) = comps.split_last() else {
+        return Err(StorageError::EmptyPath);
+    };
+    for c in comps {
+        check_component(c).map_err(|reason| StorageError::UnsafePath {
+            path: comps.to_vec(),
+            component: c.clone(),
+            reason,
+        })?;
+    }
+    for c in dirs {
+        path.push(c);
+        let cs = cstr(c).map_err(|e| StorageError::from_io(&path, 0, e))?;
+        // SAFETY: `dir` is an open directory fd and `cs` a NUL-terminated name.
+        let r = unsafe { libc::mkdirat(dir.as_raw_fd(), cs.as_ptr(), 0o755) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(StorageError::from_io(&path, 0, e));
+            }
+        }
+        // SAFETY: as above; the returned fd is owned by the new File.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                cs.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(escape_or_io(&path, io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        dir = unsafe { File::from_raw_fd(fd) };
+    }
+    path.push(name);
+    let cs = cstr(name).map_err(|e| StorageError::from_io(&path, 0, e))?;
+    // SAFETY: as above.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            cs.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            0o644 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(escape_or_io(&path, io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file
+        .metadata()
+        .map_err(|e| StorageError::from_io(&path, 0, e))?;
+    if !meta.file_type().is_file() {
+        return Err(StorageError::Escape { path });
+    }
+    Ok(file)
+}
+
+/// Opens the user-given raw target (block device or image file, created if
+/// missing). Returns the file and, for a block device, its size.
+pub(crate) fn open_raw_target(path: &Path) -> Result<(File, Option<u64>)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| StorageError::from_io(path, 0, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StorageError::from_io(path, 0, e))?;
+    let capacity = if meta.file_type().is_block_device() {
+        // SAFETY: plain lseek on an fd we own.
+        let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+        if end < 0 {
+            return Err(StorageError::from_io(path, 0, io::Error::last_os_error()));
+        }
+        Some(end as u64)
+    } else if meta.file_type().is_file() {
+        None
+    } else {
+        return Err(StorageError::Io {
+            path: path.to_path_buf(),
+            offset: 0,
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "raw target is neither a block device nor a regular file",
+            ),
+        });
+    };
+    Ok((file, capacity))
+}
+
+/// Makes `[offset, offset + len)` of a regular file exist, per `mode`.
+/// Never shrinks a file.
+pub(crate) fn preallocate(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    mode: Preallocation,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let end = offset + len;
+    if mode == Preallocation::Full {
+        // SAFETY: plain fallocate on an fd we own.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as i64, len as i64) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {} // sparse fallback below
+            _ => return Err(StorageError::from_io(path, offset, e)),
+        }
+    }
+    let size = file
+        .metadata()
+        .map_err(|e| StorageError::from_io(path, 0, e))?
+        .len();
+    if size < end {
+        file.set_len(end)
+            .map_err(|e| StorageError::from_io(path, end, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `bufs` at `offset` with as few `pwritev` calls as possible:
+/// at most `max_iov` buffers per call, resuming after short writes and
+/// retrying EINTR. Returns the number of calls made; on failure, the error
+/// and the offset at which the failing call started.
+pub(crate) fn pwritev_all<B: AsRef<[u8]>>(
+    fd: RawFd,
+    mut offset: u64,
+    bufs: &[B],
+    max_iov: usize,
+) -> std::result::Result<u64, (io::Error, u64)> {
+    let max_iov = max_iov.clamp(1, 1024);
+    let mut calls = 0u64;
+    let mut idx = 0usize;
+    let mut skip = 0usize; // bytes of bufs[idx] already written
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(bufs.len().min(max_iov));
+    while idx < bufs.len() {
+        if bufs[idx].as_ref().len() == skip {
+            idx += 1;
+            skip = 0;
+            continue;
+        }
+        iov.clear();
+        for (k, b) in bufs[idx..].iter().take(max_iov).enumerate() {
+            let b = b.as_ref();
+            let s = if k == 0 { &b[skip..] } else { b };
+            iov.push(libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            });
+        }
+        // SAFETY: every iovec points into a live `Bytes` borrowed for the
+        // duration of the call; the kernel only reads from them.
+        let n = unsafe {
+            libc::pwritev(
+                fd,
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        calls += 1;
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err((e, offset));
+        }
+        if n == 0 {
+            return Err((io::Error::from(io::ErrorKind::WriteZero), offset));
+        }
+        let mut n = n as usize;
+        offset += n as u64;
+        while n > 0 {
+            let left = bufs[idx].as_ref().len() - skip;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(calls)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, retrying EINTR and short
+/// reads. Reading past the end of the file is an `UnexpectedEof` error.
+pub(crate) fn pread_exact(fd: RawFd, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid writable slice for its length.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        offset += n as u64;
+        buf = &mut buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// `fdatasync`, retrying EINTR.
+pub(crate) fn datasync(fd: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: plain syscall on an fd.
+        if unsafe { libc::fdatasync(fd) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn refuses_symlinked_directory_and_final_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
+        let r = open_under_root(root.path(), &["link".into(), "f".into()]);
+        assert!(matches!(r, Err(StorageError::Escape { .. })), "{r:?}");
+        std::os::unix::fs::symlink(outside.path().join("x"), root.path().join("fl")).unwrap();
+        let r = open_under_root(root.path(), &["fl".into()]);
+        assert!(matches!(r, Err(StorageError::Escape { .. })), "{r:?}");
+        let r = open_under_root(root.path(), &["..".into(), "f".into()]);
+        assert!(matches!(r, Err(StorageError::UnsafePath { .. })), "{r:?}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        open_under_root(root.path(), &["d".into(), "e".into(), "f".into()]).unwrap();
+        assert!(root.path().join("d/e/f").is_file());
+    }
+
+    #[test]
+    fn pwritev_splits_at_max_iov() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let bufs: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 100])).collect();
+        let calls = pwritev_all(f.as_raw_fd(), 50, &bufs, 4).unwrap();
+        assert_eq!(calls, 3);
+        let data = std::fs::read(dir.path().join("f")).unwrap();
+        assert_eq!(data.len(), 1050);
+        assert!(data[..50].iter().all(|&b| b == 0));
+        for i in 0..10 {
+            assert!(
+                data[50 + i * 100..150 + i * 100]
+                    .iter()
+                    .all(|&b| b == i as u8)
+            );
+        }
+        let mut back = vec![0u8; 1000];
+        pread_exact(f.as_raw_fd(), 50, &mut back).unwrap();
+        assert_eq!(&back[..], &data[50..]);
+        let e = pread_exact(f.as_raw_fd(), 1000, &mut back).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,361 @@
+//! The disk writer: one OS thread per storage device, batching verified
+//! pieces into as few `pwritev` calls as possible.
+//!
+//! Anatomy of a wake-up: the writer parks on its bounded mailbox; when woken
+//! it drains what is waiting (up to `batch_limit` items), flattens them into
+//! chunks (target, offset, bytes), sorts the chunks by (target, offset),
+//! merges chunks that touch end-to-start into runs, and writes each run with
+//! `pwritev` (split at `max_iovecs`, resumed after short writes, EINTR
+//! retried). Sync requests in the batch run after its writes, so a sync
+//! covers every write queued before it. Only then are completions sent: a
+//! job succeeds only if every run holding one of its chunks succeeded, and a
+//! failed run fails all its jobs with the OS error, the file and the offset.
+//!
+//! Why one writer per device: writes to one disk from two threads only
+//! interleave seeks; two disks should write in parallel. Grouping is by the
+//! device id of each target (see `fs::Target`).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+
+use crate::error::StorageError;
+use crate::fs::{Target, datasync, pwritev_all};
+use crate::hash::Reply;
+use crate::queue::WorkQueue;
+
+/// Writer sizing.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// Pieces (or piece parts) that may wait in a writer's mailbox.
+    pub queue_capacity: usize,
+    /// Most items taken in one wake-up.
+    pub batch_limit: usize,
+    /// Most buffers per `pwritev` call (the kernel's IOV_MAX is 1024).
+    pub max_iovecs: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            queue_capacity: 64,
+            batch_limit: 64,
+            max_iovecs: 1024,
+        }
+    }
+}
+
+/// Live counters of one writer (all monotonic except `max_blocks_per_run`,
+/// which only grows).
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    /// Write jobs (piece parts) completed successfully.
+    pub jobs_written: AtomicU64,
+    /// Runs of adjacent bytes written successfully.
+    pub runs_written: AtomicU64,
+    /// `pwritev` calls made (including retries and failures).
+    pub pwritev_calls: AtomicU64,
+    /// Bytes written.
+    pub bytes_written: AtomicU64,
+    /// Buffers (blocks, or parts of blocks at file edges) written.
+    pub blocks_written: AtomicU64,
+    /// Largest number of buffers in one run.
+    pub max_blocks_per_run: AtomicU64,
+    /// Jobs (writes or syncs) that failed.
+    pub errors: AtomicU64,
+    /// Wake-ups that found work.
+    pub batches: AtomicU64,
+    /// Sync requests served.
+    pub syncs: AtomicU64,
+}
+
+/// A snapshot of [`WriterCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// See [`WriterCounters::jobs_written`].
+    pub jobs_written: u64,
+    /// See [`WriterCounters::runs_written`].
+    pub runs_written: u64,
+    /// See [`WriterCounters::pwritev_calls`].
+    pub pwritev_calls: u64,
+    /// See [`WriterCounters::bytes_written`].
+    pub bytes_written: u64,
+    /// See [`WriterCounters::blocks_written`].
+    pub blocks_written: u64,
+    /// See [`WriterCounters::max_blocks_per_run`].
+    pub max_blocks_per_run: u64,
+    /// See [`WriterCounters::errors`].
+    pub errors: u64,
+    /// See [`WriterCounters::batches`].
+    pub batches: u64,
+    /// See [`WriterCounters::syncs`].
+    pub syncs: u64,
+}
+
+impl WriterCounters {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> WriterStats {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterStats {
+            jobs_written: r(&self.jobs_written),
+            runs_written: r(&self.runs_written),
+            pwritev_calls: r(&self.pwritev_calls),
+            bytes_written: r(&self.bytes_written),
+            blocks_written: r(&self.blocks_written),
+            max_blocks_per_run: r(&self.max_blocks_per_run),
+            errors: r(&self.errors),
+            batches: r(&self.batches),
+            syncs: r(&self.syncs),
+        }
+    }
+}
+
+/// The result of writing one verified piece.
+#[derive(Debug)]
+pub struct WriteDone {
+    /// Piece index.
+    pub piece: u32,
+    /// `Ok` once every byte of the piece is written (not yet synced).
+    pub result: Result<(), StorageError>,
+}
+
+pub(crate) enum Completion {
+    Write { piece: u32, reply: Reply<WriteDone> },
+    Sync(Reply<Result<(), StorageError>>),
+}
+
+/// Joins the parts of a job split over several writers: the reply fires
+/// once, after the last part, with the first error.
+pub(crate) struct Countdown {
+    remaining: AtomicUsize,
+    error: Mutex<Option<StorageError>>,
+    completion: Mutex<Option<Completion>>,
+}
+
+impl Countdown {
+    pub fn new(parts: usize, completion: Completion) -> Arc<Countdown> {
+        Arc::new(Countdown {
+            remaining: AtomicUsize::new(parts),
+            error: Mutex::new(None),
+            completion: Mutex::new(Some(completion)),
+        })
+    }
+
+    /// Takes the completion back (the job was not queued).
+    pub fn take(&self) -> Option<Completion> {
+        self.completion
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    pub fn finish(&self, result: Result<(), StorageError>) {
+        if let Err(e) = result {
+            let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let result = match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+        if let Some(c) = self.take() {
+            // A panicking reply must not kill the writer thread.
+            let _ = catch_unwind(AssertUnwindSafe(move || match c {
+                Completion::Write { piece, reply } => reply(WriteDone { piece, result }),
+                Completion::Sync(reply) => reply(result),
+            }));
+        }
+    }
+}
+
+/// Bytes for one place on one target.
+pub(crate) struct Chunk {
+    pub target: Arc<Target>,
+    pub offset: u64,
+    pub data: Bytes,
+}
+
+pub(crate) enum WriterItem {
+    Write {
+        chunks: Vec<Chunk>,
+        done: Arc<Countdown>,
+    },
+    Sync {
+        targets: Vec<Arc<Target>>,
+        done: Arc<Countdown>,
+    },
+}
+
+pub(crate) struct WriterShared {
+    pub queue: WorkQueue<WriterItem>,
+    pub counters: WriterCounters,
+    config: WriterConfig,
+}
+
+/// One device's writer thread; dropping it finishes queued jobs and joins.
+pub(crate) struct DiskWriter {
+    pub shared: Arc<WriterShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DiskWriter {
+    pub fn start(device: u64, config: WriterConfig) -> std::io::Result<DiskWriter> {
+        let shared = Arc::new(WriterShared {
+            queue: WorkQueue::new(config.queue_capacity, 1),
+            counters: WriterCounters::default(),
+            config,
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("disk-writer-{device:x}"))
+            .spawn(move || writer_loop(&s))?;
+        Ok(DiskWriter {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DiskWriter {
+    fn drop(&mut self) {
+        self.shared.queue.close();
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(s: &WriterShared) {
+    s.queue.register(0);
+    let limit = s.config.batch_limit.max(1);
+    let mut batch = Vec::with_capacity(limit);
+    while let Some(first) = s.queue.pop_or_park(0) {
+        batch.push(first);
+        while batch.len() < limit {
+            match s.queue.pop() {
+                Some(x) => batch.push(x),
+                None => break,
+            }
+        }
+        s.counters.batches.fetch_add(1, Ordering::Relaxed);
+        process_batch(s, &mut batch);
+    }
+}
+
+/// A chunk's place in the batch: sort key and where it came from.
+#[derive(Clone, Copy)]
+struct Key {
+    target: u64,
+    offset: u64,
+    item: u32,
+    chunk: u32,
+}
+
+fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
+    let mut keys = Vec::new();
+    for (i, item) in batch.iter().enumerate() {
+        if let WriterItem::Write { chunks, .. } = item {
+            for (c, ch) in chunks.iter().enumerate() {
+                if !ch.data.is_empty() {
+                    keys.push(Key {
+                        target: ch.target.id,
+                        offset: ch.offset,
+                        item: i as u32,
+                        chunk: c as u32,
+                    });
+                }
+            }
+        }
+    }
+    keys.sort_unstable_by_key(|k| (k.target, k.offset));
+    let mut failed: Vec<Option<StorageError>> = (0..batch.len()).map(|_| None).collect();
+    let chunk_of = |k: &Key| -> &Chunk {
+        match &batch[k.item as usize] {
+            WriterItem::Write { chunks, .. } => &chunks[k.chunk as usize],
+            // Keys are only made for write items.
+            WriterItem::Sync { .. } => unreachable!("sync items have no chunks"),
+        }
+    };
+    let mut bufs: Vec<&[u8]> = Vec::new();
+    let mut start = 0;
+    while start < keys.len() {
+        let first = chunk_of(&keys[start]);
+        let mut end_off = first.offset + first.data.len() as u64;
+        let mut end = start + 1;
+        while end < keys.len() && keys[end].target == keys[start].target {
+            let c = chunk_of(&keys[end]);
+            if c.offset != end_off {
+                break;
+            }
+            end_off += c.data.len() as u64;
+            end += 1;
+        }
+        bufs.clear();
+        bufs.extend(keys[start..end].iter().map(|k| &chunk_of(k).data[..]));
+        let target = &first.target;
+        match pwritev_all(target.fd(), first.offset, &bufs, s.config.max_iovecs) {
+            Ok(calls) => {
+                let c = &s.counters;
+                c.pwritev_calls.fetch_add(calls, Ordering::Relaxed);
+                c.runs_written.fetch_add(1, Ordering::Relaxed);
+                c.bytes_written
+                    .fetch_add(end_off - first.offset, Ordering::Relaxed);
+                let n = (end - start) as u64;
+                c.blocks_written.fetch_add(n, Ordering::Relaxed);
+                c.max_blocks_per_run.fetch_max(n, Ordering::Relaxed);
+            }
+            Err((e, at)) => {
+                s.counters.pwritev_calls.fetch_add(1, Ordering::Relaxed);
+                let err = StorageError::from_io(&target.path, at, e);
+                for k in &keys[start..end] {
+                    let slot = &mut failed[k.item as usize];
+                    if slot.is_none() {
+                        *slot = Some(err.duplicate());
+                    }
+                }
+            }
+        }
+        start = end;
+    }
+    drop(bufs);
+    // Syncs after the batch's writes: they cover everything queued earlier.
+    for (i, item) in batch.iter().enumerate() {
+        if let WriterItem::Sync { targets, .. } = item {
+            s.counters.syncs.fetch_add(1, Ordering::Relaxed);
+            for t in targets {
+                if let Err(e) = datasync(t.fd()) {
+                    failed[i] = Some(StorageError::from_io(&t.path, 0, e));
+                    break;
+                }
+            }
+        }
+    }
+    for (item, err) in batch.drain(..).zip(failed) {
+        let done = match item {
+            WriterItem::Write { done, .. } => {
+                if err.is_none() {
+                    s.counters.jobs_written.fetch_add(1, Ordering::Relaxed);
+                }
+                done
+            }
+            WriterItem::Sync { done, .. } => done,
+        };
+        match err {
+            Some(e) => {
+                s.counters.errors.fetch_add(1, Ordering::Relaxed);
+                done.finish(Err(e));
+            }
+            None => done.finish(Ok(())),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Raw-disk mode (EZIO): a torrent of hex-offset "files" written into one
+//! image file at those offsets; the gaps between extents are left untouched.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use storage::{DiskIo, DiskIoConfig, FileSpec, Storage, StorageConfig, StorageError};
+
+#[test]
+fn extents_land_at_their_offsets_and_gaps_stay_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    // Pre-fill the image with a pattern that must survive in the gaps.
+    let size = 4 << 20;
+    std::fs::write(&image, vec![0xEEu8; size]).unwrap();
+    // Extents listed out of disk order, with gaps, one past the old end
+    // (the image grows), and a piece boundary falling inside extents.
+    let extents: [(u64, u64); 4] = [
+        (0x0000000000100000, 300_000),
+        (0x0000000000000000, 70_000),
+        (0x0000000000300000, 123_457),
+        (0x0000000000500000, 65_536),
+    ];
+    let files: Vec<FileSpec> = extents
+        .iter()
+        .map(|&(o, l)| FileSpec::new(["disk", &format!("0x{o:016x}")], l))
+        .collect();
+    let total: u64 = extents.iter().map(|e| e.1).sum();
+    let all = Bytes::from(data(total as usize, 11));
+    let io = DiskIo::new(DiskIoConfig::default());
+    let st = Storage::open_raw(&io, &image, files, 32 * 1024, &StorageConfig::default()).unwrap();
+    let layout = st.layout().clone();
+    assert!(layout.is_raw());
+    for p in shuffled(layout.piece_count(), 5) {
+        st.write_blocking(verified(&layout, &all, p)).unwrap();
+    }
+    let img = std::fs::read(&image).unwrap();
+    assert_eq!(img.len() as u64, 0x500000 + 65_536);
+    let mut torrent_pos = 0usize;
+    let mut covered = vec![false; img.len()];
+    for &(o, l) in &extents {
+        let (o, l) = (o as usize, l as usize);
+        assert_eq!(
+            &img[o..o + l],
+            &all[torrent_pos..torrent_pos + l],
+            "extent {o:#x}"
+        );
+        covered[o..o + l].iter_mut().for_each(|c| *c = true);
+        torrent_pos += l;
+    }
+    for (i, b) in img.iter().enumerate() {
+        if !covered[i] {
+            let want = if i < size { 0xEE } else { 0 };
+            assert_eq!(*b, want, "gap byte {i:#x} changed");
+        }
+    }
+    // Reads for seeding come from the same offsets.
+    let b = st.read_blocking(2, 0, 16_384).unwrap();
+    assert_eq!(&b[..], &all[65_536..65_536 + 16_384]);
+}
+
+#[test]
+fn overlapping_and_bad_names_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0xEEu8; 8192]).unwrap();
+    let io = DiskIo::new(DiskIoConfig::default());
+    let files = vec![
+        FileSpec::new(["0x0000000000000000"], 4096),
+        FileSpec::new(["0x0000000000000800"], 4096),
+    ];
+    let r = Storage::open_raw(&io, &image, files, 4096, &StorageConfig::default());
+    let e = r.err().unwrap();
+    assert!(matches!(e, StorageError::RawOverlap { .. }), "{e}");
+    assert!(e.to_string().contains("overlap"));
+    let r = Storage::open_raw(
+        &io,
+        &image,
+        vec![FileSpec::new(["sector-1"], 10)],
+        4096,
+        &StorageConfig::default(),
+    );
+    assert!(matches!(r, Err(StorageError::BadRawOffset { .. })));
+    // Nothing was written.
+    assert_eq!(std::fs::read(&image).unwrap(), vec![0xEEu8; 8192]);
+}

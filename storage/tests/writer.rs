@@ -1,0 +1,261 @@
+//! Disk writer behaviour on real files: ordering, coalescing (checked on the
+//! writer's own counters), IOV_MAX splitting, read-back, seeding reads.
+
+mod common;
+
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Barrier};
+
+use bytes::Bytes;
+use common::*;
+use storage::{
+    DiskIo, DiskIoConfig, FileSpec, Preallocation, ReadJob, Storage, StorageConfig, WriteJob,
+    WriterConfig,
+};
+
+fn io_with(writer: WriterConfig) -> DiskIo {
+    DiskIo::new(DiskIoConfig {
+        writer,
+        ..DiskIoConfig::default()
+    })
+}
+
+fn read_all(root: &std::path::Path, files: &[FileSpec]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for f in files {
+        let p = f.path.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+        let d = std::fs::read(&p).unwrap();
+        assert_eq!(d.len() as u64, f.length, "{p:?}");
+        v.extend_from_slice(&d);
+    }
+    v
+}
+
+#[test]
+fn out_of_order_pieces_multi_file_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![
+        FileSpec::new(["t", "a.bin"], 100_000),
+        FileSpec::new(["t", "empty"], 0),
+        FileSpec::new(["t", "sub", "b.bin"], 300_001),
+        FileSpec::new(["t", "c.bin"], 7),
+        FileSpec::new(["t", "d.bin"], 250_000),
+    ];
+    let total: u64 = files.iter().map(|f| f.length).sum();
+    let all = Bytes::from(data(total as usize, 1));
+    let io = io_with(WriterConfig::default());
+    let st = Storage::open_files(
+        &io,
+        dir.path(),
+        files.clone(),
+        64 * 1024,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+    assert!(dir.path().join("t/empty").is_file());
+    let (tx, rx) = sync_channel(layout.piece_count() as usize);
+    for p in shuffled(layout.piece_count(), 7) {
+        let tx = tx.clone();
+        st.write(WriteJob {
+            piece: verified(&layout, &all, p),
+            reply: Box::new(move |d| tx.send(d).unwrap()),
+        })
+        .unwrap();
+    }
+    for _ in 0..layout.piece_count() {
+        let d = rx.recv().unwrap();
+        d.result.unwrap();
+    }
+    assert_eq!(read_all(dir.path(), &files), &all[..]);
+    // Reads through the storage agree, across file boundaries too.
+    let b = st.read_blocking(1, 30_000, 16_384).unwrap();
+    let off = 64 * 1024 + 30_000;
+    assert_eq!(&b[..], &all[off..off + 16_384]);
+    let stats = io.writer_stats();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].1.jobs_written, u64::from(layout.piece_count()));
+    assert_eq!(stats[0].1.bytes_written, total);
+    assert_eq!(stats[0].1.errors, 0);
+}
+
+/// Holds the writer busy inside a reply so that the next jobs pile up and
+/// are taken in one wake-up; then checks the counters.
+#[test]
+fn adjacent_pieces_coalesced_into_one_pwritev() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece_len = 256 * 1024u32;
+    let n = 32u32;
+    let files = vec![FileSpec::new(
+        ["img"],
+        u64::from(piece_len) * u64::from(n + 2),
+    )];
+    let all = Bytes::from(data(files[0].length as usize, 2));
+    let io = io_with(WriterConfig {
+        queue_capacity: 64,
+        batch_limit: 64,
+        max_iovecs: 1024,
+    });
+    let st = Storage::open_files(
+        &io,
+        dir.path(),
+        files.clone(),
+        piece_len,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+
+    let (entered_tx, entered_rx) = sync_channel(1);
+    let gate = Arc::new(Barrier::new(2));
+    let g = gate.clone();
+    let (tx, rx) = sync_channel(64);
+    let tx0 = tx.clone();
+    // The gate piece: last one, not adjacent to 0..n.
+    st.write(WriteJob {
+        piece: verified(&layout, &all, n + 1),
+        reply: Box::new(move |d| {
+            entered_tx.send(()).unwrap();
+            g.wait();
+            tx0.send(d).unwrap();
+        }),
+    })
+    .unwrap();
+    entered_rx.recv().unwrap();
+    for p in shuffled(n, 3) {
+        let tx = tx.clone();
+        st.try_write(WriteJob {
+            piece: verified(&layout, &all, p),
+            reply: Box::new(move |d| tx.send(d).unwrap()),
+        })
+        .unwrap();
+    }
+    gate.wait();
+    for _ in 0..=n {
+        rx.recv().unwrap().result.unwrap();
+    }
+    let s = st.writer_stats()[0];
+    let blocks_per_piece = u64::from(piece_len) / BLOCK as u64;
+    assert_eq!(s.jobs_written, u64::from(n) + 1);
+    assert_eq!(s.batches, 2, "{s:?}");
+    assert_eq!(s.runs_written, 2, "{s:?}");
+    assert_eq!(s.pwritev_calls, 2, "{s:?}");
+    assert_eq!(s.max_blocks_per_run, u64::from(n) * blocks_per_piece);
+    assert_eq!(s.blocks_written, u64::from(n + 1) * blocks_per_piece);
+    let back = std::fs::read(dir.path().join("img")).unwrap();
+    let done = (n as usize) * piece_len as usize;
+    assert_eq!(&back[..done], &all[..done]);
+    assert!(
+        back[done..done + piece_len as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert_eq!(
+        &back[done + piece_len as usize..],
+        &all[done + piece_len as usize..]
+    );
+}
+
+#[test]
+fn runs_split_at_max_iovecs_and_at_file_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two files; one piece of 8 blocks spans the edge 3 blocks in.
+    let files = vec![
+        FileSpec::new(["t", "a"], 3 * BLOCK as u64),
+        FileSpec::new(["t", "b"], 5 * BLOCK as u64),
+    ];
+    let all = Bytes::from(data(8 * BLOCK, 4));
+    let io = io_with(WriterConfig {
+        max_iovecs: 2,
+        ..WriterConfig::default()
+    });
+    let cfg = StorageConfig {
+        preallocation: Preallocation::Sparse,
+    };
+    let st = Storage::open_files(&io, dir.path(), files.clone(), 8 * BLOCK as u32, &cfg).unwrap();
+    let layout = st.layout().clone();
+    st.write_blocking(verified(&layout, &all, 0)).unwrap();
+    let s = st.writer_stats()[0];
+    assert_eq!(s.runs_written, 2); // one per file
+    assert_eq!(s.pwritev_calls, 2 + 3); // ceil(3/2) + ceil(5/2)
+    assert_eq!(s.max_blocks_per_run, 5);
+    assert_eq!(read_all(dir.path(), &files), &all[..]);
+}
+
+#[test]
+fn wrong_length_piece_is_refused_through_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io_with(WriterConfig::default());
+    let st = Storage::open_files(
+        &io,
+        dir.path(),
+        vec![FileSpec::new(["x"], 40_000)],
+        32_768,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let blocks = vec![Bytes::from(vec![1u8; 100])];
+    let h = storage::sha1_of(&blocks);
+    let v = storage::VerifiedPiece::verify(1, blocks, &h).unwrap();
+    let e = st.write_blocking(v).unwrap_err();
+    assert!(
+        matches!(e, storage::StorageError::PieceLength { .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn reader_pool_serves_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![
+        FileSpec::new(["t", "a"], 50_000),
+        FileSpec::new(["t", "b"], 50_000),
+    ];
+    let all = Bytes::from(data(100_000, 5));
+    let io = io_with(WriterConfig::default());
+    let st =
+        Storage::open_files(&io, dir.path(), files, 32_768, &StorageConfig::default()).unwrap();
+    let layout = st.layout().clone();
+    for p in 0..layout.piece_count() {
+        st.write_blocking(verified(&layout, &all, p)).unwrap();
+    }
+    let (tx, rx) = sync_channel(16);
+    for (piece, begin, length) in [(0u32, 0u32, 16_384u32), (1, 16_384, 16_384), (3, 0, 1_696)] {
+        let tx = tx.clone();
+        let job = ReadJob {
+            piece,
+            begin,
+            length,
+            reply: Box::new(move |d| tx.send(d).unwrap()),
+        };
+        match st.try_read(job) {
+            Ok(()) => {}
+            Err(e) => st.read(e.into_inner()).unwrap(),
+        }
+    }
+    let tx2 = tx.clone();
+    st.read(ReadJob {
+        piece: 3,
+        begin: 0,
+        length: 5000,
+        reply: Box::new(move |d| tx2.send(d).unwrap()),
+    })
+    .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(rx.recv().unwrap());
+    }
+    for d in got {
+        let start = d.piece as usize * 32_768 + d.begin as usize;
+        match d.result {
+            Ok(b) => assert_eq!(&b[..], &all[start..start + b.len()]),
+            Err(e) => {
+                // Only the out-of-piece read fails.
+                assert!(
+                    matches!(e, storage::StorageError::RangeOutOfPiece { .. }),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
