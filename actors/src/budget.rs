@@ -1,0 +1,511 @@
+//! The process-wide buffer budget: bytes of block data in flight.
+//!
+//! A peer takes budget for a block when it sends the request and the budget
+//! is given back when the block is written to disk or dropped. When the bytes
+//! in use reach the high watermark the budget *pauses*: every reservation
+//! fails, so peers send no new requests, until releases bring the use down to
+//! the low watermark. The gap between the two (hysteresis) keeps peers from
+//! flapping between paused and running on every block. A slow disk therefore
+//! slows the requests, which slows the remote senders, and memory stays flat.
+//!
+//! Two implementations with the same semantics:
+//!
+//! - [`Budget`], a plain struct for a single owner (for example the Session
+//!   actor, with peers asking it over a mailbox).
+//! - [`AtomicBudget`], lock-free, shared by every peer through an `Arc`:
+//!   the paused flag and the bytes in use live in one `AtomicU64`, so every
+//!   transition is a single compare-and-swap and the flag can never disagree
+//!   with the count.
+//!
+//! **Recommended: [`AtomicBudget`].** A reservation happens per request, that
+//! is per 16 KiB block: 65 536 a second at 1 GiB/s. Through a single owner
+//! each would be a mailbox round trip, i.e. a cross-core wake-up costing
+//! microseconds (DESIGN.md "Mailboxes and backpressure"), and the owner would
+//! become the one serial point of the data path. A CAS on one cache line
+//! costs tens of nanoseconds even when contended, needs no task to own it,
+//! and holds no lock. The async shell only has to add a wake-up for paused
+//! peers: [`AtomicBudget::release`] returns `true` exactly once per resume,
+//! for the caller whose release crossed the low watermark, which can then
+//! `notify_waiters()` a `tokio::sync::Notify`.
+//!
+//! A reservation that crosses the high watermark still succeeds (as long as
+//! it stays within capacity) and pauses the budget for the next ones; one
+//! that would exceed the capacity fails without changing anything.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Sizes of the buffer budget. These become named config values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetConfig {
+    /// Total bytes of block data allowed in flight. Default 256 MiB.
+    pub capacity: u64,
+    /// Use, in percent of `capacity`, at which the budget pauses. Default 90:
+    /// the last 10 % absorbs the blocks already requested when the pause
+    /// begins (a full pipeline per peer) without reaching the hard capacity.
+    pub high_watermark_percent: u8,
+    /// Use, in percent of `capacity`, at or below which a paused budget
+    /// resumes. Default 70: a 20 % gap, about 50 MiB with the defaults, so
+    /// resuming lets a burst of requests out before the next pause instead of
+    /// one request per block written.
+    pub low_watermark_percent: u8,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 256 * 1024 * 1024,
+            high_watermark_percent: 90,
+            low_watermark_percent: 70,
+        }
+    }
+}
+
+/// A budget configuration that cannot work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetConfigError {
+    /// The capacity is zero or does not fit in 63 bits.
+    #[error("buffer budget capacity {0} must be between 1 and 2^63 - 1 bytes")]
+    Capacity(u64),
+    /// The watermarks are not `low < high <= 100` with `high > 0`.
+    #[error("buffer budget watermarks must satisfy low < high <= 100, got low {low}% high {high}%")]
+    Watermarks {
+        /// The low watermark given, in percent.
+        low: u8,
+        /// The high watermark given, in percent.
+        high: u8,
+    },
+}
+
+/// Watermarks in bytes, computed once from a validated config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Limits {
+    capacity: u64,
+    high: u64,
+    low: u64,
+}
+
+impl Limits {
+    fn new(config: BudgetConfig) -> Result<Self, BudgetConfigError> {
+        if config.capacity == 0 || config.capacity > VALUE_MASK {
+            return Err(BudgetConfigError::Capacity(config.capacity));
+        }
+        let (low, high) = (config.low_watermark_percent, config.high_watermark_percent);
+        if high == 0 || high > 100 || low >= high {
+            return Err(BudgetConfigError::Watermarks { low, high });
+        }
+        let of = |p: u8| {
+            u64::try_from(u128::from(config.capacity) * u128::from(p) / 100).unwrap_or(u64::MAX)
+        };
+        // At least one byte must be reservable before pausing.
+        let high = of(high).max(1);
+        let low = of(low).min(high - 1);
+        Ok(Self {
+            capacity: config.capacity,
+            high,
+            low,
+        })
+    }
+}
+
+/// Single-owner buffer budget.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    limits: Limits,
+    in_use: u64,
+    peak: u64,
+    paused: bool,
+}
+
+impl Budget {
+    /// An empty, running budget.
+    pub fn new(config: BudgetConfig) -> Result<Self, BudgetConfigError> {
+        Ok(Self {
+            limits: Limits::new(config)?,
+            in_use: 0,
+            peak: 0,
+            paused: false,
+        })
+    }
+
+    /// Takes `bytes` if the budget is running and they fit in the capacity.
+    /// Pauses the budget if the use reaches the high watermark.
+    pub fn try_reserve(&mut self, bytes: u64) -> bool {
+        if self.paused {
+            return false;
+        }
+        let Some(next) = self.in_use.checked_add(bytes) else {
+            return false;
+        };
+        if next > self.limits.capacity {
+            return false;
+        }
+        self.in_use = next;
+        self.peak = self.peak.max(next);
+        if next >= self.limits.high {
+            self.paused = true;
+        }
+        true
+    }
+
+    /// Gives back `bytes`. Returns `true` if this release resumed a paused
+    /// budget (the use fell to the low watermark). Releasing more than is in
+    /// use is a bug: it panics in debug builds and saturates at zero
+    /// otherwise.
+    pub fn release(&mut self, bytes: u64) -> bool {
+        debug_assert!(
+            bytes <= self.in_use,
+            "buffer budget: released {bytes} bytes with only {} in use",
+            self.in_use
+        );
+        self.in_use = self.in_use.saturating_sub(bytes);
+        if self.paused && self.in_use <= self.limits.low {
+            self.paused = false;
+            return true;
+        }
+        false
+    }
+
+    /// Whether reservations currently fail.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> u64 {
+        self.in_use
+    }
+
+    /// Most bytes ever reserved at once.
+    pub fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    /// Total bytes allowed in flight.
+    pub fn capacity(&self) -> u64 {
+        self.limits.capacity
+    }
+
+    /// Use in bytes at which the budget pauses.
+    pub fn high_watermark(&self) -> u64 {
+        self.limits.high
+    }
+
+    /// Use in bytes at or below which a paused budget resumes.
+    pub fn low_watermark(&self) -> u64 {
+        self.limits.low
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new(BudgetConfig::default()).expect("the default budget config is valid")
+    }
+}
+
+const PAUSED_BIT: u64 = 1 << 63;
+const VALUE_MASK: u64 = PAUSED_BIT - 1;
+
+/// Lock-free buffer budget shared by every peer (put it in an `Arc`).
+///
+/// Same semantics as [`Budget`]; the state word holds the paused flag in bit
+/// 63 and the bytes in use in bits 0..63, so each call is one CAS loop.
+#[derive(Debug)]
+pub struct AtomicBudget {
+    limits: Limits,
+    state: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl AtomicBudget {
+    /// An empty, running budget.
+    pub fn new(config: BudgetConfig) -> Result<Self, BudgetConfigError> {
+        Ok(Self {
+            limits: Limits::new(config)?,
+            state: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes `bytes` if the budget is running and they fit in the capacity.
+    /// Pauses the budget if the use reaches the high watermark.
+    pub fn try_reserve(&self, bytes: u64) -> bool {
+        let high = self.limits.high;
+        let capacity = self.limits.capacity;
+        let result = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                if s & PAUSED_BIT != 0 {
+                    return None;
+                }
+                let next = s.checked_add(bytes).filter(|n| *n <= capacity)?;
+                Some(if next >= high {
+                    next | PAUSED_BIT
+                } else {
+                    next
+                })
+            });
+        match result {
+            Ok(prev) => {
+                self.peak.fetch_max(prev + bytes, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back `bytes`. Returns `true` for exactly the one release that
+    /// resumed a paused budget. Releasing more than is in use is a bug: it
+    /// panics in debug builds and saturates at zero otherwise.
+    pub fn release(&self, bytes: u64) -> bool {
+        let low = self.limits.low;
+        let result = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                let paused = s & PAUSED_BIT;
+                let next = (s & VALUE_MASK).saturating_sub(bytes);
+                if paused != 0 && next <= low {
+                    Some(next)
+                } else {
+                    Some(next | paused)
+                }
+            });
+        // The closure never returns None.
+        let prev = result.unwrap_or_else(|s| s);
+        debug_assert!(
+            bytes <= prev & VALUE_MASK,
+            "buffer budget: released {bytes} bytes with only {} in use",
+            prev & VALUE_MASK
+        );
+        let was_paused = prev & PAUSED_BIT != 0;
+        was_paused && (prev & VALUE_MASK).saturating_sub(bytes) <= low
+    }
+
+    /// Whether reservations currently fail.
+    pub fn is_paused(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PAUSED_BIT != 0
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> u64 {
+        self.state.load(Ordering::Acquire) & VALUE_MASK
+    }
+
+    /// Most bytes ever reserved at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Total bytes allowed in flight.
+    pub fn capacity(&self) -> u64 {
+        self.limits.capacity
+    }
+
+    /// Use in bytes at which the budget pauses.
+    pub fn high_watermark(&self) -> u64 {
+        self.limits.high
+    }
+
+    /// Use in bytes at or below which a paused budget resumes.
+    pub fn low_watermark(&self) -> u64 {
+        self.limits.low
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> BudgetConfig {
+        BudgetConfig {
+            capacity: 1000,
+            high_watermark_percent: 90,
+            low_watermark_percent: 70,
+        }
+    }
+
+    #[test]
+    fn default_config() {
+        let c = BudgetConfig::default();
+        assert_eq!(c.capacity, 256 * 1024 * 1024);
+        assert_eq!(c.high_watermark_percent, 90);
+        assert_eq!(c.low_watermark_percent, 70);
+        let b = Budget::new(c).unwrap();
+        let d = Budget::default();
+        assert_eq!(b.high_watermark(), d.high_watermark());
+        assert_eq!(b.low_watermark(), d.low_watermark());
+        assert_eq!(b.capacity(), d.capacity());
+    }
+
+    #[test]
+    fn config_errors() {
+        let bad = |capacity, high, low| BudgetConfig {
+            capacity,
+            high_watermark_percent: high,
+            low_watermark_percent: low,
+        };
+        assert_eq!(
+            Budget::new(bad(0, 90, 70)).unwrap_err(),
+            BudgetConfigError::Capacity(0)
+        );
+        assert!(matches!(
+            AtomicBudget::new(bad(u64::MAX, 90, 70)),
+            Err(BudgetConfigError::Capacity(_))
+        ));
+        for (high, low) in [(0, 0), (101, 70), (70, 70), (70, 90)] {
+            assert_eq!(
+                Budget::new(bad(1000, high, low)).unwrap_err(),
+                BudgetConfigError::Watermarks { low, high }
+            );
+        }
+        // Tiny capacities still leave a gap between the watermarks.
+        let b = Budget::new(bad(1, 90, 70)).unwrap();
+        assert_eq!((b.high_watermark(), b.low_watermark()), (1, 0));
+    }
+
+    /// The same behaviour tests run against both implementations.
+    macro_rules! budget_tests {
+        ($m:ident, $ty:ty, $($mut_:tt)?) => {
+            mod $m {
+                use super::*;
+
+                fn make() -> $ty {
+                    <$ty>::new(small()).unwrap()
+                }
+
+                #[test]
+                fn watermarks_in_bytes() {
+                    let b = make();
+                    assert_eq!(b.capacity(), 1000);
+                    assert_eq!(b.high_watermark(), 900);
+                    assert_eq!(b.low_watermark(), 700);
+                }
+
+                #[test]
+                fn reserve_and_release() {
+                    let $($mut_)? b = make();
+                    assert!(b.try_reserve(300));
+                    assert!(b.try_reserve(300));
+                    assert_eq!(b.in_use(), 600);
+                    assert!(!b.is_paused());
+                    assert!(!b.release(100));
+                    assert_eq!(b.in_use(), 500);
+                    assert_eq!(b.peak(), 600);
+                }
+
+                #[test]
+                fn pauses_at_high_and_resumes_at_low() {
+                    let $($mut_)? b = make();
+                    assert!(b.try_reserve(899));
+                    assert!(!b.is_paused());
+                    // Crossing the high watermark succeeds and pauses.
+                    assert!(b.try_reserve(1));
+                    assert!(b.is_paused());
+                    assert!(!b.try_reserve(1));
+                    assert_eq!(b.in_use(), 900);
+                    // Below high but above low: still paused (hysteresis).
+                    assert!(!b.release(100));
+                    assert_eq!(b.in_use(), 800);
+                    assert!(b.is_paused());
+                    assert!(!b.try_reserve(1));
+                    assert!(!b.release(99));
+                    assert!(b.is_paused());
+                    // Exactly at low: resumes, reported once.
+                    assert!(b.release(1));
+                    assert_eq!(b.in_use(), 700);
+                    assert!(!b.is_paused());
+                    assert!(!b.release(100));
+                    assert!(b.try_reserve(10));
+                    assert_eq!(b.peak(), 900);
+                }
+
+                #[test]
+                fn crossing_reservation_allowed_within_capacity() {
+                    let $($mut_)? b = make();
+                    assert!(b.try_reserve(500));
+                    assert!(b.try_reserve(500));
+                    assert_eq!(b.in_use(), 1000);
+                    assert!(b.is_paused());
+                    assert_eq!(b.peak(), 1000);
+                }
+
+                #[test]
+                fn beyond_capacity_fails_without_effect() {
+                    let $($mut_)? b = make();
+                    assert!(b.try_reserve(500));
+                    assert!(!b.try_reserve(501));
+                    assert!(!b.try_reserve(u64::MAX));
+                    assert_eq!(b.in_use(), 500);
+                    assert!(!b.is_paused());
+                    assert_eq!(b.peak(), 500);
+                }
+
+                #[test]
+                fn zero_byte_operations() {
+                    let $($mut_)? b = make();
+                    assert!(b.try_reserve(0));
+                    assert!(!b.release(0));
+                    assert_eq!(b.in_use(), 0);
+                }
+
+                #[test]
+                #[cfg_attr(debug_assertions, should_panic(expected = "buffer budget"))]
+                fn over_release_is_a_bug_that_saturates() {
+                    let $($mut_)? b = make();
+                    assert!(b.try_reserve(10));
+                    b.release(20);
+                    assert_eq!(b.in_use(), 0);
+                }
+            }
+        };
+    }
+
+    budget_tests!(single_owner, Budget, mut);
+    budget_tests!(atomic, AtomicBudget,);
+
+    #[test]
+    fn atomic_concurrent_never_exceeds_capacity_and_balances() {
+        use std::sync::Arc;
+        let b = Arc::new(
+            AtomicBudget::new(BudgetConfig {
+                capacity: 64 * 16384,
+                ..BudgetConfig::default()
+            })
+            .unwrap(),
+        );
+        let resumes = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                let resumes = Arc::clone(&resumes);
+                std::thread::spawn(move || {
+                    let mut held = 0u64;
+                    for i in 0..20_000u64 {
+                        if i % 3 != 2 && b.try_reserve(16384) {
+                            held += 1;
+                        } else if held > 0 {
+                            held -= 1;
+                            if b.release(16384) {
+                                resumes.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        assert!(b.in_use() <= b.capacity());
+                    }
+                    while held > 0 {
+                        held -= 1;
+                        if b.release(16384) {
+                            resumes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.in_use(), 0);
+        assert!(!b.is_paused());
+        assert!(b.peak() <= b.capacity());
+        assert!(b.peak() >= b.high_watermark());
+        assert!(resumes.load(Ordering::Relaxed) >= 1);
+    }
+}
