@@ -552,3 +552,30 @@ fn truncated_torrents_never_panic() {
         assert!(Metainfo::from_bytes(&full[..cut]).is_err());
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Byte edits of a valid torrent reach every validation branch;
+        /// none may panic, and whatever parses is self-consistent.
+        #[test]
+        fn mutated_torrents_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            let mut bytes = torrent(b"8:announce5:http0", &multi_info(), b"");
+            for (at, byte) in edits {
+                let i = at % bytes.len();
+                bytes[i] = byte;
+            }
+            if let Ok(m) = Metainfo::from_bytes(&bytes) {
+                let i = &m.info;
+                prop_assert_eq!(i.pieces.len() as u64, i.total_length.div_ceil(u64::from(i.piece_length)));
+                let sum: u64 = (0..i.piece_count()).map(|p| u64::from(i.piece_len(p))).sum();
+                prop_assert_eq!(sum, i.total_length);
+                prop_assert_eq!(m.info_hash, InfoHash::of(&m.info_bytes));
+            }
+        }
+    }
+}
