@@ -68,6 +68,7 @@ pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 64 * 1024;
 pub const DEFAULT_MAX_REQUEST_LEN: u32 = 128 * 1024;
 
 /// Message ids (the byte after the length prefix).
+#[allow(missing_docs)] // the names are the BEP's
 pub mod id {
     pub const CHOKE: u8 = 0;
     pub const UNCHOKE: u8 = 1;
@@ -757,7 +758,18 @@ pub struct ExtendedHandshake {
     pub metadata_size: Option<u64>,
 }
 
+/// Extension message id of the BEP 10 handshake itself.
+pub const EXTENDED_HANDSHAKE_ID: u8 = 0;
+
 impl ExtendedHandshake {
+    /// The handshake as a ready-to-encode [`Message::Extended`] with id 0.
+    pub fn to_message(&self) -> Message {
+        Message::Extended {
+            id: EXTENDED_HANDSHAKE_ID,
+            payload: Bytes::from(self.encode()),
+        }
+    }
+
     /// The bencoded payload (without the extended message id byte).
     pub fn encode(&self) -> Vec<u8> {
         let mut dict = BTreeMap::new();

@@ -559,6 +559,10 @@ fn extended_handshake_round_trip() {
         b"d1:md11:ut_metadatai3e6:ut_pexi0ee13:metadata_sizei31235e1:pi6881e4:reqqi500e1:v13:actorrent 0.16:yourip4:\xc0\x00\x02\x07e"
     );
     assert_eq!(ExtendedHandshake::decode(&bytes).unwrap(), hs);
+    let Message::Extended { id: 0, payload } = hs.to_message() else {
+        panic!("handshake is extended message 0")
+    };
+    assert_eq!(&payload[..], &bytes[..]);
 
     let v6 = ExtendedHandshake {
         yourip: Some("2001:db8::1".parse().unwrap()),
