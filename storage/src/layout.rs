@@ -172,6 +172,55 @@ pub fn parse_raw_offset(name: &str) -> Result<u64> {
     u64::from_str_radix(hex, 16).map_err(|_| bad())
 }
 
+/// The files of a parsed torrent for normal mode: a multi-file torrent's
+/// files go under a directory named after the torrent, a single-file
+/// torrent's file is named after it.
+pub fn specs_from_info(info: &protocol::metainfo::Info) -> Vec<FileSpec> {
+    info.files
+        .iter()
+        .map(|f| FileSpec {
+            path: if info.multi_file {
+                std::iter::once(info.name.clone())
+                    .chain(f.path.iter().cloned())
+                    .collect()
+            } else {
+                f.path.clone()
+            },
+            length: f.length,
+            padding: f.padding,
+        })
+        .collect()
+}
+
+/// The files of a parsed torrent for raw-disk mode: paths as given, the
+/// last component of each being its hex offset.
+pub fn raw_specs_from_info(info: &protocol::metainfo::Info) -> Vec<FileSpec> {
+    info.files
+        .iter()
+        .map(|f| FileSpec {
+            path: f.path.clone(),
+            length: f.length,
+            padding: f.padding,
+        })
+        .collect()
+}
+
+/// Checks that the metainfo's piece count agrees with its files.
+pub fn check_info(info: &protocol::metainfo::Info) -> Result<()> {
+    let total = info
+        .files
+        .iter()
+        .try_fold(0u64, |a, f| a.checked_add(f.length));
+    let count = piece_count_for(total.unwrap_or(u64::MAX), info.piece_length)?;
+    if count != info.piece_count() || total != Some(info.total_length) {
+        return Err(StorageError::InvalidLayout(format!(
+            "{} piece hashes for {count} pieces of data",
+            info.piece_count()
+        )));
+    }
+    Ok(())
+}
+
 fn piece_count_for(total: u64, piece_length: u32) -> Result<u32> {
     if piece_length == 0 {
         return Err(StorageError::InvalidLayout("piece length is zero".into()));

@@ -206,6 +206,32 @@ impl Storage {
         Self::assemble(io, layout, vec![t])
     }
 
+    /// Normal mode from a parsed torrent: `<out>/<name>/...` for a
+    /// multi-file torrent, `<out>/<name>` for a single file.
+    pub fn open_info(
+        io: &DiskIo,
+        info: &protocol::metainfo::Info,
+        out: &Path,
+        config: &StorageConfig,
+    ) -> Result<Storage> {
+        crate::layout::check_info(info)?;
+        let specs = crate::layout::specs_from_info(info);
+        Self::open_files(io, out, specs, info.piece_length, config)
+    }
+
+    /// Raw-disk mode from a parsed torrent (`--raw-target`): the last path
+    /// component of each file is its hex offset on `target`.
+    pub fn open_info_raw(
+        io: &DiskIo,
+        info: &protocol::metainfo::Info,
+        target: &Path,
+        config: &StorageConfig,
+    ) -> Result<Storage> {
+        crate::layout::check_info(info)?;
+        let specs = crate::layout::raw_specs_from_info(info);
+        Self::open_raw(io, target, specs, info.piece_length, config)
+    }
+
     fn assemble(io: &DiskIo, layout: Layout, targets: Vec<Target>) -> Result<Storage> {
         let mut devices: Vec<Arc<Device>> = Vec::new();
         let mut target_device = Vec::with_capacity(targets.len());
