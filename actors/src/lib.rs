@@ -1,1 +1,5 @@
 //! Placeholder
+pub mod budget;
+pub mod pipeline;
+pub mod rtt;
+pub mod picker;
