@@ -292,3 +292,30 @@ impl StorageError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_values_get_named_variants() {
+        let e = |code| StorageError::from_io("/x", 7, io::Error::from_raw_os_error(code));
+        assert!(matches!(
+            e(libc::ENOSPC),
+            StorageError::DiskFull { offset: 7, .. }
+        ));
+        assert!(matches!(e(libc::EDQUOT), StorageError::DiskFull { .. }));
+        assert!(matches!(e(libc::EROFS), StorageError::ReadOnly { .. }));
+        assert!(matches!(e(libc::EIO), StorageError::Eio { .. }));
+        let other = e(libc::EBADF);
+        assert!(matches!(other, StorageError::Io { .. }));
+        let d = other.duplicate();
+        assert_eq!(d.to_string(), other.to_string());
+        assert!(
+            e(libc::ENOSPC)
+                .to_string()
+                .starts_with("disk full writing /x")
+        );
+        assert!(e(libc::EIO).to_string().contains("EIO"));
+    }
+}

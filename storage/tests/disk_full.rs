@@ -151,3 +151,85 @@ fn disk_full_is_reported_earlier_data_intact_and_not_claimed() {
     );
     drop(st);
 }
+
+#[test]
+fn read_only_file_system_is_reported_by_name() {
+    let Some(fs) = TmpfsGuard::mount("1m") else {
+        return;
+    };
+    let st = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(fs.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "remount read-only");
+    let io = DiskIo::new(DiskIoConfig::default());
+    let r = Storage::open_files(
+        &io,
+        fs.path(),
+        vec![FileSpec::new(["x"], 10)],
+        16,
+        &StorageConfig::default(),
+    );
+    let e = r.err().unwrap();
+    assert!(matches!(e, StorageError::ReadOnly { .. }), "{e}");
+    assert!(e.to_string().contains("read-only"), "{e}");
+}
+
+/// A subdirectory that is a mount point puts the torrent on two devices:
+/// each gets its own writer, and a piece spanning both is split between
+/// them and reported once.
+#[test]
+fn two_devices_two_writers_and_split_pieces() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("t/m")).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(root.path().join("t/m"))
+        .output();
+    if !matches!(&out, Ok(o) if o.status.success()) {
+        if std::env::var_os("ACTORRENT_SKIP_MOUNT_TESTS").is_some() {
+            return;
+        }
+        panic!("cannot mount tmpfs: {out:?}");
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(root.path().join("t/m"));
+
+    let files = vec![
+        FileSpec::new(["t", "a"], 100_000),
+        FileSpec::new(["t", "m", "b"], 100_000),
+    ];
+    let all = Bytes::from(data(200_000, 61));
+    let io = DiskIo::new(DiskIoConfig::default());
+    let st = Storage::open_files(
+        &io,
+        root.path(),
+        files,
+        32 * 1024,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+    for p in shuffled(layout.piece_count(), 9) {
+        st.write_blocking(verified(&layout, &all, p)).unwrap();
+    }
+    let stats = io.writer_stats();
+    assert_eq!(stats.len(), 2, "one writer per device");
+    let bytes: u64 = stats.iter().map(|s| s.1.bytes_written).sum();
+    assert_eq!(bytes, 200_000);
+    assert!(stats.iter().all(|s| s.1.bytes_written == 100_000));
+    // Piece 3 spans the two files: a job on each writer.
+    let jobs: u64 = stats.iter().map(|s| s.1.jobs_written).sum();
+    assert_eq!(jobs, u64::from(layout.piece_count()) + 1);
+    st.sync_blocking().unwrap();
+    let a = std::fs::read(root.path().join("t/a")).unwrap();
+    let b = std::fs::read(root.path().join("t/m/b")).unwrap();
+    assert_eq!([a, b].concat(), &all[..]);
+    drop(st);
+}
