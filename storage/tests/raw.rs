@@ -85,3 +85,80 @@ fn overlapping_and_bad_names_are_refused_before_writing() {
     // Nothing was written.
     assert_eq!(std::fs::read(&image).unwrap(), vec![0xEEu8; 8192]);
 }
+
+/// A real block device (a loop device over a 1 MiB file; needs root, skipped
+/// only with ACTORRENT_SKIP_MOUNT_TESTS): its size bounds the extents, and
+/// data lands at the offsets.
+#[test]
+fn block_device_target_bounds_extents() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    std::fs::write(&backing, vec![0x55u8; 1 << 20]).unwrap();
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&backing)
+        .output();
+    let dev = match &out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => {
+            if std::env::var_os("ACTORRENT_SKIP_MOUNT_TESTS").is_some() {
+                return;
+            }
+            panic!("cannot set up a loop device: {out:?}");
+        }
+    };
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _guard = Detach(dev.clone());
+    let dev = std::path::PathBuf::from(dev);
+    let io = DiskIo::new(DiskIoConfig::default());
+    let r = Storage::open_raw(
+        &io,
+        &dev,
+        vec![FileSpec::new(["0x00000000000ff000"], 0x2000)],
+        4096,
+        &StorageConfig::default(),
+    );
+    let e = r.err().unwrap();
+    assert!(
+        matches!(
+            e,
+            StorageError::RawOutOfRange {
+                capacity: 0x100000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let all = Bytes::from(data(0x3000, 71));
+    let st = Storage::open_raw(
+        &io,
+        &dev,
+        vec![
+            FileSpec::new(["0x00000000000fe000"], 0x2000),
+            FileSpec::new(["0x0000000000001000"], 0x1000),
+        ],
+        4096,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+    for p in 0..layout.piece_count() {
+        st.write_blocking(verified(&layout, &all, p)).unwrap();
+    }
+    st.sync_blocking().unwrap();
+    drop(st);
+    drop(_guard);
+    let img = std::fs::read(&backing).unwrap();
+    assert_eq!(&img[0xfe000..0x100000], &all[..0x2000]);
+    assert_eq!(&img[0x1000..0x2000], &all[0x2000..]);
+    assert!(img[..0x1000].iter().all(|&b| b == 0x55));
+    assert!(img[0x2000..0xfe000].iter().all(|&b| b == 0x55));
+}
