@@ -163,9 +163,10 @@ pub enum Received {
     },
     /// We already have this block (or its piece): drop it.
     Duplicate,
-    /// We never asked this peer for this block, or it does not fit the
-    /// torrent's layout (bad index, offset or length): a protocol violation;
-    /// the caller disconnects the peer.
+    /// We never asked this peer for this block (including the same peer
+    /// sending a block twice), or it does not fit the torrent's layout (bad
+    /// index, offset or length): a protocol violation; the caller disconnects
+    /// the peer.
     Unrequested,
 }
 
