@@ -21,6 +21,11 @@
 //! it over `<path>` and fsyncs the directory, so a crash leaves either the
 //! old file or the new one; a leftover `.tmp` is never read.
 //!
+//! In raw-disk mode the one stamp is that of the target. For an image file
+//! that works as for any file; for a block device the size reads as 0 and
+//! the device node's mtime does not follow writes, so there the stamps only
+//! catch a different device node, not foreign writes to the disk.
+//!
 //! [`ResumeTracker`] is the plain state machine that decides what a save may
 //! claim: a piece is claimed only after a sync that was requested after its
 //! write completed has succeeded.

@@ -259,3 +259,21 @@ fn reader_pool_serves_blocks() {
         }
     }
 }
+
+#[test]
+fn padding_only_pieces_need_no_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pad = FileSpec::new([".pad", "100"], 100);
+    pad.padding = true;
+    let io = io_with(WriterConfig::default());
+    let st =
+        Storage::open_files(&io, dir.path(), vec![pad], 64, &StorageConfig::default()).unwrap();
+    let layout = st.layout().clone();
+    let zeros = Bytes::from(vec![0u8; 100]);
+    for p in 0..layout.piece_count() {
+        st.write_blocking(verified(&layout, &zeros, p)).unwrap();
+    }
+    st.sync_blocking().unwrap();
+    assert_eq!(st.read_blocking(1, 0, 36).unwrap(), vec![0u8; 36]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
