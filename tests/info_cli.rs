@@ -106,7 +106,7 @@ fn mktorrent_multi_file_matches() {
     assert_eq!(v["info_hash"], libtorrent_hash(&torrent));
     assert_eq!(v["name"], "payload");
     assert_eq!(v["piece_length"], 32768);
-    let total = 300_000 + 70_001 + 5;
+    let total: u64 = 300_000 + 70_001 + 5;
     assert_eq!(v["total_length"], total);
     assert_eq!(v["pieces"], total.div_ceil(32768));
     let mut files: Vec<(String, u64)> = v["files"]
@@ -136,7 +136,10 @@ fn mktorrent_multi_file_matches() {
     assert_eq!(
         v["trackers"],
         serde_json::json!([
-            ["http://tracker.example/announce", "http://backup.example/announce"],
+            [
+                "http://tracker.example/announce",
+                "http://backup.example/announce"
+            ],
             ["udp://tier2.example:6969/announce"]
         ])
     );
@@ -205,7 +208,10 @@ open(sys.argv[3], "wb").write(lt.bencode(t.generate()))
         v["trackers"],
         serde_json::json!([["http://a.example/announce"], ["http://b.example/announce"]])
     );
-    assert_eq!(v["url_list"], serde_json::json!(["http://seed.example/files/"]));
+    assert_eq!(
+        v["url_list"],
+        serde_json::json!(["http://seed.example/files/"])
+    );
 }
 
 #[test]
@@ -215,13 +221,20 @@ fn magnet_prints_known_fields_and_nulls() {
         "--json",
         "magnet:?xt=urn:btih:C12FE1C06BBA254A9DC9F519B335AA7C1367A88A&dn=Some+Name&tr=udp%3A%2F%2Ft.example%3A80",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["info_hash"], "c12fe1c06bba254a9dc9f519b335aa7c1367a88a");
     assert_eq!(v["name"], "Some Name");
     assert_eq!(v["trackers"], serde_json::json!([["udp://t.example:80"]]));
     for unknown in ["piece_length", "pieces", "total_length", "files"] {
-        assert!(v[unknown].is_null(), "{unknown} should be null for a magnet");
+        assert!(
+            v[unknown].is_null(),
+            "{unknown} should be null for a magnet"
+        );
     }
 }
 
@@ -240,7 +253,11 @@ fn text_output_names_everything() {
     let out = actorrent(&["info", torrent.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["payload", "sub/deeper/c.txt", "tier 0: http://tracker.example/announce"] {
+    for needle in [
+        "payload",
+        "sub/deeper/c.txt",
+        "tier 0: http://tracker.example/announce",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
@@ -299,7 +316,10 @@ fn malformed_inputs_exit_2_with_one_line() {
             assert!(out.stdout.is_empty(), "{arg}: printed to stdout");
             assert_eq!(stderr.lines().count(), 1, "{arg}: stderr {stderr:?}");
             assert!(!stderr.contains("panicked"), "{arg}: {stderr}");
-            assert!(stderr.contains(needle), "{arg}: {stderr:?} lacks {needle:?}");
+            assert!(
+                stderr.contains(needle),
+                "{arg}: {stderr:?} lacks {needle:?}"
+            );
         }
     }
 }
