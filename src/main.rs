@@ -2,6 +2,7 @@
 //! and maps failures to exit statuses (2 for bad input, 1 for runtime
 //! failures). All protocol and storage logic lives in the library crates.
 
+mod download;
 mod info;
 
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Print what a torrent file or magnet link describes.
     Info(info::InfoArgs),
+    /// Download a torrent from peers, verify every piece and write it.
+    Download(download::DownloadArgs),
 }
 
 /// A failure the user caused (bad input, exit status 2) or one the client hit
@@ -28,6 +31,8 @@ enum Command {
 pub enum Failure {
     BadInput(anyhow::Error),
     Runtime(anyhow::Error),
+    /// Stopped by SIGINT before finishing (state was saved).
+    Interrupted,
 }
 
 fn main() -> ExitCode {
@@ -39,8 +44,10 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
+    init_logging();
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
+        Command::Download(args) => download::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,5 +59,19 @@ fn main() -> ExitCode {
             eprintln!("actorrent: {e:#}");
             ExitCode::from(1)
         }
+        Err(Failure::Interrupted) => {
+            eprintln!("actorrent: interrupted; progress saved");
+            ExitCode::from(130)
+        }
     }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,10 +1,56 @@
 //! The actors of actorrent and the plain state machines beside them.
 //!
-//! The state machines (buffer budget, piece picker, request pipeline, RTT
-//! estimator) take time as a value and do no I/O, so they are tested without
-//! a runtime; the actor shells that feed them land with the download path.
+//! Each actor is a tokio task that owns its state and a bounded mailbox
+//! (`tokio::sync::mpsc::channel(capacity)`, capacities in
+//! [`config::ClientConfig`]); the logic lives in plain structs with time
+//! passed in ([`picker`], [`pipeline`], [`rtt`], [`budget`],
+//! [`peer::session`]), unit-tested without a runtime.
+//!
+//! # Who sends to whom
+//!
+//! ```text
+//!   CLI ──await──> Session ──spawn──> Torrent ──spawn──> Peer (one per connection)
+//!
+//!   Peer ──await──> Torrent           blocks + "give me n requests" (reply by oneshot),
+//!                                     bitfield/have/choke/reject/timeout, gone
+//!   Torrent ─try──> Peer              cancel, have, interested
+//!   Torrent ─permit─> hash pool       complete pieces (semaphore: one permit per slot)
+//!   Torrent ─permit─> disk writer     verified pieces (semaphore: one permit per slot)
+//!   hash pool / disk writer ─try──> Torrent   completions (channel with a slot per permit)
+//! ```
+//!
+//! # The rule that keeps it deadlock-free
+//!
+//! Data flows down and waits for room: a peer awaits the torrent's mailbox,
+//! the torrent awaits a permit before giving a job to a hash or disk thread.
+//! Nothing flowing up ever waits:
+//!
+//! - Torrent → Peer uses `try_send`. A cancel that finds the mailbox full is
+//!   dropped (the block then arrives as a duplicate and its budget is
+//!   released); a HAVE is dropped (it only informs the remote); an interest
+//!   change must not be lost, so the peer is disconnected instead.
+//! - Hash and disk completions use `try_send` into a channel with one slot
+//!   per permit, and each completion carries its permit, so the channel
+//!   cannot be full when a thread sends.
+//! - The torrent never awaits a peer, so a peer waiting on the torrent
+//!   (including for a oneshot reply) always makes progress.
+//!
+//! Memory is bounded by the process-wide [`session::BufferBudget`]: a peer
+//! reserves a block's bytes before requesting it, and the torrent releases
+//! them when the piece is written or the block is dropped. Above the high
+//! watermark no peer requests anything, so a slow disk slows the remote
+//! senders instead of growing queues.
+//!
+//! The budget is shared by reference (atomics plus a `Notify`), not owned by
+//! the session actor as DESIGN.md first sketched: a reservation per request
+//! through the session's mailbox would put a message hop on the hot path of
+//! every peer for a decision two atomic operations make.
 
 pub mod budget;
+pub mod config;
+pub mod peer;
 pub mod picker;
 pub mod pipeline;
 pub mod rtt;
+pub mod session;
+pub mod torrent;

@@ -1,0 +1,115 @@
+//! Every tunable of the actor layer, with its default, in one place.
+//!
+//! Each mailbox capacity is a named value here: no actor picks its own.
+
+use std::time::Duration;
+
+use storage::{DiskIoConfig, RecheckConfig, ResumePolicy};
+
+use crate::budget::BudgetConfig;
+use crate::picker::PickerConfig;
+use crate::pipeline::PipelineConfig;
+use crate::rtt::RttConfig;
+
+/// Configuration of a [`crate::session::Session`] and everything it spawns.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Commands waiting for the session actor. Default 64.
+    pub session_mailbox: usize,
+    /// Events from peers waiting for their torrent actor. Default 1024: a
+    /// torrent serves up to `max_peers_per_torrent` peers, each with at most
+    /// a few messages in flight since data sends wait for room.
+    pub torrent_mailbox: usize,
+    /// Commands (cancels, HAVEs, interest) waiting for one peer actor.
+    /// Default 512: the torrent never waits on a peer (it uses `try_send`),
+    /// so this absorbs a burst of HAVEs while the peer writes to its socket.
+    pub peer_mailbox: usize,
+    /// Bytes of block data in flight, process-wide, and its watermarks.
+    pub budget: BudgetConfig,
+    /// Request pipeline of each connection.
+    pub pipeline: PipelineConfig,
+    /// Request timeout bounds.
+    pub rtt: RttConfig,
+    /// Piece picking, endgame and bans.
+    pub picker: PickerConfig,
+    /// Hash worker threads; 0 means one per core.
+    pub hash_workers: usize,
+    /// Hash jobs that may wait for a worker. Default 64 pieces.
+    pub hash_queue: usize,
+    /// Disk writer and reader threads and their mailboxes.
+    pub disk: DiskIoConfig,
+    /// Recheck read sizes.
+    pub recheck: RecheckConfig,
+    /// How often resume data is saved.
+    pub resume: ResumePolicy,
+    /// TCP connect timeout. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Time allowed for the remote handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// A keep-alive is sent after this long without sending. Default 90 s
+    /// (peers commonly drop connections silent for 120 s).
+    pub keepalive_interval: Duration,
+    /// A peer that sends nothing for this long is dropped. Default 180 s.
+    pub inactivity_timeout: Duration,
+    /// A write to a peer socket that makes no progress for this long ends
+    /// the connection. Default 30 s.
+    pub write_timeout: Duration,
+    /// Connections per torrent. Default 50.
+    pub max_peers_per_torrent: usize,
+    /// Attempts to reach a known peer address before it is forgotten
+    /// (reset when a connection succeeds). Default 5.
+    pub reconnect_attempts: u32,
+    /// Wait before the first reconnect; doubles each attempt. Default 1 s.
+    pub reconnect_backoff: Duration,
+    /// Consecutive request timeouts after which a peer is snubbed (one
+    /// request at a time until it delivers again). Default 2.
+    pub snub_after_timeouts: u32,
+    /// Socket receive buffer (SO_RCVBUF); `None` leaves the OS default
+    /// (Linux autotuning). Default `None`.
+    pub socket_recv_buffer: Option<usize>,
+    /// Socket send buffer (SO_SNDBUF); `None` leaves the OS default.
+    pub socket_send_buffer: Option<usize>,
+    /// Bytes reserved for each socket read. Default 256 KiB: sixteen blocks,
+    /// so one read and one message to the torrent carry many blocks.
+    pub read_buffer: usize,
+    /// Largest message accepted from a peer (length prefix).
+    pub max_message_len: u32,
+    /// How often a torrent publishes its statistics. Default 1 s.
+    pub stats_interval: Duration,
+    /// How often peers check request timeouts and keep-alives. Default 250 ms.
+    pub peer_tick: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            session_mailbox: 64,
+            torrent_mailbox: 1024,
+            peer_mailbox: 512,
+            budget: BudgetConfig::default(),
+            pipeline: PipelineConfig::default(),
+            rtt: RttConfig::default(),
+            picker: PickerConfig::default(),
+            hash_workers: 0,
+            hash_queue: 64,
+            disk: DiskIoConfig::default(),
+            recheck: RecheckConfig::default(),
+            resume: ResumePolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(90),
+            inactivity_timeout: Duration::from_secs(180),
+            write_timeout: Duration::from_secs(30),
+            max_peers_per_torrent: 50,
+            reconnect_attempts: 5,
+            reconnect_backoff: Duration::from_secs(1),
+            snub_after_timeouts: 2,
+            socket_recv_buffer: None,
+            socket_send_buffer: None,
+            read_buffer: 256 * 1024,
+            max_message_len: protocol::wire::DEFAULT_MAX_MESSAGE_LEN,
+            stats_interval: Duration::from_secs(1),
+            peer_tick: Duration::from_millis(250),
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! The peer actor: one task per connection. It owns the socket, the wire
+//! state ([`session::PeerSession`]: choke/interest, outstanding requests,
+//! RTT, pipeline) and its read buffer, and talks to its torrent only through
+//! the torrent's bounded mailbox.
+//!
+//! Per socket read it decodes every complete message, forwards all the
+//! blocks of that read to the torrent in one [`TorrentMsg::Exchange`] that
+//! also asks for new blocks to request, and waits for the answer (the
+//! torrent never waits on a peer, so this cannot deadlock). Blocks travel as
+//! `Bytes` slices of the read buffer: no copy.
+//!
+//! Budget: before asking for `n` blocks the peer reserves `n` full blocks in
+//! the process-wide [`BufferBudget`] and gives back what the torrent did not
+//! hand out. A block's reservation then travels with it to the torrent (which
+//! releases it once the piece is written, or at once for a duplicate); a
+//! request that ends without data (timeout, reject, choke, cancel,
+//! disconnect) is released here. A late block that is no longer outstanding
+//! needs a fresh reservation and is dropped if the budget refuses.
+
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Limits, Message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+use crate::config::ClientConfig;
+use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
+use crate::session::BufferBudget;
+use crate::torrent::{ExchangeReply, PeerFault, TorrentMsg};
+use session::{Arrival, PeerSession, SessionConfig};
+
+/// What a torrent tells one of its peers. Sent with `try_send`: the torrent
+/// never waits on a peer (see the crate docs for the policy per command).
+#[derive(Debug)]
+pub enum PeerCmd {
+    /// Withdraw a request (endgame: another peer delivered the block).
+    Cancel(Block),
+    /// We completed a piece: tell the remote peer.
+    Have(u32),
+    /// Whether the remote peer has something we lack.
+    Interested(bool),
+}
+
+/// Everything a peer task needs from its torrent.
+#[derive(Clone)]
+pub struct PeerContext {
+    /// How the torrent names this connection.
+    pub id: PeerId,
+    /// The remote address.
+    pub addr: SocketAddr,
+    /// The torrent's info-hash.
+    pub info_hash: [u8; 20],
+    /// Our peer id.
+    pub our_id: [u8; 20],
+    /// Pieces in the torrent.
+    pub piece_count: u32,
+    /// Our verified pieces when the connection starts.
+    pub have: Bitfield,
+    /// The torrent's mailbox.
+    pub torrent: mpsc::Sender<TorrentMsg>,
+    /// The process-wide buffer budget.
+    pub budget: Arc<BufferBudget>,
+    /// Settings.
+    pub config: Arc<ClientConfig>,
+    /// Fired by the torrent to drop this connection.
+    pub cancel: CancellationToken,
+}
+
+/// Why a connection ended, for the log and the torrent's reconnect policy.
+#[derive(Debug)]
+struct End {
+    fault: PeerFault,
+    reason: String,
+}
+
+impl End {
+    fn network(reason: impl Into<String>) -> End {
+        End {
+            fault: PeerFault::Network,
+            reason: reason.into(),
+        }
+    }
+    fn protocol(reason: impl Into<String>) -> End {
+        End {
+            fault: PeerFault::Protocol,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Connects to `ctx.addr` and runs the connection until it ends. Always
+/// tells the torrent with [`TorrentMsg::PeerGone`].
+pub async fn connect_and_run(ctx: PeerContext) {
+    let span = info_span!("peer", addr = %ctx.addr);
+    async move {
+        let end = match connect(&ctx).await {
+            Ok(stream) => run_inner(stream, &ctx).await,
+            Err(e) => End::network(e),
+        };
+        finish(&ctx, end).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs a connection over any byte stream (an accepted socket, or an
+/// in-memory duplex stream in tests). Always tells the torrent with
+/// [`TorrentMsg::PeerGone`].
+pub async fn run<S>(stream: S, ctx: PeerContext)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let span = info_span!("peer", addr = %ctx.addr);
+    async move {
+        let end = run_inner(stream, &ctx).await;
+        finish(&ctx, end).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn finish(ctx: &PeerContext, end: End) {
+    debug!(reason = %end.reason, "connection ended");
+    // The torrent may be gone already (shutdown): nothing to tell then.
+    let _ = ctx
+        .torrent
+        .send(TorrentMsg::PeerGone {
+            id: ctx.id,
+            fault: end.fault,
+            reason: end.reason,
+        })
+        .await;
+}
+
+async fn connect(ctx: &PeerContext) -> Result<TcpStream, String> {
+    let stream = tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(ctx.addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let sock = socket2::SockRef::from(&stream);
+    // Failing to tune a socket is not worth losing the peer over.
+    let _ = sock.set_nodelay(true);
+    if let Some(n) = ctx.config.socket_recv_buffer {
+        let _ = sock.set_recv_buffer_size(n);
+    }
+    if let Some(n) = ctx.config.socket_send_buffer {
+        let _ = sock.set_send_buffer_size(n);
+    }
+    Ok(stream)
+}
+
+async fn handshake<S>(stream: &mut S, ctx: &PeerContext) -> Result<Handshake, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ours = Handshake::new([0; 8], ctx.info_hash, ctx.our_id);
+    ours.set_extended(true);
+    ours.set_fast(true);
+    let exchange = async {
+        stream
+            .write_all(&ours.to_bytes())
+            .await
+            .map_err(|e| End::network(format!("sending handshake: {e}")))?;
+        let mut buf = [0u8; Handshake::LEN];
+        stream
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| End::network(format!("reading handshake: {e}")))?;
+        match Handshake::decode(&buf) {
+            Ok(Decoded::Complete(h)) => Ok(h),
+            Ok(Decoded::NeedMore(_)) => Err(End::protocol("short handshake")),
+            Err(e) => Err(End::protocol(format!("bad handshake: {e}"))),
+        }
+    };
+    let theirs = tokio::time::timeout(ctx.config.handshake_timeout, exchange)
+        .await
+        .map_err(|_| End::network("handshake timed out"))??;
+    if theirs.info_hash != ctx.info_hash {
+        return Err(End::protocol("handshake for another torrent"));
+    }
+    if theirs.peer_id == ctx.our_id {
+        return Err(End::protocol("connected to ourselves"));
+    }
+    Ok(theirs)
+}
+
+/// The connection's state inside the actor loop.
+struct Conn<'a> {
+    ctx: &'a PeerContext,
+    session: PeerSession,
+    out: BytesMut,
+    fast: bool,
+    /// Our pieces, for validating the remote's requests.
+    have: Bitfield,
+    /// Messages received so far, extension messages and keep-alives aside
+    /// (a bitfield is only valid first).
+    messages: u64,
+    /// The last pick found nothing: retry on the next tick, not per read.
+    starved: bool,
+    /// Waiting for the budget to resume.
+    budget_blocked: bool,
+}
+
+async fn run_inner<S>(mut stream: S, ctx: &PeerContext) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let theirs = match handshake(&mut stream, ctx).await {
+        Ok(h) => h,
+        Err(end) => return end,
+    };
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(ctx.config.peer_mailbox);
+    if ctx
+        .torrent
+        .send(TorrentMsg::PeerConnected {
+            id: ctx.id,
+            cmds: cmd_tx,
+        })
+        .await
+        .is_err()
+    {
+        return End::network("torrent stopped");
+    }
+    let cfg = &ctx.config;
+    let now = Instant::now();
+    let mut conn = Conn {
+        ctx,
+        session: PeerSession::new(
+            SessionConfig {
+                pipeline: cfg.pipeline,
+                rtt: cfg.rtt,
+                snub_after_timeouts: cfg.snub_after_timeouts,
+                keepalive_interval: cfg.keepalive_interval,
+                inactivity_timeout: cfg.inactivity_timeout,
+            },
+            now,
+        ),
+        out: BytesMut::with_capacity(4096),
+        fast: theirs.supports_fast(),
+        have: ctx.have.clone(),
+        messages: 0,
+        starved: false,
+        budget_blocked: false,
+    };
+    let end = conn.drive(stream, theirs, &mut cmd_rx).await;
+    // Requests that will never be answered now give their budget back.
+    let left = conn.session.drain();
+    conn.release_blocks(&left);
+    end
+}
+
+impl Conn<'_> {
+    fn release(&self, bytes: u64) {
+        self.ctx.budget.release(bytes);
+    }
+
+    fn release_blocks(&self, blocks: &[Block]) {
+        let bytes: u64 = blocks.iter().map(|b| u64::from(b.length)).sum();
+        if bytes > 0 {
+            self.release(bytes);
+        }
+    }
+
+    async fn drive<S>(
+        &mut self,
+        stream: S,
+        theirs: Handshake,
+        cmds: &mut mpsc::Receiver<PeerCmd>,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let ctx = self.ctx;
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        if theirs.supports_extended() {
+            let ext = ExtendedHandshake {
+                v: Some(concat!("actorrent ", env!("CARGO_PKG_VERSION")).to_string()),
+                reqq: Some(500),
+                ..Default::default()
+            };
+            ext.to_message().encode(&mut self.out);
+        }
+        if self.fast && self.have.none() {
+            Message::HaveNone.encode(&mut self.out);
+        } else if self.fast && self.have.is_full() {
+            Message::HaveAll.encode(&mut self.out);
+        } else if !self.have.none() {
+            Message::Bitfield(Bytes::from(self.have.to_bytes())).encode(&mut self.out);
+        }
+        let limits = Limits {
+            max_message_len: ctx.config.max_message_len,
+            max_request_len: wire::DEFAULT_MAX_REQUEST_LEN,
+            piece_count: Some(ctx.piece_count),
+        };
+        let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
+        let mut tick = tokio::time::interval(ctx.config.peer_tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Err(end) = self.flush(&mut writer).await {
+                return end;
+            }
+            let budget = ctx.budget.clone();
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return End::network("dropped by the torrent"),
+                read = reader.read_buf(&mut buf) => {
+                    match read {
+                        Ok(0) => return End::network("closed by the peer"),
+                        Ok(_) => {}
+                        Err(e) => return End::network(format!("read: {e}")),
+                    }
+                    let now = Instant::now();
+                    self.session.received(now);
+                    let mut blocks = Vec::new();
+                    loop {
+                        match wire::decode_message(&mut buf, &limits) {
+                            Ok(Decoded::Complete(msg)) => {
+                                if let Err(end) = self.on_message(msg, now, &mut blocks).await {
+                                    self.release_blocks(
+                                        &blocks.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+                                    );
+                                    return end;
+                                }
+                            }
+                            Ok(Decoded::NeedMore(n)) => {
+                                buf.reserve(n.max(ctx.config.read_buffer / 4));
+                                break;
+                            }
+                            Err(e) => {
+                                self.release_blocks(
+                                    &blocks.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+                                );
+                                return End::protocol(format!("bad message: {e}"));
+                            }
+                        }
+                    }
+                    if let Err(end) = self.exchange(blocks, false).await {
+                        return end;
+                    }
+                }
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return End::network("torrent stopped") };
+                    self.on_cmd(cmd);
+                    // Drain what else is waiting so a burst costs one flush.
+                    while let Ok(cmd) = cmds.try_recv() {
+                        self.on_cmd(cmd);
+                    }
+                    if let Err(end) = self.exchange(Vec::new(), false).await {
+                        return end;
+                    }
+                }
+                _ = budget.resumed(), if self.budget_blocked => {
+                    self.budget_blocked = false;
+                    if let Err(end) = self.exchange(Vec::new(), true).await {
+                        return end;
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if self.session.inactive(now) {
+                        return End::network("inactive");
+                    }
+                    let expired = self.session.expire(now);
+                    if !expired.is_empty() {
+                        debug!(count = expired.len(), "requests timed out");
+                        self.release_blocks(&expired);
+                        if ctx.torrent.send(TorrentMsg::TimedOut { id: ctx.id, blocks: expired }).await.is_err() {
+                            return End::network("torrent stopped");
+                        }
+                    }
+                    if self.session.keepalive_due(now) {
+                        Message::KeepAlive.encode(&mut self.out);
+                    }
+                    let retry = std::mem::take(&mut self.starved);
+                    if let Err(end) = self.exchange(Vec::new(), retry).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = self.out.split();
+        match tokio::time::timeout(self.ctx.config.write_timeout, writer.write_all(&out)).await {
+            Ok(Ok(())) => {
+                self.session.sent(Instant::now());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(End::network(format!("write: {e}"))),
+            Err(_) => Err(End::network("write timed out")),
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: PeerCmd) {
+        match cmd {
+            PeerCmd::Cancel(b) => {
+                if self.session.cancelled(b) {
+                    self.release(u64::from(b.length));
+                    Message::Cancel(wire::BlockRef {
+                        index: b.piece,
+                        begin: b.begin,
+                        length: b.length,
+                    })
+                    .encode(&mut self.out);
+                }
+            }
+            PeerCmd::Have(i) => {
+                self.have.set(i, true);
+                Message::Have(i).encode(&mut self.out);
+            }
+            PeerCmd::Interested(on) => {
+                if on != self.session.am_interested {
+                    self.session.am_interested = on;
+                    let msg = if on {
+                        Message::Interested
+                    } else {
+                        Message::NotInterested
+                    };
+                    msg.encode(&mut self.out);
+                    self.starved = false;
+                }
+            }
+        }
+    }
+
+    /// Handles one message; blocks are collected into `blocks` for one
+    /// exchange with the torrent per read.
+    async fn on_message(
+        &mut self,
+        msg: Message,
+        now: Instant,
+        blocks: &mut Vec<(Block, Bytes)>,
+    ) -> Result<(), End> {
+        let ctx = self.ctx;
+        // Peers send their extended handshake (and keep-alives) before the
+        // bitfield; only the other messages count for "bitfield comes first".
+        let first = self.messages == 0;
+        if !matches!(msg, Message::Extended { .. } | Message::KeepAlive) {
+            self.messages += 1;
+        }
+        let to_torrent = |m| async {
+            ctx.torrent
+                .send(m)
+                .await
+                .map_err(|_| End::network("torrent stopped"))
+        };
+        match msg {
+            Message::KeepAlive => {}
+            Message::Choke => {
+                let voided = self.session.choked();
+                self.release_blocks(&voided);
+                to_torrent(TorrentMsg::Choked { id: ctx.id }).await?;
+            }
+            Message::Unchoke => {
+                self.session.peer_choking = false;
+                self.starved = false;
+            }
+            Message::Interested | Message::NotInterested => {}
+            Message::Have(i) => {
+                to_torrent(TorrentMsg::Have {
+                    id: ctx.id,
+                    piece: i,
+                })
+                .await?;
+                self.starved = false;
+            }
+            Message::Bitfield(bits) => {
+                if !first {
+                    return Err(End::protocol("bitfield after other messages"));
+                }
+                to_torrent(TorrentMsg::Bitfield { id: ctx.id, bits }).await?;
+            }
+            Message::HaveAll | Message::HaveNone if !self.fast => {
+                return Err(End::protocol("fast-extension message without the fast bit"));
+            }
+            Message::HaveAll | Message::HaveNone if !first => {
+                return Err(End::protocol("have-all/have-none after other messages"));
+            }
+            Message::HaveAll => to_torrent(TorrentMsg::HaveAll { id: ctx.id }).await?,
+            Message::HaveNone => {}
+            Message::Request(r) => {
+                if !self.have.get(r.index) {
+                    return Err(End::protocol(format!(
+                        "requested piece {} which we do not have",
+                        r.index
+                    )));
+                }
+                // Serving is the seeding path's; until then refuse politely.
+                if self.fast {
+                    Message::Reject(r).encode(&mut self.out);
+                }
+            }
+            Message::Piece { index, begin, data } => {
+                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                let block = Block {
+                    piece: index,
+                    begin,
+                    length: len,
+                };
+                match self.session.block_arrived(block, now) {
+                    Arrival::Expected => blocks.push((block, data)),
+                    Arrival::NotOutstanding => {
+                        // Late or unrequested; the torrent's picker tells
+                        // which. Without budget room it is dropped.
+                        if len <= BLOCK_SIZE && ctx.budget.try_reserve(u64::from(len)) {
+                            blocks.push((block, data));
+                        }
+                    }
+                }
+            }
+            Message::Cancel(_) | Message::Port(_) | Message::Suggest(_) => {}
+            Message::AllowedFast(_) if !self.fast => {
+                return Err(End::protocol("allowed-fast without the fast bit"));
+            }
+            Message::AllowedFast(_) => {}
+            Message::Reject(_) if !self.fast => {
+                return Err(End::protocol("reject without the fast bit"));
+            }
+            Message::Reject(r) => {
+                let block = Block {
+                    piece: r.index,
+                    begin: r.begin,
+                    length: r.length,
+                };
+                if self.session.rejected(block) {
+                    self.release(u64::from(block.length));
+                    to_torrent(TorrentMsg::Rejected { id: ctx.id, block }).await?;
+                }
+            }
+            Message::Extended { id: 0, payload } => match ExtendedHandshake::decode(&payload) {
+                Ok(h) => {
+                    if let Some(q) = h.reqq {
+                        self.session.set_peer_reqq(q);
+                    }
+                }
+                Err(e) => return Err(End::protocol(format!("bad extended handshake: {e}"))),
+            },
+            Message::Extended { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Hands received blocks to the torrent and, when the pipeline has room,
+    /// asks it for blocks to request. `force` asks even after a pick that
+    /// found nothing.
+    async fn exchange(&mut self, blocks: Vec<(Block, Bytes)>, force: bool) -> Result<(), End> {
+        let ctx = self.ctx;
+        let mut want = if self.starved && !force {
+            0
+        } else {
+            self.session.wanted()
+        };
+        let mut reserved = 0u64;
+        if want > 0 {
+            let bytes = want as u64 * u64::from(BLOCK_SIZE);
+            if ctx.budget.try_reserve(bytes) {
+                reserved = bytes;
+            } else {
+                want = 0;
+                self.budget_blocked = true;
+            }
+        }
+        if want == 0 && blocks.is_empty() {
+            return Ok(());
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let msg = TorrentMsg::Exchange {
+            id: ctx.id,
+            blocks,
+            want: want as u32,
+            reply: reply_tx,
+        };
+        let stopped = || End::network("torrent stopped");
+        if ctx.torrent.send(msg).await.is_err() {
+            self.release(reserved);
+            return Err(stopped());
+        }
+        let ExchangeReply {
+            requests,
+            violation,
+        } = match reply_rx.await {
+            Ok(r) => r,
+            Err(_) => {
+                self.release(reserved);
+                return Err(stopped());
+            }
+        };
+        let used: u64 = requests.iter().map(|b| u64::from(b.length)).sum();
+        self.release(reserved - used.min(reserved));
+        if let Some(v) = violation {
+            self.release_blocks(&requests);
+            return Err(End::protocol(v));
+        }
+        if want > 0 && requests.is_empty() {
+            self.starved = true;
+        }
+        let now = Instant::now();
+        for b in &requests {
+            Message::Request(wire::BlockRef {
+                index: b.piece,
+                begin: b.begin,
+                length: b.length,
+            })
+            .encode(&mut self.out);
+        }
+        self.session.requested(&requests, now);
+        Ok(())
+    }
+}
