@@ -253,6 +253,29 @@ impl AtomicBudget {
         }
     }
 
+    /// Takes `bytes` even if the budget is paused or full, pausing it if
+    /// the use reaches the high watermark. Only for requests that finish
+    /// pieces already started: no new piece starts while the budget is
+    /// paused, so these are bounded by the started pieces' remaining
+    /// blocks, and without them a budget filled by partial pieces would
+    /// never drain (nothing completes, nothing is written, nothing released).
+    pub fn force_reserve(&self, bytes: u64) {
+        let high = self.limits.high;
+        let prev = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                let next = (s & VALUE_MASK).saturating_add(bytes).min(VALUE_MASK);
+                Some(if next >= high || s & PAUSED_BIT != 0 {
+                    next | PAUSED_BIT
+                } else {
+                    next
+                })
+            })
+            .unwrap_or_else(|s| s);
+        self.peak
+            .fetch_max((prev & VALUE_MASK).saturating_add(bytes), Ordering::Relaxed);
+    }
+
     /// Gives back `bytes`. Returns `true` for exactly the one release that
     /// resumed a paused budget. Releasing more than is in use is a bug: it
     /// panics in debug builds and saturates at zero otherwise.
@@ -507,5 +530,27 @@ mod tests {
         assert!(b.peak() <= b.capacity());
         assert!(b.peak() >= b.high_watermark());
         assert!(resumes.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[test]
+    fn force_reserve_goes_past_pause_and_capacity_and_drains_back() {
+        let b = AtomicBudget::new(BudgetConfig {
+            capacity: 100,
+            high_watermark_percent: 90,
+            low_watermark_percent: 70,
+        })
+        .unwrap();
+        assert!(b.try_reserve(95));
+        assert!(b.is_paused());
+        assert!(!b.try_reserve(1));
+        b.force_reserve(20);
+        assert_eq!(b.in_use(), 115);
+        assert_eq!(b.peak(), 115);
+        assert!(b.is_paused());
+        assert!(!b.release(40), "75 is still above the low watermark");
+        assert!(b.release(5), "70 resumes");
+        assert!(!b.is_paused());
+        b.force_reserve(1);
+        assert!(!b.is_paused(), "71 is below the high watermark");
     }
 }

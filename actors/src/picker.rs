@@ -544,6 +544,17 @@ impl Picker {
     /// Up to `max` blocks to request from `peer` now, recorded as requested
     /// from it. Empty for an unknown or banned peer.
     pub fn pick(&mut self, peer: PeerId, max: usize, now: Instant) -> Vec<Block> {
+        self.pick_with(peer, max, now, true)
+    }
+
+    /// Like [`Picker::pick`], but only free blocks of pieces already started:
+    /// what a peer may still ask for while the buffer budget is paused, since
+    /// finishing those pieces is what frees the budget.
+    pub fn pick_partial(&mut self, peer: PeerId, max: usize, now: Instant) -> Vec<Block> {
+        self.pick_with(peer, max, now, false)
+    }
+
+    fn pick_with(&mut self, peer: PeerId, max: usize, now: Instant, fresh: bool) -> Vec<Block> {
         let mut out = Vec::new();
         if max == 0 || self.banned.contains(&peer) {
             return out;
@@ -563,6 +574,9 @@ impl Picker {
             if out.len() >= max {
                 return out;
             }
+        }
+        if !fresh {
+            return out;
         }
         // 2. Fresh pieces.
         while out.len() < max {

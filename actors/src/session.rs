@@ -40,6 +40,12 @@ impl BufferBudget {
         self.budget.try_reserve(bytes)
     }
 
+    /// Takes `bytes` whatever the state; see [`AtomicBudget::force_reserve`]
+    /// for the one use that is sound.
+    pub fn force_reserve(&self, bytes: u64) {
+        self.budget.force_reserve(bytes);
+    }
+
     /// Gives back `bytes`; wakes the peers waiting if this resumed it.
     pub fn release(&self, bytes: u64) {
         if bytes > 0 && self.budget.release(bytes) {

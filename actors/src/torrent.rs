@@ -205,6 +205,8 @@ pub enum TorrentMsg {
         blocks: Vec<(Block, Bytes)>,
         /// How many blocks the peer may request now.
         want: u32,
+        /// The budget is paused: only blocks of pieces already started.
+        partial_only: bool,
         /// The answer.
         reply: oneshot::Sender<ExchangeReply>,
     },
@@ -647,9 +649,10 @@ impl Torrent {
                 id,
                 blocks,
                 want,
+                partial_only,
                 reply,
             } => {
-                let r = self.exchange(id, blocks, want);
+                let r = self.exchange(id, blocks, want, partial_only);
                 // The peer may have gone meanwhile; then nothing waits.
                 let _ = reply.send(r);
             }
@@ -705,7 +708,13 @@ impl Torrent {
         }
     }
 
-    fn exchange(&mut self, id: PeerId, blocks: Vec<(Block, Bytes)>, want: u32) -> ExchangeReply {
+    fn exchange(
+        &mut self,
+        id: PeerId,
+        blocks: Vec<(Block, Bytes)>,
+        want: u32,
+        partial_only: bool,
+    ) -> ExchangeReply {
         let now = Instant::now();
         let mut violation = None;
         let mut dropped = 0u64;
@@ -743,7 +752,11 @@ impl Torrent {
         }
         self.release(dropped);
         let requests = if violation.is_none() && want > 0 && !self.picker.is_banned(id) {
-            self.picker.pick(id, want as usize, now)
+            if partial_only {
+                self.picker.pick_partial(id, want as usize, now)
+            } else {
+                self.picker.pick(id, want as usize, now)
+            }
         } else {
             Vec::new()
         };

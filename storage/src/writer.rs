@@ -36,6 +36,11 @@ pub struct WriterConfig {
     pub batch_limit: usize,
     /// Most buffers per `pwritev` call (the kernel's IOV_MAX is 1024).
     pub max_iovecs: usize,
+    /// Writes at most this many bytes per second, sleeping after each batch
+    /// as a disk of that speed would take. `None` (the default) writes as
+    /// fast as the device goes. Models a slow disk in tests and benchmarks,
+    /// and caps the I/O a background download takes from a shared disk.
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl Default for WriterConfig {
@@ -44,6 +49,7 @@ impl Default for WriterConfig {
             queue_capacity: 64,
             batch_limit: 64,
             max_iovecs: 1024,
+            max_bytes_per_sec: None,
         }
     }
 }
@@ -248,8 +254,26 @@ fn writer_loop(s: &WriterShared) {
             }
         }
         s.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let bytes = batch_bytes(&batch);
+        let started = std::time::Instant::now();
         process_batch(s, &mut batch);
+        if let Some(rate) = s.config.max_bytes_per_sec.filter(|r| *r > 0) {
+            let due = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
+            if let Some(rest) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
     }
+}
+
+fn batch_bytes(batch: &[WriterItem]) -> u64 {
+    batch
+        .iter()
+        .map(|item| match item {
+            WriterItem::Write { chunks, .. } => chunks.iter().map(|c| c.data.len() as u64).sum(),
+            WriterItem::Sync { .. } => 0,
+        })
+        .sum()
 }
 
 /// A chunk's place in the batch: sort key and where it came from.

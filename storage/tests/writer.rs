@@ -95,6 +95,7 @@ fn adjacent_pieces_coalesced_into_one_pwritev() {
         queue_capacity: 64,
         batch_limit: 64,
         max_iovecs: 1024,
+        max_bytes_per_sec: None,
     });
     let st = Storage::open_files(
         &io,

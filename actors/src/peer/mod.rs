@@ -562,13 +562,27 @@ impl Conn<'_> {
             self.session.wanted()
         };
         let mut reserved = 0u64;
+        let mut partial_only = false;
         if want > 0 {
-            let bytes = want as u64 * u64::from(BLOCK_SIZE);
-            if ctx.budget.try_reserve(bytes) {
-                reserved = bytes;
-            } else {
+            if self.budget_blocked && self.starved && !force {
+                // Paused, and the last partial-only pick found nothing.
                 want = 0;
-                self.budget_blocked = true;
+            } else {
+                // Ask for less rather than nothing: a deep pipeline may not
+                // fit in a small budget at once.
+                while want > 0 && !ctx.budget.try_reserve(want as u64 * u64::from(BLOCK_SIZE)) {
+                    want /= 2;
+                }
+                if want > 0 {
+                    reserved = want as u64 * u64::from(BLOCK_SIZE);
+                } else {
+                    // Paused: only blocks that finish started pieces (or a
+                    // budget full of partial pieces would never drain),
+                    // reserved once the torrent says which.
+                    want = self.session.wanted();
+                    partial_only = true;
+                    self.budget_blocked = true;
+                }
             }
         }
         if want == 0 && blocks.is_empty() {
@@ -579,6 +593,7 @@ impl Conn<'_> {
             id: ctx.id,
             blocks,
             want: want as u32,
+            partial_only,
             reply: reply_tx,
         };
         let stopped = || End::network("torrent stopped");
@@ -597,7 +612,11 @@ impl Conn<'_> {
             }
         };
         let used: u64 = requests.iter().map(|b| u64::from(b.length)).sum();
-        self.release(reserved - used.min(reserved));
+        if partial_only {
+            ctx.budget.force_reserve(used);
+        } else {
+            self.release(reserved - used.min(reserved));
+        }
         if let Some(v) = violation {
             self.release_blocks(&requests);
             return Err(End::protocol(v));

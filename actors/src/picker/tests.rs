@@ -1217,3 +1217,23 @@ fn scale_100k_pieces() {
         run / picks as u32
     );
 }
+
+#[test]
+fn pick_partial_only_finishes_started_pieces() {
+    let mut p = uniform(4, 4, PickerConfig::default());
+    let a = PeerId(1);
+    p.peer_have_all(a);
+    assert!(
+        p.pick_partial(a, 8, now()).is_empty(),
+        "nothing started yet"
+    );
+    let first = p.pick(a, 2, now());
+    assert_eq!(first.len(), 2);
+    let piece = first[0].piece;
+    assert!(first.iter().all(|b| b.piece == piece));
+    let rest = p.pick_partial(a, 8, now());
+    assert_eq!(rest.len(), 2, "only the started piece's two free blocks");
+    assert!(rest.iter().all(|b| b.piece == piece));
+    assert!(p.pick_partial(a, 8, now()).is_empty());
+    p.check_invariants();
+}
