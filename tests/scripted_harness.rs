@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use protocol::wire::Message;
-use support::scripted::{Corrupt, Fault, Holding, Script, Seed};
+use support::scripted::{Corrupt, Fault, Gate, Holding, Script, Seed};
 use support::torrent::TestTorrent;
 
 /// libtorrent as a leecher: adds the torrent, connects to each peer, exits 0
@@ -59,8 +59,8 @@ impl Drop for Leecher {
     }
 }
 
-/// Runs libtorrent against `peers` and asserts it completes the torrent.
-fn libtorrent_downloads(t: &TestTorrent, out: &Path, seeds: &[&Seed]) {
+/// Starts libtorrent leeching `t` from `seeds`.
+fn spawn_libtorrent(t: &TestTorrent, out: &Path, seeds: &[&Seed]) -> Leecher {
     let peers: Vec<SocketAddr> = seeds.iter().map(|s| s.addr()).collect();
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.args(["-c", LEECH]).arg(&t.path).arg(out).arg("40");
@@ -72,7 +72,11 @@ fn libtorrent_downloads(t: &TestTorrent, out: &Path, seeds: &[&Seed]) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run /usr/bin/python3 (python3-libtorrent)");
-    let mut leecher = Leecher(child);
+    Leecher(child)
+}
+
+/// Waits for libtorrent and asserts it completed the torrent.
+fn assert_libtorrent_completes(mut leecher: Leecher, t: &TestTorrent, out: &Path, seeds: &[&Seed]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = leecher.0.try_wait().expect("wait for libtorrent") {
@@ -95,6 +99,12 @@ fn libtorrent_downloads(t: &TestTorrent, out: &Path, seeds: &[&Seed]) {
         seeds.iter().map(|s| s.summary()).collect::<String>()
     );
     t.assert_downloaded(out);
+}
+
+/// Runs libtorrent against `seeds` and asserts it completes the torrent.
+fn libtorrent_downloads(t: &TestTorrent, out: &Path, seeds: &[&Seed]) {
+    let leecher = spawn_libtorrent(t, out, seeds);
+    assert_libtorrent_completes(leecher, t, out, seeds);
 }
 
 fn multi_file(dir: &Path, piece_length: u32) -> TestTorrent {
@@ -178,4 +188,46 @@ fn libtorrent_rejects_a_corrupting_seed() {
     libtorrent_downloads(&t, &out, &[&bad, &good]);
     bad.assert_no_problems("corrupt seed");
     good.assert_no_problems("good seed");
+}
+
+/// The deliberate protocol violations are violations to libtorrent too: it
+/// drops each of those connections while a gated good seed keeps it waiting,
+/// then completes from the good seed. (libtorrent tolerates an unrequested
+/// block, so that fault is exercised but not asserted here.)
+#[test]
+fn libtorrent_drops_the_protocol_violators() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = multi_file(tmp.path(), 32 * 1024);
+    let violators: Vec<(&str, Seed)> = [
+        ("garbage", Fault::GarbageAfterHandshake),
+        ("oversize length", Fault::OversizeLength),
+        ("wrong-size bitfield", Fault::WrongSizeBitfield),
+    ]
+    .into_iter()
+    .map(|(who, f)| (who, Seed::start(&t, Script::new().fault(f))))
+    .collect();
+    let gate = Gate::new();
+    let mut good = Script::new();
+    good.gate = Some(gate.clone());
+    let good = Seed::start(&t, good);
+    let unrequested = Seed::start(&t, Script::new().fault(Fault::UnrequestedPiece));
+    let mut seeds: Vec<&Seed> = violators.iter().map(|(_, s)| s).collect();
+    seeds.push(&good);
+    seeds.push(&unrequested);
+    let out = tmp.path().join("out");
+    let leecher = spawn_libtorrent(&t, &out, &seeds);
+    for (who, seed) in &violators {
+        let closed = support::wait_until(Duration::from_secs(20), || {
+            seed.logs().first().is_some_and(|l| l.closed_by_client())
+        });
+        assert!(closed, "libtorrent kept the {who} seed\n{}", seed.summary());
+    }
+    // The unrequested block really went out before any request.
+    let u = unrequested.logs();
+    assert!(
+        u.iter()
+            .any(|l| l.requests().is_empty() && !l.blocks_sent().is_empty())
+    );
+    gate.open();
+    assert_libtorrent_completes(leecher, &t, &out, &seeds);
 }

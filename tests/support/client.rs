@@ -46,7 +46,12 @@ impl Client {
     /// Starts `actorrent download <torrent> --output <out> --peer <p>...
     /// --stats-json -` with `extra` arguments appended.
     pub fn download(torrent: &Path, out: &Path, peers: &[SocketAddr], extra: &[&str]) -> Client {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_actorrent"));
+        // ACTORRENT_TEST_BIN runs these tests against another client with
+        // the same command line (for telling a harness fault from a client
+        // fault); by default they run the binary this package builds.
+        let bin = std::env::var_os("ACTORRENT_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_actorrent").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("download")
             .arg(torrent)
             .arg("--output")
