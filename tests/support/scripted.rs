@@ -128,6 +128,9 @@ pub struct Script {
     pub fault: Fault,
     /// When set, stay choked until the gate opens.
     pub gate: Option<Gate>,
+    /// The `reqq` of our extended handshake: how many requests we queue.
+    /// The seed still queues any number; a client should not exceed it.
+    pub reqq: u32,
 }
 
 impl Script {
@@ -142,6 +145,7 @@ impl Script {
             block_delay: Duration::ZERO,
             fault: Fault::None,
             gate: None,
+            reqq: 250,
         }
     }
 
@@ -637,7 +641,7 @@ impl Conn {
         if script.extended && theirs.supports_extended() {
             let ext = ExtendedHandshake {
                 v: Some("scripted seed".into()),
-                reqq: Some(250),
+                reqq: Some(script.reqq),
                 ..ExtendedHandshake::default()
             };
             hello.push(ext.to_message());
@@ -723,6 +727,15 @@ impl Conn {
                 self.send(vec![Message::Unchoke])?;
             }
 
+            // Wait for input no longer than until the next block is due.
+            let wait = if queue.is_empty() || choked || stalled {
+                TICK
+            } else {
+                next_block_at
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), TICK)
+            };
+            let _ = self.stream.set_read_timeout(Some(wait));
             self.read_some()?;
             let msgs = self.decode_all()?;
             if stalled {
