@@ -628,6 +628,15 @@ fn protocol_violations_end_only_that_connection() {
     assert_complete(&t, &out, &done, &seeds);
 
     for (who, seed) in &violators {
+        // The disconnect is logged with its reason, above debug level.
+        let addr = seed.addr().to_string();
+        assert!(
+            done.stderr
+                .lines()
+                .any(|l| l.contains(&addr)
+                    && ["WARN", "INFO", "ERROR"].iter().any(|lv| l.contains(lv))),
+            "no warning or info line names the {who} seed ({addr}) in the log"
+        );
         let logs = seed.logs();
         assert!(
             logs[0].end.is_some_and(|(t, _)| t < gate_at),
