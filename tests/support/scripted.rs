@@ -193,6 +193,9 @@ pub enum Event {
     Sent(Message),
     /// We sent these bytes that are not a valid message.
     SentRaw(Bytes),
+    /// We discarded this request unanswered, as BEP 3 does on a choke
+    /// (without the fast extension there is no reject to send).
+    Dropped(BlockRef),
 }
 
 /// How a connection ended.
@@ -545,6 +548,14 @@ impl Conn {
         self.write_raw(&out)
     }
 
+    fn dropped(&self, blocks: &[BlockRef]) {
+        let now = Instant::now();
+        self.log(|l| {
+            l.events
+                .extend(blocks.iter().map(|b| (now, Event::Dropped(*b))))
+        });
+    }
+
     fn send_raw(&mut self, bytes: Bytes) -> Step<()> {
         let now = Instant::now();
         let copy = bytes.clone();
@@ -756,6 +767,8 @@ impl Conn {
                             // BEP 6: reject; BEP 3: silently drop.
                             if fast {
                                 replies.push(Message::Reject(b));
+                            } else {
+                                self.dropped(&[b]);
                             }
                         } else if !queue.contains(&b) {
                             queue.push_back(b);
@@ -804,7 +817,8 @@ impl Conn {
                         if fast {
                             msgs.extend(queue.drain(..).map(Message::Reject));
                         } else {
-                            queue.clear();
+                            let dropped: Vec<BlockRef> = queue.drain(..).collect();
+                            self.dropped(&dropped);
                         }
                         self.send(msgs)?;
                     }
@@ -835,9 +849,12 @@ pub fn check_client_handshake(h: &Handshake) -> Vec<String> {
 }
 
 /// Blocks requested from this seed while it had the client choked after it
-/// had already rejected them in that same choke: a client that re-requests
-/// before the unchoke. Requests that merely crossed the choke on the wire are
-/// not counted (they were sent before the client could know).
+/// had already rejected (BEP 6) or dropped (BEP 3) them in that same choke:
+/// a client that re-requests before the unchoke. A client asks again for a
+/// block it had outstanding here only once it knows the request is dead,
+/// that is after the choke or reject reached it, so such a request is no
+/// wire race. Requests that merely crossed the choke on the wire are not
+/// counted (they were sent before the client could know).
 pub fn rerequested_while_choked(log: &ConnLog) -> Vec<BlockRef> {
     let mut choked = false;
     let mut rejected: HashSet<BlockRef> = HashSet::new();
@@ -852,7 +869,7 @@ pub fn rerequested_while_choked(log: &ConnLog) -> Vec<BlockRef> {
                 choked = false;
                 rejected.clear();
             }
-            Event::Sent(Message::Reject(b)) if choked => {
+            Event::Sent(Message::Reject(b)) | Event::Dropped(b) if choked => {
                 rejected.insert(*b);
             }
             Event::Recv(Message::Request(b)) if choked && rejected.contains(b) => bad.push(*b),
