@@ -18,6 +18,46 @@ use serde_json::json;
 use crate::Failure;
 use crate::info::read_torrent;
 
+/// Options shared by `download` and `seed`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetArgs {
+    /// A peer to connect to (repeatable).
+    #[arg(long = "peer", value_name = "IP:PORT")]
+    pub peers: Vec<SocketAddr>,
+    /// Write one JSON object per second (and a final one) to this file, or
+    /// to stdout with `-`.
+    #[arg(long, value_name = "PATH|-")]
+    pub stats_json: Option<String>,
+    /// Where to keep resume data (default: `<DIR>/.actorrent/<info-hash>.resume`,
+    /// or next to an image file, or under the state directory for a device).
+    #[arg(long, value_name = "PATH")]
+    pub resume_file: Option<PathBuf>,
+    /// Upload slots (the optimistic one included), or `unlimited` to serve
+    /// every interested peer at once (a LAN seed).
+    #[arg(long, value_name = "N|unlimited", default_value = "4", value_parser = parse_slots)]
+    pub unchoke_slots: Slots,
+    /// Upload limit in bytes per second (default: unlimited).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub upload_limit: Option<u64>,
+    /// Download limit in bytes per second (default: unlimited).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub download_limit: Option<u64>,
+}
+
+/// Upload slots: a count or unlimited.
+#[derive(Debug, Clone, Copy)]
+pub struct Slots(pub Option<usize>);
+
+fn parse_slots(s: &str) -> Result<Slots, String> {
+    if s == "unlimited" {
+        return Ok(Slots(None));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(Slots(Some(n))),
+        _ => Err(format!("`{s}` is not a positive number or `unlimited`")),
+    }
+}
+
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["output", "raw_target"])))]
 pub struct DownloadArgs {
@@ -30,45 +70,114 @@ pub struct DownloadArgs {
     /// device or image file.
     #[arg(long, value_name = "PATH")]
     pub raw_target: Option<PathBuf>,
-    /// A peer to connect to (repeatable).
-    #[arg(long = "peer", value_name = "IP:PORT")]
-    pub peers: Vec<SocketAddr>,
     /// Accept incoming connections on this address (port 0: any free port).
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
     /// Fetch pieces in order instead of rarest first.
     #[arg(long)]
     pub sequential: bool,
-    /// Write one JSON object per second (and a final one) to this file, or
-    /// to stdout with `-`.
-    #[arg(long, value_name = "PATH|-")]
-    pub stats_json: Option<String>,
-    /// Where to keep resume data (default: `<DIR>/.actorrent/<info-hash>.resume`,
-    /// or next to an image file, or under the state directory for a device).
+    /// Keep seeding after the download completes, until interrupted or a
+    /// `--seed-ratio` / `--seed-time` is reached.
+    #[arg(long)]
+    pub seed_after: bool,
+    /// With `--seed-after`: stop once uploaded bytes reach this multiple of
+    /// the torrent's size.
+    #[arg(long, value_name = "RATIO", requires = "seed_after")]
+    pub seed_ratio: Option<f64>,
+    /// With `--seed-after`: stop after seeding this many seconds.
+    #[arg(long, value_name = "SECS", requires = "seed_after")]
+    pub seed_time: Option<u64>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["data", "raw_target"])))]
+pub struct SeedArgs {
+    /// The .torrent file.
+    pub torrent: PathBuf,
+    /// Directory holding the payload (as `<DIR>/<torrent name>`, the layout
+    /// `download --output` makes).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Raw-disk mode: serve from this block device or image file.
     #[arg(long, value_name = "PATH")]
-    pub resume_file: Option<PathBuf>,
+    pub raw_target: Option<PathBuf>,
+    /// Accept incoming connections on this address (port 0: any free port).
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:6881")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// What the run loop should do once the torrent is complete.
+struct Plan {
+    seed: bool,
+    seed_only: bool,
+    seed_ratio: Option<f64>,
+    seed_time: Option<Duration>,
+    listen: Option<SocketAddr>,
+    sequential: bool,
 }
 
 pub fn run(args: &DownloadArgs) -> Result<(), Failure> {
-    let bytes = read_torrent(&args.torrent)?;
-    let meta = Metainfo::from_bytes(&bytes).map_err(|e| {
-        Failure::BadInput(anyhow!(
-            "{}: not a valid torrent: {e}",
-            args.torrent.display()
-        ))
-    })?;
     let target = match (&args.output, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),
         _ => return Err(Failure::BadInput(anyhow!("give --output or --raw-target"))),
     };
-    let resume_file = match &args.resume_file {
+    let plan = Plan {
+        seed: args.seed_after,
+        seed_only: false,
+        seed_ratio: args.seed_ratio,
+        seed_time: args.seed_time.map(Duration::from_secs),
+        listen: args.listen,
+        sequential: args.sequential,
+    };
+    run_torrent(&args.torrent, target, &args.net, plan)
+}
+
+pub fn seed(args: &SeedArgs) -> Result<(), Failure> {
+    let target = match (&args.data, &args.raw_target) {
+        (Some(dir), None) => Target::Directory(dir.clone()),
+        (None, Some(path)) => Target::Raw(path.clone()),
+        _ => return Err(Failure::BadInput(anyhow!("give --data or --raw-target"))),
+    };
+    let plan = Plan {
+        seed: true,
+        seed_only: true,
+        seed_ratio: None,
+        seed_time: None,
+        listen: Some(args.listen),
+        sequential: false,
+    };
+    run_torrent(&args.torrent, target, &args.net, plan)
+}
+
+fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Result<(), Failure> {
+    let bytes = read_torrent(torrent)?;
+    let meta = Metainfo::from_bytes(&bytes).map_err(|e| {
+        Failure::BadInput(anyhow!("{}: not a valid torrent: {e}", torrent.display()))
+    })?;
+    if plan.seed_only {
+        let payload = match &target {
+            Target::Directory(dir) => dir.join(&meta.info.name),
+            Target::Raw(path) => path.clone(),
+        };
+        if !payload.exists() {
+            return Err(Failure::BadInput(anyhow!(
+                "no data to seed at {}",
+                payload.display()
+            )));
+        }
+    }
+    let resume_file = match &net.resume_file {
         Some(p) => p.clone(),
         None => {
             default_resume_file(&target, &meta.info_hash.to_hex()).map_err(Failure::BadInput)?
         }
     };
-    let mut stats_out: Option<Box<dyn Write + Send>> = match args.stats_json.as_deref() {
+    let mut stats_out: Option<Box<dyn Write + Send>> = match net.stats_json.as_deref() {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout())),
         Some(path) => Some(Box::new(
@@ -77,50 +186,51 @@ pub fn run(args: &DownloadArgs) -> Result<(), Failure> {
                 .map_err(Failure::BadInput)?,
         )),
     };
+    let total_length = meta.info.total_length;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
         .map_err(Failure::Runtime)?;
     runtime.block_on(async {
-        let session = Session::start(ClientConfig::default())
+        let mut config = ClientConfig::default();
+        config.choker.slots = net.unchoke_slots.0;
+        config.upload_limit = net.upload_limit;
+        config.download_limit = net.download_limit;
+        let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
         let params = TorrentParams {
             meta: Arc::new(meta),
             target,
             resume_file,
-            peers: args.peers.clone(),
-            strategy: parse_strategy(args.sequential),
+            peers: net.peers.clone(),
+            strategy: parse_strategy(plan.sequential),
+            seed: plan.seed,
+            upload_limit: None,
+            download_limit: None,
         };
         let handle = session
             .add_torrent(params)
             .await
             .context("adding the torrent")
             .map_err(Failure::Runtime)?;
-        if let Some(addr) = args.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
+        let mut listen_port = 0;
+        if let Some(addr) = plan.listen {
+            let local = session
+                .listen(addr)
                 .await
-                .with_context(|| format!("listening on {addr}"))
-                .map_err(Failure::Runtime)?;
-            let local = listener
-                .local_addr()
                 .map_err(|e| Failure::Runtime(e.into()))?;
-            tracing::info!(%local, "listening");
-            let h = handle.clone();
-            tokio::spawn(async move {
-                while let Ok((stream, peer)) = listener.accept().await {
-                    if h.incoming(stream, peer).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            listen_port = local.port();
         }
         let mut stats = handle.stats();
         let started = Instant::now();
+        let mut seeding_since: Option<Instant> = None;
         let tty = std::io::stderr().is_terminal();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut signals = Signals::new().map_err(|e| Failure::Runtime(e.into()))?;
         let outcome = loop {
+            let mut event = "progress";
             tokio::select! {
                 _ = tick.tick() => {}
                 changed = stats.changed() => {
@@ -128,22 +238,36 @@ pub fn run(args: &DownloadArgs) -> Result<(), Failure> {
                         break Err(Failure::Runtime(anyhow!("the torrent stopped unexpectedly")));
                     }
                     let s = stats.borrow().clone();
-                    if !matches!(s.state, TorrentState::Complete | TorrentState::Error(_)) {
+                    let newly_seeding = s.state == TorrentState::Seeding && seeding_since.is_none();
+                    if !newly_seeding && !matches!(s.state, TorrentState::Complete | TorrentState::Error(_)) {
                         continue;
                     }
                 }
-                _ = tokio::signal::ctrl_c() => {
-                    break Err(Failure::Interrupted);
+                _ = signals.recv() => {
+                    tracing::info!("signal received; stopping");
+                    break Ok(());
                 }
             }
             let s = stats.borrow().clone();
-            let event = if s.state == TorrentState::Complete {
-                "complete"
-            } else {
-                "progress"
-            };
+            match s.state {
+                TorrentState::Complete => event = "complete",
+                TorrentState::Seeding if seeding_since.is_none() => {
+                    seeding_since = Some(Instant::now());
+                    if !plan.seed_only {
+                        event = "complete";
+                    }
+                }
+                TorrentState::Downloading if plan.seed_only => {
+                    break Err(Failure::Runtime(anyhow!(
+                        "the data is incomplete ({} of {} pieces verified); nothing to seed",
+                        s.pieces_done,
+                        s.pieces_total
+                    )));
+                }
+                _ => {}
+            }
             if let Some(out) = stats_out.as_mut() {
-                let _ = writeln!(out, "{}", stats_json(&s, event));
+                let _ = writeln!(out, "{}", stats_json(&s, event, listen_port));
                 let _ = out.flush();
             }
             if tty {
@@ -152,6 +276,18 @@ pub fn run(args: &DownloadArgs) -> Result<(), Failure> {
             match s.state {
                 TorrentState::Complete => break Ok(()),
                 TorrentState::Error(e) => break Err(Failure::Runtime(anyhow!(e))),
+                TorrentState::Seeding => {
+                    let by_ratio = plan
+                        .seed_ratio
+                        .is_some_and(|r| s.bytes_up as f64 >= r * total_length as f64);
+                    let by_time = plan
+                        .seed_time
+                        .zip(seeding_since)
+                        .is_some_and(|(limit, since)| since.elapsed() >= limit);
+                    if by_ratio || by_time {
+                        break Ok(());
+                    }
+                }
                 _ => {}
             }
         };
@@ -159,8 +295,52 @@ pub fn run(args: &DownloadArgs) -> Result<(), Failure> {
             eprintln!();
         }
         session.shutdown().await;
+        if let (Some(out), Ok(())) = (stats_out.as_mut(), &outcome) {
+            // The final numbers after the stop (resume data saved).
+            let s = stats.borrow().clone();
+            if s.state != TorrentState::Complete {
+                let _ = writeln!(out, "{}", stats_json(&s, "stopped", listen_port));
+                let _ = out.flush();
+            }
+        }
         outcome
     })
+}
+
+/// SIGINT and SIGTERM. The first asks for a clean stop; a second one exits
+/// at once.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        let (mut int, mut term) = match Signals::new() {
+            Ok(s) => (s.int, s.term),
+            Err(_) => return,
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("actorrent: second signal; exiting at once");
+            std::process::exit(130);
+        });
+    }
 }
 
 fn default_resume_file(target: &Target, hex: &str) -> anyhow::Result<PathBuf> {
@@ -191,9 +371,10 @@ fn is_block_device(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn stats_json(s: &TorrentStats, event: &str) -> serde_json::Value {
+fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Value {
     json!({
         "event": event,
+        "listen_port": listen_port,
         "state": s.state.name(),
         "bytes_down": s.bytes_down,
         "bytes_up": s.bytes_up,

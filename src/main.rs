@@ -23,6 +23,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Download a torrent from peers, verify every piece and write it.
     Download(download::DownloadArgs),
+    /// Serve a torrent whose data is complete on disk.
+    Seed(download::SeedArgs),
 }
 
 /// A failure the user caused (bad input, exit status 2) or one the client hit
@@ -31,8 +33,6 @@ enum Command {
 pub enum Failure {
     BadInput(anyhow::Error),
     Runtime(anyhow::Error),
-    /// Stopped by SIGINT before finishing (state was saved).
-    Interrupted,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Download(args) => download::run(&args),
+        Command::Seed(args) => download::seed(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,10 +59,6 @@ fn main() -> ExitCode {
         Err(Failure::Runtime(e)) => {
             eprintln!("actorrent: {e:#}");
             ExitCode::from(1)
-        }
-        Err(Failure::Interrupted) => {
-            eprintln!("actorrent: interrupted; progress saved");
-            ExitCode::from(130)
         }
     }
 }

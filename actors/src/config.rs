@@ -7,6 +7,7 @@ use std::time::Duration;
 use storage::{DiskIoConfig, RecheckConfig, ResumePolicy};
 
 use crate::budget::BudgetConfig;
+use crate::choker::ChokerConfig;
 use crate::picker::PickerConfig;
 use crate::pipeline::PipelineConfig;
 use crate::rtt::RttConfig;
@@ -78,6 +79,27 @@ pub struct ClientConfig {
     pub stats_interval: Duration,
     /// How often peers check request timeouts and keep-alives. Default 250 ms.
     pub peer_tick: Duration,
+    /// Largest block a peer may request from us. Default 16 KiB (what every
+    /// mainstream client asks for; larger requests are refused).
+    pub max_upload_block: u32,
+    /// Requests one peer may have queued with us; one more drops the peer.
+    /// Default 500.
+    pub max_upload_queue: usize,
+    /// Bytes of block messages queued for one socket before serving pauses
+    /// until they are written. Default 1 MiB.
+    pub max_send_queue: usize,
+    /// Whole pieces each connection keeps read ahead for its next requests
+    /// (counted in the buffer budget). Default 2.
+    pub read_cache_pieces: usize,
+    /// Upload slots and rotation.
+    pub choker: ChokerConfig,
+    /// Process-wide upload limit in bytes per second; `None` is unlimited.
+    pub upload_limit: Option<u64>,
+    /// Process-wide download limit in bytes per second; `None` is unlimited.
+    pub download_limit: Option<u64>,
+    /// Incoming connections whose handshake is still being read, at most.
+    /// Default 64.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for ClientConfig {
@@ -110,6 +132,14 @@ impl Default for ClientConfig {
             max_message_len: protocol::wire::DEFAULT_MAX_MESSAGE_LEN,
             stats_interval: Duration::from_secs(1),
             peer_tick: Duration::from_millis(250),
+            max_upload_block: 16 * 1024,
+            max_upload_queue: 500,
+            max_send_queue: 1 << 20,
+            read_cache_pieces: 2,
+            choker: ChokerConfig::default(),
+            upload_limit: None,
+            download_limit: None,
+            max_pending_handshakes: 64,
         }
     }
 }

@@ -47,10 +47,12 @@
 //! every peer for a decision two atomic operations make.
 
 pub mod budget;
+pub mod choker;
 pub mod config;
 pub mod peer;
 pub mod picker;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod rtt;
 pub mod session;
 pub mod torrent;

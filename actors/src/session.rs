@@ -3,13 +3,18 @@
 //! buffer budget, our peer id) and the registry of torrents, and takes
 //! commands from the command line through its bounded mailbox.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use protocol::wire::{Decoded, Handshake};
 use storage::{DiskIo, HashPool, HashPoolConfig};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::budget::{AtomicBudget, BudgetConfig, BudgetConfigError};
 use crate::config::ClientConfig;
@@ -92,12 +97,27 @@ pub enum SessionError {
     /// The session has stopped.
     #[error("the session has stopped")]
     Stopped,
+    /// The listening socket could not be opened.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 enum Command {
     AddTorrent {
         params: TorrentParams,
         reply: oneshot::Sender<TorrentHandle>,
+    },
+    /// A remote peer connected and sent its handshake.
+    Incoming {
+        stream: TcpStream,
+        addr: SocketAddr,
+        handshake: Handshake,
     },
 }
 
@@ -106,6 +126,8 @@ enum Command {
 pub struct Session {
     tx: mpsc::Sender<Command>,
     cancel: CancellationToken,
+    handshake_timeout: std::time::Duration,
+    max_pending_handshakes: usize,
     join: tokio::task::JoinHandle<()>,
     budget: Arc<BufferBudget>,
     disk: DiskIo,
@@ -135,12 +157,16 @@ impl Session {
             budget: budget.clone(),
             disk: disk.clone(),
             peer_id,
+            up_limit: config.upload_limit.map(crate::ratelimit::limiter),
+            down_limit: config.download_limit.map(crate::ratelimit::limiter),
         };
         let (tx, rx) = mpsc::channel(config.session_mailbox);
         let cancel = CancellationToken::new();
         let join = tokio::spawn(run(rx, shared, pool, cancel.clone()));
         Ok(Session {
             tx,
+            handshake_timeout: config.handshake_timeout,
+            max_pending_handshakes: config.max_pending_handshakes,
             cancel,
             join,
             budget,
@@ -156,6 +182,62 @@ impl Session {
             .await
             .map_err(|_| SessionError::Stopped)?;
         rx.await.map_err(|_| SessionError::Stopped)
+    }
+
+    /// Accepts peer connections on `addr` (port 0: any free port) and
+    /// routes each to its torrent by the info-hash of its handshake;
+    /// unknown info-hashes are dropped. Returns the bound address.
+    pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, SessionError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| SessionError::Listen { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| SessionError::Listen { addr, source })?;
+        info!(%local, "listening");
+        let tx = self.tx.clone();
+        let cancel = self.cancel.clone();
+        let timeout = self.handshake_timeout;
+        // Handshakes being read at once, so a flood of idle sockets costs
+        // bounded memory and tasks.
+        let pending = Arc::new(Semaphore::new(self.max_pending_handshakes));
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut stream, peer)) = accepted else {
+                    continue;
+                };
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many handshakes in progress; dropped");
+                    continue;
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let mut buf = [0u8; Handshake::LEN];
+                    let read = tokio::time::timeout(timeout, stream.read_exact(&mut buf)).await;
+                    if !matches!(read, Ok(Ok(_))) {
+                        return;
+                    }
+                    let Ok(Decoded::Complete(handshake)) = Handshake::decode(&buf) else {
+                        debug!(%peer, "not a BitTorrent handshake; dropped");
+                        return;
+                    };
+                    let _ = socket2::SockRef::from(&stream).set_nodelay(true);
+                    let _ = tx
+                        .send(Command::Incoming {
+                            stream,
+                            addr: peer,
+                            handshake,
+                        })
+                        .await;
+                });
+            }
+        });
+        Ok(local)
     }
 
     /// The process-wide buffer budget.
@@ -183,20 +265,40 @@ async fn run(
     cancel: CancellationToken,
 ) {
     let mut torrents = JoinSet::new();
+    let mut by_hash: HashMap<[u8; 20], TorrentHandle> = HashMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             cmd = rx.recv() => match cmd {
                 Some(Command::AddTorrent { params, reply }) => {
+                    let hash = params.meta.info_hash.0;
                     let (handle, join) = torrent::spawn(params, shared.clone(), cancel.child_token());
                     torrents.spawn(async move {
                         let _ = join.await;
+                        hash
                     });
+                    by_hash.insert(hash, handle.clone());
                     let _ = reply.send(handle);
+                }
+                Some(Command::Incoming { stream, addr, handshake }) => {
+                    // Never wait on a torrent here: a busy one loses the
+                    // connection rather than stalling every other torrent.
+                    match by_hash.get(&handshake.info_hash) {
+                        Some(h) => {
+                            if !h.incoming(stream, addr, handshake) {
+                                debug!(%addr, "torrent busy; incoming connection dropped");
+                            }
+                        }
+                        None => debug!(%addr, "unknown info-hash; dropped"),
+                    }
                 }
                 None => break,
             },
-            Some(_) = torrents.join_next(), if !torrents.is_empty() => {}
+            Some(done) = torrents.join_next(), if !torrents.is_empty() => {
+                if let Ok(hash) = done {
+                    by_hash.remove(&hash);
+                }
+            }
         }
     }
     cancel.cancel();

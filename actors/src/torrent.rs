@@ -35,10 +35,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::choker::{Candidate, Choker};
 use crate::config::ClientConfig;
 use crate::peer::{self, PeerCmd, PeerContext};
 use crate::picker::{Bitfield, Block, PeerId, Picker, PickerConfig, Received, Strategy};
 use crate::pipeline::RateMeter;
+use crate::ratelimit::{self, Limiter};
 use crate::session::BufferBudget;
 
 /// Where a torrent's payload goes.
@@ -63,6 +65,12 @@ pub struct TorrentParams {
     pub peers: Vec<SocketAddr>,
     /// Piece order.
     pub strategy: Strategy,
+    /// Keep serving once complete (a seed), instead of stopping.
+    pub seed: bool,
+    /// This torrent's upload limit, bytes per second.
+    pub upload_limit: Option<u64>,
+    /// This torrent's download limit, bytes per second.
+    pub download_limit: Option<u64>,
 }
 
 /// Where a torrent is in its life.
@@ -72,7 +80,9 @@ pub enum TorrentState {
     Checking,
     /// Fetching pieces.
     Downloading,
-    /// Every piece verified, written, synced and recorded.
+    /// Complete, and serving peers.
+    Seeding,
+    /// Every piece verified, written, synced and recorded; stopped.
     Complete,
     /// Stopped by a failure (disk full, write error, ...).
     Error(String),
@@ -84,6 +94,7 @@ impl TorrentState {
         match self {
             TorrentState::Checking => "checking",
             TorrentState::Downloading => "downloading",
+            TorrentState::Seeding => "seeding",
             TorrentState::Complete => "complete",
             TorrentState::Error(_) => "error",
         }
@@ -212,8 +223,22 @@ pub enum TorrentMsg {
     },
     /// More peer addresses (from the command line, a tracker, ...).
     AddPeers(Vec<SocketAddr>),
-    /// A connection the remote side opened to us.
-    Incoming(tokio::net::TcpStream, SocketAddr),
+    /// A connection the remote side opened to us, with its handshake.
+    Incoming(tokio::net::TcpStream, SocketAddr, protocol::wire::Handshake),
+    /// A peer's interest in us and its transfer numbers (on change and
+    /// about once a second).
+    PeerStatus {
+        /// The connection.
+        id: PeerId,
+        /// It wants something we have.
+        interested: bool,
+        /// Bytes per second it sends us.
+        down_rate: u64,
+        /// Bytes per second we send it.
+        up_rate: u64,
+        /// Bytes uploaded to it since the last status.
+        uploaded: u64,
+    },
 }
 
 /// A handle to a running torrent.
@@ -229,16 +254,18 @@ impl TorrentHandle {
         self.stats.clone()
     }
 
-    /// Hands over a connection a remote peer opened to us.
-    pub async fn incoming(
+    /// Hands over a connection a remote peer opened to us, without
+    /// waiting: `false` if the torrent's mailbox is full or it stopped
+    /// (the connection is then dropped).
+    pub fn incoming(
         &self,
         stream: tokio::net::TcpStream,
         addr: SocketAddr,
-    ) -> Result<(), TorrentStopped> {
+        handshake: protocol::wire::Handshake,
+    ) -> bool {
         self.tx
-            .send(TorrentMsg::Incoming(stream, addr))
-            .await
-            .map_err(|_| TorrentStopped)
+            .try_send(TorrentMsg::Incoming(stream, addr, handshake))
+            .is_ok()
     }
 
     /// Adds peer addresses to connect to. Fails if the torrent has stopped.
@@ -265,6 +292,9 @@ pub(crate) struct Shared {
     pub hash_permits: Arc<Semaphore>,
     pub disk: DiskIo,
     pub peer_id: [u8; 20],
+    /// Process-wide rate limits.
+    pub up_limit: Option<Arc<Limiter>>,
+    pub down_limit: Option<Arc<Limiter>>,
 }
 
 /// A completion from the hash or disk threads.
@@ -318,7 +348,14 @@ struct PeerEntry {
     addr: SocketAddr,
     cmds: Option<mpsc::Sender<PeerCmd>>,
     cancel: CancellationToken,
+    /// We told it we are interested.
     interested: bool,
+    /// It is interested in us.
+    wants_us: bool,
+    down_rate: u64,
+    up_rate: u64,
+    /// It has every piece.
+    is_seed: bool,
 }
 
 #[derive(Default)]
@@ -360,6 +397,12 @@ struct Torrent {
     hash_failures: u64,
     banned_peers: u64,
     protocol_errors: u64,
+    bytes_up: u64,
+    up: RateMeter,
+    seed: bool,
+    choker: Choker,
+    up_limits: Vec<Arc<Limiter>>,
+    down_limits: Vec<Arc<Limiter>>,
 }
 
 async fn run(
@@ -415,6 +458,11 @@ async fn run(
     // Every permit can have one completion waiting, plus the one sync.
     let (done_tx, mut done_rx) = mpsc::channel(write_cap + hash_cap + 2);
     let policy: ResumePolicy = shared.config.resume;
+    let shared_choker = shared.config.choker;
+    let mut up_limits: Vec<Arc<Limiter>> = shared.up_limit.iter().cloned().collect();
+    up_limits.extend(params.upload_limit.map(ratelimit::limiter));
+    let mut down_limits: Vec<Arc<Limiter>> = shared.down_limit.iter().cloned().collect();
+    down_limits.extend(params.download_limit.map(ratelimit::limiter));
     let mut t = Torrent {
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
@@ -443,6 +491,12 @@ async fn run(
         hash_failures: 0,
         banned_peers: 0,
         protocol_errors: 0,
+        bytes_up: 0,
+        up: RateMeter::new(Duration::from_secs(5), 10),
+        seed: params.seed,
+        choker: Choker::new(shared_choker),
+        up_limits,
+        down_limits,
     };
     for a in params.peers {
         t.addrs.entry(a).or_default();
@@ -479,6 +533,7 @@ async fn run(
             _ = tick.tick() => {
                 t.connect_peers();
                 t.maybe_checkpoint();
+                t.choke_round();
                 t.publish();
             }
             Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
@@ -544,10 +599,11 @@ impl Torrent {
         let s = TorrentStats {
             state: self.state.clone(),
             bytes_down: self.bytes_down,
-            bytes_up: 0,
+            bytes_up: self.bytes_up,
             rate_down: self.down.rate(now),
-            rate_up: 0,
+            rate_up: self.up.rate(now),
             peers: self.peers.values().filter(|p| p.cmds.is_some()).count(),
+
             pieces_done: self.picker.num_pieces() - self.picker.missing_count(),
             pieces_total: self.picker.num_pieces(),
             hash_failures: self.hash_failures,
@@ -567,7 +623,8 @@ impl Torrent {
 
     /// Starts connections to known addresses, within the limit.
     fn connect_peers(&mut self) {
-        if self.picker.is_complete() || self.cancel.is_cancelled() {
+        let serving = self.seed && self.state == TorrentState::Seeding;
+        if (self.picker.is_complete() && !serving) || self.cancel.is_cancelled() {
             return;
         }
         let now = Instant::now();
@@ -618,6 +675,8 @@ impl Torrent {
                     Ok(b) => {
                         if let Err(e) = self.picker.peer_bitfield(id, &b) {
                             self.drop_peer(id, format!("bad bitfield: {e}"));
+                        } else if b.is_full() {
+                            self.drop_if_both_seeds(id);
                         }
                     }
                     Err(e) => self.drop_peer(id, format!("bad bitfield: {e}")),
@@ -627,6 +686,7 @@ impl Torrent {
             TorrentMsg::HaveAll { id } => {
                 self.picker.peer_have_all(id);
                 self.update_interest(id);
+                self.drop_if_both_seeds(id);
             }
             TorrentMsg::Have { id, piece } => {
                 if let Err(e) = self.picker.peer_have(id, piece) {
@@ -669,13 +729,39 @@ impl Torrent {
                 }
                 self.connect_peers();
             }
-            TorrentMsg::Incoming(stream, addr) => {
+            TorrentMsg::Incoming(stream, addr, handshake) => {
                 let full = self.peers.len() >= self.shared.config.max_peers_per_torrent;
-                if full || self.banned.contains(&addr) || self.picker.is_complete() {
+                let done = self.picker.is_complete() && !self.seed;
+                if full || done || self.banned.contains(&addr) {
                     return;
                 }
                 let ctx = self.new_peer(addr);
-                self.tasks.spawn(peer::run(stream, ctx));
+                self.tasks.spawn(peer::run(stream, Some(handshake), ctx));
+            }
+            TorrentMsg::PeerStatus {
+                id,
+                interested,
+                down_rate,
+                up_rate,
+                uploaded,
+            } => {
+                self.bytes_up += uploaded;
+                self.up.record(Instant::now(), uploaded);
+                let Some(p) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                p.down_rate = down_rate;
+                p.up_rate = up_rate;
+                if p.wants_us != interested {
+                    p.wants_us = interested;
+                    if interested {
+                        if self.choker.interested(id, Instant::now()) {
+                            self.send_choke(id, false);
+                        }
+                    } else if self.choker.remove(id) {
+                        self.send_choke(id, true);
+                    }
+                }
             }
         }
     }
@@ -692,6 +778,10 @@ impl Torrent {
                 cmds: None,
                 cancel: cancel.clone(),
                 interested: false,
+                wants_us: false,
+                down_rate: 0,
+                up_rate: 0,
+                is_seed: false,
             },
         );
         PeerContext {
@@ -705,6 +795,57 @@ impl Torrent {
             budget: self.shared.budget.clone(),
             config: self.shared.config.clone(),
             cancel,
+            storage: self.storage.clone(),
+            up_limits: self.up_limits.clone(),
+            down_limits: self.down_limits.clone(),
+        }
+    }
+
+    /// Tells a peer the choker's decision; a peer whose mailbox is full is
+    /// dropped (a lost unchoke would leave it waiting forever).
+    fn send_choke(&mut self, id: PeerId, choke: bool) {
+        let Some(tx) = self.peers.get(&id).and_then(|p| p.cmds.as_ref()) else {
+            return;
+        };
+        if tx.try_send(PeerCmd::Choke(choke)).is_err() {
+            self.drop_peer(id, "peer mailbox full".into());
+        }
+    }
+
+    /// Runs the choker when a round is due.
+    fn choke_round(&mut self) {
+        let now = Instant::now();
+        if !self.choker.due(now) {
+            return;
+        }
+        let candidates: Vec<Candidate> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.cmds.is_some())
+            .map(|(id, p)| Candidate {
+                id: *id,
+                interested: p.wants_us,
+                down_rate: p.down_rate,
+                up_rate: p.up_rate,
+            })
+            .collect();
+        let seeding = self.picker.is_complete();
+        let d = self.choker.round(now, seeding, &candidates);
+        for id in d.choke {
+            self.send_choke(id, true);
+        }
+        for id in d.unchoke {
+            self.send_choke(id, false);
+        }
+    }
+
+    /// A peer that has everything is of no use to a complete torrent.
+    fn drop_if_both_seeds(&mut self, id: PeerId) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.is_seed = true;
+        }
+        if self.picker.is_complete() {
+            self.drop_peer(id, "both sides are seeds".into());
         }
     }
 
@@ -798,6 +939,7 @@ impl Torrent {
 
     fn peer_gone(&mut self, id: PeerId, fault: PeerFault, reason: String) {
         self.picker.peer_gone(id);
+        self.choker.remove(id);
         let Some(p) = self.peers.remove(&id) else {
             return;
         };
@@ -927,13 +1069,17 @@ impl Torrent {
                         if let Err(e) = self.save_resume().await {
                             warn!(error = %e, "saving resume data failed");
                         }
-                        if self.finishing {
+                        if self.finishing && self.state == TorrentState::Downloading {
                             if self.resume.unsynced() > 0 {
                                 // Pieces written after that checkpoint began.
                                 self.start_sync();
                             } else {
                                 info!("download complete");
-                                self.state = TorrentState::Complete;
+                                self.state = if self.seed {
+                                    TorrentState::Seeding
+                                } else {
+                                    TorrentState::Complete
+                                };
                                 self.publish();
                             }
                         }
@@ -990,9 +1136,12 @@ impl Torrent {
             return;
         }
         self.finishing = true;
-        // Seeding is not ours yet: drop every connection.
+        // Connections to other seeds are of no use now; without seeding,
+        // none are.
         for p in self.peers.values() {
-            p.cancel.cancel();
+            if !self.seed || p.is_seed {
+                p.cancel.cancel();
+            }
         }
         // A checkpoint in flight finishes first; its completion sees
         // `finishing` and syncs again if pieces were written since.

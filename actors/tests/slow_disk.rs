@@ -153,6 +153,9 @@ async fn slow_disk_pauses_requests_and_memory_stays_flat() {
             resume_file: dir.path().join("slow.resume"),
             peers,
             strategy: Strategy::RarestFirst,
+            seed: false,
+            upload_limit: None,
+            download_limit: None,
         })
         .await
         .unwrap();

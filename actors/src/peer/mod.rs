@@ -19,20 +19,25 @@
 
 pub mod session;
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Limits, Message};
+use storage::{ReadDone, ReadJob, Storage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::ClientConfig;
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
+use crate::pipeline::RateMeter;
+use crate::ratelimit::{self, Limiter};
 use crate::session::BufferBudget;
 use crate::torrent::{ExchangeReply, PeerFault, TorrentMsg};
 use session::{Arrival, PeerSession, SessionConfig};
@@ -47,6 +52,8 @@ pub enum PeerCmd {
     Have(u32),
     /// Whether the remote peer has something we lack.
     Interested(bool),
+    /// The choker's decision: `true` chokes the remote peer.
+    Choke(bool),
 }
 
 /// Everything a peer task needs from its torrent.
@@ -72,6 +79,12 @@ pub struct PeerContext {
     pub config: Arc<ClientConfig>,
     /// Fired by the torrent to drop this connection.
     pub cancel: CancellationToken,
+    /// The torrent's storage, for serving blocks.
+    pub storage: Storage,
+    /// Upload rate limits (process, torrent) this connection obeys.
+    pub up_limits: Vec<Arc<Limiter>>,
+    /// Download rate limits this connection obeys.
+    pub down_limits: Vec<Arc<Limiter>>,
 }
 
 /// Why a connection ended, for the log and the torrent's reconnect policy.
@@ -102,7 +115,7 @@ pub async fn connect_and_run(ctx: PeerContext) {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
         let end = match connect(&ctx).await {
-            Ok(stream) => run_inner(stream, &ctx).await,
+            Ok(stream) => run_inner(stream, None, &ctx).await,
             Err(e) => End::network(e),
         };
         finish(&ctx, end).await;
@@ -112,15 +125,16 @@ pub async fn connect_and_run(ctx: PeerContext) {
 }
 
 /// Runs a connection over any byte stream (an accepted socket, or an
-/// in-memory duplex stream in tests). Always tells the torrent with
-/// [`TorrentMsg::PeerGone`].
-pub async fn run<S>(stream: S, ctx: PeerContext)
+/// in-memory duplex stream in tests). `theirs` is the remote handshake when
+/// the listener already read it (to pick the torrent); then only ours is
+/// sent. Always tells the torrent with [`TorrentMsg::PeerGone`].
+pub async fn run<S>(stream: S, theirs: Option<Handshake>, ctx: PeerContext)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
-        let end = run_inner(stream, &ctx).await;
+        let end = run_inner(stream, theirs, &ctx).await;
         finish(&ctx, end).await;
     }
     .instrument(span)
@@ -157,7 +171,11 @@ async fn connect(ctx: &PeerContext) -> Result<TcpStream, String> {
     Ok(stream)
 }
 
-async fn handshake<S>(stream: &mut S, ctx: &PeerContext) -> Result<Handshake, End>
+async fn handshake<S>(
+    stream: &mut S,
+    known: Option<Handshake>,
+    ctx: &PeerContext,
+) -> Result<Handshake, End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -169,6 +187,9 @@ where
             .write_all(&ours.to_bytes())
             .await
             .map_err(|e| End::network(format!("sending handshake: {e}")))?;
+        if let Some(h) = known {
+            return Ok(h);
+        }
         let mut buf = [0u8; Handshake::LEN];
         stream
             .read_exact(&mut buf)
@@ -207,13 +228,40 @@ struct Conn<'a> {
     starved: bool,
     /// Waiting for the budget to resume.
     budget_blocked: bool,
+    /// Block payloads to send after `out`, as `[header, data]` pairs: the
+    /// data is a slice of the read buffer, never copied.
+    frames: VecDeque<Bytes>,
+    frames_len: usize,
+    up: Upload,
 }
 
-async fn run_inner<S>(mut stream: S, ctx: &PeerContext) -> End
+/// The serving side of a connection.
+struct Upload {
+    /// We choke the remote peer (the initial state).
+    am_choking: bool,
+    /// The remote peer is interested in us.
+    peer_interested: bool,
+    /// Requests accepted and not yet served, oldest first.
+    queue: VecDeque<wire::BlockRef>,
+    /// Recently read ranges `(piece, begin, data)`: read-ahead of whole
+    /// pieces, each holding its bytes of the buffer budget.
+    cache: VecDeque<(u32, u32, Bytes)>,
+    /// The one read in flight, if any.
+    reading: bool,
+    reads_tx: mpsc::Sender<ReadDone>,
+    bytes_up: u64,
+    meter: RateMeter,
+    /// Bytes uploaded already reported to the torrent.
+    reported_up: u64,
+    last_status: Instant,
+    status_interested: bool,
+}
+
+async fn run_inner<S>(mut stream: S, known: Option<Handshake>, ctx: &PeerContext) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let theirs = match handshake(&mut stream, ctx).await {
+    let theirs = match handshake(&mut stream, known, ctx).await {
         Ok(h) => h,
         Err(end) => return end,
     };
@@ -231,6 +279,8 @@ where
     }
     let cfg = &ctx.config;
     let now = Instant::now();
+    // One read in flight per connection: the reply's `try_send` always fits.
+    let (reads_tx, mut reads_rx) = mpsc::channel(1);
     let mut conn = Conn {
         ctx,
         session: PeerSession::new(
@@ -249,11 +299,41 @@ where
         messages: 0,
         starved: false,
         budget_blocked: false,
+        frames: VecDeque::new(),
+        frames_len: 0,
+        up: Upload {
+            am_choking: true,
+            peer_interested: false,
+            queue: VecDeque::new(),
+            cache: VecDeque::new(),
+            reading: false,
+            reads_tx,
+            bytes_up: 0,
+            meter: RateMeter::new(Duration::from_secs(5), 10),
+            reported_up: 0,
+            last_status: now,
+            status_interested: false,
+        },
     };
-    let end = conn.drive(stream, theirs, &mut cmd_rx).await;
-    // Requests that will never be answered now give their budget back.
+    let end = conn.drive(stream, theirs, &mut cmd_rx, &mut reads_rx).await;
+    // Count what was uploaded since the last report.
+    if conn.up.bytes_up > conn.up.reported_up {
+        conn.up.status_interested = !conn.up.peer_interested;
+        let _ = conn.report(false).await;
+    }
+    // Requests that will never be answered now give their budget back, and
+    // so does the read-ahead cache.
     let left = conn.session.drain();
     conn.release_blocks(&left);
+    let cached: u64 = conn.up.cache.drain(..).map(|c| c.2.len() as u64).sum();
+    conn.release(cached);
+    // A read still in flight holds budget until it lands; wait for it.
+    if conn.up.reading
+        && let Some(d) = reads_rx.recv().await
+        && let Ok(data) = d.result
+    {
+        conn.release(data.len() as u64);
+    }
     end
 }
 
@@ -274,6 +354,7 @@ impl Conn<'_> {
         stream: S,
         theirs: Handshake,
         cmds: &mut mpsc::Receiver<PeerCmd>,
+        reads: &mut mpsc::Receiver<ReadDone>,
     ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -313,7 +394,7 @@ impl Conn<'_> {
                 read = reader.read_buf(&mut buf) => {
                     match read {
                         Ok(0) => return End::network("closed by the peer"),
-                        Ok(_) => {}
+                        Ok(n) => ratelimit::take(&ctx.down_limits, n).await,
                         Err(e) => return End::network(format!("read: {e}")),
                     }
                     let now = Instant::now();
@@ -344,6 +425,20 @@ impl Conn<'_> {
                     if let Err(end) = self.exchange(blocks, false).await {
                         return end;
                     }
+                    if let Err(end) = self.report(false).await {
+                        return end;
+                    }
+                    if let Err(end) = self.pump().await {
+                        return end;
+                    }
+                }
+                Some(done) = reads.recv() => {
+                    if let Err(end) = self.read_done(done) {
+                        return end;
+                    }
+                    if let Err(end) = self.pump().await {
+                        return end;
+                    }
                 }
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return End::network("torrent stopped") };
@@ -353,6 +448,9 @@ impl Conn<'_> {
                         self.on_cmd(cmd);
                     }
                     if let Err(end) = self.exchange(Vec::new(), false).await {
+                        return end;
+                    }
+                    if let Err(end) = self.pump().await {
                         return end;
                     }
                 }
@@ -382,18 +480,55 @@ impl Conn<'_> {
                     if let Err(end) = self.exchange(Vec::new(), retry).await {
                         return end;
                     }
+                    if let Err(end) = self.report(true).await {
+                        return end;
+                    }
+                    if let Err(end) = self.pump().await {
+                        return end;
+                    }
                 }
             }
         }
     }
 
+    /// Writes the control messages, then the block frames, with vectored
+    /// writes: many messages per syscall, block data never copied.
     async fn flush<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> Result<(), End> {
-        if self.out.is_empty() {
+        if self.out.is_empty() && self.frames.is_empty() {
             return Ok(());
         }
-        let out = self.out.split();
-        match tokio::time::timeout(self.ctx.config.write_timeout, writer.write_all(&out)).await {
+        if !self.out.is_empty() {
+            let control = self.out.split().freeze();
+            self.frames_len += control.len();
+            self.frames.push_front(control);
+        }
+        let frames = &mut self.frames;
+        let write = async {
+            while !frames.is_empty() {
+                let slices: Vec<IoSlice<'_>> =
+                    frames.iter().take(64).map(|b| IoSlice::new(b)).collect();
+                let mut n = writer.write_vectored(&slices).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                while n > 0 {
+                    let Some(front) = frames.front_mut() else {
+                        break;
+                    };
+                    if n >= front.len() {
+                        n -= front.len();
+                        frames.pop_front();
+                    } else {
+                        let _ = front.split_to(n);
+                        n = 0;
+                    }
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        match tokio::time::timeout(self.ctx.config.write_timeout, write).await {
             Ok(Ok(())) => {
+                self.frames_len = 0;
                 self.session.sent(Instant::now());
                 Ok(())
             }
@@ -418,6 +553,23 @@ impl Conn<'_> {
             PeerCmd::Have(i) => {
                 self.have.set(i, true);
                 Message::Have(i).encode(&mut self.out);
+            }
+            PeerCmd::Choke(choke) => {
+                if choke != self.up.am_choking {
+                    self.up.am_choking = choke;
+                    if choke {
+                        Message::Choke.encode(&mut self.out);
+                        // BEP 6: with the fast extension a choke does not
+                        // cancel requests by itself; reject each one.
+                        for r in self.up.queue.drain(..) {
+                            if self.fast {
+                                Message::Reject(r).encode(&mut self.out);
+                            }
+                        }
+                    } else {
+                        Message::Unchoke.encode(&mut self.out);
+                    }
+                }
             }
             PeerCmd::Interested(on) => {
                 if on != self.session.am_interested {
@@ -466,7 +618,8 @@ impl Conn<'_> {
                 self.session.peer_choking = false;
                 self.starved = false;
             }
-            Message::Interested | Message::NotInterested => {}
+            Message::Interested => self.up.peer_interested = true,
+            Message::NotInterested => self.up.peer_interested = false,
             Message::Have(i) => {
                 to_torrent(TorrentMsg::Have {
                     id: ctx.id,
@@ -489,18 +642,7 @@ impl Conn<'_> {
             }
             Message::HaveAll => to_torrent(TorrentMsg::HaveAll { id: ctx.id }).await?,
             Message::HaveNone => {}
-            Message::Request(r) => {
-                if !self.have.get(r.index) {
-                    return Err(End::protocol(format!(
-                        "requested piece {} which we do not have",
-                        r.index
-                    )));
-                }
-                // Serving is the seeding path's; until then refuse politely.
-                if self.fast {
-                    Message::Reject(r).encode(&mut self.out);
-                }
-            }
+            Message::Request(r) => self.on_request(r)?,
             Message::Piece { index, begin, data } => {
                 let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
                 let block = Block {
@@ -519,7 +661,13 @@ impl Conn<'_> {
                     }
                 }
             }
-            Message::Cancel(_) | Message::Port(_) | Message::Suggest(_) => {}
+            Message::Cancel(r) => {
+                // Unknown cancels (already served, never asked) are harmless.
+                if let Some(pos) = self.up.queue.iter().position(|q| *q == r) {
+                    self.up.queue.remove(pos);
+                }
+            }
+            Message::Port(_) | Message::Suggest(_) => {}
             Message::AllowedFast(_) if !self.fast => {
                 return Err(End::protocol("allowed-fast without the fast bit"));
             }
@@ -549,6 +697,160 @@ impl Conn<'_> {
             Message::Extended { .. } => {}
         }
         Ok(())
+    }
+
+    /// Checks and queues a request from the remote peer.
+    fn on_request(&mut self, r: wire::BlockRef) -> Result<(), End> {
+        let piece_len = self
+            .ctx
+            .storage
+            .layout()
+            .piece_len(r.index)
+            .map_err(|_| End::protocol(format!("requested piece {} out of range", r.index)))?;
+        if !self.have.get(r.index) {
+            return Err(End::protocol(format!(
+                "requested piece {} which we do not have",
+                r.index
+            )));
+        }
+        let max = self.ctx.config.max_upload_block;
+        if r.length == 0 || r.length > max || u64::from(r.begin) + u64::from(r.length) > piece_len {
+            return Err(End::protocol(format!(
+                "bad request {}:{}+{} (piece of {piece_len} bytes, blocks up to {max})",
+                r.index, r.begin, r.length
+            )));
+        }
+        if self.up.am_choking {
+            // BEP 6: reject what we will not serve; BEP 3 peers expect the
+            // request to be dropped.
+            if self.fast {
+                Message::Reject(r).encode(&mut self.out);
+            }
+            return Ok(());
+        }
+        if self.up.queue.len() >= self.ctx.config.max_upload_queue {
+            return Err(End::protocol(format!(
+                "more than {} requests queued",
+                self.ctx.config.max_upload_queue
+            )));
+        }
+        self.up.queue.push_back(r);
+        Ok(())
+    }
+
+    /// Serves queued requests from the read-ahead cache, starting a read
+    /// when the next one is not cached. Stops at a bounded amount of queued
+    /// output, so a peer that reads slowly does not pull its whole queue
+    /// into memory.
+    async fn pump(&mut self) -> Result<(), End> {
+        let ctx = self.ctx;
+        while let Some(r) = self.up.queue.front().copied() {
+            if self.up.am_choking || self.frames_len >= ctx.config.max_send_queue {
+                break;
+            }
+            let hit = self.up.cache.iter().find_map(|(piece, begin, data)| {
+                let end = *begin as usize + data.len();
+                let want_end = r.begin as usize + r.length as usize;
+                (*piece == r.index && *begin <= r.begin && want_end <= end).then(|| {
+                    let from = (r.begin - begin) as usize;
+                    data.slice(from..from + r.length as usize)
+                })
+            });
+            let Some(data) = hit else {
+                if !self.up.reading {
+                    self.start_read(r);
+                }
+                break;
+            };
+            self.up.queue.pop_front();
+            ratelimit::take(&ctx.up_limits, data.len()).await;
+            let header = wire::piece_header(r.index, r.begin, r.length);
+            self.frames_len += header.len() + data.len();
+            self.frames.push_back(Bytes::copy_from_slice(&header));
+            self.frames.push_back(data);
+            self.up.bytes_up += u64::from(r.length);
+            self.up.meter.record(Instant::now(), u64::from(r.length));
+        }
+        Ok(())
+    }
+
+    /// Reads the whole piece of `r` (read-ahead) if the budget has room,
+    /// else just the block.
+    fn start_read(&mut self, r: wire::BlockRef) {
+        let ctx = self.ctx;
+        let piece_len = ctx.storage.layout().piece_len(r.index).unwrap_or(0) as u32;
+        // Make room: the cache keeps a few pieces.
+        while self.up.cache.len() >= ctx.config.read_cache_pieces.max(1) {
+            if let Some((_, _, d)) = self.up.cache.pop_front() {
+                self.release(d.len() as u64);
+            }
+        }
+        let (begin, length) = if ctx.budget.try_reserve(u64::from(piece_len)) {
+            (0, piece_len)
+        } else {
+            // One block per connection at a time is bounded by the
+            // connection count, whatever the budget says.
+            ctx.budget.force_reserve(u64::from(r.length));
+            (r.begin, r.length)
+        };
+        let tx = self.up.reads_tx.clone();
+        let job = ReadJob {
+            piece: r.index,
+            begin,
+            length,
+            reply: Box::new(move |d| {
+                let _ = tx.try_send(d);
+            }),
+        };
+        match ctx.storage.try_read(job) {
+            Ok(()) => self.up.reading = true,
+            // The device's readers are saturated: give the budget back and
+            // try again on the next tick.
+            Err(_) => self.release(u64::from(length)),
+        }
+    }
+
+    fn read_done(&mut self, done: ReadDone) -> Result<(), End> {
+        self.up.reading = false;
+        match done.result {
+            Ok(data) => {
+                self.up.cache.push_back((done.piece, done.begin, data));
+                Ok(())
+            }
+            Err(e) => {
+                warn!(piece = done.piece, error = %e, "reading a block to upload failed");
+                Err(End::network(format!("read for upload failed: {e}")))
+            }
+        }
+    }
+
+    /// Tells the torrent our transfer numbers and the remote's interest: at
+    /// once when the interest changed, else about once a second
+    /// (`periodic`).
+    async fn report(&mut self, periodic: bool) -> Result<(), End> {
+        let now = Instant::now();
+        let changed = self.up.status_interested != self.up.peer_interested;
+        let due = periodic
+            && now.saturating_duration_since(self.up.last_status) >= Duration::from_secs(1);
+        if !changed && !due {
+            return Ok(());
+        }
+        self.up.last_status = now;
+        self.up.status_interested = self.up.peer_interested;
+        let uploaded = self.up.bytes_up - self.up.reported_up;
+        self.up.reported_up = self.up.bytes_up;
+        let msg = TorrentMsg::PeerStatus {
+            id: self.ctx.id,
+            interested: self.up.peer_interested,
+            down_rate: self.session.download_rate(now),
+            up_rate: self.up.meter.rate(now),
+            uploaded,
+        };
+        self.ctx
+            .torrent
+            .send(msg)
+            .await
+            .map_err(|_| End::network("torrent stopped"))
     }
 
     /// Hands received blocks to the torrent and, when the pipeline has room,
