@@ -230,10 +230,12 @@ def measure(client, args, torrent, data, size, work, run):
     }
 
 
-def classify(target, out_dir):
+def classify(target, out_dir, payload):
     """What a write went to, from strace -y's name for its fd."""
-    if target.startswith(out_dir + "/"):
+    if target == payload or target.startswith(payload + "/"):
         return "download file"
+    if target.startswith(out_dir + "/"):
+        return "other file in the output dir"  # e.g. resume data
     if target.startswith("/"):
         return "other file"
     for prefix, kind in (("socket:", "socket"), ("pipe:", "pipe"), ("anon_inode:[eventfd]", "eventfd")):
@@ -274,7 +276,7 @@ def count_writes(client, args, torrent, data, size, work):
             if not sep or name not in WRITE_SYSCALLS.split(","):
                 continue
             target = rest[rest.find("<") + 1 : rest.find(">")] if "<" in rest else ""
-            kind = classify(target, out_real)
+            kind = classify(target, out_real, os.path.join(out_real, os.path.basename(data)))
             if kind == "download file":
                 disk += 1
             else:
