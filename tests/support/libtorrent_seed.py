@@ -256,12 +256,12 @@ def main():
     s.add_argument("--timeout", type=float, default=600, help="seconds, then exit")
     s.add_argument("--verbose", action="store_true", help="log peer events")
 
-    l = sub.add_parser("leech", help="download a torrent from given peers")
-    l.add_argument("--torrent", required=True)
-    l.add_argument("--save-path", required=True)
-    l.add_argument("--peer", action="append", required=True, help="IP:PORT")
-    l.add_argument("--timeout", type=float, default=600)
-    l.add_argument("--verbose", action="store_true")
+    le = sub.add_parser("leech", help="download a torrent from given peers")
+    le.add_argument("--torrent", required=True)
+    le.add_argument("--save-path", required=True)
+    le.add_argument("--peer", action="append", required=True, help="IP:PORT")
+    le.add_argument("--timeout", type=float, default=600)
+    le.add_argument("--verbose", action="store_true")
 
     a = p.parse_args()
     if a.cmd == "make":
