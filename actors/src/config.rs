@@ -57,6 +57,8 @@ pub struct ClientConfig {
     pub write_timeout: Duration,
     /// Connections per torrent. Default 50.
     pub max_peers_per_torrent: usize,
+    /// Connections in the whole process. Default 500.
+    pub max_connections: usize,
     /// Attempts to reach a known peer address before it is forgotten
     /// (reset when a connection succeeds). Default 5.
     pub reconnect_attempts: u32,
@@ -123,6 +125,7 @@ impl Default for ClientConfig {
             inactivity_timeout: Duration::from_secs(180),
             write_timeout: Duration::from_secs(30),
             max_peers_per_torrent: 50,
+            max_connections: 500,
             reconnect_attempts: 5,
             reconnect_backoff: Duration::from_secs(1),
             snub_after_timeouts: 2,

@@ -157,6 +157,7 @@ impl Session {
             budget: budget.clone(),
             disk: disk.clone(),
             peer_id,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
             up_limit: config.upload_limit.map(crate::ratelimit::limiter),
             down_limit: config.download_limit.map(crate::ratelimit::limiter),
         };

@@ -292,6 +292,8 @@ pub(crate) struct Shared {
     pub hash_permits: Arc<Semaphore>,
     pub disk: DiskIo,
     pub peer_id: [u8; 20],
+    /// One permit per connection, process-wide.
+    pub connections: Arc<Semaphore>,
     /// Process-wide rate limits.
     pub up_limit: Option<Arc<Limiter>>,
     pub down_limit: Option<Arc<Limiter>>,
@@ -648,12 +650,18 @@ impl Torrent {
             if slots == 0 {
                 break;
             }
+            let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
+                break;
+            };
             slots -= 1;
             if let Some(s) = self.addrs.get_mut(&addr) {
                 s.connected = true;
             }
             let ctx = self.new_peer(addr);
-            self.tasks.spawn(peer::connect_and_run(ctx));
+            self.tasks.spawn(async move {
+                let _permit = permit;
+                peer::connect_and_run(ctx).await;
+            });
         }
     }
 
@@ -735,8 +743,15 @@ impl Torrent {
                 if full || done || self.banned.contains(&addr) {
                     return;
                 }
+                let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
+                    debug!(%addr, "process connection limit reached; incoming dropped");
+                    return;
+                };
                 let ctx = self.new_peer(addr);
-                self.tasks.spawn(peer::run(stream, Some(handshake), ctx));
+                self.tasks.spawn(async move {
+                    let _permit = permit;
+                    peer::run(stream, Some(handshake), ctx).await;
+                });
             }
             TorrentMsg::PeerStatus {
                 id,

@@ -1,0 +1,218 @@
+//! The peer actor over an in-memory duplex stream, with the test playing
+//! both the remote peer (raw wire bytes) and the torrent (its mailbox): the
+//! connection code is generic over `AsyncRead + AsyncWrite`, so no socket is
+//! needed to check what it sends and what it hands the torrent.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::budget::BudgetConfig;
+use actors::config::ClientConfig;
+use actors::peer::{self, PeerCmd, PeerContext};
+use actors::picker::{Bitfield, Block, PeerId};
+use actors::session::BufferBudget;
+use actors::torrent::{ExchangeReply, PeerFault, TorrentMsg};
+use bytes::{Bytes, BytesMut};
+use protocol::bencode::Bencode;
+use protocol::metainfo::Metainfo;
+use protocol::wire::{self, BlockRef, Decoded, Handshake, Limits, Message};
+use storage::{DiskIo, DiskIoConfig, Storage, StorageConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const PIECE: usize = 32 * 1024;
+
+fn meta() -> Metainfo {
+    let mut info = BTreeMap::new();
+    info.insert(b"name".to_vec(), Bencode::from("duplex.bin"));
+    info.insert(b"length".to_vec(), Bencode::Int(2 * PIECE as i64));
+    info.insert(b"piece length".to_vec(), Bencode::Int(PIECE as i64));
+    info.insert(b"pieces".to_vec(), Bencode::Bytes(vec![0; 40]));
+    let mut top = BTreeMap::new();
+    top.insert(b"info".to_vec(), Bencode::Dict(info));
+    Metainfo::from_bytes(&Bencode::Dict(top).encode()).unwrap()
+}
+
+async fn next_msg(remote: &mut DuplexStream, buf: &mut BytesMut) -> Message {
+    let limits = Limits {
+        piece_count: Some(2),
+        ..Limits::default()
+    };
+    loop {
+        if let Ok(Decoded::Complete(m)) = wire::decode_message(buf, &limits) {
+            if m != Message::KeepAlive {
+                return m;
+            }
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), remote.read_buf(buf))
+            .await
+            .expect("peer went silent")
+            .unwrap();
+        assert!(n > 0, "peer closed the stream");
+    }
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<TorrentMsg>) -> TorrentMsg {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no event from the peer")
+        .expect("peer dropped its torrent sender")
+}
+
+#[tokio::test]
+async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
+    let meta = meta();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_info(
+        &DiskIo::new(DiskIoConfig::default()),
+        &meta.info,
+        dir.path(),
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let (torrent_tx, mut torrent_rx) = mpsc::channel(16);
+    let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
+    let ctx = PeerContext {
+        id: PeerId(7),
+        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+        info_hash: meta.info_hash.0,
+        our_id: *b"-AR0001-duplextest00",
+        piece_count: 2,
+        have: Bitfield::new(2),
+        torrent: torrent_tx,
+        budget: budget.clone(),
+        config: Arc::new(ClientConfig::default()),
+        cancel: CancellationToken::new(),
+        storage,
+        up_limits: Vec::new(),
+        down_limits: Vec::new(),
+    };
+    let (local, mut remote) = tokio::io::duplex(1 << 20);
+    let task = tokio::spawn(peer::run(local, None, ctx));
+
+    // The handshake: ours carries the extension and fast bits.
+    let mut hs = [0u8; Handshake::LEN];
+    remote.read_exact(&mut hs).await.unwrap();
+    let theirs = Handshake::decode(&hs).unwrap().complete().unwrap();
+    assert!(theirs.supports_fast() && theirs.supports_extended());
+    assert_eq!(theirs.info_hash, meta.info_hash.0);
+    let mut mine = Handshake::new([0; 8], meta.info_hash.0, *b"-SCRIPT-remote000000");
+    mine.set_fast(true);
+    let mut out = BytesMut::new();
+    mine.encode(&mut out);
+    Message::HaveAll.encode(&mut out);
+    Message::Unchoke.encode(&mut out);
+    remote.write_all(&out).await.unwrap();
+
+    let cmds = match next_event(&mut torrent_rx).await {
+        TorrentMsg::PeerConnected { id, cmds } => {
+            assert_eq!(id, PeerId(7));
+            cmds
+        }
+        other => panic!("expected PeerConnected, got {other:?}"),
+    };
+    assert!(matches!(
+        next_event(&mut torrent_rx).await,
+        TorrentMsg::HaveAll { id: PeerId(7) }
+    ));
+    // We have nothing: the peer says so with have-none (both sides fast).
+    let mut buf = BytesMut::new();
+    assert_eq!(next_msg(&mut remote, &mut buf).await, Message::HaveNone);
+
+    // The torrent finds it interesting; the peer (unchoked) asks the
+    // torrent what to request, then tells the remote both in one write.
+    cmds.try_send(PeerCmd::Interested(true)).unwrap();
+    let block = Block {
+        piece: 1,
+        begin: 16384,
+        length: 16384,
+    };
+    loop {
+        match next_event(&mut torrent_rx).await {
+            TorrentMsg::Exchange { want, reply, .. } if want > 0 => {
+                reply
+                    .send(ExchangeReply {
+                        requests: vec![block],
+                        violation: None,
+                    })
+                    .unwrap();
+                break;
+            }
+            TorrentMsg::Exchange { reply, .. } => {
+                let _ = reply.send(ExchangeReply {
+                    requests: Vec::new(),
+                    violation: None,
+                });
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(next_msg(&mut remote, &mut buf).await, Message::Interested);
+    assert_eq!(
+        next_msg(&mut remote, &mut buf).await,
+        Message::Request(BlockRef {
+            index: 1,
+            begin: 16384,
+            length: 16384
+        })
+    );
+    assert!(budget.in_use() >= 16384, "the request holds budget");
+
+    // The remote answers; the block reaches the torrent unchanged.
+    let data = Bytes::from((0..16384u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    out.clear();
+    Message::Piece {
+        index: 1,
+        begin: 16384,
+        data: data.clone(),
+    }
+    .encode(&mut out);
+    remote.write_all(&out).await.unwrap();
+    loop {
+        match next_event(&mut torrent_rx).await {
+            TorrentMsg::Exchange { blocks, reply, .. } if !blocks.is_empty() => {
+                assert_eq!(blocks.len(), 1);
+                assert_eq!(blocks[0].0, block);
+                assert_eq!(blocks[0].1, data);
+                let _ = reply.send(ExchangeReply {
+                    requests: Vec::new(),
+                    violation: None,
+                });
+                break;
+            }
+            TorrentMsg::Exchange { reply, .. } => {
+                let _ = reply.send(ExchangeReply {
+                    requests: Vec::new(),
+                    violation: None,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    // A length prefix of 1 GiB: the connection ends as a protocol fault,
+    // and nothing of that size is ever allocated.
+    remote.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    remote.write_all(&[7]).await.unwrap();
+    let gone = loop {
+        match next_event(&mut torrent_rx).await {
+            TorrentMsg::PeerGone { fault, reason, .. } => break (fault, reason),
+            TorrentMsg::Exchange { reply, .. } => {
+                let _ = reply.send(ExchangeReply {
+                    requests: Vec::new(),
+                    violation: None,
+                });
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(gone.0, PeerFault::Protocol, "reason: {}", gone.1);
+    task.await.unwrap();
+    // The block's budget travelled to the (fake) torrent, which holds it;
+    // nothing else is left reserved by the peer.
+    assert_eq!(budget.in_use(), 16384);
+}
