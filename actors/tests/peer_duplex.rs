@@ -63,6 +63,14 @@ async fn next_event(rx: &mut mpsc::Receiver<TorrentMsg>) -> TorrentMsg {
         .expect("peer dropped its torrent sender")
 }
 
+/// Answers an exchange with these requests (the peer may be gone).
+fn answer(reply: tokio::sync::oneshot::Sender<ExchangeReply>, requests: Vec<Block>) {
+    let _ = reply.send(ExchangeReply {
+        requests,
+        violation: None,
+    });
+}
+
 #[tokio::test]
 async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     let meta = meta();
@@ -134,20 +142,10 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     loop {
         match next_event(&mut torrent_rx).await {
             TorrentMsg::Exchange { want, reply, .. } if want > 0 => {
-                reply
-                    .send(ExchangeReply {
-                        requests: vec![block],
-                        violation: None,
-                    })
-                    .unwrap();
+                answer(reply, vec![block]);
                 break;
             }
-            TorrentMsg::Exchange { reply, .. } => {
-                let _ = reply.send(ExchangeReply {
-                    requests: Vec::new(),
-                    violation: None,
-                });
-            }
+            TorrentMsg::Exchange { reply, .. } => answer(reply, Vec::new()),
             _ => {}
         }
     }
@@ -178,18 +176,10 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
                 assert_eq!(blocks.len(), 1);
                 assert_eq!(blocks[0].0, block);
                 assert_eq!(blocks[0].1, data);
-                let _ = reply.send(ExchangeReply {
-                    requests: Vec::new(),
-                    violation: None,
-                });
+                answer(reply, Vec::new());
                 break;
             }
-            TorrentMsg::Exchange { reply, .. } => {
-                let _ = reply.send(ExchangeReply {
-                    requests: Vec::new(),
-                    violation: None,
-                });
-            }
+            TorrentMsg::Exchange { reply, .. } => answer(reply, Vec::new()),
             _ => {}
         }
     }
@@ -201,12 +191,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     let gone = loop {
         match next_event(&mut torrent_rx).await {
             TorrentMsg::PeerGone { fault, reason, .. } => break (fault, reason),
-            TorrentMsg::Exchange { reply, .. } => {
-                let _ = reply.send(ExchangeReply {
-                    requests: Vec::new(),
-                    violation: None,
-                });
-            }
+            TorrentMsg::Exchange { reply, .. } => answer(reply, Vec::new()),
             _ => {}
         }
     };
