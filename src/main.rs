@@ -2,6 +2,7 @@
 //! and maps failures to exit statuses (2 for bad input, 1 for runtime
 //! failures). All protocol and storage logic lives in the library crates.
 
+mod create;
 mod download;
 mod info;
 
@@ -25,6 +26,8 @@ enum Command {
     Download(download::DownloadArgs),
     /// Serve a torrent whose data is complete on disk.
     Seed(download::SeedArgs),
+    /// Make a .torrent from a file, a directory, or (--raw) a disk image.
+    Create(create::CreateArgs),
 }
 
 /// A failure the user caused (bad input, exit status 2) or one the client hit
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Download(args) => download::run(&args),
         Command::Seed(args) => download::seed(&args),
+        Command::Create(args) => create::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
