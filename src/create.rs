@@ -34,6 +34,11 @@ const MAX_PIECE: u64 = 64 * 1024 * 1024;
 /// `auto` picks the smallest piece giving at most this many pieces, so the
 /// count lands between half of it and it (unless a size bound is hit).
 const AUTO_MAX_PIECES: u64 = 2048;
+/// Most pieces accepted: 40 MB of hashes, so the torrent stays under the
+/// 64 MiB that our own parser (and `info`) read.
+const MAX_PIECES: u64 = 2_000_000;
+/// Largest info dictionary written, for the same reason.
+const MAX_INFO_BYTES: usize = 60 * 1024 * 1024;
 /// Default raw-mode granularity.
 const DEFAULT_GRANULARITY: u64 = 1024 * 1024;
 /// Bounds of `--granularity`: a 4 KiB page up to 64 MiB (one scan read
@@ -188,17 +193,17 @@ pub fn run(args: &CreateArgs) -> Result<(), Failure> {
     } else {
         source::walk(&args.path)?
     };
+    refuse_output_inside(&payload, &args.output)?;
     let total = payload.total();
     let piece_length = match args.piece_size {
         PieceSize::Auto => auto_piece_size(total),
         PieceSize::Bytes(n) => n,
     };
     let piece_count = total.div_ceil(piece_length);
-    if u32::try_from(piece_count).is_err() {
+    if piece_count > MAX_PIECES {
         return Err(Failure::BadInput(anyhow!(
-            "{} bytes in {piece_length}-byte pieces is {piece_count} pieces, too many; \
-             choose a larger --piece-size",
-            total
+            "{total} bytes in {piece_length}-byte pieces is {piece_count} pieces, more than \
+             {MAX_PIECES}; choose a larger --piece-size"
         )));
     }
     let piece_length = piece_length as u32; // <= MAX_PIECE
@@ -212,7 +217,17 @@ pub fn run(args: &CreateArgs) -> Result<(), Failure> {
         &vec![[0; 20]; piece_count as usize],
         args.private,
     );
-    Info::from_bytes(&probe.encode()).map_err(|e| {
+    let probe = probe.encode();
+    if probe.len() > MAX_INFO_BYTES {
+        return Err(Failure::BadInput(anyhow!(
+            "{}: the torrent would be over {} MiB ({} files); use a larger --piece-size{}",
+            args.path.display(),
+            MAX_INFO_BYTES >> 20,
+            payload.files.len(),
+            if args.raw { " or --granularity" } else { "" }
+        )));
+    }
+    Info::from_bytes(&probe).map_err(|e| {
         Failure::BadInput(anyhow!(
             "{}: cannot be described by a torrent: {e}",
             args.path.display()
@@ -253,6 +268,27 @@ pub fn run(args: &CreateArgs) -> Result<(), Failure> {
     if let Some(size) = payload.image_size {
         println!("image size:   {size}");
         println!("left out:     {} zero bytes", payload.zero_bytes_left_out);
+    }
+    Ok(())
+}
+
+/// With `--force`, the old output may be one of the files being hashed
+/// (`create . -o ./x.torrent`); replacing it would invalidate the torrent
+/// being made.
+fn refuse_output_inside(payload: &Payload, output: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    for s in &payload.sources {
+        if let Ok(m) = std::fs::metadata(&s.path)
+            && (m.dev(), m.ino()) == (out.dev(), out.ino())
+        {
+            return Err(Failure::BadInput(anyhow!(
+                "{}: the output is part of the payload; write it somewhere else",
+                output.display()
+            )));
+        }
     }
     Ok(())
 }

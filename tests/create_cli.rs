@@ -395,6 +395,13 @@ fn bad_piece_sizes_exit_2_naming_the_value() {
         assert!(err.contains(bad), "stderr names {bad:?}: {err}");
         assert!(!torrent.exists(), "no torrent written for {bad:?}");
     }
+    // Too many pieces is refused before any hashing (the file is a hole).
+    let huge = tmp.path().join("huge");
+    File::create(&huge).unwrap().set_len(40 << 30).unwrap();
+    let err = create_fails(&[s(&huge), "-o", s(&torrent), "--piece-size", "16K"]);
+    assert!(err.contains("larger --piece-size"), "{err}");
+    assert!(!torrent.exists());
+
     let err = create_fails(&[s(&data), "-o", s(&torrent), "--tracker", "ftp://x/announce"]);
     assert!(err.contains("ftp://x/announce"), "{err}");
 }

@@ -25,6 +25,17 @@ use storage::{HashJob, HashPool, HashPoolConfig, sha1_of};
 
 use super::source::{Segment, Source, read_full_at};
 
+/// Read buffers start on a page boundary: the kernel copies from the page
+/// cache several times faster into page-aligned memory than into a
+/// malloc'd block 16 bytes past one (measured on the development machine:
+/// about 0.15 s instead of 0.6-0.8 s of system time per GiB read).
+const PAGE: usize = 4096;
+
+/// Where the page-aligned part of `buf` starts.
+fn page_offset(buf: &[u8]) -> usize {
+    buf.as_ptr().align_offset(PAGE).min(PAGE)
+}
+
 /// Target bytes per hash job and per read.
 const BATCH: u64 = 4 * 1024 * 1024;
 /// Upper bound on the bytes held by batches in flight.
@@ -61,13 +72,13 @@ impl Reader<'_> {
                 continue;
             }
             let path = &self.sources[seg.source].path;
-            if self.open.as_ref().map(|o| o.0) != Some(seg.source) {
-                let f = File::open(path).with_context(|| path.display().to_string())?;
-                advise_sequential(&f);
-                self.open = Some((seg.source, f));
-            }
-            let Some((_, file)) = &self.open else {
-                unreachable!("opened just above")
+            let file = match &mut self.open {
+                Some((open, f)) if *open == seg.source => &*f,
+                slot => {
+                    let f = File::open(path).with_context(|| path.display().to_string())?;
+                    advise_sequential(&f);
+                    &slot.insert((seg.source, f)).1
+                }
             };
             let want = (seg.length - self.seg_pos).min((buf.len() - filled) as u64) as usize;
             read_full_at(
@@ -154,8 +165,11 @@ pub fn hash_pieces(
             store(done, &mut free);
         }
         let len = (total - start).min(batch) as usize;
-        let mut buf = free.pop().unwrap_or_else(|| vec![0u8; batch as usize]);
-        reader.fill(&mut buf[..len])?;
+        let mut buf = free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; batch as usize + PAGE]);
+        let at = page_offset(&buf);
+        reader.fill(&mut buf[at..at + len])?;
         let first_piece = (start / piece) as usize;
         let tx = tx.clone();
         let piece_len = piece_length as usize;
@@ -164,7 +178,7 @@ pub fn hash_pieces(
             blocks: Vec::new(),
             expected: empty_digest,
             reply: Box::new(move |_| {
-                let digests = buf[..len]
+                let digests = buf[at..at + len]
                     .chunks(piece_len)
                     .map(|p| Sha1::digest(p).into())
                     .collect();
