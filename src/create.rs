@@ -402,7 +402,8 @@ fn torrent(
 /// Writes the torrent. Without `force` the file is created exclusively, so
 /// a file that appeared while hashing is not clobbered either; with `force`
 /// it is written beside the target and renamed over it, so a failure leaves
-/// the old file intact.
+/// the old file intact. No fsync: a torrent file is cheap to make again, and
+/// on a busy disk an fsync can cost more than hashing a gigabyte.
 fn write_output(out: &Path, bytes: &[u8], force: bool) -> Result<(), Failure> {
     let fail = |e: std::io::Error| Failure::Runtime(anyhow!("{}: {e}", out.display()));
     if !force {
@@ -420,7 +421,7 @@ fn write_output(out: &Path, bytes: &[u8], force: bool) -> Result<(), Failure> {
                     fail(e)
                 }
             })?;
-        return f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| {
+        return f.write_all(bytes).map_err(|e| {
             let _ = std::fs::remove_file(out);
             fail(e)
         });
@@ -432,9 +433,7 @@ fn write_output(out: &Path, bytes: &[u8], force: bool) -> Result<(), Failure> {
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = out.with_file_name(tmp_name);
-    let result = std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, out));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, out));
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         fail(e)

@@ -1,11 +1,12 @@
 //! Piece hashing for `create`: this thread reads the payload in large
 //! sequential reads, the storage crate's hash pool computes the SHA-1s.
 //!
-//! The payload is cut into batches of whole pieces (about 4 MiB, or one
+//! The payload is cut into batches of whole pieces (about 1 MiB, or one
 //! piece when pieces are larger) so that each read is large and each hash
 //! job wakes a worker once for many pieces. At most `in_flight` batches
-//! exist at a time; their buffers come back with the digests and are reused,
-//! so memory stays at `in_flight` x batch size however large the payload is.
+//! (32 to 256 MiB in all) exist at a time; their buffers come back with the
+//! digests and are reused, so memory stays bounded however large the
+//! payload is.
 //!
 //! The pool's jobs verify a piece against an expected digest and report
 //! only match or mismatch; creating a torrent needs the digest itself. So a
@@ -37,7 +38,9 @@ fn page_offset(buf: &[u8]) -> usize {
 }
 
 /// Target bytes per hash job and per read.
-const BATCH: u64 = 4 * 1024 * 1024;
+const BATCH: u64 = 1024 * 1024;
+/// Bytes of batches kept in flight, at least.
+const MIN_IN_FLIGHT_BYTES: u64 = 32 * 1024 * 1024;
 /// Upper bound on the bytes held by batches in flight.
 const MAX_IN_FLIGHT_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -123,9 +126,11 @@ pub fn hash_pieces(
     } else {
         workers
     };
-    // Two batches per worker keep every worker busy while this thread
-    // reads the next one; the byte cap bounds memory for huge pieces.
+    // Enough batches queued that the workers keep hashing while this thread
+    // waits to be scheduled again (on a loaded machine that takes
+    // milliseconds): at least two per worker and 32 MiB, at most 256 MiB.
     let in_flight = (2 * cores)
+        .max((MIN_IN_FLIGHT_BYTES / batch) as usize)
         .min((MAX_IN_FLIGHT_BYTES / batch) as usize)
         .max(2);
     let pool = HashPool::new(HashPoolConfig {
