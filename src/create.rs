@@ -89,9 +89,10 @@ pub struct CreateArgs {
     /// Overwrite the output file if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Hash worker threads (0: one per core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub hash_workers: usize,
+    /// Hash worker threads, 0 to 256 (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub hash_workers: u16,
 }
 
 /// Parses a byte count with an optional binary suffix (K, KiB, M, MiB, G,
@@ -244,7 +245,7 @@ pub fn run(args: &CreateArgs) -> Result<(), Failure> {
         &payload.sources,
         &payload.segments,
         piece_length,
-        args.hash_workers,
+        usize::from(args.hash_workers),
         bar.as_ref(),
     )
     .map_err(Failure::Runtime)?;

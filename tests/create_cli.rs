@@ -402,6 +402,9 @@ fn bad_piece_sizes_exit_2_naming_the_value() {
     assert!(err.contains("larger --piece-size"), "{err}");
     assert!(!torrent.exists());
 
+    let err = create_fails(&[s(&data), "-o", s(&torrent), "--hash-workers", "100000"]);
+    assert!(err.contains("100000"), "{err}");
+
     let err = create_fails(&[s(&data), "-o", s(&torrent), "--tracker", "ftp://x/announce"]);
     assert!(err.contains("ftp://x/announce"), "{err}");
 }
