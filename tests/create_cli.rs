@@ -1,8 +1,9 @@
 //! `actorrent create` against the tools everyone else uses: libtorrent and
 //! transmission-show must load what we write, report the same info-hash and
 //! file list, and libtorrent's own recheck must find every piece hash right.
-//! Raw images: the torrent lists exactly the non-zero extents, and the
-//! storage crate's raw writer rebuilds the image from it byte for byte.
+//! Raw images: the torrent lists exactly the non-zero extents, the storage
+//! crate's raw writer rebuilds the image from it byte for byte, and so does
+//! the real `seed --raw-target` / `download --raw-target` pair over loopback.
 //!
 //! These tests need the tools that `scripts/test.sh` installs; a missing tool
 //! is a test failure, not a skip.
@@ -634,6 +635,108 @@ fn raw_image_lists_exactly_the_nonzero_extents() {
     assert!(
         std::fs::read(&rebuilt).unwrap() == img,
         "rebuilt image differs"
+    );
+}
+
+/// A child process killed (and reaped) when the test ends, pass or fail.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The disk-cloning workflow end to end: `create --raw` on a sparse image,
+/// `seed --raw-target` from it, `download --raw-target` into a fresh image
+/// of the same size; the copy equals the original byte for byte, holes
+/// included.
+#[test]
+fn raw_image_round_trips_through_seed_and_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("src.img");
+    let size = 12 * MIB + 4321;
+    sparse_image(
+        &image,
+        size,
+        &[
+            (7, payload(1000, 1)),
+            (3 * MIB, payload((MIB + 77) as usize, 2)),
+            (9 * MIB, vec![0; MIB as usize]),
+            (12 * MIB + 4000, payload(321, 3)),
+        ],
+    );
+    let torrent = tmp.path().join("src.torrent");
+    create(&["--raw", s(&image), "-o", s(&torrent), "--piece-size", "32K"]);
+    let v = info_json(&torrent);
+    assert_eq!(
+        raw_files(&v),
+        vec![
+            (hex(0), MIB),
+            (hex(3 * MIB), 2 * MIB),
+            (hex(12 * MIB), 4321)
+        ]
+    );
+
+    let port = free_port();
+    let seed_log = tmp.path().join("seed.stderr");
+    let _seed = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_actorrent"))
+            .args(["seed", s(&torrent), "--raw-target", s(&image), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(File::create(&seed_log).unwrap())
+            .spawn()
+            .expect("run actorrent seed"),
+    );
+
+    let copy = tmp.path().join("copy.img");
+    File::create(&copy).unwrap().set_len(size).unwrap();
+    let mut download = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_actorrent"))
+            .args(["download", s(&torrent), "--raw-target", s(&copy), "--peer"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run actorrent download"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = download.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "download did not finish within 120 s; seed stderr:\n{}",
+            std::fs::read_to_string(&seed_log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = download.0.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        status.success(),
+        "download failed: {err}\nseed stderr:\n{}",
+        std::fs::read_to_string(&seed_log).unwrap_or_default()
+    );
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), size);
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(&image).unwrap(),
+        "the copy differs from the source image"
     );
 }
 
