@@ -45,6 +45,15 @@
 //! the session actor as DESIGN.md first sketched: a reservation per request
 //! through the session's mailbox would put a message hop on the hot path of
 //! every peer for a decision two atomic operations make.
+//!
+//! # The tracker session
+//!
+//! [`tracker`] is one actor for the process, its breaker and tier state
+//! machines beside it. Handles await room in its mailbox; it never awaits
+//! anyone: peers go to a torrent with `try_send` (a full channel drops the
+//! batch, the next announce brings the peers again), announces run as
+//! tasks it owns and joins, and those tasks await only the DNS cache actor,
+//! which answers by oneshot and sends to no one.
 
 pub mod budget;
 pub mod choker;
@@ -56,3 +65,4 @@ pub mod ratelimit;
 pub mod rtt;
 pub mod session;
 pub mod torrent;
+pub mod tracker;
