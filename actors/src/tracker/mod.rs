@@ -191,6 +191,8 @@ pub struct TorrentRegistration {
 pub struct TrackerUrlStats {
     /// Announces started (every event, `stopped` included).
     pub announces_sent: u64,
+    /// Announces the tracker answered with success.
+    pub announces_succeeded: u64,
     /// Announces that failed.
     pub announces_failed: u64,
     /// The breaker's state now.
@@ -214,6 +216,7 @@ impl Default for TrackerUrlStats {
     fn default() -> Self {
         Self {
             announces_sent: 0,
+            announces_succeeded: 0,
             announces_failed: 0,
             breaker: BreakerState::Closed,
             breaker_opened: 0,
@@ -407,8 +410,12 @@ enum TaskOutput {
         extras: TaskExtras,
     },
     /// `stopped` announces of a removed torrent (or of every torrent at
-    /// shutdown): per URL, the result (`None` if it ran out of time).
-    Stopped(Vec<(String, Option<Result<Announced, AnnounceError>>)>),
+    /// shutdown): per URL, the result (`None` if it ran out of time), and
+    /// who waits for them (answered once the counters include them).
+    Stopped(
+        Vec<(String, Option<Result<Announced, AnnounceError>>)>,
+        Option<oneshot::Sender<Result<(), TrackerError>>>,
+    ),
 }
 
 struct Actor {
@@ -620,26 +627,26 @@ impl Actor {
         let timeout = self.config.stop_timeout;
         self.tasks.spawn(async move {
             let mut set = JoinSet::new();
-            for (url, params, udp) in targets {
+            let mut urls = Vec::with_capacity(targets.len());
+            for (i, (url, params, udp)) in targets.into_iter().enumerate() {
                 let transport = transport.clone();
+                urls.push(url.clone());
                 set.spawn(async move {
                     let (result, _) = announce::announce(&transport, &url, &params, udp).await;
-                    (url, result)
+                    (i, result)
                 });
             }
-            let mut results = Vec::new();
+            let mut results: Vec<_> = urls.into_iter().map(|u| (u, None)).collect();
             let deadline = Instant::now() + timeout;
             while let Ok(Some(done)) = tokio::time::timeout_at(deadline, set.join_next()).await {
-                if let Ok((url, result)) = done {
-                    results.push((url, Some(result)));
+                if let Ok((i, result)) = done {
+                    results[i].1 = Some(result);
                 }
             }
-            // Whatever is left ran out of time; dropping the set aborts it.
+            // Whatever is left ran out of time (its entry stays `None`);
+            // dropping the set aborts it.
             drop(set);
-            if let Some(r) = reply {
-                let _ = r.send(Ok(()));
-            }
-            TaskOutput::Stopped(results)
+            TaskOutput::Stopped(results, reply)
         });
     }
 
@@ -799,11 +806,11 @@ impl Actor {
     fn on_output(&mut self, out: TaskOutput) {
         let now = Instant::now();
         match out {
-            TaskOutput::Stopped(results) => {
+            TaskOutput::Stopped(results, reply) => {
                 for (url, result) in results {
                     let entry = self.entry(&url);
                     match result {
-                        Some(Ok(_)) => {}
+                        Some(Ok(_)) => entry.stats.announces_succeeded += 1,
                         Some(Err(e)) => {
                             entry.stats.announces_failed += 1;
                             entry.stats.last_error = Some(e.to_string());
@@ -813,6 +820,9 @@ impl Actor {
                             entry.stats.last_error = Some(AnnounceError::Timeout.to_string());
                         }
                     }
+                }
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(()));
                 }
             }
             TaskOutput::Announce {
@@ -839,6 +849,7 @@ impl Actor {
                 entry.stats.ignored_datagrams += extras.ignored_datagrams;
                 match &result {
                     Ok(a) => {
+                        entry.stats.announces_succeeded += 1;
                         entry.udp_connection = extras.udp_connection;
                         if entry.health.on_success() == Some(BreakerState::Closed) {
                             entry.stats.breaker_closed += 1;
