@@ -161,7 +161,9 @@ async fn bad_bodies_and_redirect_loops_are_failures_of_that_tracker_only() {
     assert_eq!(url_stats(&s, &tracker.url("/moved")).announces_failed, 0);
     // The redirect loop stopped at the redirect limit (5), not forever.
     let loops = tracker.requests_to("/loop").len() + tracker.requests_to("/loop2").len();
-    let attempts = url_stats(&s, &tracker.url("/loop")).announces_sent as usize;
+    // Stats read after the requests, so they cover every attempt counted.
+    let later = h.stats().await.unwrap();
+    let attempts = url_stats(&later, &tracker.url("/loop")).announces_sent as usize;
     assert!(
         loops <= attempts * 6,
         "{loops} requests for {attempts} attempts"
@@ -517,6 +519,86 @@ async fn backoff_and_cool_down_follow_the_schedule() {
     assert_eq!(t.breaker_opened, 3);
     assert_eq!(t.breaker_half_opened, 2);
     assert_eq!(t.breaker, BreakerState::Open);
+    cancel.cancel();
+    join.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_tracker_holds_only_its_share_of_announce_slots() {
+    let hung = FakeHttp::start(|_, _| HttpReply::Hang).await;
+    let good =
+        FakeHttp::start(|_, _| HttpReply::Body(announce_body(1800, None, &[peer(10)]))).await;
+    let mut config = fast_config();
+    config.max_in_flight_per_tracker = 2;
+    config.max_concurrent_announces = 3;
+    config.stop_timeout = Duration::from_millis(200);
+    let cancel = CancellationToken::new();
+    let (h, join) = spawn(config, cancel.clone());
+    let mut keep = Vec::new();
+    for i in 0..4 {
+        let (reg, r) = registration(info_hash(110 + i), vec![vec![hung.url("/a")]], 7000);
+        h.add_torrent(reg).await.unwrap();
+        keep.push(r);
+    }
+    let started = || {
+        hung.requests()
+            .iter()
+            .filter(|r| r.event().as_deref() == Some("started"))
+            .count()
+    };
+    wait_stats(&h, LIMIT, "two announces to the hung tracker", |_| {
+        started() == 2
+    })
+    .await;
+    // The third global slot is free for another tracker.
+    let (reg, mut r) = registration(info_hash(120), vec![vec![good.url("/a")]], 7000);
+    h.add_torrent(reg).await.unwrap();
+    assert_eq!(next_peers(&mut r, LIMIT).await, vec![peer(10)]);
+    assert_eq!(started(), 2, "the other two wait for a slot");
+    // Removing one that hangs frees its slot (its task is aborted): a
+    // waiting torrent takes it.
+    let hung_stats = h.stats().await.unwrap();
+    let in_flight: Vec<_> = hung
+        .requests()
+        .iter()
+        .map(|r| r.params["info_hash"][0])
+        .collect();
+    h.remove_torrent(info_hash(in_flight[0])).await.unwrap();
+    wait_stats(&h, LIMIT, "a waiting torrent announces", |_| started() == 3).await;
+    assert_eq!(url_stats(&hung_stats, &hung.url("/a")).announces_failed, 0);
+    cancel.cancel();
+    join.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_wide_rate_limit_spaces_announces() {
+    let tracker =
+        FakeHttp::start(|_, _| HttpReply::Body(announce_body(1800, None, &[peer(11)]))).await;
+    let mut config = fast_config();
+    config.announces_per_second = std::num::NonZeroU32::new(2).unwrap();
+    config.announce_burst = std::num::NonZeroU32::new(1).unwrap();
+    let cancel = CancellationToken::new();
+    let (h, join) = spawn(config, cancel.clone());
+    let mut regs = Vec::new();
+    for i in 0..4 {
+        let (reg, r) = registration(info_hash(130 + i), vec![vec![tracker.url("/a")]], 7000);
+        h.add_torrent(reg).await.unwrap();
+        regs.push(r);
+    }
+    for r in &mut regs {
+        assert_eq!(next_peers(r, LIMIT).await, vec![peer(11)]);
+    }
+    let s = h.stats().await.unwrap();
+    assert!(s.rate_limited >= 1, "{s:?}");
+    // Two a second with no burst: four announces span at least 1.5 s
+    // (less a little for delivery jitter).
+    let at: Vec<_> = tracker.requests().iter().map(|r| r.at).collect();
+    assert_eq!(at.len(), 4);
+    assert!(
+        at[3] - at[0] >= Duration::from_millis(1200),
+        "{:?}",
+        at[3] - at[0]
+    );
     cancel.cancel();
     join.await.unwrap();
 }

@@ -194,12 +194,13 @@ async fn lost_requests_are_retransmitted_and_the_connection_id_reused() {
             _ => None,
         })
         .collect();
-    // One connect, sent three times (200 ms, then 400 ms apart at least),
-    // and its id reused by every announce within its lifetime.
+    // One connect, sent three times (200 ms, then 400 ms apart, less a
+    // little for delivery jitter), and its id reused by every announce
+    // within its lifetime.
     assert_eq!(connects.len(), 3, "{reqs:?}");
     assert!(connects.iter().all(|(tid, _)| *tid == connects[0].0));
-    assert!(connects[1].1 - connects[0].1 >= Duration::from_millis(200));
-    assert!(connects[2].1 - connects[1].1 >= Duration::from_millis(400));
+    assert!(connects[1].1 - connects[0].1 >= Duration::from_millis(150));
+    assert!(connects[2].1 - connects[1].1 >= Duration::from_millis(350));
     assert!(tracker.announces().len() >= 3);
     let s = h.stats().await.unwrap();
     assert_eq!(url_stats(&s, &url).announces_failed, 0);

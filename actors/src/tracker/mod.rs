@@ -46,7 +46,7 @@ use protocol::tracker::Event;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::{self, AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -68,6 +68,11 @@ pub struct TrackerConfig {
     /// announces on removal are not counted: they are bounded by
     /// `stop_timeout`). Default 64.
     pub max_concurrent_announces: usize,
+    /// Most announces in flight to one tracker URL, so a tracker that
+    /// hangs holds at most this many of the slots above and the other
+    /// trackers keep theirs. Torrents over it wait their turn (they do not
+    /// skip to the next URL). Default 16.
+    pub max_in_flight_per_tracker: usize,
     /// Whole-request timeout of an HTTP announce, body included. Default
     /// 30 s.
     pub http_timeout: Duration,
@@ -81,8 +86,10 @@ pub struct TrackerConfig {
     /// First UDP timeout; retransmission `n` waits `base * 2^n` (BEP 15:
     /// 15 s). Default 15 s.
     pub udp_base_timeout: Duration,
-    /// UDP retransmissions after the first send (BEP 15 allows 8). Default
-    /// 8.
+    /// UDP retransmissions after the first send. BEP 15 allows 8, which
+    /// is over an hour of waiting on a dead tracker; 3 gives up after
+    /// 15 + 30 + 60 + 120 s and lets the breaker and backoff take over.
+    /// Default 3.
     pub udp_max_retransmits: u32,
     /// How long a UDP connection id is reused (BEP 15: one minute).
     pub udp_connection_lifetime: Duration,
@@ -118,12 +125,13 @@ impl Default for TrackerConfig {
         Self {
             mailbox_capacity: 256,
             max_concurrent_announces: 64,
+            max_in_flight_per_tracker: 16,
             http_timeout: Duration::from_secs(30),
             http_connect_timeout: Duration::from_secs(10),
             max_redirects: 5,
             max_body_size: 1 << 20,
             udp_base_timeout: Duration::from_secs(15),
-            udp_max_retransmits: 8,
+            udp_max_retransmits: 3,
             udp_connection_lifetime: Duration::from_secs(60),
             breaker: BreakerConfig::default(),
             min_retry_delay: Duration::from_secs(5),
@@ -355,6 +363,15 @@ struct TrackerEntry {
     health: TrackerHealth,
     stats: TrackerUrlStats,
     udp_connection: Option<UdpConnection>,
+    /// Announce tasks to this URL now.
+    in_flight: usize,
+}
+
+/// The announce task of one torrent.
+struct InFlight {
+    id: task::Id,
+    abort: AbortHandle,
+    url: String,
 }
 
 /// Per torrent state.
@@ -379,8 +396,14 @@ struct Torrent {
     not_before: Instant,
     /// The next URL to try in the current walk of the tiers.
     cursor: Cursor,
-    /// The task announcing for this torrent, and its URL.
-    in_flight: Option<(AbortHandle, String)>,
+    /// The task announcing for this torrent.
+    in_flight: Option<InFlight>,
+    /// Due, but its next URL is at its in-flight cap: re-tried whenever a
+    /// task ends rather than on a timer.
+    parked: bool,
+    /// The last walk ran out of trackers: woken early when one of its
+    /// trackers' breakers changes state.
+    retrying: bool,
     /// `tracker id` per URL, echoed back.
     tracker_ids: HashMap<String, String>,
     /// URLs that acknowledged an announce: they get `stopped`.
@@ -424,8 +447,9 @@ struct Actor {
     trackers: HashMap<String, TrackerEntry>,
     torrents: HashMap<InfoHash, Torrent>,
     tasks: JoinSet<TaskOutput>,
-    /// Announce tasks in `tasks` (the rest are `stopped` tasks).
-    announces_in_flight: usize,
+    /// Announce tasks in `tasks` (the rest are `stopped` tasks): which
+    /// torrent and URL each serves.
+    announce_tasks: HashMap<task::Id, (InfoHash, String)>,
     limiter: DefaultDirectRateLimiter,
     clock: DefaultClock,
     rng: SmallRng,
@@ -446,7 +470,7 @@ impl Actor {
             trackers: HashMap::new(),
             torrents: HashMap::new(),
             tasks: JoinSet::new(),
-            announces_in_flight: 0,
+            announce_tasks: HashMap::new(),
             rng: SmallRng::from_os_rng(),
             rate_limited: 0,
             peer_batches_dropped: 0,
@@ -465,13 +489,8 @@ impl Actor {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    match done {
-                        Ok(out) => self.on_output(out),
-                        // Aborted tasks were accounted for when aborted.
-                        Err(e) if e.is_cancelled() => {}
-                        Err(e) => warn!(error = %e, "tracker task panicked"),
-                    }
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_joined(done);
                 }
                 () = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
             }
@@ -487,12 +506,10 @@ impl Actor {
             self.remove(ih, None);
         }
         let deadline = Instant::now() + self.config.stop_timeout;
-        while self.tasks.len() > self.announces_in_flight {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
-                Ok(Some(Ok(out))) => self.on_output(out),
-                Ok(Some(Err(_))) => {}
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(done)) =
+            tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await
+        {
+            self.on_joined(done);
         }
         self.tasks.abort_all();
     }
@@ -571,6 +588,8 @@ impl Actor {
                 not_before: now,
                 cursor: 0,
                 in_flight: None,
+                parked: false,
+                retrying: false,
                 tracker_ids: HashMap::new(),
                 announced_to: HashSet::new(),
             },
@@ -587,15 +606,15 @@ impl Actor {
             }
             return;
         };
-        if let Some((abort, url)) = t.in_flight.take() {
+        if let Some(f) = t.in_flight.take() {
             // The tracker may have seen this announce: it gets `stopped`
             // too. Its breaker trial (if it was one) is not decided.
-            abort.abort();
-            self.announces_in_flight -= 1;
-            if let Some(e) = self.trackers.get_mut(&url) {
+            f.abort.abort();
+            self.finish_task(f.id);
+            if let Some(e) = self.trackers.get_mut(&f.url) {
                 e.health.on_abandoned();
             }
-            t.announced_to.insert(url);
+            t.announced_to.insert(f.url);
         }
         let progress = *t.progress.borrow();
         let targets: Vec<(String, AnnounceParams, Option<UdpConnection>)> = t
@@ -658,17 +677,65 @@ impl Actor {
                 health: TrackerHealth::new(breaker),
                 stats: TrackerUrlStats::default(),
                 udp_connection: None,
+                in_flight: 0,
             })
     }
 
+    /// Forgets an announce task (ended or aborted); `None` if it was
+    /// already forgotten.
+    fn finish_task(&mut self, id: task::Id) -> Option<(InfoHash, String)> {
+        let (ih, url) = self.announce_tasks.remove(&id)?;
+        if let Some(e) = self.trackers.get_mut(&url) {
+            e.in_flight = e.in_flight.saturating_sub(1);
+        }
+        Some((ih, url))
+    }
+
+    /// Wakes the torrents waiting out a failed walk that include `url`:
+    /// its breaker changed, so their retry time may have too.
+    fn wake_waiters(&mut self, url: &str, now: Instant) {
+        for t in self.torrents.values_mut() {
+            if t.retrying && t.in_flight.is_none() && t.tiers.urls().any(|u| u == url) {
+                t.next_at = t.next_at.min(now);
+            }
+        }
+    }
+
+    fn on_joined(&mut self, done: Result<(task::Id, TaskOutput), task::JoinError>) {
+        match done {
+            Ok((id, out)) => self.on_output(id, out),
+            // Aborted tasks were forgotten when aborted.
+            Err(e) if e.is_cancelled() => {
+                self.finish_task(e.id());
+            }
+            Err(e) => {
+                // A panic in an announce is a bug, but it must not wedge the
+                // torrent: count it as that tracker's failure.
+                warn!(error = %e, "tracker task panicked");
+                if let Some((ih, url)) = self.announce_tasks.get(&e.id()).cloned() {
+                    let cursor = self.torrents.get(&ih).map_or(0, |t| t.cursor);
+                    let out = TaskOutput::Announce {
+                        info_hash: ih,
+                        url,
+                        cursor,
+                        event: None,
+                        result: Err(AnnounceError::Io("announce task panicked".into())),
+                        extras: TaskExtras::default(),
+                    };
+                    self.on_output(e.id(), out);
+                }
+            }
+        }
+    }
+
     fn next_wake(&self) -> Option<Instant> {
-        if self.announces_in_flight >= self.config.max_concurrent_announces {
+        if self.announce_tasks.len() >= self.config.max_concurrent_announces {
             // Nothing can start until a task ends, which wakes us anyway.
             return None;
         }
         self.torrents
             .values()
-            .filter(|t| t.in_flight.is_none())
+            .filter(|t| t.in_flight.is_none() && !t.parked)
             .map(|t| t.next_at.max(t.not_before))
             .min()
     }
@@ -686,7 +753,7 @@ impl Actor {
         // re-announces.
         due.sort_unstable();
         for (_, ih) in due {
-            if self.announces_in_flight >= self.config.max_concurrent_announces {
+            if self.announce_tasks.len() >= self.config.max_concurrent_announces {
                 break;
             }
             self.advance(ih, now);
@@ -711,10 +778,18 @@ impl Actor {
             let Some(url) = t.tiers.get(cursor).map(str::to_owned) else {
                 break;
             };
+            let per_tracker = self.config.max_in_flight_per_tracker;
             let entry = self.entry(&url);
             if entry.health.blocked_until(now).is_some() {
                 cursor += 1;
                 continue;
+            }
+            if entry.in_flight >= per_tracker.max(1) {
+                if let Some(t) = self.torrents.get_mut(&ih) {
+                    t.cursor = cursor;
+                    t.parked = true;
+                }
+                return;
             }
             // Rate limit only once a URL is ready, so a blocked walk does
             // not consume quota.
@@ -723,6 +798,7 @@ impl Actor {
                 let wait = not_until.wait_time_from(self.clock.now());
                 if let Some(t) = self.torrents.get_mut(&ih) {
                     t.cursor = cursor;
+                    t.parked = false;
                     t.next_at = now + wait;
                 }
                 return;
@@ -754,6 +830,8 @@ impl Actor {
         };
         if let Some(t) = self.torrents.get_mut(&ih) {
             t.cursor = 0;
+            t.parked = false;
+            t.retrying = true;
             t.next_at = retry;
             debug!(info_hash = %ih, retry_in = ?retry - now, "every tracker failed or is backing off");
         }
@@ -799,11 +877,18 @@ impl Actor {
             }
         });
         debug!(info_hash = %ih, %url, ?event, "announcing");
-        t.in_flight = Some((abort, url));
-        self.announces_in_flight += 1;
+        let id = abort.id();
+        t.in_flight = Some(InFlight {
+            id,
+            abort,
+            url: url.clone(),
+        });
+        t.parked = false;
+        self.entry(&url).in_flight += 1;
+        self.announce_tasks.insert(id, (ih, url));
     }
 
-    fn on_output(&mut self, out: TaskOutput) {
+    fn on_output(&mut self, id: task::Id, out: TaskOutput) {
         let now = Instant::now();
         match out {
             TaskOutput::Stopped(results, reply) => {
@@ -833,13 +918,15 @@ impl Actor {
                 result,
                 extras,
             } => {
+                self.finish_task(id);
+                // Not ours if the torrent was removed (and maybe re-added)
+                // while the task ran.
                 let still_ours = self
                     .torrents
                     .get(&info_hash)
                     .and_then(|t| t.in_flight.as_ref())
-                    .is_some_and(|(_, u)| *u == url);
+                    .is_some_and(|f| f.id == id);
                 if still_ours {
-                    self.announces_in_flight -= 1;
                     if let Some(t) = self.torrents.get_mut(&info_hash) {
                         t.in_flight = None;
                     }
@@ -847,6 +934,7 @@ impl Actor {
                 let jitter: f64 = self.rng.random();
                 let entry = self.entry(&url);
                 entry.stats.ignored_datagrams += extras.ignored_datagrams;
+                let mut changed = false;
                 match &result {
                     Ok(a) => {
                         entry.stats.announces_succeeded += 1;
@@ -854,6 +942,7 @@ impl Actor {
                         if entry.health.on_success() == Some(BreakerState::Closed) {
                             entry.stats.breaker_closed += 1;
                             info!(%url, "tracker breaker closed");
+                            changed = true;
                         }
                         if let Some(w) = &a.warning {
                             warn!(%url, warning = %w, "tracker warning");
@@ -868,8 +957,12 @@ impl Actor {
                         if entry.health.on_failure(now, jitter) == Some(BreakerState::Open) {
                             entry.stats.breaker_opened += 1;
                             warn!(%url, cool_down = ?entry.health.cool_down(), "tracker breaker open");
+                            changed = true;
                         }
                     }
+                }
+                if changed {
+                    self.wake_waiters(&url, now);
                 }
                 if !still_ours {
                     return;
@@ -901,6 +994,7 @@ impl Actor {
         };
         t.tiers.promote(cursor);
         t.cursor = 0;
+        t.retrying = false;
         t.announced_to.insert(url.to_owned());
         match event {
             Some(Event::Started) => t.started = true,
