@@ -202,7 +202,10 @@ pub fn spawn(
         lookups: JoinSet::new(),
         stats: DnsStats::default(),
     };
-    let join = tokio::spawn(actor.run(rx, cancel));
+    let join = tokio::spawn(tracing::Instrument::instrument(
+        actor.run(rx, cancel),
+        tracing::info_span!("dns"),
+    ));
     (DnsHandle { tx }, join)
 }
 

@@ -26,6 +26,14 @@
 //! URL); a failure moves to the next URL at once, a URL whose breaker or
 //! backoff refuses it is skipped, and when the walk runs out the torrent is
 //! retried when the first of its trackers becomes available again.
+//!
+//! Announces in flight are capped twice: across the process
+//! (`max_concurrent_announces`) and per tracker URL
+//! (`max_in_flight_per_tracker`), so a tracker that hangs until its timeout
+//! holds only its own share of the slots. Scheduling is a scan of the
+//! torrents after every event (no timer per torrent): cheap for the
+//! hundreds of torrents one process runs, and it keeps every decision in
+//! one place.
 
 pub mod announce;
 pub mod breaker;
@@ -49,7 +57,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{self, AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use self::announce::{
     AnnounceError, AnnounceParams, Announced, TaskExtras, Transport, TransportConfig, UdpConnection,
@@ -332,29 +340,32 @@ pub fn spawn(
         config.max_redirects,
         &config.user_agent,
     );
-    let join = tokio::spawn(async move {
-        match http {
-            Ok(http) => {
-                let transport = Transport {
-                    http,
-                    dns,
-                    config: TransportConfig {
-                        max_body_size: config.max_body_size,
-                        udp_base_timeout: config.udp_base_timeout,
-                        udp_max_retransmits: config.udp_max_retransmits,
-                        udp_connection_lifetime: config.udp_connection_lifetime,
-                    },
-                };
-                let actor = Actor::new(config, transport);
-                actor.run(rx, cancel).await;
+    let join = tokio::spawn(
+        async move {
+            match http {
+                Ok(http) => {
+                    let transport = Transport {
+                        http,
+                        dns,
+                        config: TransportConfig {
+                            max_body_size: config.max_body_size,
+                            udp_base_timeout: config.udp_base_timeout,
+                            udp_max_retransmits: config.udp_max_retransmits,
+                            udp_connection_lifetime: config.udp_connection_lifetime,
+                        },
+                    };
+                    let actor = Actor::new(config, transport);
+                    actor.run(rx, cancel).await;
+                }
+                // Only a broken TLS backend gets here; the handle then reports
+                // `Stopped` on every call.
+                Err(e) => tracing::error!(error = %e, "cannot build the HTTP client"),
             }
-            // Only a broken TLS backend gets here; the handle then reports
-            // `Stopped` on every call.
-            Err(e) => tracing::error!(error = %e, "cannot build the HTTP client"),
+            dns_cancel.cancel();
+            let _ = dns_join.await;
         }
-        dns_cancel.cancel();
-        let _ = dns_join.await;
-    });
+        .instrument(tracing::info_span!("tracker")),
+    );
     (handle, join)
 }
 
@@ -482,16 +493,18 @@ impl Actor {
             let now = Instant::now();
             self.start_due(now);
             let wake = self.next_wake();
+            // Finished tasks before new commands: they free slots, and a
+            // flood of commands must not starve them.
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_joined(done);
+                }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
-                    self.on_joined(done);
-                }
                 () = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
             }
         }
@@ -865,17 +878,22 @@ impl Actor {
         t.cursor = cursor;
         let transport = self.transport.clone();
         let task_url = url.clone();
-        let abort = self.tasks.spawn(async move {
-            let (result, extras) = announce::announce(&transport, &task_url, &params, udp).await;
-            TaskOutput::Announce {
-                info_hash: ih,
-                url: task_url,
-                cursor,
-                event,
-                result,
-                extras,
+        let span = tracing::debug_span!("announce", info_hash = %ih, url = %url);
+        let abort = self.tasks.spawn(
+            async move {
+                let (result, extras) =
+                    announce::announce(&transport, &task_url, &params, udp).await;
+                TaskOutput::Announce {
+                    info_hash: ih,
+                    url: task_url,
+                    cursor,
+                    event,
+                    result,
+                    extras,
+                }
             }
-        });
+            .instrument(span),
+        );
         debug!(info_hash = %ih, %url, ?event, "announcing");
         let id = abort.id();
         t.in_flight = Some(InFlight {
