@@ -45,6 +45,7 @@ pub mod udp;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -53,7 +54,7 @@ use protocol::metainfo::InfoHash;
 use protocol::tracker::Event;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{self, AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,9 +73,10 @@ use self::tiers::{Cursor, Tiers};
 pub struct TrackerConfig {
     /// Capacity of the actor's mailbox. Default 256.
     pub mailbox_capacity: usize,
-    /// Most announces in flight at once across all torrents (`stopped`
-    /// announces on removal are not counted: they are bounded by
-    /// `stop_timeout`). Default 64.
+    /// Most announces in flight at once across all torrents; `stopped`
+    /// announces have their own pool of this many, so a removal never waits
+    /// behind regular announces (and shutdown cannot open a socket per
+    /// torrent at once). Default 64.
     pub max_concurrent_announces: usize,
     /// Most announces in flight to one tracker URL, so a tracker that
     /// hangs holds at most this many of the slots above and the other
@@ -463,6 +465,9 @@ struct Actor {
     announce_tasks: HashMap<task::Id, (InfoHash, String)>,
     limiter: DefaultDirectRateLimiter,
     clock: DefaultClock,
+    /// Permits for `stopped` announces in flight, shared by the actor's own
+    /// stop tasks only.
+    stop_permits: Arc<Semaphore>,
     rng: SmallRng,
     rate_limited: u64,
     peer_batches_dropped: u64,
@@ -476,6 +481,7 @@ impl Actor {
         Self {
             limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
+            stop_permits: Arc::new(Semaphore::new(config.max_concurrent_announces.max(1))),
             config,
             transport,
             trackers: HashMap::new(),
@@ -657,13 +663,17 @@ impl Actor {
         debug!(info_hash = %ih, trackers = targets.len(), "sending stopped");
         let transport = self.transport.clone();
         let timeout = self.config.stop_timeout;
+        let permits = self.stop_permits.clone();
         self.tasks.spawn(async move {
             let mut set = JoinSet::new();
             let mut urls = Vec::with_capacity(targets.len());
             for (i, (url, params, udp)) in targets.into_iter().enumerate() {
                 let transport = transport.clone();
+                let permits = permits.clone();
                 urls.push(url.clone());
                 set.spawn(async move {
+                    // The semaphore is never closed, so this only waits.
+                    let _permit = permits.acquire_owned().await;
                     let (result, _) = announce::announce(&transport, &url, &params, udp).await;
                     (i, result)
                 });
