@@ -602,3 +602,24 @@ async fn the_process_wide_rate_limit_spaces_announces() {
     cancel.cancel();
     join.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_names_expire_after_the_ttl_cap() {
+    let a = FakeHttp::start(|_, _| HttpReply::Body(announce_body(1, None, &[peer(12)]))).await;
+    let url = format!("http://localhost:{}/announce", a.addr.port());
+    let mut config = fast_config();
+    // Nothing stays cached: every new connection (the scripted tracker
+    // closes each one) resolves again.
+    config.dns.max_ttl = Duration::ZERO;
+    let cancel = CancellationToken::new();
+    let (h, join) = spawn(config, cancel.clone());
+    let (reg, mut r) = registration(info_hash(140), vec![vec![url]], 7000);
+    h.add_torrent(reg).await.unwrap();
+    next_peers(&mut r, LIMIT).await;
+    next_peers(&mut r, LIMIT).await;
+    let s = h.stats().await.unwrap();
+    assert!(s.dns.misses >= 2, "{:?}", s.dns);
+    assert_eq!(s.dns.hits, 0, "{:?}", s.dns);
+    cancel.cancel();
+    join.await.unwrap();
+}

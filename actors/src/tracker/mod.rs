@@ -273,7 +273,7 @@ enum Command {
 }
 
 /// Cheap, cloneable handle to the tracker actor.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TrackerHandle {
     tx: mpsc::Sender<Command>,
     dns: dns::DnsHandle,
@@ -752,7 +752,7 @@ impl Actor {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        if self.announce_tasks.len() >= self.config.max_concurrent_announces {
+        if self.announce_tasks.len() >= self.config.max_concurrent_announces.max(1) {
             // Nothing can start until a task ends, which wakes us anyway.
             return None;
         }
@@ -776,7 +776,7 @@ impl Actor {
         // re-announces.
         due.sort_unstable();
         for (_, ih) in due {
-            if self.announce_tasks.len() >= self.config.max_concurrent_announces {
+            if self.announce_tasks.len() >= self.config.max_concurrent_announces.max(1) {
                 break;
             }
             self.advance(ih, now);
