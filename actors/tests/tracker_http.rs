@@ -623,3 +623,26 @@ async fn cached_names_expire_after_the_ttl_cap() {
     cancel.cancel();
     join.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_a_reused_connection_is_sent_again_not_failed() {
+    // Like opentracker: keep-alive in the headers, but the connection does
+    // not survive to a second request.
+    let tracker =
+        FakeHttp::start(|_, _| HttpReply::KeepAliveThenReset(announce_body(1, None, &[peer(13)])))
+            .await;
+    let url = tracker.url("/announce");
+    let cancel = CancellationToken::new();
+    let (h, join) = spawn(fast_config(), cancel.clone());
+    let (reg, mut r) = registration(info_hash(150), vec![vec![url.clone()]], 7000);
+    h.add_torrent(reg).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(next_peers(&mut r, LIMIT).await, vec![peer(13)]);
+    }
+    let resets = tracker.requests_to("(reset)").len();
+    assert!(resets >= 1, "the pooled connection was never reused");
+    let s = h.stats().await.unwrap();
+    assert_eq!(url_stats(&s, &url).announces_failed, 0, "{s:#?}");
+    cancel.cancel();
+    join.await.unwrap();
+}

@@ -74,7 +74,19 @@ pub async fn announce(
         compact: true,
     };
     let url = announce_url(base, &req);
-    let mut resp = client.get(&url).send().await.map_err(|e| http_error(&e))?;
+    let mut resp = match client.get(&url).send().await {
+        Ok(r) => r,
+        // Trackers such as opentracker answer HTTP/1.1 without
+        // `Connection: close` and then close: a request sent on that pooled
+        // connection dies with a reset. Sending again (on a fresh
+        // connection) is safe, an announce being idempotent; a failed
+        // connect or a timeout is not retried.
+        Err(e) if !e.is_connect() && !e.is_timeout() && !e.is_builder() && !e.is_redirect() => {
+            tracing::debug!(error = %e, "announce failed on a pooled connection; sending again");
+            client.get(&url).send().await.map_err(|e| http_error(&e))?
+        }
+        Err(e) => return Err(http_error(&e)),
+    };
     let status = resp.status();
     if resp.content_length().is_some_and(|n| n > max_body as u64) {
         return Err(AnnounceError::BodyTooLarge(max_body));

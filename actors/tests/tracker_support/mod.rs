@@ -179,6 +179,11 @@ pub enum HttpReply {
     HugeChunked,
     /// Never answer; keep the connection open.
     Hang,
+    /// 200 with this body on a connection left open (HTTP/1.1 keep-alive,
+    /// as opentracker answers), then reset that connection when the next
+    /// request arrives on it; the reset is logged as a request to
+    /// `(reset)`.
+    KeepAliveThenReset(Vec<u8>),
 }
 
 type HttpScript = dyn Fn(&HttpRequest, usize) -> HttpReply + Send + Sync;
@@ -330,6 +335,25 @@ async fn serve_http(
         }
         HttpReply::Hang => {
             std::future::pending::<()>().await;
+            Ok(())
+        }
+        HttpReply::KeepAliveThenReset(body) => {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            if write_all(&mut stream, head.into_bytes(), &body)
+                .await
+                .is_ok()
+            {
+                let mut next = [0u8; 4096];
+                if matches!(stream.read(&mut next).await, Ok(n) if n > 0) {
+                    log.lock().unwrap().push(HttpRequest {
+                        path: "(reset)".into(),
+                        params: HashMap::new(),
+                        at: Instant::now(),
+                    });
+                    // Linger 0: closing sends RST instead of FIN.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
+            }
             Ok(())
         }
     };
