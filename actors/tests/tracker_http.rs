@@ -646,3 +646,29 @@ async fn a_reset_on_a_reused_connection_is_sent_again_not_failed() {
     cancel.cancel();
     join.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_peer_entries_are_skipped_and_ipv6_peers_kept() {
+    // Dictionary peers: one good, a hostname, port 0, not a dictionary;
+    // then one compact IPv6 peer.
+    let mut body = b"d8:intervali1800e5:peersl".to_vec();
+    body.extend_from_slice(b"d2:ip8:10.0.0.14:porti5ee");
+    body.extend_from_slice(b"d2:ip4:host4:porti6ee");
+    body.extend_from_slice(b"d2:ip8:10.0.0.14:porti0ee");
+    body.extend_from_slice(b"i3e");
+    body.extend_from_slice(b"e6:peers618:");
+    body.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    body.extend_from_slice(&7u16.to_be_bytes());
+    body.push(b'e');
+    let tracker = FakeHttp::start(move |_, _| HttpReply::Body(body.clone())).await;
+    let cancel = CancellationToken::new();
+    let (h, join) = spawn(fast_config(), cancel.clone());
+    let (reg, mut r) = registration(info_hash(160), vec![vec![tracker.url("/a")]], 7000);
+    h.add_torrent(reg).await.unwrap();
+    assert_eq!(
+        next_peers(&mut r, LIMIT).await,
+        vec![peer(5), "[::1]:7".parse().unwrap()]
+    );
+    cancel.cancel();
+    join.await.unwrap();
+}
