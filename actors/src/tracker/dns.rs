@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::ResolverConfig;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -173,16 +173,15 @@ struct DnsActor {
 /// or, if that cannot be read, one with no name servers that still answers
 /// `localhost` and `/etc/hosts` names.
 fn system_resolver() -> TokioResolver {
-    match TokioResolver::builder_tokio().and_then(|b| b.build()) {
-        Ok(r) => r,
+    match TokioResolver::builder_tokio() {
+        Ok(b) => b.build(),
         Err(e) => {
             tracing::warn!(error = %e, "no system DNS configuration; only hosts-file names resolve");
             TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(Vec::new()),
-                TokioRuntimeProvider::default(),
+                ResolverConfig::from_parts(None, Vec::new(), NameServerConfigGroup::new()),
+                TokioConnectionProvider::default(),
             )
             .build()
-            .expect("a resolver without name servers always builds")
         }
     }
 }
