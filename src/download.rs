@@ -210,11 +210,7 @@ fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Res
             upload_limit: None,
             download_limit: None,
         };
-        let handle = session
-            .add_torrent(params)
-            .await
-            .context("adding the torrent")
-            .map_err(Failure::Runtime)?;
+        // Listen first: the torrent announces the port it gets.
         let mut listen_port = 0;
         if let Some(addr) = plan.listen {
             let local = session
@@ -223,6 +219,11 @@ fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Res
                 .map_err(|e| Failure::Runtime(e.into()))?;
             listen_port = local.port();
         }
+        let handle = session
+            .add_torrent(params)
+            .await
+            .context("adding the torrent")
+            .map_err(Failure::Runtime)?;
         let mut stats = handle.stats();
         let started = Instant::now();
         let mut seeding_since: Option<Instant> = None;

@@ -11,6 +11,7 @@ use crate::choker::ChokerConfig;
 use crate::picker::PickerConfig;
 use crate::pipeline::PipelineConfig;
 use crate::rtt::RttConfig;
+use crate::tracker::TrackerConfig;
 
 /// Configuration of a [`crate::session::Session`] and everything it spawns.
 #[derive(Clone, Debug)]
@@ -102,6 +103,8 @@ pub struct ClientConfig {
     /// Incoming connections whose handshake is still being read, at most.
     /// Default 64.
     pub max_pending_handshakes: usize,
+    /// The tracker session: timeouts, breakers, backoff, rate limit, DNS.
+    pub tracker: TrackerConfig,
 }
 
 impl Default for ClientConfig {
@@ -143,6 +146,7 @@ impl Default for ClientConfig {
             upload_limit: None,
             download_limit: None,
             max_pending_handshakes: 64,
+            tracker: TrackerConfig::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use protocol::wire::{Decoded, Handshake};
 use storage::{DiskIo, HashPool, HashPoolConfig};
@@ -125,6 +126,8 @@ enum Command {
 /// it; [`Session::shutdown`] does.
 pub struct Session {
     tx: mpsc::Sender<Command>,
+    listen_port: Arc<AtomicU16>,
+    tracker: crate::tracker::TrackerHandle,
     cancel: CancellationToken,
     handshake_timeout: std::time::Duration,
     max_pending_handshakes: usize,
@@ -149,6 +152,11 @@ impl Session {
         for (d, r) in peer_id[8..].iter_mut().zip(tail) {
             *d = b'0' + r % 10;
         }
+        // The tracker outlives the torrents: each sends `stopped` as it
+        // shuts down, then the session stops the tracker.
+        let tracker_stop = CancellationToken::new();
+        let (tracker, tracker_join) =
+            crate::tracker::spawn(config.tracker.clone(), tracker_stop.clone());
         let config = Arc::new(config);
         let shared = Shared {
             hash: pool.handle(),
@@ -158,14 +166,26 @@ impl Session {
             disk: disk.clone(),
             peer_id,
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            tracker: tracker.clone(),
+            listen_port: Arc::new(AtomicU16::new(0)),
             up_limit: config.upload_limit.map(crate::ratelimit::limiter),
             down_limit: config.download_limit.map(crate::ratelimit::limiter),
         };
         let (tx, rx) = mpsc::channel(config.session_mailbox);
         let cancel = CancellationToken::new();
-        let join = tokio::spawn(run(rx, shared, pool, cancel.clone()));
+        let listen_port = shared.listen_port.clone();
+        let join = tokio::spawn(run(
+            rx,
+            shared,
+            pool,
+            cancel.clone(),
+            tracker_stop,
+            tracker_join,
+        ));
         Ok(Session {
             tx,
+            listen_port,
+            tracker,
             handshake_timeout: config.handshake_timeout,
             max_pending_handshakes: config.max_pending_handshakes,
             cancel,
@@ -196,6 +216,8 @@ impl Session {
             .local_addr()
             .map_err(|source| SessionError::Listen { addr, source })?;
         info!(%local, "listening");
+        // Torrents announce this port from now on.
+        self.listen_port.store(local.port(), Ordering::Relaxed);
         let tx = self.tx.clone();
         let cancel = self.cancel.clone();
         let timeout = self.handshake_timeout;
@@ -241,6 +263,11 @@ impl Session {
         Ok(local)
     }
 
+    /// The process-wide tracker session.
+    pub fn tracker(&self) -> &crate::tracker::TrackerHandle {
+        &self.tracker
+    }
+
     /// The process-wide buffer budget.
     pub fn budget(&self) -> &BufferBudget {
         &self.budget
@@ -264,6 +291,8 @@ async fn run(
     shared: Shared,
     pool: HashPool,
     cancel: CancellationToken,
+    tracker_stop: CancellationToken,
+    tracker_join: tokio::task::JoinHandle<()>,
 ) {
     let mut torrents = JoinSet::new();
     let mut by_hash: HashMap<[u8; 20], TorrentHandle> = HashMap::new();
@@ -304,6 +333,8 @@ async fn run(
     }
     cancel.cancel();
     while torrents.join_next().await.is_some() {}
+    tracker_stop.cancel();
+    let _ = tracker_join.await;
     info!("session stopped");
     // The hash threads stop once the last handle is gone.
     drop(shared);

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,6 +43,7 @@ use crate::picker::{Bitfield, Block, PeerId, Picker, PickerConfig, Received, Str
 use crate::pipeline::RateMeter;
 use crate::ratelimit::{self, Limiter};
 use crate::session::BufferBudget;
+use crate::tracker::{AnnounceProgress, TorrentRegistration, TrackerHandle};
 
 /// Where a torrent's payload goes.
 #[derive(Clone, Debug)]
@@ -294,6 +296,10 @@ pub(crate) struct Shared {
     pub peer_id: [u8; 20],
     /// One permit per connection, process-wide.
     pub connections: Arc<Semaphore>,
+    /// The process-wide tracker session.
+    pub tracker: TrackerHandle,
+    /// Our listen port (0 until the session listens), for announces.
+    pub listen_port: Arc<AtomicU16>,
     /// Process-wide rate limits.
     pub up_limit: Option<Arc<Limiter>>,
     pub down_limit: Option<Arc<Limiter>>,
@@ -405,7 +411,14 @@ struct Torrent {
     choker: Choker,
     up_limits: Vec<Arc<Limiter>>,
     down_limits: Vec<Arc<Limiter>>,
+    /// Announce counters for the tracker session, when registered.
+    progress: Option<watch::Sender<AnnounceProgress>>,
+    announced_complete: bool,
 }
+
+/// Peers from the tracker session wait here; it drops a batch that finds the
+/// channel full (the next announce brings them again).
+const TRACKER_PEER_BATCHES: usize = 16;
 
 async fn run(
     params: TorrentParams,
@@ -499,7 +512,11 @@ async fn run(
         choker: Choker::new(shared_choker),
         up_limits,
         down_limits,
+        progress: None,
+        announced_complete: false,
     };
+    let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
+    t.register_with_trackers(tracker_peers_tx).await;
     for a in params.peers {
         t.addrs.entry(a).or_default();
     }
@@ -539,7 +556,9 @@ async fn run(
                 t.publish();
             }
             Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
+            Some(addrs) = tracker_peers.recv() => t.on_msg(TorrentMsg::AddPeers(addrs)),
         }
+        t.announce_completion().await;
     }
     t.shutdown(&mut rx, &mut done_rx).await;
 }
@@ -614,7 +633,55 @@ impl Torrent {
             budget_in_use: self.shared.budget.in_use(),
             budget_peak: self.shared.budget.peak(),
         };
+        if let Some(p) = &self.progress {
+            let left = (self.picker.missing_count() as u64)
+                .saturating_mul(u64::from(self.meta.info.piece_length))
+                .min(self.meta.info.total_length);
+            p.send_replace(AnnounceProgress {
+                uploaded: self.bytes_up,
+                downloaded: self.bytes_down,
+                left,
+            });
+        }
         self.stats.send_replace(s);
+    }
+
+    /// Hands the torrent to the tracker session if it has trackers.
+    async fn register_with_trackers(&mut self, peers: mpsc::Sender<Vec<SocketAddr>>) {
+        if self.meta.trackers.is_empty() {
+            return;
+        }
+        let (tx, rx) = watch::channel(AnnounceProgress::default());
+        self.progress = Some(tx);
+        self.publish();
+        let reg = TorrentRegistration {
+            info_hash: self.meta.info_hash,
+            tiers: self.meta.trackers.clone(),
+            peer_id: self.shared.peer_id,
+            port: self.shared.listen_port.load(Ordering::Relaxed),
+            progress: rx,
+            peers,
+        };
+        if let Err(e) = self.shared.tracker.add_torrent(reg).await {
+            warn!(error = %e, "not announcing to trackers");
+            self.progress = None;
+        }
+    }
+
+    /// Tells the trackers once that the download completed.
+    async fn announce_completion(&mut self) {
+        let done = matches!(self.state, TorrentState::Seeding | TorrentState::Complete);
+        if !done || self.announced_complete || self.progress.is_none() {
+            return;
+        }
+        self.announced_complete = true;
+        self.publish();
+        // A torrent that was complete from the start is not a completion.
+        if self.bytes_down > 0
+            && let Err(e) = self.shared.tracker.completed(self.meta.info_hash).await
+        {
+            warn!(error = %e, "announcing completion failed");
+        }
     }
 
     fn fail(&mut self, reason: String) {
@@ -725,8 +792,11 @@ impl Torrent {
                 let _ = reply.send(r);
             }
             TorrentMsg::AddPeers(addrs) => {
+                let port = self.shared.listen_port.load(Ordering::Relaxed);
                 for a in addrs {
-                    if self.banned.contains(&a) {
+                    // Ourselves, as a tracker lists us back.
+                    let own = a.port() == port && (a.ip().is_loopback() || a.ip().is_unspecified());
+                    if own || self.banned.contains(&a) {
                         continue;
                     }
                     let s = self.addrs.entry(a).or_default();
@@ -1218,6 +1288,14 @@ impl Torrent {
         }
         for p in self.pending_write.drain(..) {
             self.shared.budget.release(p.len());
+        }
+        if self.progress.is_some() {
+            // Bounded inside the tracker session by its stop timeout.
+            let _ = self
+                .shared
+                .tracker
+                .remove_torrent(self.meta.info_hash)
+                .await;
         }
         if !matches!(self.state, TorrentState::Complete) && self.resume.unsynced() > 0 {
             let storage = self.storage.clone();

@@ -1107,7 +1107,7 @@ impl Sim {
                 self.p.piece_failed(piece).unwrap();
             }
         }
-        let seed = PeerId(100);
+        let mut seed = PeerId(100);
         self.p.peer_have_all(seed);
         self.peers.insert(
             seed,
@@ -1120,7 +1120,23 @@ impl Sim {
             if self.p.is_complete() {
                 break;
             }
-            self.apply(Op::Pick(100, 5));
+            if self.p.is_banned(seed) {
+                // An honest seed shares the strikes of pieces that also held
+                // a departed peer's corrupt block: that is the ban policy
+                // ("involved in N failed pieces"). Bring in another seed.
+                self.p.peer_gone(seed);
+                self.peers.remove(&seed);
+                seed = PeerId(seed.0 + 1);
+                self.p.peer_have_all(seed);
+                self.peers.insert(
+                    seed,
+                    Model {
+                        all: true,
+                        ..Model::default()
+                    },
+                );
+            }
+            self.apply(Op::Pick(seed.0 as u8, 5));
             let outstanding: Vec<Block> = self.peers[&seed].outstanding.iter().copied().collect();
             for b in outstanding {
                 self.deliver(seed, b, false);
