@@ -268,7 +268,11 @@ fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Res
                 _ => {}
             }
             if let Some(out) = stats_out.as_mut() {
-                let _ = writeln!(out, "{}", stats_json(&s, event, listen_port));
+                let mut line = stats_json(&s, event, listen_port);
+                if let Ok(t) = session.tracker().stats().await {
+                    add_tracker_stats(&mut line, &t);
+                }
+                let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
             if tty {
@@ -390,6 +394,33 @@ fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Va
         "budget_in_use": s.budget_in_use,
         "budget_peak": s.budget_peak,
     })
+}
+
+/// Announce counters per tracker URL and the DNS cache's hits and misses.
+fn add_tracker_stats(line: &mut serde_json::Value, t: &actors::tracker::TrackerStats) {
+    use actors::tracker::BreakerState;
+    let trackers: serde_json::Map<String, serde_json::Value> = t
+        .trackers
+        .iter()
+        .map(|(url, u)| {
+            let breaker = match u.breaker {
+                BreakerState::Closed => "closed",
+                BreakerState::Open => "open",
+                BreakerState::HalfOpen => "half-open",
+            };
+            let v = json!({
+                "announces_sent": u.announces_sent,
+                "announces_failed": u.announces_failed,
+                "breaker": breaker,
+                "breaker_opened": u.breaker_opened,
+                "last_error": u.last_error,
+            });
+            (url.clone(), v)
+        })
+        .collect();
+    line["trackers"] = serde_json::Value::Object(trackers);
+    line["dns_hits"] = json!(t.dns.hits);
+    line["dns_misses"] = json!(t.dns.misses);
 }
 
 fn progress_line(s: &TorrentStats, elapsed: Duration) {
