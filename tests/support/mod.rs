@@ -7,6 +7,9 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod leecher;
+pub mod lt;
+pub mod process;
 pub mod scripted;
 pub mod torrent;
 

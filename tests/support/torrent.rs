@@ -189,3 +189,20 @@ impl TestTorrent {
         }
     }
 }
+
+impl TestTorrent {
+    /// Writes the payload as a client would have downloaded it into `dir`
+    /// (`dir/<name>/...` for multi-file), so a seed can serve it.
+    pub fn write_payload(&self, dir: &Path) {
+        let root = self.output_root(dir);
+        for (path, data) in &self.files {
+            let file = if self.multi_file {
+                path.iter().fold(root.clone(), |p, c| p.join(c))
+            } else {
+                root.clone()
+            };
+            std::fs::create_dir_all(file.parent().unwrap()).expect("create payload dir");
+            std::fs::write(&file, data).expect("write payload file");
+        }
+    }
+}
