@@ -14,7 +14,10 @@ Run with /usr/bin/python3 (the distribution's python3-libtorrent); the
         trackers. Prints `DONE <bytes> <seconds>` (seconds from adding the
         torrent to the last piece verified) and exits 0; exits 1 on error
         or timeout. With --stay it keeps seeding after that until stdin
-        closes (so leechers of one benchmark run also serve each other).
+        closes. --no-pex leaves out libtorrent's default plugins, so the
+        leecher never learns other peers through the seed (a benchmark
+        measures what the seed alone sends). The DONE line also carries the
+        wall-clock start and end (Unix seconds).
 
 Settings (`settings(tuned)`): both modes turn off every way to find or reach
 peers other than the named ones and the tracker (DHT, LSD, UPnP, NAT-PMP).
@@ -33,7 +36,8 @@ peers other than the named ones and the tracker (DHT, LSD, UPnP, NAT-PMP).
   * allow_multiple_connections_per_ip: every peer here is 127.0.0.1.
 
 `--profile default` keeps libtorrent's defaults except the discovery
-switches, to measure what the tuning changes.
+switches, to measure what the tuning changes; `default-tcp` is that with uTP
+off, `tuned-utp` is `tuned` with uTP on (to tell the two changes apart).
 """
 
 import argparse
@@ -50,8 +54,12 @@ def log(*args):
     print("[lt]", *args, file=sys.stderr, flush=True)
 
 
+PROFILES = ("tuned", "default", "default-tcp", "tuned-utp")
+
+
 def settings(profile):
-    s = lt.high_performance_seed() if profile == "tuned" else lt.default_settings()
+    hps = profile in ("tuned", "tuned-utp")
+    s = lt.high_performance_seed() if hps else lt.default_settings()
     s.update(
         {
             "listen_interfaces": "127.0.0.1:0",
@@ -66,11 +74,11 @@ def settings(profile):
             | lt.alert.category_t.tracker_notification,
         }
     )
-    if profile == "tuned":
+    if profile in ("tuned", "default-tcp"):
+        s.update({"enable_incoming_utp": False, "enable_outgoing_utp": False})
+    if hps:
         s.update(
             {
-                "enable_incoming_utp": False,
-                "enable_outgoing_utp": False,
                 "ignore_limits_on_local_network": True,
                 "upload_rate_limit": 0,
                 "download_rate_limit": 0,
@@ -82,8 +90,10 @@ def settings(profile):
     return s
 
 
-def start_session(profile):
-    ses = lt.session(settings(profile))
+def start_session(profile, pex=True):
+    # Without the default plugins there is no ut_pex: a benchmark leecher
+    # then talks to the seed it was given and never learns of the others.
+    ses = lt.session(settings(profile), 1 if pex else 0)
     deadline = time.monotonic() + 10
     while ses.listen_port() == 0:
         if time.monotonic() > deadline:
@@ -165,8 +175,9 @@ def cmd_seed(a):
 
 def cmd_leech(a):
     stop = stop_event() if a.stay else None
-    ses = start_session(a.profile)
+    ses = start_session(a.profile, pex=not a.no_pex)
     t0 = time.monotonic()
+    wall0 = time.time()
     h, ti = add(ses, a)
     for p in a.peer:
         h.connect_peer(peer_addr(p))
@@ -192,7 +203,9 @@ def cmd_leech(a):
         ses.wait_for_alert(20)
         drain(ses, a.verbose)
     secs = time.monotonic() - t0
-    print(f"DONE {ti.total_size()} {secs:.3f}", flush=True)
+    # Wall-clock start and end too, so a driver running several leechers
+    # can take the span from the first start to the last finish.
+    print(f"DONE {ti.total_size()} {secs:.3f} {wall0:.3f} {time.time():.3f}", flush=True)
     if stop is not None:
         while not stop.wait(0.2):
             drain(ses, a.verbose)
@@ -209,10 +222,11 @@ def main():
         c.add_argument("--save-path", required=True)
         c.add_argument("--peer", action="append", default=[], help="IP:PORT")
         c.add_argument("--timeout", type=float, default=600)
-        c.add_argument("--profile", choices=("tuned", "default"), default="tuned")
+        c.add_argument("--profile", choices=PROFILES, default="tuned")
         c.add_argument("--verbose", action="store_true")
         if name == "leech":
             c.add_argument("--stay", action="store_true", help="seed on until stdin closes")
+            c.add_argument("--no-pex", action="store_true", help="no ut_pex (peers stay apart)")
     a = p.parse_args()
     if a.cmd == "seed":
         cmd_seed(a)

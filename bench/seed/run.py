@@ -1,0 +1,298 @@
+#!/usr/bin/python3
+"""Seed egress on loopback: actorrent seed vs libtorrent seed.
+
+One seed of each kind serves the same payload to 1, 2 and 4 libtorrent
+leechers at once (each a fresh process with its own empty save directory),
+alternating seeds within each run. For every trial it reports the seed's
+total egress (payload bytes to all leechers / span from the first leecher's
+start to the last one's finish) and the seed's CPU seconds per GiB served
+(utime + stime from /proc/<pid>/stat before and after). Prints a markdown
+table of medians over --runs runs.
+
+    cargo build --release
+    /usr/bin/python3 bench/seed/run.py                # 512 MiB, 3 runs
+    /usr/bin/python3 bench/seed/run.py --size-mib 256 --runs 5 --json out.json
+
+Use /usr/bin/python3 (python3-libtorrent). See README.md next to this file
+for the settings and what the numbers mean.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import libtorrent as lt
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+LT_PEER = os.path.join(ROOT, "tests", "support", "lt_peer.py")
+TICK = os.sysconf("SC_CLK_TCK")
+GIB = 1 << 30
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / TICK
+
+
+def make_payload(workdir, size, piece):
+    data = os.path.join(workdir, "data")
+    os.makedirs(data)
+    path = os.path.join(data, "seedbench.bin")
+    chunk = 8 << 20
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+    fs = lt.file_storage()
+    lt.add_files(fs, path)
+    # v1 only: actorrent speaks BEP 3 (libtorrent 2 makes hybrids by default).
+    t = lt.create_torrent(fs, piece, flags=lt.create_torrent.v1_only)
+    t.set_creator("actorrent seed benchmark")
+    lt.set_piece_hashes(t, data)
+    torrent = os.path.join(workdir, "seedbench.torrent")
+    with open(torrent, "wb") as f:
+        f.write(lt.bencode(t.generate()))
+    return data, torrent
+
+
+class Seed:
+    """A running seed process and the port it serves on."""
+
+    def __init__(self, kind, argv, port_of):
+        self.kind = kind
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if kind == "actorrent" else None,
+            text=True,
+        )
+        deadline = time.monotonic() + 300
+        self.port = None
+        while self.port is None:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"{kind} seed exited before reporting its port")
+            self.port = port_of(line)
+            self.first = line
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{kind} seed did not start")
+        self.pid = self.proc.pid
+
+    def wait_ready(self):
+        """actorrent reports its port before checking the data; wait for
+        `seeding` so no trial measures the check."""
+        if self.kind != "actorrent":
+            return
+        line = self.first
+        while json.loads(line).get("state") != "seeding":
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit("actorrent seed exited while checking")
+        # Keep draining stdout so a full pipe never blocks the seed.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            if self.kind == "actorrent":
+                self.proc.send_signal(2)
+            else:
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_actorrent(binary, torrent, data):
+    def port_of(line):
+        return json.loads(line)["listen_port"] or None
+
+    s = Seed(
+        "actorrent",
+        [
+            binary,
+            "seed",
+            torrent,
+            "--data",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            # A LAN seed serves everyone; with 4 leechers the default 4
+            # slots would unchoke them all too, but not at once.
+            "--unchoke-slots",
+            "unlimited",
+            "--stats-json",
+            "-",
+        ],
+        port_of,
+    )
+    s.wait_ready()
+    return s
+
+
+def start_libtorrent(torrent, data, profile):
+    def port_of(line):
+        return int(line.split()[1]) if line.startswith("PORT ") else None
+
+    return Seed(
+        "libtorrent",
+        [
+            "/usr/bin/python3",
+            LT_PEER,
+            "seed",
+            "--torrent",
+            torrent,
+            "--save-path",
+            data,
+            "--profile",
+            profile,
+            "--timeout",
+            "86400",
+        ],
+        port_of,
+    )
+
+
+def trial(seed, torrent, size, n, workdir, profile, timeout):
+    """n leechers from `seed` at once; returns (MB/s, CPU s/GiB) or raises."""
+    outs = [os.path.join(workdir, f"leech-{seed.kind}-{n}-{i}") for i in range(n)]
+    for o in outs:
+        shutil.rmtree(o, ignore_errors=True)
+        os.makedirs(o)
+    cpu0 = cpu_seconds(seed.pid)
+    procs = [
+        subprocess.Popen(
+            [
+                "/usr/bin/python3",
+                LT_PEER,
+                "leech",
+                "--torrent",
+                torrent,
+                "--save-path",
+                o,
+                "--peer",
+                f"127.0.0.1:{seed.port}",
+                "--no-pex",
+                "--profile",
+                profile,
+                "--timeout",
+                str(timeout),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for o in outs
+    ]
+    spans = []
+    failed = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout + 60)
+        done = [l for l in out.splitlines() if l.startswith("DONE ")]
+        if p.returncode != 0 or not done:
+            failed.append(p.returncode)
+            continue
+        _, nbytes, _, start, end = done[0].split()
+        assert int(nbytes) == size
+        spans.append((float(start), float(end)))
+    cpu = cpu_seconds(seed.pid) - cpu0
+    for o in outs:
+        shutil.rmtree(o, ignore_errors=True)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {n} leechers failed ({failed})")
+    span = max(e for _, e in spans) - min(s for s, _ in spans)
+    served = n * size
+    return served / span / 1e6, cpu / (served / GIB), span
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mib", type=int, default=512)
+    ap.add_argument("--piece-kib", type=int, default=256)
+    ap.add_argument("--leechers", default="1,2,4", help="comma-separated counts")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seeds", default="actorrent,libtorrent")
+    ap.add_argument("--actorrent", default=os.path.join(ROOT, "target", "release", "actorrent"))
+    ap.add_argument(
+        "--lt-profile",
+        choices=("tuned", "default", "default-tcp", "tuned-utp"),
+        default="tuned",
+        help="libtorrent settings for the libtorrent seed and all leechers",
+    )
+    ap.add_argument("--workdir", default=None, help="parent of the scratch directory")
+    ap.add_argument("--timeout", type=float, default=600, help="per leecher, seconds")
+    ap.add_argument("--json", default=None, help="also write every trial here")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    a = ap.parse_args()
+
+    kinds = a.seeds.split(",")
+    if "actorrent" in kinds and not os.access(a.actorrent, os.X_OK):
+        log(f"{a.actorrent} missing: measuring libtorrent only (cargo build --release)")
+        kinds.remove("actorrent")
+    counts = [int(c) for c in a.leechers.split(",")]
+    size = a.size_mib << 20
+    workdir = tempfile.mkdtemp(prefix="seedbench-", dir=a.workdir)
+    seeds = []
+    results = []
+    try:
+        log(f"making a {a.size_mib} MiB payload in {workdir}")
+        data, torrent = make_payload(workdir, size, a.piece_kib << 10)
+        for kind in kinds:
+            seeds.append(
+                start_actorrent(a.actorrent, torrent, data)
+                if kind == "actorrent"
+                else start_libtorrent(torrent, data, a.lt_profile)
+            )
+            log(f"{kind} seed on port {seeds[-1].port}, pid {seeds[-1].pid}")
+        for r in range(a.runs):
+            for n in counts:
+                for seed in seeds:
+                    mbs, cpu, span = trial(seed, torrent, size, n, workdir, a.lt_profile, a.timeout)
+                    log(f"run {r + 1}: {seed.kind} -> {n} leechers: {mbs:.0f} MB/s, {cpu:.2f} CPU s/GiB ({span:.1f} s)")
+                    results.append(
+                        {"run": r, "seed": seed.kind, "leechers": n, "mb_s": mbs, "cpu_s_per_gib": cpu, "span_s": span}
+                    )
+    finally:
+        for s in seeds:
+            s.stop()
+        if not a.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"size_mib": a.size_mib, "piece_kib": a.piece_kib, "lt_profile": a.lt_profile, "trials": results}, f, indent=1)
+    print(f"\nSeed egress, {a.size_mib} MiB payload, {a.piece_kib} KiB pieces, libtorrent leechers ({a.lt_profile} settings), median of {a.runs}\n")
+    print("| leechers | seed | total MB/s | seed CPU s/GiB served |")
+    print("|---:|---|---:|---:|")
+    med = {}
+    for n in counts:
+        for kind in kinds:
+            rows = [x for x in results if x["seed"] == kind and x["leechers"] == n]
+            m = (statistics.median(x["mb_s"] for x in rows), statistics.median(x["cpu_s_per_gib"] for x in rows))
+            med[(kind, n)] = m
+            print(f"| {n} | {kind} | {m[0]:.0f} | {m[1]:.2f} |")
+        if len(kinds) == 2:
+            (a0, c0), (a1, c1) = med[(kinds[0], n)], med[(kinds[1], n)]
+            print(f"| {n} | {kinds[0]} / {kinds[1]} | {a0 / a1:.2f} | {c0 / c1:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
