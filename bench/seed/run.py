@@ -171,13 +171,46 @@ def start_libtorrent(torrent, data, profile):
     )
 
 
-def trial(seed, torrent, size, n, workdir, profile, timeout):
-    """n leechers from `seed` at once; returns (MB/s, CPU s/GiB) or raises."""
-    outs = [os.path.join(workdir, f"leech-{seed.kind}-{n}-{i}") for i in range(n)]
+def actorrent_leechers(binary, seed, torrent, size, outs, timeout):
+    """actorrent downloads into each of `outs` at once; returns each one's
+    (start, end) wall-clock span, from spawn to exit (it exits once the
+    data is verified and synced)."""
+    procs = []
     for o in outs:
-        shutil.rmtree(o, ignore_errors=True)
-        os.makedirs(o)
-    cpu0 = cpu_seconds(seed.pid)
+        start = time.time()
+        p = subprocess.Popen(
+            [binary, "download", torrent, "--output", o, "--peer", f"127.0.0.1:{seed.port}", "--stats-json", "-"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        procs.append((p, start))
+    spans, failed = [], []
+    deadline = time.monotonic() + timeout
+    ends = {}
+    while len(ends) < len(procs) and time.monotonic() < deadline:
+        for i, (p, _) in enumerate(procs):
+            if i not in ends and p.poll() is not None:
+                ends[i] = time.time()
+        time.sleep(0.01)
+    for i, (p, start) in enumerate(procs):
+        if i not in ends:
+            p.kill()
+        out, _ = p.communicate()
+        lines = out.strip().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        if p.returncode != 0 or last.get("state") != "complete":
+            failed.append(p.returncode)
+            continue
+        spans.append((start, ends[i]))
+    return spans, failed
+
+
+def lt_leechers(seed, torrent, size, outs, profile, timeout):
+    """libtorrent downloads into each of `outs` at once; returns each one's
+    (start, end) span as the leecher measured it (torrent added to last
+    piece verified)."""
     procs = [
         subprocess.Popen(
             [
@@ -213,6 +246,21 @@ def trial(seed, torrent, size, n, workdir, profile, timeout):
         _, nbytes, _, start, end = done[0].split()
         assert int(nbytes) == size
         spans.append((float(start), float(end)))
+    return spans, failed
+
+
+def trial(seed, torrent, size, n, workdir, a, kind):
+    """n leechers of `kind` from `seed` at once; returns (MB/s, CPU s/GiB,
+    span s) or raises."""
+    outs = [os.path.join(workdir, f"leech-{seed.kind}-{n}-{i}") for i in range(n)]
+    for o in outs:
+        shutil.rmtree(o, ignore_errors=True)
+        os.makedirs(o)
+    cpu0 = cpu_seconds(seed.pid)
+    if kind == "actorrent":
+        spans, failed = actorrent_leechers(a.actorrent, seed, torrent, size, outs, a.timeout)
+    else:
+        spans, failed = lt_leechers(seed, torrent, size, outs, a.lt_profile, a.timeout)
     cpu = cpu_seconds(seed.pid) - cpu0
     for o in outs:
         shutil.rmtree(o, ignore_errors=True)
@@ -230,6 +278,11 @@ def main():
     ap.add_argument("--leechers", default="1,2,4", help="comma-separated counts")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seeds", default="actorrent,libtorrent")
+    ap.add_argument(
+        "--leecher-kinds",
+        default="libtorrent",
+        help="comma-separated: libtorrent, actorrent (each kind is a separate set of trials)",
+    )
     ap.add_argument("--actorrent", default=os.path.join(ROOT, "target", "release", "actorrent"))
     ap.add_argument(
         "--lt-profile",
@@ -248,6 +301,9 @@ def main():
         log(f"{a.actorrent} missing: measuring libtorrent only (cargo build --release)")
         kinds.remove("actorrent")
     counts = [int(c) for c in a.leechers.split(",")]
+    leecher_kinds = a.leecher_kinds.split(",")
+    if "actorrent" in leecher_kinds and not os.access(a.actorrent, os.X_OK):
+        raise SystemExit(f"{a.actorrent} missing: cannot run actorrent leechers")
     size = a.size_mib << 20
     workdir = tempfile.mkdtemp(prefix="seedbench-", dir=a.workdir)
     seeds = []
@@ -263,13 +319,25 @@ def main():
             )
             log(f"{kind} seed on port {seeds[-1].port}, pid {seeds[-1].pid}")
         for r in range(a.runs):
-            for n in counts:
-                for seed in seeds:
-                    mbs, cpu, span = trial(seed, torrent, size, n, workdir, a.lt_profile, a.timeout)
-                    log(f"run {r + 1}: {seed.kind} -> {n} leechers: {mbs:.0f} MB/s, {cpu:.2f} CPU s/GiB ({span:.1f} s)")
-                    results.append(
-                        {"run": r, "seed": seed.kind, "leechers": n, "mb_s": mbs, "cpu_s_per_gib": cpu, "span_s": span}
-                    )
+            for lk in leecher_kinds:
+                for n in counts:
+                    for seed in seeds:
+                        mbs, cpu, span = trial(seed, torrent, size, n, workdir, a, lk)
+                        log(
+                            f"run {r + 1}: {seed.kind} -> {n} {lk} leechers: "
+                            f"{mbs:.0f} MB/s, {cpu:.2f} CPU s/GiB ({span:.1f} s)"
+                        )
+                        results.append(
+                            {
+                                "run": r,
+                                "seed": seed.kind,
+                                "leecher": lk,
+                                "leechers": n,
+                                "mb_s": mbs,
+                                "cpu_s_per_gib": cpu,
+                                "span_s": span,
+                            }
+                        )
     finally:
         for s in seeds:
             s.stop()
@@ -278,20 +346,28 @@ def main():
 
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"size_mib": a.size_mib, "piece_kib": a.piece_kib, "lt_profile": a.lt_profile, "trials": results}, f, indent=1)
-    print(f"\nSeed egress, {a.size_mib} MiB payload, {a.piece_kib} KiB pieces, libtorrent leechers ({a.lt_profile} settings), median of {a.runs}\n")
+            meta = {"size_mib": a.size_mib, "piece_kib": a.piece_kib, "lt_profile": a.lt_profile}
+            json.dump({**meta, "trials": results}, f, indent=1)
+    print(
+        f"\nSeed egress, {a.size_mib} MiB payload, {a.piece_kib} KiB pieces, "
+        f"libtorrent settings `{a.lt_profile}`, median of {a.runs}\n"
+    )
     print("| leechers | seed | total MB/s | seed CPU s/GiB served |")
-    print("|---:|---|---:|---:|")
-    med = {}
-    for n in counts:
-        for kind in kinds:
-            rows = [x for x in results if x["seed"] == kind and x["leechers"] == n]
-            m = (statistics.median(x["mb_s"] for x in rows), statistics.median(x["cpu_s_per_gib"] for x in rows))
-            med[(kind, n)] = m
-            print(f"| {n} | {kind} | {m[0]:.0f} | {m[1]:.2f} |")
-        if len(kinds) == 2:
-            (a0, c0), (a1, c1) = med[(kinds[0], n)], med[(kinds[1], n)]
-            print(f"| {n} | {kinds[0]} / {kinds[1]} | {a0 / a1:.2f} | {c0 / c1:.2f} |")
+    print("|---|---|---:|---:|")
+    for lk in leecher_kinds:
+        med = {}
+        for n in counts:
+            for kind in kinds:
+                rows = [x for x in results if x["seed"] == kind and x["leechers"] == n and x["leecher"] == lk]
+                m = (
+                    statistics.median(x["mb_s"] for x in rows),
+                    statistics.median(x["cpu_s_per_gib"] for x in rows),
+                )
+                med[(kind, n)] = m
+                print(f"| {n} {lk} | {kind} | {m[0]:.0f} | {m[1]:.2f} |")
+            if len(kinds) == 2:
+                (a0, c0), (a1, c1) = med[(kinds[0], n)], med[(kinds[1], n)]
+                print(f"| {n} {lk} | {kinds[0]} / {kinds[1]} | {a0 / a1:.2f} | {c0 / c1:.2f} |")
 
 
 if __name__ == "__main__":
