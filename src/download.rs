@@ -258,7 +258,11 @@ fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Res
                         event = "complete";
                     }
                 }
-                TorrentState::Downloading if plan.seed_only => {
+                // With every piece verified the torrent is still
+                // `Downloading` until its first resume checkpoint is synced,
+                // then `Seeding`: only a check that found pieces missing
+                // means there is nothing to seed.
+                TorrentState::Downloading if plan.seed_only && s.pieces_done < s.pieces_total => {
                     break Err(Failure::Runtime(anyhow!(
                         "the data is incomplete ({} of {} pieces verified); nothing to seed",
                         s.pieces_done,
