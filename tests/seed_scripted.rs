@@ -257,21 +257,27 @@ fn invalid_requests_drop_the_connection() {
         length: last_len,
     };
     assert_still_serves(&mut seed, port, &t, &[tail]);
-    let s = seed.last_stats().unwrap();
-    assert!(
-        s["protocol_errors"].as_u64().is_some_and(|e| e >= 1),
-        "protocol violations not counted: {s}"
-    );
+    // Stats lines come once a second: wait for one that counts them.
+    seed.wait_stats(STEP, "protocol_errors counting the violations", |v| {
+        v["protocol_errors"].as_u64().is_some_and(|e| e >= 1)
+    });
     seed.stop(STEP);
 }
 
 #[test]
 fn cancel_storm_is_ignored_and_serving_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let t = multi_file(dir.path(), "cancel", 5);
+    // About 8 MiB: 400 blocks for the storm and 100 more to serve after.
+    let t = TestTorrent::multi(
+        dir.path(),
+        "cancel",
+        256 * 1024,
+        &[("a.bin", 6 << 20), ("b/c.bin", (2 << 20) + 5000)],
+        5,
+    );
     let (mut seed, port) = start_seed(dir.path(), &t, &[]);
     let blocks = t.blocks();
-    assert!(blocks.len() > 400 + 16, "the storm needs spare blocks");
+    assert!(blocks.len() > 400 + 100, "the storm needs spare blocks");
     let (stormed, rest) = blocks.split_at(400);
 
     let mut l = unchoked(&seed, port, &t);
@@ -364,7 +370,12 @@ fn memory_stays_bounded_under_floods() {
                 // Hold them unread while the flooders run, then take them.
                 std::thread::sleep(Duration::from_secs(3));
                 l.wait_for(FETCH, "the held blocks", |p| p.good_blocks >= mine.len())
-                    .unwrap_or_else(|e| seed.fail(&format!("staller {i} not served: {e:?}")));
+                    .unwrap_or_else(|e| {
+                        seed.fail(&format!(
+                            "staller {i} not served: {e:?}; the seed's log of it:\n{}",
+                            seed.log_about(l.local_port())
+                        ))
+                    });
             });
         }
     });
@@ -394,5 +405,46 @@ fn memory_stays_bounded_under_floods() {
         peak >> 20,
         BOUND >> 20
     );
+    seed.stop(STEP);
+}
+
+/// Raw-disk mode: the payload's "files" are byte ranges of one image file
+/// (EZIO's hex-offset names), and `--raw-target` seeds from that image.
+#[test]
+fn serves_from_a_raw_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let extents: [(u64, usize); 3] = [(0, 300_000), (0x10_0000, 700_000), (0x20_0000, 50_000)];
+    let names: Vec<String> = extents.iter().map(|(o, _)| format!("0x{o:016x}")).collect();
+    let files: Vec<(&str, usize)> = names
+        .iter()
+        .zip(&extents)
+        .map(|(n, (_, len))| (n.as_str(), *len))
+        .collect();
+    let t = TestTorrent::multi(dir.path(), "disk", 64 * 1024, &files, 7);
+    // The image: each extent's bytes at its offset, zeros between.
+    let mut image = vec![0u8; 0x20_0000 + 50_000];
+    for ((offset, _), (_, data)) in extents.iter().zip(&t.files) {
+        let at = *offset as usize;
+        image[at..at + data.len()].copy_from_slice(data);
+    }
+    let image_path = dir.path().join("disk.img");
+    std::fs::write(&image_path, &image).unwrap();
+
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--raw-target".as_ref(),
+        image_path.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--unchoke-slots".as_ref(),
+        "unlimited".as_ref(),
+    ];
+    let mut seed = Actorrent::spawn("actorrent seed --raw-target", &args);
+    let port = seed.listen_port(START);
+    let mut l = unchoked(&seed, port, &t);
+    assert!(l.peer.has_all, "the raw seed announced only some pieces");
+    l.fetch(&t.blocks(), 64, FETCH)
+        .unwrap_or_else(|e| seed.fail(&format!("download from the image: {e:?}")));
     seed.stop(STEP);
 }

@@ -139,6 +139,11 @@ impl Leecher {
         Ok(l)
     }
 
+    /// Our end's port: how the seed's log names this connection.
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().map_or(0, |a| a.port())
+    }
+
     /// Sends `msgs` in one write.
     pub fn send(&mut self, msgs: &[Message]) -> Result<(), LeechError> {
         let mut out = BytesMut::new();

@@ -112,7 +112,7 @@ impl Actorrent {
     pub fn stats(&self) -> Vec<Value> {
         self.lines
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
@@ -129,21 +129,45 @@ impl Actorrent {
 
     /// The last lines of the log, for failure messages.
     pub fn log_tail(&self, n: usize) -> String {
-        tail(&String::from_utf8_lossy(&self.stderr.lock().unwrap()), n)
+        tail(
+            &String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner())),
+            n,
+        )
     }
 
     /// The whole log kept so far.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// The log lines that mention 127.0.0.1:`port` (one connection's
+    /// story, colour codes removed), for failure messages.
+    pub fn log_about(&self, port: u16) -> String {
+        let needle = format!("127.0.0.1:{port}");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(strip_ansi)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Panics with the process's output.
     pub fn fail(&self, why: &str) -> ! {
+        // Copy out first: panicking while holding the lock would poison it
+        // for the other threads of the test.
+        let out = tail(
+            &self
+                .lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .join("\n"),
+            10,
+        );
+        let err = self.log_tail(60);
         panic!(
-            "{}: {why}\nstdout tail:\n{}\nstderr tail:\n{}",
-            self.name,
-            tail(&self.lines.lock().unwrap().join("\n"), 10),
-            self.log_tail(60)
+            "{}: {why}\nstdout tail:\n{out}\nstderr tail:\n{err}",
+            self.name
         )
     }
 
@@ -254,6 +278,25 @@ impl Drop for Actorrent {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `s` without ANSI colour sequences (tracing colours its output).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A `kB` field of /proc/<pid>/status (0 if absent).
