@@ -12,6 +12,7 @@ pub mod lt;
 pub mod process;
 pub mod scripted;
 pub mod torrent;
+pub mod tracker;
 
 use std::time::{Duration, Instant};
 

@@ -206,3 +206,17 @@ impl TestTorrent {
         }
     }
 }
+
+impl TestTorrent {
+    /// Rewrites the `.torrent` with `url` as its only tracker (`announce`).
+    /// The info dictionary, and so the info-hash, is unchanged.
+    pub fn set_announce(&self, url: &str) {
+        let bytes = std::fs::read(&self.path).expect("read .torrent");
+        let root = protocol::bencode::decode(&bytes).expect("our .torrent decodes");
+        let Bencode::Dict(mut root) = root.to_owned_value() else {
+            panic!("the .torrent is not a dictionary");
+        };
+        root.insert(b"announce".to_vec(), Bencode::from(url));
+        std::fs::write(&self.path, Bencode::Dict(root).encode()).expect("write .torrent");
+    }
+}

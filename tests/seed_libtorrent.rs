@@ -1,0 +1,87 @@
+//! libtorrent downloads from `actorrent seed` on 127.0.0.1 (issue 6, "Real
+//! leecher"): a 64 MiB multi-file torrent, byte-identical at the end, with
+//! the seed's own upload counter covering the payload.
+//!
+//! Needs `/usr/bin/python3` with python3-libtorrent (see
+//! `support/lt_peer.py`); a missing module fails the test.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::lt::LtPeer;
+use support::process::{Actorrent, assert_stats_fields};
+use support::torrent::TestTorrent;
+
+/// Bound on the seed checking 64 MiB and binding its listener.
+const START: Duration = Duration::from_secs(120);
+/// Bound on libtorrent fetching 64 MiB over loopback (seconds at most on
+/// an idle machine; this one is shared by several builds).
+const DOWNLOAD: Duration = Duration::from_secs(240);
+
+/// 64 MiB over files that cut pieces at odd places, a nested directory and
+/// an empty file; 256 KiB pieces.
+fn torrent_64mib(dir: &Path, name: &str) -> TestTorrent {
+    TestTorrent::multi(
+        dir,
+        name,
+        256 * 1024,
+        &[
+            ("disk.img", 40 << 20),
+            ("parts/one.bin", (16 << 20) + 12_345),
+            ("parts/two.bin", (8 << 20) - 12_345 - 777),
+            ("parts/empty", 0),
+            ("readme.txt", 777),
+        ],
+        64,
+    )
+}
+
+/// Runs libtorrent to completion and asserts the files and the seed's
+/// counters.
+fn leech_and_check(seed: &mut Actorrent, t: &TestTorrent, out: &Path, peer: Option<u16>) {
+    let mut extra = vec!["--timeout".to_owned(), DOWNLOAD.as_secs().to_string()];
+    if let Some(port) = peer {
+        extra.push("--peer".into());
+        extra.push(format!("127.0.0.1:{port}"));
+    }
+    let mut lt = LtPeer::spawn("leech", &t.path, out, &extra);
+    let done = lt.expect_line("DONE ", DOWNLOAD + Duration::from_secs(30));
+    assert!(
+        done.starts_with(&t.payload.len().to_string()),
+        "libtorrent reports another size: {done}"
+    );
+    let status = lt.wait(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "libtorrent exited with {status:?}:\n{}",
+        lt.stderr_text()
+    );
+    t.assert_downloaded(out);
+    let want = t.payload.len() as u64;
+    let s = seed.wait_stats(
+        Duration::from_secs(30),
+        "bytes_up covering the payload",
+        |v| v["bytes_up"].as_u64().is_some_and(|b| b >= want),
+    );
+    assert_stats_fields(&s);
+    assert_eq!(s["state"], "seeding", "{s}");
+    assert_eq!(s["hash_failures"], 0, "{s}");
+}
+
+#[test]
+fn libtorrent_downloads_64_mib_from_actorrent_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = torrent_64mib(dir.path(), "lt-direct");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &[]);
+    let port = seed.listen_port(START);
+    seed.wait_stats(START, "seeding after the check", |v| {
+        v["state"] == "seeding"
+    });
+    let out = dir.path().join("lt-out");
+    leech_and_check(&mut seed, &t, &out, Some(port));
+    seed.stop(Duration::from_secs(30));
+}

@@ -1,0 +1,102 @@
+//! opentracker on 127.0.0.1 for the seeding and swarm tests. The Debian
+//! build only serves whitelisted info-hashes, and it chroots into its `-d`
+//! directory before reading the whitelist, so the list lives there under a
+//! relative name. The guard kills the tracker when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running opentracker.
+pub struct Tracker {
+    /// The port of both its HTTP (TCP) and UDP sides.
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free on both TCP and UDP just now.
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for opentracker");
+}
+
+/// An HTTP announce for `ih` as a peer on port 1; the body of the answer.
+fn announce(port: u16, ih: &[u8; 20], event: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let ih: String = ih.iter().map(|b| format!("%{b:02X}")).collect();
+    let req = format!(
+        "GET /announce?info_hash={ih}&peer_id=-PROBE-0000000000000&port=1&uploaded=0&downloaded=0&left=0&compact=1&event={event} HTTP/1.0\r\n\r\n"
+    );
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+impl Tracker {
+    /// Starts opentracker serving `info_hash` only.
+    pub fn start(info_hash: [u8; 20]) -> Tracker {
+        let dir = tempfile::tempdir().unwrap();
+        let hex: String = info_hash.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(dir.path().join("whitelist"), format!("{hex}\n")).unwrap();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("opentracker")
+                .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-P", &port.to_string(), "-w", "whitelist", "-d"])
+                .arg(dir.path())
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("opentracker is installed (scripts/test.sh installs it)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken meanwhile; try another
+                }
+                // Up once it answers for our hash (the whitelist is loaded
+                // by a thread after the sockets open). The probe peer leaves
+                // at once so it is never handed out.
+                let started = announce(port, &info_hash, "started");
+                let _ = announce(port, &info_hash, "stopped");
+                if started.contains("interval") && !started.contains("failure") {
+                    return Tracker {
+                        port,
+                        child,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("opentracker did not start");
+    }
+
+    /// The HTTP announce URL.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.port)
+    }
+}
