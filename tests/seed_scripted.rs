@@ -448,3 +448,57 @@ fn serves_from_a_raw_target() {
         .unwrap_or_else(|e| seed.fail(&format!("download from the image: {e:?}")));
     seed.stop(STEP);
 }
+
+/// With one upload slot, a second and third leecher stay choked: a request
+/// from the fast-extension one is rejected, one from the plain BEP 3 one
+/// is dropped (never answered with a block before the unchoke), and both
+/// keep their connections. Once the first leecher leaves, a choked one
+/// gets the slot and is served.
+#[test]
+fn requests_while_choked_are_rejected_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = multi_file(dir.path(), "choked", 8);
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &["--unchoke-slots", "1"]);
+    let port = seed.listen_port(START);
+    let blocks = t.blocks();
+    let first = unchoked(&seed, port, &t);
+
+    let mut fast = Leecher::connect(addr(port), &t, true, STEP)
+        .unwrap_or_else(|e| seed.fail(&format!("connect: {e:?}")));
+    let mut plain = Leecher::connect(addr(port), &t, false, STEP)
+        .unwrap_or_else(|e| seed.fail(&format!("connect: {e:?}")));
+    let r = blocks[3];
+    fast.send(&[Message::Interested, Message::Request(r)])
+        .unwrap_or_else(|e| seed.fail(&format!("request: {e:?}")));
+    plain
+        .send(&[Message::Interested, Message::Request(r)])
+        .unwrap_or_else(|e| seed.fail(&format!("request: {e:?}")));
+    fast.wait_for(STEP, "a reject or an unchoke", |p| {
+        p.rejected.contains(&r) || !p.choking
+    })
+    .unwrap_or_else(|e| seed.fail(&format!("choked fast leecher: {e:?}")));
+    // The one slot can rotate (optimistic unchoke) between our request and
+    // its answer; only a request that met a choke must be rejected.
+    if fast.peer.choking {
+        assert_eq!(fast.peer.good_blocks, 0, "a choked peer got a block");
+    }
+
+    // The slot frees with only the plain leecher left interested: it is
+    // unchoked and served, and its request made while choked was dropped,
+    // not queued.
+    drop(fast);
+    drop(first);
+    plain
+        .wait_for(STEP, "the unchoke after the slot freed", |p| !p.choking)
+        .unwrap_or_else(|e| seed.fail(&format!("plain leecher never unchoked: {e:?}")));
+    assert_eq!(
+        plain.peer.good_blocks, 0,
+        "a request made while choked was answered after the unchoke (BEP 3 drops it)"
+    );
+    plain
+        .fetch(&blocks[..8], 8, FETCH)
+        .unwrap_or_else(|e| seed.fail(&format!("plain leecher after the unchoke: {e:?}")));
+    seed.stop(STEP);
+}
