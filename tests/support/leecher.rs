@@ -125,14 +125,21 @@ impl Leecher {
             ));
         }
         l.peer.handshake = Some(theirs);
+        let mut hello = Vec::new();
+        // BEP 6: with the fast extension on both sides the first message
+        // says what we have (here nothing); BEP 3 lets us stay silent.
+        if fast && theirs.supports_fast() {
+            hello.push(Message::HaveNone);
+        }
         if fast && theirs.supports_extended() {
             let ext = ExtendedHandshake {
                 v: Some("scripted leecher".into()),
                 reqq: Some(10_000),
                 ..ExtendedHandshake::default()
             };
-            l.send(&[ext.to_message()])?;
+            hello.push(ext.to_message());
         }
+        l.send(&hello)?;
         l.wait_for(deadline - Instant::now(), "the seed's pieces", |p| {
             p.has_all || p.have.iter().any(|&h| h)
         })?;
