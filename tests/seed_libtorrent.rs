@@ -85,3 +85,36 @@ fn libtorrent_downloads_64_mib_from_actorrent_seed() {
     leech_and_check(&mut seed, &t, &out, Some(port));
     seed.stop(Duration::from_secs(30));
 }
+
+/// A leecher that never dials out is still served: the seed is given its
+/// address with `--peer` and connects to it (as it does to leechers a
+/// tracker lists).
+#[test]
+fn the_seed_dials_a_leecher_that_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTorrent::multi(
+        dir.path(),
+        "lt-dialled",
+        256 * 1024,
+        &[("a.bin", 6 << 20), ("b/c.bin", (2 << 20) + 999)],
+        65,
+    );
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let out = dir.path().join("lt-out");
+    let timeout = vec!["--timeout".to_owned(), DOWNLOAD.as_secs().to_string()];
+    let mut lt = LtPeer::spawn("leech", &t.path, &out, &timeout);
+    let lt_port = lt.expect_line("PORT ", Duration::from_secs(60));
+    let peer = format!("127.0.0.1:{lt_port}");
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &["--peer", &peer]);
+    seed.listen_port(START);
+    lt.expect_line("DONE ", DOWNLOAD + Duration::from_secs(30));
+    let status = lt.wait(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "libtorrent exited with {status:?}:\n{}",
+        lt.stderr_text()
+    );
+    t.assert_downloaded(&out);
+    seed.stop(Duration::from_secs(30));
+}

@@ -11,7 +11,8 @@ Run with /usr/bin/python3 (the distribution's python3-libtorrent); the
 
   leech --torrent F --save-path DIR [--peer IP:PORT]... [--timeout S]
         Download F into DIR from the given peers and/or the torrent's
-        trackers. Prints `DONE <bytes> <seconds>` (seconds from adding the
+        trackers (or from peers that dial it: it prints `PORT <n>` first).
+        Prints `DONE <bytes> <seconds>` (seconds from adding the
         torrent to the last piece verified) and exits 0; exits 1 on error
         or timeout. With --stay it keeps seeding after that until stdin
         closes. --no-pex leaves out libtorrent's default plugins, so the
@@ -176,6 +177,8 @@ def cmd_seed(a):
 def cmd_leech(a):
     stop = stop_event() if a.stay else None
     ses = start_session(a.profile, pex=not a.no_pex)
+    # Its port, for a seed that is to dial this leecher instead.
+    print(f"PORT {ses.listen_port()}", flush=True)
     t0 = time.monotonic()
     wall0 = time.time()
     h, ti = add(ses, a)
