@@ -1,6 +1,9 @@
 //! libtorrent downloads from `actorrent seed` on 127.0.0.1 (issue 6, "Real
 //! leecher"): a 64 MiB multi-file torrent, byte-identical at the end, with
-//! the seed's own upload counter covering the payload.
+//! the seed's own upload counter covering the payload. libtorrent reaches
+//! the seed three ways: given its address, through opentracker (both
+//! announce; nobody is told an address), and by being dialled (`seed
+//! --peer`).
 //!
 //! Needs `/usr/bin/python3` with python3-libtorrent (see
 //! `support/lt_peer.py`); a missing module fails the test.
@@ -13,6 +16,7 @@ use std::time::Duration;
 use support::lt::LtPeer;
 use support::process::{Actorrent, assert_stats_fields};
 use support::torrent::TestTorrent;
+use support::tracker::Tracker;
 
 /// Bound on the seed checking 64 MiB and binding its listener.
 const START: Duration = Duration::from_secs(120);
@@ -116,5 +120,25 @@ fn the_seed_dials_a_leecher_that_does_not() {
         lt.stderr_text()
     );
     t.assert_downloaded(&out);
+    seed.stop(Duration::from_secs(30));
+}
+
+/// The same download with no address given: the seed announces itself to
+/// opentracker and libtorrent finds it there.
+#[test]
+fn libtorrent_finds_the_actorrent_seed_through_opentracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = torrent_64mib(dir.path(), "lt-tracker");
+    let tracker = Tracker::start(t.info_hash);
+    t.set_announce(&tracker.http_url());
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &[]);
+    seed.listen_port(START);
+    seed.wait_stats(START, "seeding after the check", |v| {
+        v["state"] == "seeding"
+    });
+    let out = dir.path().join("lt-out");
+    leech_and_check(&mut seed, &t, &out, None);
     seed.stop(Duration::from_secs(30));
 }

@@ -1,7 +1,9 @@
 //! A swarm of actorrent processes on 127.0.0.1 (issue 6, "Swarm of
 //! actorrent only"): one `actorrent seed` and four `actorrent download
 //! --seed-after` leechers. Every leecher must end with identical files, and
-//! leechers must upload to each other, not only take from the seed.
+//! leechers must upload to each other, not only take from the seed. The
+//! swarm is wired twice: by `--peer` lists (each leecher dials the seed and
+//! the leechers before it), and through opentracker with no addresses.
 //!
 //! The seed's upload is capped (`--upload-limit`) so that it alone would
 //! need several seconds for four copies: leechers then hold pieces the
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use support::process::{Actorrent, assert_stats_fields};
 use support::torrent::TestTorrent;
+use support::tracker::Tracker;
 
 /// Bound on one process checking its data and binding its listener.
 const START: Duration = Duration::from_secs(120);
@@ -131,6 +134,32 @@ fn four_leechers_complete_and_trade_with_peer_lists() {
         // the earlier ones learn of it when it connects.
         let mut l = leecher(&format!("leecher {i}"), &t, &out, &known);
         known.push(l.listen_port(START));
+        leechers.push((l, out));
+    }
+    assert_swarm_completes(&t, &mut seed, &mut leechers);
+}
+
+#[test]
+fn four_leechers_complete_and_trade_through_opentracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = torrent(dir.path(), "swarm-tracker");
+    let tracker = Tracker::start(t.info_hash);
+    t.set_announce(&tracker.http_url());
+    let data = dir.path().join("seed");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed(
+        "seed",
+        &t.path,
+        &data,
+        &["--upload-limit", SEED_UPLOAD_LIMIT],
+    );
+    seed.listen_port(START);
+    let mut leechers = Vec::new();
+    for i in 0..4 {
+        let out = dir.path().join(format!("leecher{i}"));
+        // No addresses: every process learns the others from the tracker.
+        let mut l = leecher(&format!("leecher {i}"), &t, &out, &[]);
+        l.listen_port(START);
         leechers.push((l, out));
     }
     assert_swarm_completes(&t, &mut seed, &mut leechers);
