@@ -87,6 +87,12 @@ pub struct PeerContext {
     pub down_limits: Vec<Arc<Limiter>>,
 }
 
+/// Whether a read-ahead cache entry `(piece, begin, data)` holds all of `r`.
+fn covers(entry: &(u32, u32, Bytes), r: &wire::BlockRef) -> bool {
+    let end = entry.1 as usize + entry.2.len();
+    entry.0 == r.index && entry.1 <= r.begin && r.begin as usize + r.length as usize <= end
+}
+
 /// Why a connection ended, for the log and the torrent's reconnect policy.
 #[derive(Debug)]
 struct End {
@@ -246,8 +252,9 @@ struct Upload {
     /// Recently read ranges `(piece, begin, data)`: read-ahead of whole
     /// pieces, each holding its bytes of the buffer budget.
     cache: VecDeque<(u32, u32, Bytes)>,
-    /// The one read in flight, if any.
-    reading: bool,
+    /// Reads in flight `(piece, begin, length)`; with the cache, at most
+    /// `read_cache_pieces` in all.
+    reading: Vec<(u32, u32, u32)>,
     reads_tx: mpsc::Sender<ReadDone>,
     bytes_up: u64,
     meter: RateMeter,
@@ -279,8 +286,8 @@ where
     }
     let cfg = &ctx.config;
     let now = Instant::now();
-    // One read in flight per connection: the reply's `try_send` always fits.
-    let (reads_tx, mut reads_rx) = mpsc::channel(1);
+    // A slot per read that may be in flight: the reply's `try_send` fits.
+    let (reads_tx, mut reads_rx) = mpsc::channel(cfg.read_cache_pieces.max(1));
     let mut conn = Conn {
         ctx,
         session: PeerSession::new(
@@ -306,7 +313,7 @@ where
             peer_interested: false,
             queue: VecDeque::new(),
             cache: VecDeque::new(),
-            reading: false,
+            reading: Vec::new(),
             reads_tx,
             bytes_up: 0,
             meter: RateMeter::new(Duration::from_secs(5), 10),
@@ -327,12 +334,20 @@ where
     conn.release_blocks(&left);
     let cached: u64 = conn.up.cache.drain(..).map(|c| c.2.len() as u64).sum();
     conn.release(cached);
-    // A read still in flight holds budget until it lands; wait for it.
-    if conn.up.reading
-        && let Some(d) = reads_rx.recv().await
-        && let Ok(data) = d.result
-    {
-        conn.release(data.len() as u64);
+    // Reads still in flight hold budget until they land; wait for them.
+    while !conn.up.reading.is_empty() {
+        let Some(d) = reads_rx.recv().await else {
+            break;
+        };
+        if let Some(pos) = conn
+            .up
+            .reading
+            .iter()
+            .position(|p| p.0 == d.piece && p.1 == d.begin)
+        {
+            let (_, _, length) = conn.up.reading.swap_remove(pos);
+            conn.release(u64::from(length));
+        }
     }
     end
 }
@@ -748,18 +763,13 @@ impl Conn<'_> {
             if self.up.am_choking || self.frames_len >= ctx.config.max_send_queue {
                 break;
             }
-            let hit = self.up.cache.iter().find_map(|(piece, begin, data)| {
-                let end = *begin as usize + data.len();
-                let want_end = r.begin as usize + r.length as usize;
-                (*piece == r.index && *begin <= r.begin && want_end <= end).then(|| {
-                    let from = (r.begin - begin) as usize;
-                    data.slice(from..from + r.length as usize)
+            let hit = self.up.cache.iter().find_map(|entry| {
+                covers(entry, &r).then(|| {
+                    let from = (r.begin - entry.1) as usize;
+                    entry.2.slice(from..from + r.length as usize)
                 })
             });
             let Some(data) = hit else {
-                if !self.up.reading {
-                    self.start_read(r);
-                }
                 break;
             };
             self.up.queue.pop_front();
@@ -771,20 +781,57 @@ impl Conn<'_> {
             self.up.bytes_up += u64::from(r.length);
             self.up.meter.record(Instant::now(), u64::from(r.length));
         }
+        self.prefetch();
         Ok(())
+    }
+
+    /// Keeps reads going for the pieces the queue will need next, so a
+    /// piece boundary does not wait on the disk: up to `read_cache_pieces`
+    /// pieces cached or in flight. Never evicts the piece the queue's front
+    /// still needs.
+    fn prefetch(&mut self) {
+        if self.up.am_choking {
+            return;
+        }
+        let cap = self.ctx.config.read_cache_pieces.max(1);
+        while self.up.reading.len() < cap {
+            let up = &self.up;
+            let Some(next) = up
+                .queue
+                .iter()
+                .find(|r| {
+                    !up.cache.iter().any(|e| covers(e, r))
+                        && !up.reading.iter().any(|p| {
+                            p.0 == r.index && p.1 <= r.begin && r.begin + r.length <= p.1 + p.2
+                        })
+                })
+                .copied()
+            else {
+                return;
+            };
+            if up.cache.len() + up.reading.len() >= cap {
+                let in_use = match (up.cache.front(), up.queue.front()) {
+                    (Some(e), Some(front)) => covers(e, front),
+                    _ => true,
+                };
+                if in_use {
+                    return;
+                }
+                if let Some((_, _, d)) = self.up.cache.pop_front() {
+                    self.release(d.len() as u64);
+                }
+            }
+            if !self.start_read(next) {
+                return;
+            }
+        }
     }
 
     /// Reads the whole piece of `r` (read-ahead) if the budget has room,
     /// else just the block.
-    fn start_read(&mut self, r: wire::BlockRef) {
+    fn start_read(&mut self, r: wire::BlockRef) -> bool {
         let ctx = self.ctx;
         let piece_len = ctx.storage.layout().piece_len(r.index).unwrap_or(0) as u32;
-        // Make room: the cache keeps a few pieces.
-        while self.up.cache.len() >= ctx.config.read_cache_pieces.max(1) {
-            if let Some((_, _, d)) = self.up.cache.pop_front() {
-                self.release(d.len() as u64);
-            }
-        }
         let (begin, length) = if ctx.budget.try_reserve(u64::from(piece_len)) {
             (0, piece_len)
         } else {
@@ -803,15 +850,32 @@ impl Conn<'_> {
             }),
         };
         match ctx.storage.try_read(job) {
-            Ok(()) => self.up.reading = true,
+            Ok(()) => {
+                self.up.reading.push((r.index, begin, length));
+                true
+            }
             // The device's readers are saturated: give the budget back and
             // try again on the next tick.
-            Err(_) => self.release(u64::from(length)),
+            Err(_) => {
+                self.release(u64::from(length));
+                false
+            }
         }
     }
 
     fn read_done(&mut self, done: ReadDone) -> Result<(), End> {
-        self.up.reading = false;
+        let reserved = match self
+            .up
+            .reading
+            .iter()
+            .position(|p| p.0 == done.piece && p.1 == done.begin)
+        {
+            Some(pos) => u64::from(self.up.reading.swap_remove(pos).2),
+            None => 0,
+        };
+        if done.result.is_err() {
+            self.release(reserved);
+        }
         match done.result {
             Ok(data) => {
                 self.up.cache.push_back((done.piece, done.begin, data));
