@@ -1,0 +1,105 @@
+//! A whole download through a tracker: a libtorrent seed and `actorrent
+//! download` both announce to opentracker on loopback, and actorrent is
+//! given no `--peer`: the tracker is its only way to the seed. Once over
+//! HTTP, once over UDP (BEP 15).
+//!
+//! Needs opentracker and `/usr/bin/python3` with python3-libtorrent
+//! (scripts/test.sh installs both).
+
+mod support;
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use support::lt::LtPeer;
+use support::process::Actorrent;
+use support::torrent::TestTorrent;
+use support::tracker::Tracker;
+
+fn download_through(tracker_url: impl Fn(&Tracker) -> String, name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTorrent::multi(
+        dir.path(),
+        name,
+        64 * 1024,
+        &[("a.bin", 3 << 20), ("sub/b.bin", 1_234_567), ("c.bin", 77)],
+        5,
+    );
+    let tracker = Tracker::start(t.info_hash);
+    let url = tracker_url(&tracker);
+    t.set_announce(&url);
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    // libtorrent announces as it starts seeding; wait until the tracker
+    // counts it, or our one announce could come first and find nobody.
+    let (mut seed, _port) = LtPeer::seed(&t.path, &data);
+    assert!(
+        support::wait_until(Duration::from_secs(30), || seeds_known(
+            &tracker,
+            &t.info_hash
+        ) >= 1),
+        "opentracker never heard of the libtorrent seed"
+    );
+
+    let out = dir.path().join("out");
+    let args: Vec<&OsStr> = vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    let mut dl = Actorrent::spawn("download via tracker", &args);
+    let status = dl.wait_exit(Duration::from_secs(120));
+    if !status.success() {
+        dl.fail(&format!("exited with {status}"));
+    }
+    t.assert_downloaded(&out);
+    let last = dl.last_stats().expect("stats lines");
+    assert_eq!(last["event"], "complete");
+    let trackers = last["trackers"].as_object().expect("per-tracker stats");
+    let ours = &trackers[&url];
+    assert!(
+        ours["announces_sent"].as_u64().unwrap_or(0) >= 1,
+        "announced to {url}: {ours}"
+    );
+    assert_eq!(ours["announces_failed"], 0, "{ours}");
+    seed.finish(Duration::from_secs(30));
+}
+
+/// Seeds opentracker knows for `info_hash`, from its HTTP scrape.
+fn seeds_known(tracker: &Tracker, info_hash: &[u8; 20]) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", tracker.port)) else {
+        return 0;
+    };
+    let ih: String = info_hash.iter().map(|b| format!("%{b:02X}")).collect();
+    let req = format!("GET /scrape?info_hash={ih} HTTP/1.0\r\n\r\n");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let Some(start) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return 0;
+    };
+    protocol::tracker::parse_scrape_response(&resp[start + 4..])
+        .ok()
+        .and_then(|r| r.files.into_iter().next())
+        .map_or(0, |(_, f)| u64::from(f.complete))
+}
+
+#[test]
+fn download_finds_a_libtorrent_seed_through_an_http_tracker() {
+    download_through(Tracker::http_url, "via-http");
+}
+
+#[test]
+fn download_finds_a_libtorrent_seed_through_a_udp_tracker() {
+    download_through(
+        |t| format!("udp://127.0.0.1:{}/announce", t.port),
+        "via-udp",
+    );
+}
