@@ -35,7 +35,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Sizes of the buffer budget. These become named config values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BudgetConfig {
     /// Total bytes of block data allowed in flight. Default 256 MiB.
     pub capacity: u64,

@@ -21,15 +21,22 @@ use std::time::{Duration, Instant};
 use crate::picker::PeerId;
 
 /// Choker settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ChokerConfig {
     /// Upload slots, the optimistic one included; `None` is unlimited.
     /// Default 4 (plus the optimistic one when downloading: 5 in all, as
     /// the reference clients do).
+    #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub slots: Option<usize>,
     /// Time between rounds. Default 10 s.
+    #[serde(rename = "interval_ms", with = "storage::serde_fmt::duration_ms")]
     pub interval: Duration,
     /// Time between optimistic rotations. Default 30 s.
+    #[serde(
+        rename = "optimistic_interval_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub optimistic_interval: Duration,
 }
 

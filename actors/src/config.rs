@@ -1,6 +1,13 @@
 //! Every tunable of the actor layer, with its default, in one place.
 //!
 //! Each mailbox capacity is a named value here: no actor picks its own.
+//!
+//! The whole tree (this struct and its parts from the other modules and the
+//! storage crate) is serde-able and rejects unknown fields, so it is the
+//! schema of the `--config` TOML file: one table per part (`[budget]`,
+//! `[pipeline]`, `[disk.writer]`, ...), durations in integer milliseconds
+//! under keys ending in `_ms`, optional limits as integers where 0 means
+//! none (see [`storage::serde_fmt`]). Fields left out keep their defaults.
 
 use std::time::Duration;
 
@@ -14,7 +21,8 @@ use crate::rtt::RttConfig;
 use crate::tracker::TrackerConfig;
 
 /// Configuration of a [`crate::session::Session`] and everything it spawns.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
     /// Commands waiting for the session actor. Default 64.
     pub session_mailbox: usize,
@@ -45,16 +53,33 @@ pub struct ClientConfig {
     /// How often resume data is saved.
     pub resume: ResumePolicy,
     /// TCP connect timeout. Default 10 s.
+    #[serde(
+        rename = "connect_timeout_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub connect_timeout: Duration,
     /// Time allowed for the remote handshake. Default 10 s.
+    #[serde(
+        rename = "handshake_timeout_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub handshake_timeout: Duration,
     /// A keep-alive is sent after this long without sending. Default 90 s
     /// (peers commonly drop connections silent for 120 s).
+    #[serde(
+        rename = "keepalive_interval_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub keepalive_interval: Duration,
     /// A peer that sends nothing for this long is dropped. Default 180 s.
+    #[serde(
+        rename = "inactivity_timeout_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub inactivity_timeout: Duration,
     /// A write to a peer socket that makes no progress for this long ends
     /// the connection. Default 30 s.
+    #[serde(rename = "write_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub write_timeout: Duration,
     /// Connections per torrent. Default 50.
     pub max_peers_per_torrent: usize,
@@ -64,14 +89,20 @@ pub struct ClientConfig {
     /// (reset when a connection succeeds). Default 5.
     pub reconnect_attempts: u32,
     /// Wait before the first reconnect; doubles each attempt. Default 1 s.
+    #[serde(
+        rename = "reconnect_backoff_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub reconnect_backoff: Duration,
     /// Consecutive request timeouts after which a peer is snubbed (one
     /// request at a time until it delivers again). Default 2.
     pub snub_after_timeouts: u32,
     /// Socket receive buffer (SO_RCVBUF); `None` leaves the OS default
     /// (Linux autotuning). Default `None`.
+    #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub socket_recv_buffer: Option<usize>,
     /// Socket send buffer (SO_SNDBUF); `None` leaves the OS default.
+    #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub socket_send_buffer: Option<usize>,
     /// Bytes reserved for each socket read. Default 256 KiB: sixteen blocks,
     /// so one read and one message to the torrent carry many blocks.
@@ -79,8 +110,10 @@ pub struct ClientConfig {
     /// Largest message accepted from a peer (length prefix).
     pub max_message_len: u32,
     /// How often a torrent publishes its statistics. Default 1 s.
+    #[serde(rename = "stats_interval_ms", with = "storage::serde_fmt::duration_ms")]
     pub stats_interval: Duration,
     /// How often peers check request timeouts and keep-alives. Default 250 ms.
+    #[serde(rename = "peer_tick_ms", with = "storage::serde_fmt::duration_ms")]
     pub peer_tick: Duration,
     /// Largest block a peer may request from us. Default 16 KiB (what every
     /// mainstream client asks for; larger requests are refused).
@@ -99,8 +132,10 @@ pub struct ClientConfig {
     /// Upload slots and rotation.
     pub choker: ChokerConfig,
     /// Process-wide upload limit in bytes per second; `None` is unlimited.
+    #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub upload_limit: Option<u64>,
     /// Process-wide download limit in bytes per second; `None` is unlimited.
+    #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub download_limit: Option<u64>,
     /// Incoming connections whose handshake is still being read, at most.
     /// Default 64.

@@ -58,6 +58,7 @@
 pub mod budget;
 pub mod choker;
 pub mod config;
+pub mod metrics;
 pub mod peer;
 pub mod picker;
 pub mod pipeline;

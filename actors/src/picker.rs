@@ -72,7 +72,8 @@ pub struct Block {
 }
 
 /// Order in which fresh pieces are started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Fewest peers first, random among equals (swarm health).
     #[default]
@@ -82,7 +83,8 @@ pub enum Strategy {
 }
 
 /// Tuning of the picker. These become named config values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PickerConfig {
     /// Order in which fresh pieces are started. Default rarest-first.
     pub strategy: Strategy,

@@ -28,7 +28,8 @@
 use std::time::{Duration, Instant};
 
 /// Tuning of the request pipeline. These become named config values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Depth of a new connection, where slow start begins. Default 4.
     pub initial_depth: u32,
@@ -39,6 +40,7 @@ pub struct PipelineConfig {
     pub max_pipeline: u32,
     /// How much of the peer's delivery rate to keep queued at the peer.
     /// Default 3 s (libtorrent's default; Transmission uses 10 s).
+    #[serde(rename = "queue_time_ms", with = "storage::serde_fmt::duration_ms")]
     pub queue_time: Duration,
     /// Size of one requested block. Default 16 KiB.
     pub block_size: u32,
@@ -50,6 +52,7 @@ pub struct PipelineConfig {
     /// which halve the depth.
     pub default_peer_reqq: u32,
     /// Window of the download rate meter. Default 5 s.
+    #[serde(rename = "rate_window_ms", with = "storage::serde_fmt::duration_ms")]
     pub rate_window: Duration,
     /// Number of buckets the rate window is divided into. Default 10.
     pub rate_buckets: u32,

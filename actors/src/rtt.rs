@@ -22,15 +22,22 @@ use std::time::Duration;
 /// lower bound, which is larger than the RFC's 1 s because a BitTorrent peer
 /// answers requests from a queue (up to several seconds of pipeline at the
 /// default queue time), not immediately as a TCP receiver acknowledges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RttConfig {
     /// Smallest timeout ever returned. Default 2 s.
+    #[serde(rename = "min_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub min_timeout: Duration,
     /// Largest timeout ever returned, backoff included. Default 60 s (the
     /// RFC's suggested upper bound).
+    #[serde(rename = "max_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub max_timeout: Duration,
     /// Timeout before the first sample (RFC 6298 section 2.1: 1 s), still
     /// clamped to `[min_timeout, max_timeout]`, so 2 s with the defaults.
+    #[serde(
+        rename = "initial_timeout_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub initial_timeout: Duration,
 }
 

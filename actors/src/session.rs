@@ -134,6 +134,7 @@ pub struct Session {
     join: tokio::task::JoinHandle<()>,
     budget: Arc<BufferBudget>,
     disk: DiskIo,
+    hash: storage::HashHandle,
 }
 
 impl Session {
@@ -173,6 +174,7 @@ impl Session {
         };
         let (tx, rx) = mpsc::channel(config.session_mailbox);
         let cancel = CancellationToken::new();
+        let hash = pool.handle();
         let listen_port = shared.listen_port.clone();
         let join = tokio::spawn(run(
             rx,
@@ -192,6 +194,7 @@ impl Session {
             join,
             budget,
             disk,
+            hash,
         })
     }
 
@@ -276,6 +279,21 @@ impl Session {
     /// Disk writer counters, by device.
     pub fn writer_stats(&self) -> Vec<(u64, storage::WriterStats)> {
         self.disk.writer_stats()
+    }
+
+    /// Hash pool counters (pieces hashed, bytes, mismatches).
+    pub fn hash_counters(&self) -> &storage::HashCounters {
+        self.hash.counters()
+    }
+
+    /// Commands waiting in the session's mailbox.
+    pub fn mailbox_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Capacity of the session's mailbox.
+    pub fn mailbox_capacity(&self) -> usize {
+        self.tx.max_capacity()
     }
 
     /// Stops every torrent (each flushes its writes and saves resume data)

@@ -132,6 +132,10 @@ pub struct TorrentStats {
     pub budget_in_use: u64,
     /// Highest buffer budget use seen, process-wide, in bytes.
     pub budget_peak: u64,
+    /// Messages waiting in this torrent's mailbox.
+    pub mailbox_depth: usize,
+    /// Commands waiting in the mailboxes of this torrent's peers, summed.
+    pub peer_mailbox_depth: usize,
 }
 
 /// How a connection ended, for the reconnect policy.
@@ -334,6 +338,8 @@ pub(crate) fn spawn(
         protocol_errors: 0,
         budget_in_use: 0,
         budget_peak: 0,
+        mailbox_depth: 0,
+        peer_mailbox_depth: 0,
     });
     let span = tracing::info_span!("torrent", info_hash = %params.meta.info_hash.to_hex());
     let self_tx = tx.clone();
@@ -632,6 +638,13 @@ impl Torrent {
             protocol_errors: self.protocol_errors,
             budget_in_use: self.shared.budget.in_use(),
             budget_peak: self.shared.budget.peak(),
+            mailbox_depth: self.self_tx.max_capacity() - self.self_tx.capacity(),
+            peer_mailbox_depth: self
+                .peers
+                .values()
+                .filter_map(|p| p.cmds.as_ref())
+                .map(|tx| tx.max_capacity() - tx.capacity())
+                .sum(),
         };
         if let Some(p) = &self.progress {
             let left = (self.picker.missing_count() as u64)

@@ -254,6 +254,11 @@ impl HashHandle {
         self.shared.queue.push(job)
     }
 
+    /// The pool's counters.
+    pub fn counters(&self) -> &HashCounters {
+        &self.shared.counters
+    }
+
     /// Queue capacity: the number of permits an async caller should hold.
     pub fn capacity(&self) -> usize {
         self.shared.queue.capacity()
@@ -270,6 +275,7 @@ fn worker(s: &Shared, idx: usize) {
             reply,
         } = job;
         let bytes: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+        let began = std::time::Instant::now();
         let done = match VerifiedPiece::verify(piece, blocks, &expected) {
             Ok(v) => HashDone::Verified(v),
             Err(blocks) => {
@@ -277,6 +283,8 @@ fn worker(s: &Shared, idx: usize) {
                 HashDone::Mismatch { piece, blocks }
             }
         };
+        crate::metrics::HASH_LATENCY_US
+            .observe(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
         s.counters.pieces.fetch_add(1, Ordering::Relaxed);
         s.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
         // A panicking reply must not take the worker (and every later job)

@@ -26,10 +26,12 @@ pub mod error;
 mod fs;
 pub mod hash;
 pub mod layout;
+pub mod metrics;
 mod queue;
 pub mod reader;
 pub mod recheck;
 pub mod resume;
+pub mod serde_fmt;
 pub mod storage;
 pub mod writer;
 

@@ -16,7 +16,8 @@ use crate::hash::{HashDone, HashHandle, HashJob};
 use crate::storage::Storage;
 
 /// Read sizes and the memory bound.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RecheckConfig {
     /// Bytes per read (rounded to whole pieces, at least one piece).
     pub read_size: usize,

@@ -322,11 +322,13 @@ pub fn validate(
 }
 
 /// When to save.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ResumePolicy {
     /// Save after this many newly written pieces...
     pub every_pieces: usize,
     /// ...or this long after the last save, whichever comes first.
+    #[serde(rename = "every_ms", with = "crate::serde_fmt::duration_ms")]
     pub every: Duration,
 }
 

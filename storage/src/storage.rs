@@ -34,7 +34,8 @@ use crate::writer::{
 };
 
 /// Sizing of the per-device threads.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DiskIoConfig {
     /// Writer mailbox and batching.
     pub writer: WriterConfig,

@@ -28,7 +28,8 @@ use crate::hash::Reply;
 use crate::queue::WorkQueue;
 
 /// Writer sizing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
     /// Pieces (or piece parts) that may wait in a writer's mailbox.
     pub queue_capacity: usize,
@@ -40,6 +41,7 @@ pub struct WriterConfig {
     /// as a disk of that speed would take. `None` (the default) writes as
     /// fast as the device goes. Models a slow disk in tests and benchmarks,
     /// and caps the I/O a background download takes from a shared disk.
+    #[serde(with = "crate::serde_fmt::zero_is_none")]
     pub max_bytes_per_sec: Option<u64>,
 }
 
@@ -327,8 +329,12 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
         bufs.clear();
         bufs.extend(keys[start..end].iter().map(|k| &chunk_of(k).data[..]));
         let target = &first.target;
+        let began = std::time::Instant::now();
         match pwritev_all(target.fd(), first.offset, &bufs, s.config.max_iovecs) {
             Ok(calls) => {
+                let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                crate::metrics::WRITE_LATENCY_US.observe(us);
+                crate::metrics::BLOCKS_PER_PWRITEV.observe((end - start) as u64);
                 let c = &s.counters;
                 c.pwritev_calls.fetch_add(calls, Ordering::Relaxed);
                 c.runs_written.fetch_add(1, Ordering::Relaxed);

@@ -323,6 +323,7 @@ where
         },
     };
     let end = conn.drive(stream, theirs, &mut cmd_rx, &mut reads_rx).await;
+    conn.session.flush_metrics();
     // Count what was uploaded since the last report.
     if conn.up.bytes_up > conn.up.reported_up {
         conn.up.status_interested = !conn.up.peer_interested;
@@ -477,6 +478,7 @@ impl Conn<'_> {
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    self.session.flush_metrics();
                     if self.session.inactive(now) {
                         return End::network("inactive");
                     }

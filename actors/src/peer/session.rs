@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::metrics::{self, LocalHistogram};
 use crate::picker::Block;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::rtt::{RttConfig, RttEstimator};
@@ -55,6 +56,8 @@ pub struct PeerSession {
     last_recv: Instant,
     last_send: Instant,
     bytes_received: u64,
+    /// RTT samples not yet flushed to [`crate::metrics::REQUEST_RTT_US`].
+    rtt_samples: LocalHistogram,
 }
 
 impl PeerSession {
@@ -72,6 +75,7 @@ impl PeerSession {
             last_recv: now,
             last_send: now,
             bytes_received: 0,
+            rtt_samples: LocalHistogram::like(&metrics::REQUEST_RTT_US),
         }
     }
 
@@ -148,7 +152,10 @@ impl PeerSession {
         };
         let (_, sent) = self.outstanding.remove(pos).unwrap_or((block, now));
         self.bytes_received += u64::from(block.length);
-        self.rtt.on_sample(now.saturating_duration_since(sent));
+        let rtt = now.saturating_duration_since(sent);
+        self.rtt_samples
+            .observe(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
+        self.rtt.on_sample(rtt);
         self.pipeline.on_block_received(now, block.length);
         self.consecutive_timeouts = 0;
         self.snubbed = false;
@@ -207,6 +214,16 @@ impl PeerSession {
         }
         self.pipeline.tick(now);
         expired
+    }
+
+    /// Flushes the RTT samples to the process-wide histogram and samples the
+    /// pipeline depth while it matters (unchoked and interested). Called on
+    /// the peer's tick and when the connection ends.
+    pub fn flush_metrics(&mut self) {
+        self.rtt_samples.flush_into(&metrics::REQUEST_RTT_US);
+        if !self.peer_choking && self.am_interested {
+            metrics::PIPELINE_DEPTH.observe(u64::from(self.pipeline.depth()));
+        }
     }
 
     /// Every outstanding request, removed (the connection is ending).

@@ -14,18 +14,23 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Tunables of [`TrackerHealth`]; copied from the tracker config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker.
     pub threshold: u32,
     /// First cool-down of an open breaker; doubled each time a half-open
     /// trial fails.
+    #[serde(rename = "cool_down_ms", with = "storage::serde_fmt::duration_ms")]
     pub cool_down: Duration,
     /// Largest cool-down.
+    #[serde(rename = "max_cool_down_ms", with = "storage::serde_fmt::duration_ms")]
     pub max_cool_down: Duration,
     /// Backoff after the first failure, before jitter; doubled per failure.
+    #[serde(rename = "backoff_base_ms", with = "storage::serde_fmt::duration_ms")]
     pub backoff_base: Duration,
     /// Largest backoff before jitter.
+    #[serde(rename = "backoff_cap_ms", with = "storage::serde_fmt::duration_ms")]
     pub backoff_cap: Duration,
 }
 

@@ -26,15 +26,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Tunables of the DNS cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Capacity of the DNS actor's mailbox.
     pub mailbox_capacity: usize,
     /// Longest a cached answer is kept, whatever its TTL says.
+    #[serde(rename = "max_ttl_ms", with = "storage::serde_fmt::duration_ms")]
     pub max_ttl: Duration,
     /// Most host names cached; expired entries are dropped first when full.
     pub max_entries: usize,
     /// Longest one lookup may take before it fails.
+    #[serde(rename = "lookup_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub lookup_timeout: Duration,
 }
 

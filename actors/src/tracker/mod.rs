@@ -69,7 +69,8 @@ pub use self::dns::{DnsConfig, DnsStats};
 use self::tiers::{Cursor, Tiers};
 
 /// Every tunable of the tracker session.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrackerConfig {
     /// Capacity of the actor's mailbox. Default 256.
     pub mailbox_capacity: usize,
@@ -85,8 +86,10 @@ pub struct TrackerConfig {
     pub max_in_flight_per_tracker: usize,
     /// Whole-request timeout of an HTTP announce, body included. Default
     /// 30 s.
+    #[serde(rename = "http_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub http_timeout: Duration,
     /// TCP (and TLS) connect timeout of an HTTP announce. Default 10 s.
+    #[serde(rename = "http_connect_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub http_connect_timeout: Duration,
     /// Redirects followed before an HTTP announce fails (a redirect loop
     /// fails here). Default 5.
@@ -95,6 +98,7 @@ pub struct TrackerConfig {
     pub max_body_size: usize,
     /// First UDP timeout; retransmission `n` waits `base * 2^n` (BEP 15:
     /// 15 s). Default 15 s.
+    #[serde(rename = "udp_base_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub udp_base_timeout: Duration,
     /// UDP retransmissions after the first send. BEP 15 allows 8, which
     /// is over an hour of waiting on a dead tracker; 3 gives up after
@@ -102,16 +106,20 @@ pub struct TrackerConfig {
     /// Default 3.
     pub udp_max_retransmits: u32,
     /// How long a UDP connection id is reused (BEP 15: one minute).
+    #[serde(rename = "udp_connection_lifetime_ms", with = "storage::serde_fmt::duration_ms")]
     pub udp_connection_lifetime: Duration,
     /// Circuit breaker (threshold 3 by default) and backoff per tracker.
     pub breaker: BreakerConfig,
     /// Shortest wait before retrying a torrent whose every tracker failed
     /// (the backoff's full jitter may draw zero). Default 5 s.
+    #[serde(rename = "min_retry_delay_ms", with = "storage::serde_fmt::duration_ms")]
     pub min_retry_delay: Duration,
     /// Floor on the tracker's `interval`, so a tracker answering 0 cannot
     /// make us announce in a loop. Default 60 s.
+    #[serde(rename = "min_announce_interval_ms", with = "storage::serde_fmt::duration_ms")]
     pub min_announce_interval: Duration,
     /// Ceiling on the tracker's `interval`. Default 2 h.
+    #[serde(rename = "max_announce_interval_ms", with = "storage::serde_fmt::duration_ms")]
     pub max_announce_interval: Duration,
     /// Announces per second across the process (regular and event
     /// announces; `stopped` is exempt so shutdown is never delayed).
@@ -123,6 +131,7 @@ pub struct TrackerConfig {
     pub numwant: u32,
     /// Longest `remove_torrent` (and shutdown) waits for `stopped`
     /// announces. Default 5 s.
+    #[serde(rename = "stop_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub stop_timeout: Duration,
     /// The DNS cache.
     pub dns: DnsConfig,
