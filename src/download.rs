@@ -33,15 +33,22 @@ pub struct NetArgs {
     #[arg(long, value_name = "PATH")]
     pub resume_file: Option<PathBuf>,
     /// Upload slots (the optimistic one included), or `unlimited` to serve
-    /// every interested peer at once (a LAN seed).
-    #[arg(long, value_name = "N|unlimited", default_value = "4", value_parser = parse_slots)]
-    pub unchoke_slots: Slots,
-    /// Upload limit in bytes per second (default: unlimited).
+    /// every interested peer at once (a LAN seed). Default: `choker.slots`
+    /// of the config (4).
+    #[arg(long, value_name = "N|unlimited", value_parser = parse_slots)]
+    pub unchoke_slots: Option<Slots>,
+    /// Upload limit in bytes per second, 0 for unlimited (default: the
+    /// config's `upload_limit`, unlimited).
     #[arg(long, value_name = "BYTES_PER_SEC")]
     pub upload_limit: Option<u64>,
-    /// Download limit in bytes per second (default: unlimited).
+    /// Download limit in bytes per second, 0 for unlimited (default: the
+    /// config's `download_limit`, unlimited).
     #[arg(long, value_name = "BYTES_PER_SEC")]
     pub download_limit: Option<u64>,
+    /// Serve Prometheus metrics over HTTP at `http://ADDR/metrics` (port 0:
+    /// any free port, printed on stderr).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Upload slots: a count or unlimited.
@@ -120,7 +127,7 @@ struct Plan {
     sequential: bool,
 }
 
-pub fn run(args: &DownloadArgs) -> Result<(), Failure> {
+pub fn run(args: &DownloadArgs, config: ClientConfig) -> Result<(), Failure> {
     let target = match (&args.output, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),
@@ -134,10 +141,10 @@ pub fn run(args: &DownloadArgs) -> Result<(), Failure> {
         listen: args.listen,
         sequential: args.sequential,
     };
-    run_torrent(&args.torrent, target, &args.net, plan)
+    run_torrent(&args.torrent, target, &args.net, plan, config)
 }
 
-pub fn seed(args: &SeedArgs) -> Result<(), Failure> {
+pub fn seed(args: &SeedArgs, config: ClientConfig) -> Result<(), Failure> {
     let target = match (&args.data, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),
@@ -151,10 +158,16 @@ pub fn seed(args: &SeedArgs) -> Result<(), Failure> {
         listen: Some(args.listen),
         sequential: false,
     };
-    run_torrent(&args.torrent, target, &args.net, plan)
+    run_torrent(&args.torrent, target, &args.net, plan, config)
 }
 
-fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Result<(), Failure> {
+fn run_torrent(
+    torrent: &Path,
+    target: Target,
+    net: &NetArgs,
+    plan: Plan,
+    mut config: ClientConfig,
+) -> Result<(), Failure> {
     let bytes = read_torrent(torrent)?;
     let meta = Metainfo::from_bytes(&bytes).map_err(|e| {
         Failure::BadInput(anyhow!("{}: not a valid torrent: {e}", torrent.display()))
@@ -193,10 +206,22 @@ fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Res
         .context("starting the async runtime")
         .map_err(Failure::Runtime)?;
     runtime.block_on(async {
-        let mut config = ClientConfig::default();
-        config.choker.slots = net.unchoke_slots.0;
-        config.upload_limit = net.upload_limit;
-        config.download_limit = net.download_limit;
+        // Flags override the config file and the environment.
+        if let Some(slots) = net.unchoke_slots {
+            config.choker.slots = slots.0;
+        }
+        if let Some(limit) = net.upload_limit {
+            config.upload_limit = (limit > 0).then_some(limit);
+        }
+        if let Some(limit) = net.download_limit {
+            config.download_limit = (limit > 0).then_some(limit);
+        }
+        let capacities = crate::metrics::Capacities::of(&config);
+        let config_strategy = config.picker.strategy;
+        let mut scrapes = match net.metrics {
+            Some(addr) => Some(crate::metrics::start(addr).await.map_err(Failure::Runtime)?),
+            None => None,
+        };
         let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
@@ -205,7 +230,12 @@ fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Res
             target,
             resume_file,
             peers: net.peers.clone(),
-            strategy: parse_strategy(plan.sequential),
+            // `--sequential` wins; otherwise the config's `picker.strategy`.
+            strategy: if plan.sequential {
+                parse_strategy(true)
+            } else {
+                config_strategy
+            },
             seed: plan.seed,
             upload_limit: None,
             download_limit: None,
@@ -247,6 +277,11 @@ fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Res
                 _ = signals.recv() => {
                     tracing::info!("signal received; stopping");
                     break Ok(());
+                }
+                Some(reply) = recv_scrape(&mut scrapes) => {
+                    let s = stats.borrow().clone();
+                    let _ = reply.send(crate::metrics::render(&session, &[s], &capacities));
+                    continue;
                 }
             }
             let s = stats.borrow().clone();
@@ -314,6 +349,16 @@ fn run_torrent(torrent: &Path, target: Target, net: &NetArgs, plan: Plan) -> Res
         }
         outcome
     })
+}
+
+/// The next metrics scrape, or never when `--metrics` is not given.
+pub async fn recv_scrape(
+    scrapes: &mut Option<tokio::sync::mpsc::Receiver<crate::metrics::Scrape>>,
+) -> Option<crate::metrics::Scrape> {
+    match scrapes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// SIGINT and SIGTERM. The first asks for a clean stop; a second one exits

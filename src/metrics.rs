@@ -1,0 +1,312 @@
+//! `--metrics ADDR`: Prometheus text format over HTTP.
+//!
+//! A hand-written HTTP/1.1 responder on tokio rather than a crate: the
+//! endpoint answers one GET with one text body, which is a few dozen lines,
+//! while `metrics-exporter-prometheus` with its listener pulls in hyper and
+//! its tree (minutes of compile on a 2-core builder) for the same result.
+//!
+//! The listener task owns no client state. Each request becomes a [`Scrape`]
+//! sent through a bounded mailbox to the command's run loop, which owns the
+//! session and the torrent statistics, renders the page with [`render`] and
+//! answers on the oneshot. Connections are served with a bounded number of
+//! tasks, a bounded request head and a timeout, since anyone who can reach
+//! the port can send anything.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::config::ClientConfig;
+use actors::metrics::{
+    BLOCKS_PER_PWRITEV, HASH_LATENCY_US, HistogramSnapshot, PIPELINE_DEPTH, REQUEST_RTT_US,
+    WRITE_LATENCY_US,
+};
+use actors::session::Session;
+use actors::torrent::TorrentStats;
+use anyhow::Context;
+use std::fmt::Write as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// A request for the page: the run loop answers with the rendered text.
+pub type Scrape = oneshot::Sender<String>;
+
+/// Scrapes waiting for the run loop.
+const SCRAPE_MAILBOX: usize = 8;
+/// Connections served at once; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 16;
+/// Longest request head read.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Time allowed for a whole exchange.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Mailbox capacities from the config, for the depth gauges' denominators.
+pub struct Capacities {
+    torrent: usize,
+    peer: usize,
+}
+
+impl Capacities {
+    pub fn of(config: &ClientConfig) -> Self {
+        Capacities {
+            torrent: config.torrent_mailbox,
+            peer: config.peer_mailbox,
+        }
+    }
+}
+
+/// Binds `addr` and serves it; returns the mailbox the scrapes arrive in.
+pub async fn start(addr: SocketAddr) -> anyhow::Result<mpsc::Receiver<Scrape>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics: listening on {addr}"))?;
+    let local = listener.local_addr().context("--metrics: local address")?;
+    if addr.port() == 0 {
+        eprintln!("actorrent: metrics on http://{local}/metrics");
+    }
+    tracing::info!(%local, "serving metrics");
+    let (tx, rx) = mpsc::channel(SCRAPE_MAILBOX);
+    tokio::spawn(serve(listener, tx));
+    Ok(rx)
+}
+
+async fn serve(listener: TcpListener, tx: mpsc::Sender<Scrape>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, tx)).await;
+        });
+    }
+}
+
+/// Reads one request head and answers it, then closes.
+async fn exchange(mut stream: TcpStream, tx: mpsc::Sender<Scrape>) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= MAX_REQUEST_HEAD {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    if method != b"GET" {
+        return respond(&mut stream, "405 Method Not Allowed", "").await;
+    }
+    if path != b"/metrics" && path != b"/" {
+        return respond(&mut stream, "404 Not Found", "try /metrics\n").await;
+    }
+    let (reply, body) = oneshot::channel();
+    if tx.send(reply).await.is_err() {
+        return respond(&mut stream, "503 Service Unavailable", "stopping\n").await;
+    }
+    match body.await {
+        Ok(body) => respond(&mut stream, "200 OK", &body).await,
+        Err(_) => respond(&mut stream, "503 Service Unavailable", "stopping\n").await,
+    }
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The page: counters and gauges from the session and the torrents'
+/// statistics, histograms from the process-wide statics.
+pub fn render(session: &Session, torrents: &[TorrentStats], caps: &Capacities) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let sum = |f: fn(&TorrentStats) -> u64| torrents.iter().map(f).sum::<u64>();
+    let writers = session.writer_stats();
+    let hash = session.hash_counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let hashed = load(&hash.pieces);
+    let mismatched = load(&hash.mismatches);
+
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "actorrent_bytes_down_total",
+            "Bytes of accepted blocks received.",
+            sum(|s| s.bytes_down),
+        ),
+        (
+            "actorrent_bytes_up_total",
+            "Bytes of blocks sent.",
+            sum(|s| s.bytes_up),
+        ),
+        (
+            "actorrent_pieces_verified_total",
+            "Pieces whose hash matched.",
+            hashed.saturating_sub(mismatched),
+        ),
+        (
+            "actorrent_hash_failures_total",
+            "Pieces that failed their hash check.",
+            sum(|s| s.hash_failures),
+        ),
+        (
+            "actorrent_hashed_bytes_total",
+            "Bytes hashed by the hash workers.",
+            load(&hash.bytes),
+        ),
+        (
+            "actorrent_write_syscalls_total",
+            "pwritev calls made by the disk writers.",
+            writers.iter().map(|(_, w)| w.pwritev_calls).sum(),
+        ),
+        (
+            "actorrent_blocks_written_total",
+            "Buffers written by the disk writers.",
+            writers.iter().map(|(_, w)| w.blocks_written).sum(),
+        ),
+        (
+            "actorrent_bytes_written_total",
+            "Bytes written by the disk writers.",
+            writers.iter().map(|(_, w)| w.bytes_written).sum(),
+        ),
+        (
+            "actorrent_protocol_errors_total",
+            "Connections dropped for protocol violations.",
+            sum(|s| s.protocol_errors),
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+
+    let gauges: [(&str, &str, u64); 4] = [
+        (
+            "actorrent_peers",
+            "Connected peers.",
+            torrents.iter().map(|s| s.peers as u64).sum(),
+        ),
+        (
+            "actorrent_budget_in_use_bytes",
+            "Buffer budget in use.",
+            session.budget().in_use(),
+        ),
+        (
+            "actorrent_budget_capacity_bytes",
+            "Buffer budget capacity.",
+            session.budget().capacity(),
+        ),
+        (
+            "actorrent_budget_peak_bytes",
+            "Highest buffer budget use seen.",
+            session.budget().peak(),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let depth = [
+        (
+            "session",
+            session.mailbox_depth(),
+            session.mailbox_capacity(),
+        ),
+        (
+            "torrent",
+            torrents.iter().map(|s| s.mailbox_depth).sum(),
+            caps.torrent,
+        ),
+        (
+            "peer",
+            torrents.iter().map(|s| s.peer_mailbox_depth).sum(),
+            caps.peer,
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP actorrent_mailbox_depth Messages waiting, summed over the actors of a kind.\n# TYPE actorrent_mailbox_depth gauge"
+    );
+    for (kind, d, _) in depth {
+        let _ = writeln!(out, "actorrent_mailbox_depth{{actor=\"{kind}\"}} {d}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP actorrent_mailbox_capacity Capacity of one mailbox of each actor kind.\n# TYPE actorrent_mailbox_capacity gauge"
+    );
+    for (kind, _, c) in depth {
+        let _ = writeln!(out, "actorrent_mailbox_capacity{{actor=\"{kind}\"}} {c}");
+    }
+
+    let histograms = [
+        (
+            "actorrent_request_rtt_seconds",
+            "Time from a request to its block.",
+            REQUEST_RTT_US.snapshot(),
+            1e-6,
+        ),
+        (
+            "actorrent_pipeline_depth",
+            "Pipeline depth of unchoked connections, sampled every peer tick.",
+            PIPELINE_DEPTH.snapshot(),
+            1.0,
+        ),
+        (
+            "actorrent_blocks_per_pwritev",
+            "Blocks written per pwritev run.",
+            BLOCKS_PER_PWRITEV.snapshot(),
+            1.0,
+        ),
+        (
+            "actorrent_hash_latency_seconds",
+            "Time to hash one piece.",
+            HASH_LATENCY_US.snapshot(),
+            1e-6,
+        ),
+        (
+            "actorrent_disk_write_latency_seconds",
+            "Time of one pwritev run.",
+            WRITE_LATENCY_US.snapshot(),
+            1e-6,
+        ),
+    ];
+    for (name, help, snap, scale) in histograms {
+        histogram(&mut out, name, help, &snap, scale);
+    }
+    out
+}
+
+/// One histogram in Prometheus form: cumulative buckets, `+Inf`, sum, count.
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot, scale: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, n) in h.bounds.iter().zip(&h.buckets) {
+        cumulative += n;
+        let le = *bound as f64 * scale;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    // A scrape racing a recording may see a bucket ahead of the count;
+    // `+Inf` and `_count` must still agree and cover every bucket.
+    let count = h.count.max(cumulative);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", h.sum as f64 * scale);
+    let _ = writeln!(out, "{name}_count {count}");
+}
