@@ -111,6 +111,7 @@ fn validate(c: &ClientConfig) -> anyhow::Result<()> {
         ("peer_mailbox", c.peer_mailbox),
         ("hash_queue", c.hash_queue),
         ("max_peers_per_torrent", c.max_peers_per_torrent),
+        ("max_connections", c.max_connections),
         ("read_buffer", c.read_buffer),
         ("max_pending_handshakes", c.max_pending_handshakes),
         ("disk.writer.queue_capacity", c.disk.writer.queue_capacity),

@@ -428,3 +428,15 @@ fn demo_exits_0_having_verified_every_byte_and_cleans_up() {
         "demo left files behind"
     );
 }
+
+#[test]
+fn readme_shows_the_current_defaults() {
+    let (st, defaults, _) = run(&["config", "--print-default"], &[]);
+    assert!(st.success());
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```toml\n{defaults}```")),
+        "README's defaults block differs from `actorrent config --print-default`; paste it again"
+    );
+}
