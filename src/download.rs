@@ -352,7 +352,7 @@ fn run_torrent(
 }
 
 /// The next metrics scrape, or never when `--metrics` is not given.
-pub async fn recv_scrape(
+async fn recv_scrape(
     scrapes: &mut Option<tokio::sync::mpsc::Receiver<crate::metrics::Scrape>>,
 ) -> Option<crate::metrics::Scrape> {
     match scrapes {

@@ -103,6 +103,12 @@ fn main() -> ExitCode {
 /// disabled `debug!` in a hot path costs one comparison.
 fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    // A lone word that is not a level would parse as a target name and
+    // silently log nothing: refuse it.
+    if !level.contains(['=', ',', ':']) && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        return Err(format!("`{level}` is not one of {}", LEVELS.join(", ")));
+    }
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v).map_err(|e| format!("RUST_LOG: {e}"))?,
         _ => EnvFilter::try_new(level).map_err(|e| format!("`{level}`: {e}"))?,

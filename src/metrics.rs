@@ -77,8 +77,15 @@ async fn serve(listener: TcpListener, tx: mpsc::Sender<Scrape>) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of
+                // spinning on an error that will repeat.
+                tracing::debug!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let tx = tx.clone();
         tokio::spawn(async move {

@@ -227,6 +227,10 @@ fn default_config_round_trips_through_a_file_and_bad_keys_are_named() {
         err.contains("budget.capacity") && err.contains("ACTORRENT_BUDGET_CAPACITY"),
         "{err}"
     );
+    // A log level that is not one is refused too.
+    let (st, _, err) = run(&["--log-level", "verbose", "config", "--print"], &[]);
+    assert_eq!(st.code(), Some(2));
+    assert!(err.contains("verbose"), "{err}");
     // The download command refuses the same way before doing anything.
     std::fs::write(&file, "peer_mailbox = 0\n").unwrap();
     let (st, _, err) = run(&["--config", f, "download", f, "-o", "."], &[]);
