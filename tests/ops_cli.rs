@@ -444,3 +444,60 @@ fn readme_shows_the_current_defaults() {
         "README's defaults block differs from `actorrent config --print-default`; paste it again"
     );
 }
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _seed, port) = seeded_torrent(dir.path(), "seed");
+    // A disk that writes 64 KiB/s makes the clean stop (which flushes every
+    // verified piece first) last long enough to interrupt it.
+    let config = dir.path().join("slow-disk.toml");
+    std::fs::write(&config, "[disk.writer]\nmax_bytes_per_sec = 65536\n").unwrap();
+    let out = dir.path().join("out");
+    let stats = dir.path().join("stats.json");
+    let peer = format!("127.0.0.1:{port}");
+    let mut leech = Proc::start(
+        dir.path(),
+        "leech",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--log-level",
+            "info",
+            "download",
+            t.path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--peer",
+            &peer,
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let total = t.payload.len() as u64;
+    // Wait until more has arrived than the slow disk can write in a moment.
+    let ahead = wait_until(LIMIT, || {
+        stats_lines(&stats)
+            .iter()
+            .any(|s| s["bytes_down"].as_u64().unwrap_or(0) >= total / 4)
+    });
+    assert!(ahead, "no progress; stderr:\n{}", leech.stderr());
+    leech.signal("-TERM");
+    let stopping = wait_until(LIMIT, || {
+        leech.stderr().contains("signal received; stopping")
+    });
+    assert!(stopping, "stderr:\n{}", leech.stderr());
+    assert!(
+        leech.running(),
+        "the clean stop ended before the second signal; the slow disk is too fast"
+    );
+    leech.signal("-TERM");
+    let status = leech.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "stderr:\n{}", leech.stderr());
+    assert!(
+        leech.stderr().contains("second signal"),
+        "{}",
+        leech.stderr()
+    );
+}
