@@ -231,7 +231,15 @@ pub fn render(session: &Session, torrents: &[TorrentStats], caps: &Capacities) -
     for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
+    let (hash_depth, hash_cap) = session.hash_queue();
+    let (writer_depths, writer_cap) = session.writer_queues();
     let depth = [
+        ("hash", hash_depth, hash_cap),
+        (
+            "writer",
+            writer_depths.iter().map(|(_, d)| d).sum(),
+            writer_cap,
+        ),
         (
             "session",
             session.mailbox_depth(),

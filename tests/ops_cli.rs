@@ -306,6 +306,8 @@ fn metrics_endpoint_scraped_during_a_download() {
         "actorrent_mailbox_depth{actor=\"torrent\"}",
         "actorrent_mailbox_depth{actor=\"peer\"}",
         "actorrent_mailbox_capacity{actor=\"peer\"}",
+        "actorrent_mailbox_depth{actor=\"hash\"}",
+        "actorrent_mailbox_depth{actor=\"writer\"}",
         "actorrent_hash_latency_seconds_count",
         "actorrent_disk_write_latency_seconds_bucket{le=\"+Inf\"}",
         "actorrent_blocks_per_pwritev_sum",

@@ -286,6 +286,17 @@ impl Session {
         self.hash.counters()
     }
 
+    /// Hash jobs waiting for a worker, and the queue's capacity.
+    pub fn hash_queue(&self) -> (usize, usize) {
+        (self.hash.queue_depth(), self.hash.capacity())
+    }
+
+    /// Write jobs waiting in each device's writer mailbox (by device id),
+    /// and one mailbox's capacity.
+    pub fn writer_queues(&self) -> (Vec<(u64, usize)>, usize) {
+        self.disk.writer_queue_depths()
+    }
+
     /// Commands waiting in the session's mailbox.
     pub fn mailbox_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()

@@ -259,6 +259,11 @@ impl HashHandle {
         &self.shared.counters
     }
 
+    /// Jobs waiting for a worker now.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.queue.len()
+    }
+
     /// Queue capacity: the number of permits an async caller should hold.
     pub fn capacity(&self) -> usize {
         self.shared.queue.capacity()

@@ -73,6 +73,11 @@ impl<T> WorkQueue<T> {
         self.queue.capacity()
     }
 
+    /// Jobs waiting (a racy snapshot, for metrics).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Called once by consumer `idx` on its own thread before it pops.
     pub fn register(&self, idx: usize) {
         let _ = self.sleepers[idx].thread.set(std::thread::current());

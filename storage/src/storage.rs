@@ -109,6 +109,18 @@ impl DiskIo {
         Ok(d)
     }
 
+    /// Jobs waiting in each device's writer mailbox, by device id, and the
+    /// mailbox capacity.
+    pub fn writer_queue_depths(&self) -> (Vec<(u64, usize)>, usize) {
+        let map = self.inner.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map
+            .values()
+            .map(|d| (d.id, d.writer.shared.queue.len()))
+            .collect();
+        v.sort_unstable_by_key(|x| x.0);
+        (v, self.inner.config.writer.queue_capacity)
+    }
+
     /// Counters of every device's writer, by device id.
     pub fn writer_stats(&self) -> Vec<(u64, WriterStats)> {
         let map = self.inner.devices.lock().unwrap_or_else(|e| e.into_inner());
