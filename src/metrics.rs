@@ -276,52 +276,118 @@ pub fn render(session: &Session, torrents: &[TorrentStats], caps: &Capacities) -
             "actorrent_request_rtt_seconds",
             "Time from a request to its block.",
             REQUEST_RTT_US.snapshot(),
-            1e-6,
+            Unit::Micros,
         ),
         (
             "actorrent_pipeline_depth",
             "Pipeline depth of unchoked connections, sampled every peer tick.",
             PIPELINE_DEPTH.snapshot(),
-            1.0,
+            Unit::Count,
         ),
         (
             "actorrent_blocks_per_pwritev",
             "Blocks written per pwritev run.",
             BLOCKS_PER_PWRITEV.snapshot(),
-            1.0,
+            Unit::Count,
         ),
         (
             "actorrent_hash_latency_seconds",
             "Time to hash one piece.",
             HASH_LATENCY_US.snapshot(),
-            1e-6,
+            Unit::Micros,
         ),
         (
             "actorrent_disk_write_latency_seconds",
             "Time of one pwritev run.",
             WRITE_LATENCY_US.snapshot(),
-            1e-6,
+            Unit::Micros,
         ),
     ];
-    for (name, help, snap, scale) in histograms {
-        histogram(&mut out, name, help, &snap, scale);
+    for (name, help, snap, unit) in histograms {
+        histogram(&mut out, name, help, &snap, unit);
     }
     out
 }
 
+/// What a histogram's recorded integers are.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// Microseconds, shown as seconds.
+    Micros,
+    /// Plain counts.
+    Count,
+}
+
+impl Unit {
+    /// The value in the exposed unit, exactly (no float rounding noise in
+    /// bucket labels).
+    fn show(self, v: u64) -> String {
+        match self {
+            Unit::Count => v.to_string(),
+            Unit::Micros => {
+                let (s, us) = (v / 1_000_000, v % 1_000_000);
+                if us == 0 {
+                    s.to_string()
+                } else {
+                    format!("{s}.{us:06}").trim_end_matches('0').to_string()
+                }
+            }
+        }
+    }
+}
+
 /// One histogram in Prometheus form: cumulative buckets, `+Inf`, sum, count.
-fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot, scale: f64) {
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot, unit: Unit) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     let mut cumulative = 0;
     for (bound, n) in h.bounds.iter().zip(&h.buckets) {
         cumulative += n;
-        let le = *bound as f64 * scale;
+        let le = unit.show(*bound);
         let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
     }
     // A scrape racing a recording may see a bucket ahead of the count;
     // `+Inf` and `_count` must still agree and cover every bucket.
-    let count = h.count.max(cumulative);
+    let overflow = h.buckets.get(h.bounds.len()).copied().unwrap_or(0);
+    let count = h.count.max(cumulative + overflow);
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", h.sum as f64 * scale);
+    let _ = writeln!(out, "{name}_sum {}", unit.show(h.sum));
     let _ = writeln!(out, "{name}_count {count}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microseconds_show_as_exact_seconds() {
+        assert_eq!(Unit::Micros.show(50), "0.00005");
+        assert_eq!(Unit::Micros.show(2_500_000), "2.5");
+        assert_eq!(Unit::Micros.show(10_000_000), "10");
+        assert_eq!(Unit::Micros.show(0), "0");
+        assert_eq!(Unit::Count.show(1024), "1024");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_end_in_inf_equal_to_count() {
+        let h = HistogramSnapshot {
+            bounds: &[1, 2, 4],
+            buckets: vec![3, 0, 2, 1],
+            count: 6,
+            sum: 17,
+        };
+        let mut out = String::new();
+        histogram(&mut out, "x", "help", &h, Unit::Count);
+        let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "x_bucket{le=\"1\"} 3",
+                "x_bucket{le=\"2\"} 3",
+                "x_bucket{le=\"4\"} 5",
+                "x_bucket{le=\"+Inf\"} 6",
+                "x_sum 17",
+                "x_count 6",
+            ]
+        );
+    }
 }
