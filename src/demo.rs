@@ -124,10 +124,11 @@ async fn swarm(
     config: ClientConfig,
 ) -> anyhow::Result<Report> {
     let localhost: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let strategy = config.picker.strategy;
     let seed = Session::start(config.clone()).context("starting the seed")?;
     let seed_addr = seed.listen(localhost).await?;
     let seed_torrent = seed
-        .add_torrent(params(meta, dir.join("seed"), Vec::new()))
+        .add_torrent(params(meta, dir.join("seed"), Vec::new(), strategy))
         .await?;
     wait_for(seed_torrent.stats(), |s| s == &TorrentState::Seeding)
         .await
@@ -144,7 +145,7 @@ async fn swarm(
         let addr = session.listen(localhost).await?;
         let root = dir.join(format!("leecher-{}", i + 1));
         let handle = session
-            .add_torrent(params(meta, root.clone(), addrs.clone()))
+            .add_torrent(params(meta, root.clone(), addrs.clone(), strategy))
             .await?;
         addrs.push(addr);
         leecher_dirs.push(root);
@@ -179,13 +180,18 @@ async fn swarm(
     })
 }
 
-fn params(meta: &Arc<Metainfo>, root: PathBuf, peers: Vec<SocketAddr>) -> TorrentParams {
+fn params(
+    meta: &Arc<Metainfo>,
+    root: PathBuf,
+    peers: Vec<SocketAddr>,
+    strategy: actors::picker::Strategy,
+) -> TorrentParams {
     TorrentParams {
         meta: meta.clone(),
         resume_file: root.join(".actorrent").join("demo.resume"),
         target: Target::Directory(root),
         peers,
-        strategy: Default::default(),
+        strategy,
         // Leechers keep serving once complete, so later ones can fetch from
         // them too.
         seed: true,
