@@ -1218,9 +1218,15 @@ impl Torrent {
         let cp = self.resume.begin();
         self.checkpoint = Some(cp);
         let tx = self.done_tx.clone();
-        self.storage.sync(Box::new(move |r| {
-            let _ = tx.try_send(Done::Sync(r));
-        }));
+        // `Storage::sync` waits for room in the writer queues; on a runtime
+        // worker that wait stalls every task (stats, signals) for as long
+        // as a slow disk takes to drain a full queue.
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || {
+            storage.sync(Box::new(move |r| {
+                let _ = tx.try_send(Done::Sync(r));
+            }));
+        });
     }
 
     fn maybe_checkpoint(&mut self) {
