@@ -139,7 +139,7 @@ fn seeded_torrent(dir: &Path, seed_tag: &str) -> (TestTorrent, Proc, u16) {
         std::fs::write(&file, data).unwrap();
     }
     let stats = dir.join(format!("{seed_tag}.json"));
-    let seed = Proc::start(
+    let mut seed = Proc::start(
         dir,
         seed_tag,
         &[
@@ -155,15 +155,19 @@ fn seeded_torrent(dir: &Path, seed_tag: &str) -> (TestTorrent, Proc, u16) {
         &[],
     );
     let mut port = 0;
-    let ready = wait_until(LIMIT, || {
+    wait_until(LIMIT, || {
         port = stats_lines(&stats)
             .iter()
             .filter(|s| s["state"] == "seeding")
             .find_map(|s| s["listen_port"].as_u64())
             .unwrap_or(0) as u16;
-        port != 0
+        port != 0 || !seed.running()
     });
-    assert!(ready, "the seed did not start; stderr:\n{}", seed.stderr());
+    assert!(
+        port != 0,
+        "the seed did not start; stderr:\n{}",
+        seed.stderr()
+    );
     (t, seed, port)
 }
 
