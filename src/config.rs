@@ -123,6 +123,19 @@ fn validate(c: &ClientConfig) -> anyhow::Result<()> {
         ("pipeline.block_size", c.pipeline.block_size as usize),
         ("pipeline.max_pipeline", c.pipeline.max_pipeline as usize),
         ("pipeline.rate_buckets", c.pipeline.rate_buckets as usize),
+        ("tracker.mailbox_capacity", c.tracker.mailbox_capacity),
+        (
+            "tracker.max_concurrent_announces",
+            c.tracker.max_concurrent_announces,
+        ),
+        (
+            "tracker.max_in_flight_per_tracker",
+            c.tracker.max_in_flight_per_tracker,
+        ),
+        (
+            "tracker.dns.mailbox_capacity",
+            c.tracker.dns.mailbox_capacity,
+        ),
     ];
     for (key, v) in nonzero {
         if v == 0 {

@@ -280,7 +280,8 @@ fn run_torrent(
                 }
                 Some(reply) = recv_scrape(&mut scrapes) => {
                     let s = stats.borrow().clone();
-                    let _ = reply.send(crate::metrics::render(&session, &[s], &capacities));
+                    let trackers = session.tracker().stats().await.ok();
+                    let _ = reply.send(crate::metrics::render(&session, &[s], trackers.as_ref(), &capacities));
                     continue;
                 }
             }

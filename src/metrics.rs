@@ -23,6 +23,7 @@ use actors::metrics::{
 };
 use actors::session::Session;
 use actors::torrent::TorrentStats;
+use actors::tracker::TrackerStats;
 use anyhow::Context;
 use std::fmt::Write as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,7 +144,12 @@ async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::R
 
 /// The page: counters and gauges from the session and the torrents'
 /// statistics, histograms from the process-wide statics.
-pub fn render(session: &Session, torrents: &[TorrentStats], caps: &Capacities) -> String {
+pub fn render(
+    session: &Session,
+    torrents: &[TorrentStats],
+    trackers: Option<&TrackerStats>,
+    caps: &Capacities,
+) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let sum = |f: fn(&TorrentStats) -> u64| torrents.iter().map(f).sum::<u64>();
     let writers = session.writer_stats();
@@ -203,6 +209,28 @@ pub fn render(session: &Session, torrents: &[TorrentStats], caps: &Capacities) -
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+
+    // Announces by outcome, summed over tracker URLs (per-URL detail is in
+    // `--stats-json`; URLs as labels would grow without bound).
+    let _ = writeln!(
+        out,
+        "# HELP actorrent_announces_total Tracker announces, by outcome.\n# TYPE actorrent_announces_total counter"
+    );
+    let urls = trackers
+        .map(|t| t.trackers.values().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let by =
+        |f: fn(&actors::tracker::TrackerUrlStats) -> u64| urls.iter().map(|u| f(u)).sum::<u64>();
+    for (outcome, v) in [
+        ("sent", by(|u| u.announces_sent)),
+        ("succeeded", by(|u| u.announces_succeeded)),
+        ("failed", by(|u| u.announces_failed)),
+    ] {
+        let _ = writeln!(
+            out,
+            "actorrent_announces_total{{outcome=\"{outcome}\"}} {v}"
         );
     }
 

@@ -315,6 +315,7 @@ fn metrics_endpoint_scraped_during_a_download() {
         "actorrent_hash_latency_seconds_count",
         "actorrent_disk_write_latency_seconds_bucket{le=\"+Inf\"}",
         "actorrent_blocks_per_pwritev_sum",
+        "actorrent_announces_total{outcome=\"sent\"}",
     ] {
         assert!(last.contains_key(name), "{name} missing: {last:?}");
     }

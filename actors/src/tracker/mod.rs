@@ -89,7 +89,10 @@ pub struct TrackerConfig {
     #[serde(rename = "http_timeout_ms", with = "storage::serde_fmt::duration_ms")]
     pub http_timeout: Duration,
     /// TCP (and TLS) connect timeout of an HTTP announce. Default 10 s.
-    #[serde(rename = "http_connect_timeout_ms", with = "storage::serde_fmt::duration_ms")]
+    #[serde(
+        rename = "http_connect_timeout_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub http_connect_timeout: Duration,
     /// Redirects followed before an HTTP announce fails (a redirect loop
     /// fails here). Default 5.
@@ -98,7 +101,10 @@ pub struct TrackerConfig {
     pub max_body_size: usize,
     /// First UDP timeout; retransmission `n` waits `base * 2^n` (BEP 15:
     /// 15 s). Default 15 s.
-    #[serde(rename = "udp_base_timeout_ms", with = "storage::serde_fmt::duration_ms")]
+    #[serde(
+        rename = "udp_base_timeout_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub udp_base_timeout: Duration,
     /// UDP retransmissions after the first send. BEP 15 allows 8, which
     /// is over an hour of waiting on a dead tracker; 3 gives up after
@@ -106,20 +112,32 @@ pub struct TrackerConfig {
     /// Default 3.
     pub udp_max_retransmits: u32,
     /// How long a UDP connection id is reused (BEP 15: one minute).
-    #[serde(rename = "udp_connection_lifetime_ms", with = "storage::serde_fmt::duration_ms")]
+    #[serde(
+        rename = "udp_connection_lifetime_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub udp_connection_lifetime: Duration,
     /// Circuit breaker (threshold 3 by default) and backoff per tracker.
     pub breaker: BreakerConfig,
     /// Shortest wait before retrying a torrent whose every tracker failed
     /// (the backoff's full jitter may draw zero). Default 5 s.
-    #[serde(rename = "min_retry_delay_ms", with = "storage::serde_fmt::duration_ms")]
+    #[serde(
+        rename = "min_retry_delay_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub min_retry_delay: Duration,
     /// Floor on the tracker's `interval`, so a tracker answering 0 cannot
     /// make us announce in a loop. Default 60 s.
-    #[serde(rename = "min_announce_interval_ms", with = "storage::serde_fmt::duration_ms")]
+    #[serde(
+        rename = "min_announce_interval_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub min_announce_interval: Duration,
     /// Ceiling on the tracker's `interval`. Default 2 h.
-    #[serde(rename = "max_announce_interval_ms", with = "storage::serde_fmt::duration_ms")]
+    #[serde(
+        rename = "max_announce_interval_ms",
+        with = "storage::serde_fmt::duration_ms"
+    )]
     pub max_announce_interval: Duration,
     /// Announces per second across the process (regular and event
     /// announces; `stopped` is exempt so shutdown is never delayed).
