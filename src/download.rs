@@ -255,9 +255,12 @@ fn run_torrent(
             .context("adding the torrent")
             .map_err(Failure::Runtime)?;
         let mut stats = handle.stats();
-        let started = Instant::now();
         let mut seeding_since: Option<Instant> = None;
-        let tty = std::io::stderr().is_terminal();
+        // A progress bar only on a terminal; scripts get log lines and the
+        // stats JSON instead.
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| progress_bar(total_length));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut signals = Signals::new().map_err(|e| Failure::Runtime(e.into()))?;
         let outcome = loop {
@@ -315,8 +318,8 @@ fn run_torrent(
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
-            if tty {
-                progress_line(&s, started.elapsed());
+            if let Some(bar) = &bar {
+                update_bar(bar, &s, total_length);
             }
             match s.state {
                 TorrentState::Complete => break Ok(()),
@@ -336,8 +339,8 @@ fn run_torrent(
                 _ => {}
             }
         };
-        if tty {
-            eprintln!();
+        if let Some(bar) = &bar {
+            bar.finish();
         }
         session.shutdown().await;
         if let (Some(out), Ok(())) = (stats_out.as_mut(), &outcome) {
@@ -473,18 +476,29 @@ fn add_tracker_stats(line: &mut serde_json::Value, t: &actors::tracker::TrackerS
     line["dns_misses"] = json!(t.dns.misses);
 }
 
-fn progress_line(s: &TorrentStats, elapsed: Duration) {
-    let pct = if s.pieces_total == 0 {
-        100.0
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>11} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Verified bytes as the bar's position; state, peers and upload as its
+/// message.
+fn update_bar(bar: &indicatif::ProgressBar, s: &TorrentStats, total: u64) {
+    let done = if s.pieces_total == 0 {
+        total
     } else {
-        100.0 * f64::from(s.pieces_done) / f64::from(s.pieces_total)
+        total.saturating_mul(u64::from(s.pieces_done)) / u64::from(s.pieces_total)
     };
-    eprint!(
-        "\r{:>10} {pct:5.1}%  {:>9.1} MiB  {:>8.1} MiB/s  {} peers  {:>5}s ",
+    bar.set_position(done);
+    bar.set_message(format!(
+        "{} {}p up {}",
         s.state.name(),
-        s.bytes_down as f64 / 1048576.0,
-        s.rate_down as f64 / 1048576.0,
         s.peers,
-        elapsed.as_secs()
-    );
+        indicatif::HumanBytes(s.bytes_up)
+    ));
 }
