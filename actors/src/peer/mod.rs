@@ -380,7 +380,7 @@ impl Conn<'_> {
         if theirs.supports_extended() {
             let ext = ExtendedHandshake {
                 v: Some(concat!("actorrent ", env!("CARGO_PKG_VERSION")).to_string()),
-                reqq: Some(500),
+                reqq: Some(ctx.config.max_upload_queue.min(u32::MAX as usize) as u32),
                 ..Default::default()
             };
             ext.to_message().encode(&mut self.out);
