@@ -14,7 +14,10 @@
 //! - **piece assembly**: received blocks are kept (as `Bytes`, no copy) until
 //!   the piece is complete, then handed back in order for hashing, together
 //!   with the record of which peers sent which blocks.
-//! - **hash failure strikes and bans**.
+//! - **hash failure strikes and bans**, with smart-ban evidence: when a
+//!   failed piece had several contributors, each block's digest is kept so
+//!   the piece's eventual good copy convicts the sender of the bad block and
+//!   clears the others.
 //!
 //! Picking order for one peer: blocks still free in partial pieces first (so
 //! pieces complete and can be shared sooner), then a fresh piece chosen
@@ -50,6 +53,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use rand::Rng;
 use rand::rngs::SmallRng;
+
+/// SHA-1 of one block, for smart-ban evidence.
+fn sha1_of(block: &Bytes) -> [u8; 20] {
+    storage::sha1_of(std::slice::from_ref(block))
+}
 
 /// Size of every requested block except the last one of a piece.
 pub const BLOCK_SIZE: u32 = 16 * 1024;
@@ -334,6 +342,9 @@ pub struct Picker {
     /// Hash-failure strikes, kept after a peer is gone.
     strikes: BTreeMap<PeerId, u32>,
     banned: BTreeSet<PeerId>,
+    /// Failed pieces that had several contributors: who sent which block,
+    /// and its SHA-1, to compare once the piece passes (smart ban).
+    evidence: BTreeMap<u32, Vec<(PeerId, u32, [u8; 20])>>,
 }
 
 impl Picker {
@@ -394,6 +405,7 @@ impl Picker {
             peers: BTreeMap::new(),
             strikes: BTreeMap::new(),
             banned: BTreeSet::new(),
+            evidence: BTreeMap::new(),
         })
     }
 
@@ -893,15 +905,89 @@ impl Picker {
     /// The piece handed out for hashing did not match: it goes back to
     /// missing, and every peer that sent one of its blocks gets a strike.
     pub fn piece_failed(&mut self, index: u32) -> Result<HashFailure, PickerError> {
+        self.piece_failed_inner(index, None)
+    }
+
+    /// Like [`Picker::piece_failed`], given the piece's blocks as they were
+    /// hashed. When several peers contributed, each block's digest is kept
+    /// with its sender; [`Picker::piece_passed`] later tells the culprit
+    /// from the innocent.
+    pub fn piece_failed_blocks(
+        &mut self,
+        index: u32,
+        blocks: &[Bytes],
+    ) -> Result<HashFailure, PickerError> {
+        self.piece_failed_inner(index, Some(blocks))
+    }
+
+    /// Smart ban: piece `index` passed its hash check with `blocks`. Every
+    /// peer that once sent a block of it in a failed attempt is judged: a
+    /// block that differs from the good one convicts its sender (banned at
+    /// once); a block that matches takes back the strike that failure gave.
+    /// Returns the peers newly banned. Call it when the hash passes, before
+    /// [`Picker::piece_verified`].
+    pub fn piece_passed(&mut self, index: u32, blocks: &[Bytes]) -> Vec<PeerId> {
+        let Some(records) = self.evidence.remove(&index) else {
+            return Vec::new();
+        };
+        let mut convicted = BTreeSet::new();
+        let mut innocent = Vec::new();
+        for (peer, block, digest) in records {
+            let Some(good) = blocks.get(block as usize) else {
+                continue;
+            };
+            if sha1_of(good) == digest {
+                innocent.push(peer);
+            } else {
+                convicted.insert(peer);
+            }
+        }
+        for peer in innocent {
+            if !convicted.contains(&peer)
+                && !self.banned.contains(&peer)
+                && let Some(s) = self.strikes.get_mut(&peer)
+            {
+                *s = s.saturating_sub(1);
+            }
+        }
+        let mut newly = Vec::new();
+        for peer in convicted {
+            self.strikes.insert(peer, self.config.max_strikes.max(1));
+            if self.config.max_strikes > 0 && self.banned.insert(peer) {
+                newly.push(peer);
+            }
+        }
+        newly
+    }
+
+    fn piece_failed_inner(
+        &mut self,
+        index: u32,
+        blocks: Option<&[Bytes]>,
+    ) -> Result<HashFailure, PickerError> {
         let partial = self.take_hashing(index)?;
-        let contributors: BTreeSet<PeerId> = partial
+        let senders: Vec<Option<PeerId>> = partial
             .slots
             .iter()
-            .filter_map(|s| match s {
+            .map(|s| match s {
                 Slot::Received { from, .. } => Some(*from),
                 Slot::Open { .. } => None,
             })
             .collect();
+        let contributors: BTreeSet<PeerId> = senders.iter().flatten().copied().collect();
+        if contributors.len() > 1
+            && let Some(blocks) = blocks
+        {
+            let records = self.evidence.entry(index).or_default();
+            // Bounded: a few failed attempts' worth per piece.
+            if records.len() < senders.len() * 4 {
+                for (i, (from, data)) in senders.iter().zip(blocks).enumerate() {
+                    if let Some(from) = from {
+                        records.push((*from, i as u32, sha1_of(data)));
+                    }
+                }
+            }
+        }
         let mut failure = HashFailure::default();
         for peer in contributors {
             let strikes = self.strikes.entry(peer).or_insert(0);

@@ -1028,6 +1028,16 @@ impl Torrent {
         }
     }
 
+    /// Bans a peer for bad data: dropped now, its address never dialled again.
+    fn ban(&mut self, id: PeerId, why: &str) {
+        self.banned_peers += 1;
+        if let Some(p) = self.peers.get(&id) {
+            warn!(addr = %p.addr, why, "banning peer");
+            self.banned.insert(p.addr);
+        }
+        self.drop_peer(id, "banned".into());
+    }
+
     fn drop_peer(&mut self, id: PeerId, reason: String) {
         if let Some(p) = self.peers.get(&id) {
             debug!(peer = id.0, addr = %p.addr, %reason, "dropping peer");
@@ -1109,13 +1119,17 @@ impl Torrent {
     async fn on_done(&mut self, done: Done) {
         match done {
             Done::Hash(HashDone::Verified(piece), _permit) => {
+                // Smart ban: a good copy judges the senders of earlier bad ones.
+                for id in self.picker.piece_passed(piece.piece(), piece.blocks()) {
+                    self.ban(id, "sent a block that differs from the verified piece");
+                }
                 self.pending_write.push_back(piece);
             }
             Done::Hash(HashDone::Mismatch { piece, blocks }, _permit) => {
                 let bytes: u64 = blocks.iter().map(|b| b.len() as u64).sum();
                 self.release(bytes);
                 self.hash_failures += 1;
-                match self.picker.piece_failed(piece) {
+                match self.picker.piece_failed_blocks(piece, &blocks) {
                     Ok(f) => {
                         warn!(
                             piece,
@@ -1123,12 +1137,7 @@ impl Torrent {
                             "hash check failed"
                         );
                         for id in f.newly_banned {
-                            self.banned_peers += 1;
-                            if let Some(p) = self.peers.get(&id) {
-                                warn!(addr = %p.addr, "banning peer after repeated hash failures");
-                                self.banned.insert(p.addr);
-                            }
-                            self.drop_peer(id, "banned".into());
+                            self.ban(id, "involved in repeated hash failures");
                         }
                     }
                     Err(e) => warn!(error = %e, "picker refused a hash failure"),

@@ -1253,3 +1253,58 @@ fn pick_partial_only_finishes_started_pieces() {
     assert!(p.pick_partial(a, 8, now()).is_empty());
     p.check_invariants();
 }
+
+#[test]
+fn smart_ban_convicts_the_bad_block_and_clears_the_good() {
+    let mut p = uniform(1, 2, PickerConfig::default());
+    let (bad, good, seed) = (PeerId(1), PeerId(2), PeerId(3));
+    for peer in [bad, good, seed] {
+        p.peer_have_all(peer);
+    }
+    // Piece 0: one block from the bad peer (corrupt), one from the good.
+    let blocks = p.blocks_of(0);
+    let b0 = p.pick(bad, 1, now());
+    assert_eq!(b0, vec![blocks[0]]);
+    let b1 = p.pick(good, 1, now());
+    assert_eq!(b1, vec![blocks[1]]);
+    let mut corrupt = content(blocks[0]).to_vec();
+    corrupt[0] ^= 0xff;
+    p.block_received(bad, blocks[0], Bytes::from(corrupt.clone()));
+    let (_, done) = accepted(p.block_received(good, blocks[1], content(blocks[1])));
+    let piece = done.expect("piece complete");
+    let f = p.piece_failed_blocks(0, &piece.blocks).unwrap();
+    assert_eq!(f.contributors, vec![bad, good]);
+    assert!(f.newly_banned.is_empty());
+    assert_eq!((p.strikes(bad), p.strikes(good)), (1, 1));
+    // The seed fetches the whole piece again; it passes.
+    let again = p.pick(seed, 2, now());
+    assert_eq!(again, blocks);
+    p.block_received(seed, blocks[0], content(blocks[0]));
+    let (_, done) = accepted(p.block_received(seed, blocks[1], content(blocks[1])));
+    let good_piece = done.expect("piece complete");
+    let convicted = p.piece_passed(0, &good_piece.blocks);
+    assert_eq!(convicted, vec![bad], "the sender of the differing block");
+    assert!(p.is_banned(bad));
+    assert!(!p.is_banned(good));
+    assert_eq!(p.strikes(good), 0, "the matching block clears its sender");
+    p.piece_verified(0).unwrap();
+    p.check_invariants();
+}
+
+#[test]
+fn a_single_contributor_keeps_no_evidence() {
+    let mut p = uniform(1, 2, PickerConfig::default());
+    let a = PeerId(1);
+    p.peer_have_all(a);
+    let blocks = p.pick(a, 2, now());
+    p.block_received(
+        a,
+        blocks[0],
+        Bytes::from(vec![0u8; blocks[0].length as usize]),
+    );
+    let (_, done) = accepted(p.block_received(a, blocks[1], content(blocks[1])));
+    let f = p.piece_failed_blocks(0, &done.unwrap().blocks).unwrap();
+    assert_eq!(f.contributors, vec![a]);
+    assert_eq!(p.strikes(a), 1);
+    assert!(p.piece_passed(0, &[]).is_empty(), "nothing to judge");
+}
