@@ -417,10 +417,16 @@ struct Torrent {
     choker: Choker,
     up_limits: Vec<Arc<Limiter>>,
     down_limits: Vec<Arc<Limiter>>,
+    /// Addresses of the last connections that ended, for a ban decided
+    /// after the peer left.
+    recently_gone: VecDeque<(PeerId, SocketAddr)>,
     /// Announce counters for the tracker session, when registered.
     progress: Option<watch::Sender<AnnounceProgress>>,
     announced_complete: bool,
 }
+
+/// Ended connections whose address a late ban can still find.
+const RECENTLY_GONE: usize = 1024;
 
 /// Peers from the tracker session wait here; it drops a batch that finds the
 /// channel full (the next announce brings them again).
@@ -518,6 +524,7 @@ async fn run(
         choker: Choker::new(shared_choker),
         up_limits,
         down_limits,
+        recently_gone: VecDeque::new(),
         progress: None,
         announced_complete: false,
     };
@@ -1028,12 +1035,19 @@ impl Torrent {
         }
     }
 
-    /// Bans a peer for bad data: dropped now, its address never dialled again.
+    /// Bans a peer for bad data: dropped now, its address never dialled
+    /// again (also when the verdict comes after it left: smart ban).
     fn ban(&mut self, id: PeerId, why: &str) {
         self.banned_peers += 1;
-        if let Some(p) = self.peers.get(&id) {
-            warn!(addr = %p.addr, why, "banning peer");
-            self.banned.insert(p.addr);
+        let addr = self.peers.get(&id).map(|p| p.addr).or_else(|| {
+            self.recently_gone
+                .iter()
+                .find(|(gone, _)| *gone == id)
+                .map(|(_, a)| *a)
+        });
+        if let Some(addr) = addr {
+            warn!(%addr, why, "banning peer");
+            self.banned.insert(addr);
         }
         self.drop_peer(id, "banned".into());
     }
@@ -1051,6 +1065,10 @@ impl Torrent {
         let Some(p) = self.peers.remove(&id) else {
             return;
         };
+        if self.recently_gone.len() >= RECENTLY_GONE {
+            self.recently_gone.pop_front();
+        }
+        self.recently_gone.push_back((id, p.addr));
         debug!(peer = id.0, addr = %p.addr, ?fault, %reason, "peer gone");
         let max = self.shared.config.reconnect_attempts;
         let base = self.shared.config.reconnect_backoff;
