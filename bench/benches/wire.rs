@@ -25,7 +25,7 @@ fn piece_stream(n: usize) -> Vec<u8> {
     for i in 0..n {
         rng.fill_bytes(&mut block);
         let (index, begin) = ((i / 16) as u32, ((i % 16) * BLOCK) as u32);
-        out.extend_from_slice(&piece_header(index, begin, BLOCK as u32));
+        out.extend_from_slice(&piece_header(index, begin, BLOCK as u32).unwrap());
         out.extend_from_slice(&block);
     }
     out

@@ -525,19 +525,16 @@ impl Message {
 /// length prefix, id 7, index, begin. Write it followed by the block in one
 /// vectored write to send a block without copying it.
 ///
-/// # Panics
-///
-/// If `len > u32::MAX - 9` (no such block can be framed).
-pub fn piece_header(index: u32, begin: u32, len: u32) -> [u8; 13] {
-    let body = len
-        .checked_add(9)
-        .expect("piece block too large for the 32-bit length prefix");
+/// `None` if `len > u32::MAX - 9`: no such block can be framed (the
+/// length may come from a peer's request, so this is a value, not a panic).
+pub fn piece_header(index: u32, begin: u32, len: u32) -> Option<[u8; 13]> {
+    let body = len.checked_add(9)?;
     let mut h = [0u8; 13];
     h[0..4].copy_from_slice(&body.to_be_bytes());
     h[4] = id::PIECE;
     h[5..9].copy_from_slice(&index.to_be_bytes());
     h[9..13].copy_from_slice(&begin.to_be_bytes());
-    h
+    Some(h)
 }
 
 /// Decodes one message from the front of `buf`.

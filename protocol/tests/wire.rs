@@ -162,7 +162,8 @@ fn piece_header_matches_encoder() {
         data: data.clone(),
     };
     let bytes = encode(&msg);
-    let header = piece_header(5, 32768, 16384);
+    let header = piece_header(5, 32768, 16384).unwrap();
+    assert_eq!(piece_header(0, 0, u32::MAX - 8), None);
     assert_eq!(&bytes[..13], &header);
     assert_eq!(&bytes[13..], &data[..]);
 }
@@ -468,7 +469,7 @@ fn piece_data_shares_the_read_buffer() {
     let blocks = 4usize;
     let mut stream = Vec::new();
     for i in 0..blocks {
-        stream.extend_from_slice(&piece_header(i as u32, 0, 16384));
+        stream.extend_from_slice(&piece_header(i as u32, 0, 16384).unwrap());
         stream.extend(std::iter::repeat_n(i as u8, 16384));
     }
     let mut buf = BytesMut::with_capacity(stream.len());

@@ -358,8 +358,8 @@ impl Conn<'_> {
         self.ctx.budget.release(bytes);
     }
 
-    fn release_blocks(&self, blocks: &[Block]) {
-        let bytes: u64 = blocks.iter().map(|b| u64::from(b.length)).sum();
+    fn release_blocks<'b>(&self, blocks: impl IntoIterator<Item = &'b Block>) {
+        let bytes: u64 = blocks.into_iter().map(|b| u64::from(b.length)).sum();
         if bytes > 0 {
             self.release(bytes);
         }
@@ -420,9 +420,7 @@ impl Conn<'_> {
                         match wire::decode_message(&mut buf, &limits) {
                             Ok(Decoded::Complete(msg)) => {
                                 if let Err(end) = self.on_message(msg, now, &mut blocks).await {
-                                    self.release_blocks(
-                                        &blocks.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
-                                    );
+                                    self.release_blocks(blocks.iter().map(|(b, _)| b));
                                     return end;
                                 }
                             }
@@ -431,9 +429,7 @@ impl Conn<'_> {
                                 break;
                             }
                             Err(e) => {
-                                self.release_blocks(
-                                    &blocks.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
-                                );
+                                self.release_blocks(blocks.iter().map(|(b, _)| b));
                                 return End::protocol(format!("bad message: {e}"));
                             }
                         }
@@ -776,7 +772,13 @@ impl Conn<'_> {
             };
             self.up.queue.pop_front();
             ratelimit::take(&ctx.up_limits, data.len()).await;
-            let header = wire::piece_header(r.index, r.begin, r.length);
+            // Requests were checked against `max_upload_block` on arrival.
+            let Some(header) = wire::piece_header(r.index, r.begin, r.length) else {
+                return Err(End::protocol(format!(
+                    "unframable block length {}",
+                    r.length
+                )));
+            };
             self.frames_len += header.len() + data.len();
             self.frames.push_back(Bytes::copy_from_slice(&header));
             self.frames.push_back(data);
