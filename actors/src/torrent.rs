@@ -1144,7 +1144,7 @@ impl Torrent {
                 self.pending_write.push_back(piece);
             }
             Done::Hash(HashDone::Mismatch { piece, blocks }, _permit) => {
-                let bytes: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+                let bytes = bytes_of(&blocks);
                 self.release(bytes);
                 self.hash_failures += 1;
                 match self.picker.piece_failed_blocks(piece, &blocks) {
@@ -1316,7 +1316,7 @@ impl Torrent {
                     Done::Hash(d, _p) => {
                         let bytes = match &d {
                             HashDone::Verified(v) => v.len(),
-                            HashDone::Mismatch { blocks, .. } => blocks.iter().map(|b| b.len() as u64).sum(),
+                            HashDone::Mismatch { blocks, .. } => bytes_of(blocks),
                         };
                         self.release(bytes);
                     }
@@ -1329,7 +1329,7 @@ impl Torrent {
             }
         }
         for (_, blocks) in self.pending_hash.drain(..) {
-            let bytes: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+            let bytes = bytes_of(&blocks);
             self.shared.budget.release(bytes);
         }
         for p in self.pending_write.drain(..) {
@@ -1356,6 +1356,11 @@ impl Torrent {
         }
         self.publish();
     }
+}
+
+/// Bytes held by a piece's blocks (what they hold of the buffer budget).
+fn bytes_of(blocks: &[Bytes]) -> u64 {
+    blocks.iter().map(|b| b.len() as u64).sum()
 }
 
 /// What the picker thinks of a strategy name.
