@@ -129,7 +129,7 @@ fn the_seed_dials_a_leecher_that_does_not() {
 fn libtorrent_finds_the_actorrent_seed_through_opentracker() {
     let dir = tempfile::tempdir().unwrap();
     let t = torrent_64mib(dir.path(), "lt-tracker");
-    let tracker = Tracker::start(t.info_hash);
+    let tracker = Tracker::start(&[t.info_hash]);
     t.set_announce(&tracker.http_url());
     let data = dir.path().join("data");
     t.write_payload(&data);

@@ -143,7 +143,7 @@ fn four_leechers_complete_and_trade_with_peer_lists() {
 fn four_leechers_complete_and_trade_through_opentracker() {
     let dir = tempfile::tempdir().unwrap();
     let t = torrent(dir.path(), "swarm-tracker");
-    let tracker = Tracker::start(t.info_hash);
+    let tracker = Tracker::start(&[t.info_hash]);
     t.set_announce(&tracker.http_url());
     let data = dir.path().join("seed");
     t.write_payload(&data);

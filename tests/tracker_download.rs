@@ -25,7 +25,7 @@ fn download_through(tracker_url: impl Fn(&Tracker) -> String, name: &str) {
         &[("a.bin", 3 << 20), ("sub/b.bin", 1_234_567), ("c.bin", 77)],
         5,
     );
-    let tracker = Tracker::start(t.info_hash);
+    let tracker = Tracker::start(&[t.info_hash]);
     let url = tracker_url(&tracker);
     t.set_announce(&url);
     let data = dir.path().join("data");
@@ -98,8 +98,5 @@ fn download_finds_a_libtorrent_seed_through_an_http_tracker() {
 
 #[test]
 fn download_finds_a_libtorrent_seed_through_a_udp_tracker() {
-    download_through(
-        |t| format!("udp://127.0.0.1:{}/announce", t.port),
-        "via-udp",
-    );
+    download_through(Tracker::udp_url, "via-udp");
 }

@@ -48,7 +48,7 @@ async fn join_swarm(
 }
 
 async fn two_clients_see_each_other(url: impl Fn(&OpenTracker) -> String, ih: InfoHash) {
-    let tracker = OpenTracker::start(&[ih]);
+    let tracker = OpenTracker::start(&[ih.0]);
     let url = url(&tracker);
     let cancel = CancellationToken::new();
     let (a, a_join) = spawn(fast_config(), cancel.clone());

@@ -9,25 +9,18 @@
 //! argument) it runs with 20 torrents as a smoke test.
 
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actors::tracker::{AnnounceProgress, TorrentRegistration, TrackerConfig, spawn};
 use protocol::metainfo::InfoHash;
 use tokio_util::sync::CancellationToken;
 
-struct OpenTracker {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for OpenTracker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// The benchmark builds its URLs with `localhost` (to go through the DNS
+// cache), so the guard's URL helpers go unused here.
+#[allow(dead_code)]
+#[path = "../../actors/tests/tracker_support/opentracker.rs"]
+mod opentracker;
+use opentracker::OpenTracker;
 
 fn hash(i: u32) -> InfoHash {
     let mut h = [0xab; 20];
@@ -36,44 +29,8 @@ fn hash(i: u32) -> InfoHash {
 }
 
 fn start_opentracker(n: u32) -> OpenTracker {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let list: String = (0..n).map(|i| format!("{}\n", hash(i).to_hex())).collect();
-    std::fs::write(dir.path().join("whitelist"), list).expect("whitelist");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let child = Command::new("opentracker")
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-P",
-            &port.to_string(),
-        ])
-        .args(["-w", "whitelist"])
-        .arg("-d")
-        .arg(dir.path())
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("opentracker installed");
-    let t = OpenTracker {
-        port,
-        child,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "opentracker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // It loads the whitelist in a thread after it listens.
-    std::thread::sleep(Duration::from_millis(500));
-    t
+    let hashes: Vec<[u8; 20]> = (0..n).map(|i| hash(i).0).collect();
+    OpenTracker::start(&hashes)
 }
 
 async fn run(url: &str, n: u32) {

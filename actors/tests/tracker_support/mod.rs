@@ -1,6 +1,6 @@
 //! Shared pieces of the tracker tests: scripted HTTP and UDP trackers on
 //! 127.0.0.1, a registration builder, a stats poller, and an opentracker
-//! process guard.
+//! process guard (`opentracker.rs`, shared with the whole-client tests).
 //!
 //! The scripted trackers answer each request by calling the test's script
 //! with the request and how many requests that path (HTTP) or that action
@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -476,121 +475,6 @@ impl FakeUdp {
 
 // ----------------------------------------------------------- opentracker
 
-/// A running opentracker on 127.0.0.1, killed on drop.
-pub struct OpenTracker {
-    pub tcp: u16,
-    pub udp: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for OpenTracker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    // Both protocols on one number keeps the logs readable; if the UDP side
-    // is taken, try another.
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
-/// Whether opentracker on `port` is up and serves the first whitelisted
-/// hash (it loads the whitelist in a thread after it starts listening).
-/// Asks with `event=stopped` for a peer that never joined, so the swarm is
-/// left untouched.
-fn whitelist_loaded(port: u16, hashes: &[InfoHash]) -> bool {
-    let ih = hashes.first().map_or([0; 20], |h| h.0);
-    // `stopped` is answered even for unlisted torrents, so the probe must
-    // start (as a peer on port 1) and then leave.
-    let started = probe(port, &ih, "started");
-    let _ = probe(port, &ih, "stopped");
-    started.contains("interval") && !started.contains("failure")
-}
-
-fn probe(port: u16, ih: &[u8; 20], event: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let ih: String = ih.iter().map(|b| format!("%{b:02X}")).collect();
-    let req = format!(
-        "GET /announce?info_hash={ih}&peer_id=-PROBE-0000000000000&port=1&uploaded=0&downloaded=0&left=0&compact=1&event={event} HTTP/1.0\r\n\r\n"
-    );
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(req.as_bytes()).is_err() {
-        return String::new();
-    }
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    String::from_utf8_lossy(&resp).into_owned()
-}
-
-impl OpenTracker {
-    /// Starts opentracker with a whitelist of `hashes` (the Debian build
-    /// only serves whitelisted torrents).
-    pub fn start(hashes: &[InfoHash]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let list: String = hashes.iter().map(|h| format!("{}\n", h.to_hex())).collect();
-        let whitelist = dir.path().join("whitelist");
-        std::fs::write(&whitelist, list).unwrap();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let mut child = Command::new("opentracker")
-                .args([
-                    "-i",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-P",
-                    &port.to_string(),
-                ])
-                // Relative: opentracker chroots into `-d` before it reads
-                // the list.
-                .args(["-w", "whitelist"])
-                .arg("-d")
-                .arg(dir.path())
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("opentracker is installed (scripts/test.sh installs it)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break; // port raced away; try another
-                }
-                if whitelist_loaded(port, hashes) {
-                    return OpenTracker {
-                        tcp: port,
-                        udp: port,
-                        child,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("opentracker did not start");
-    }
-
-    pub fn http_url(&self) -> String {
-        format!("http://127.0.0.1:{}/announce", self.tcp)
-    }
-
-    pub fn udp_url(&self) -> String {
-        format!("udp://127.0.0.1:{}/announce", self.udp)
-    }
-}
+mod opentracker;
+#[allow(unused_imports)] // only the opentracker test binary uses it
+pub use opentracker::OpenTracker;
