@@ -220,6 +220,25 @@ pub enum WireError {
     ExtendedHandshakeNotDict,
 }
 
+impl WireError {
+    /// The message id of an error in a well-framed message's *content*: a
+    /// piece index or block length outside what the limits allow
+    /// ([`WireError::PieceIndexOutOfRange`], [`WireError::BlockLength`],
+    /// [`WireError::BlockOverflow`]). The frame itself is intact (its length
+    /// passed every check), so a lenient caller may drop just that message
+    /// with [`skip_frame`] and go on, as libtorrent does for a request it
+    /// cannot serve. `None` for framing errors, after which the stream
+    /// cannot be trusted.
+    pub fn content_error_id(&self) -> Option<u8> {
+        match self {
+            WireError::PieceIndexOutOfRange { id, .. }
+            | WireError::BlockLength { id, .. }
+            | WireError::BlockOverflow { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+}
+
 /// Decoder limits. Construct with `Limits { piece_count: Some(n),
 /// ..Limits::default() }` once the metainfo is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -707,6 +726,20 @@ pub fn decode_message(buf: &mut BytesMut, limits: &Limits) -> Result<Decoded<Mes
         }
     };
     Ok(Decoded::Complete(msg))
+}
+
+/// Removes the complete frame at the front of `buf` and returns its message
+/// id and payload (the bytes after the id), or `None` (leaving `buf` as it
+/// is) when no complete frame with an id is there or its length exceeds
+/// `max_len`. For dropping a message [`decode_message`] refused with a
+/// content error (see [`WireError::content_error_id`]).
+pub fn skip_frame(buf: &mut BytesMut, max_len: u32) -> Option<(u8, Bytes)> {
+    let len = u32::from_be_bytes(to_array(buf.get(..4)?));
+    if len == 0 || len > max_len || buf.len() < 4 + len as usize {
+        return None;
+    }
+    let frame = buf.split_to(4 + len as usize).freeze();
+    Some((frame[4], frame.slice(5..)))
 }
 
 /// Checks a bitfield against a known piece count: exact size, zero spare

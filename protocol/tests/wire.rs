@@ -751,3 +751,42 @@ fn check_garbage(data: &[u8], piece_count: Option<u32>) -> Result<(), TestCaseEr
     }
     Ok(())
 }
+
+/// A request out of range is a content error: the frame is intact, so a
+/// lenient peer can skip exactly it and decode what follows; a framing
+/// error is not skippable.
+#[test]
+fn content_errors_can_be_skipped_frame_by_frame() {
+    let limits = Limits {
+        piece_count: Some(10),
+        ..Limits::default()
+    };
+    let mut bad = frame(6, &[0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0x40, 0]);
+    bad.extend(encode(&Message::Have(3)).to_vec());
+    let mut buf = BytesMut::from(&bad[..]);
+    let e = decode_message(&mut buf, &limits).unwrap_err();
+    assert_eq!(e.content_error_id(), Some(6), "{e}");
+    assert_eq!(buf.len(), bad.len(), "an error consumes nothing");
+    let (id, payload) = protocol::wire::skip_frame(&mut buf, limits.max_message_len).unwrap();
+    assert_eq!((id, payload.len()), (6, 12));
+    assert_eq!(
+        decode_message(&mut buf, &limits).unwrap(),
+        Decoded::Complete(Message::Have(3))
+    );
+    // Zero-length and over-long blocks are content errors too.
+    for len in [0u32, 200_000] {
+        let mut p = vec![0u8; 8];
+        p.extend(len.to_be_bytes());
+        let e = decode_one(&frame(16, &p), &limits).unwrap_err();
+        assert_eq!(e.content_error_id(), Some(16), "{e}");
+    }
+    // A wrong fixed length is framing, not content.
+    let e = decode_one(&frame(4, &[0, 0]), &limits).unwrap_err();
+    assert_eq!(e.content_error_id(), None);
+    // skip_frame never takes an incomplete or over-limit frame.
+    let mut part = BytesMut::from(&frame(4, &[0, 0, 0, 1])[..4]);
+    assert!(protocol::wire::skip_frame(&mut part, 100).is_none());
+    let mut big = BytesMut::from(&frame(7, &[0; 200])[..]);
+    assert!(protocol::wire::skip_frame(&mut big, 100).is_none());
+    assert_eq!(big.len(), 205);
+}
