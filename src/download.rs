@@ -444,6 +444,8 @@ fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Va
         "hash_failures": s.hash_failures,
         "banned_peers": s.banned_peers,
         "protocol_errors": s.protocol_errors,
+        "protocol_oddities": s.protocol_oddities,
+        "bytes_wasted": s.bytes_wasted,
         "budget_in_use": s.budget_in_use,
         "budget_peak": s.budget_peak,
     })

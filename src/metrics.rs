@@ -158,7 +158,7 @@ pub fn render(
     let hashed = load(&hash.pieces);
     let mismatched = load(&hash.mismatches);
 
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "actorrent_bytes_down_total",
             "Bytes of accepted blocks received.",
@@ -203,6 +203,16 @@ pub fn render(
             "actorrent_protocol_errors_total",
             "Connections dropped for protocol violations.",
             sum(|s| s.protocol_errors),
+        ),
+        (
+            "actorrent_protocol_oddities_total",
+            "Odd peer messages tolerated instead of ending the connection.",
+            sum(|s| s.protocol_oddities),
+        ),
+        (
+            "actorrent_bytes_wasted_total",
+            "Bytes of received blocks thrown away (duplicates, unrequested).",
+            sum(|s| s.bytes_wasted),
         ),
     ];
     for (name, help, v) in counters {

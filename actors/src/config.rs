@@ -94,6 +94,11 @@ pub struct ClientConfig {
         with = "storage::serde_fmt::duration_ms"
     )]
     pub reconnect_backoff: Duration,
+    /// Connections to one address that may end in a protocol error before
+    /// the address is refused for good (each earlier one is retried with
+    /// the reconnect backoff). Default 3: one error may be our misreading
+    /// of an odd client, three in a row are a pattern.
+    pub max_protocol_strikes: u32,
     /// Consecutive request timeouts after which a peer is snubbed (one
     /// request at a time until it delivers again). Default 2.
     pub snub_after_timeouts: u32,
@@ -116,10 +121,10 @@ pub struct ClientConfig {
     #[serde(rename = "peer_tick_ms", with = "storage::serde_fmt::duration_ms")]
     pub peer_tick: Duration,
     /// Largest block a peer may request from us. Default 16 KiB (what every
-    /// mainstream client asks for; larger requests are refused).
+    /// mainstream client asks for; larger requests are rejected).
     pub max_upload_block: u32,
-    /// Requests one peer may have queued with us; one more drops the peer.
-    /// Default 500.
+    /// Requests one peer may have queued with us; one more drops the peer
+    /// and refuses its address (a flood). Advertised as `reqq`. Default 500.
     pub max_upload_queue: usize,
     /// Bytes of block messages queued for one socket before serving pauses
     /// until they are written. Default 1 MiB.
@@ -168,6 +173,7 @@ impl Default for ClientConfig {
             max_connections: 500,
             reconnect_attempts: 5,
             reconnect_backoff: Duration::from_secs(1),
+            max_protocol_strikes: 3,
             snub_after_timeouts: 2,
             socket_recv_buffer: None,
             socket_send_buffer: None,

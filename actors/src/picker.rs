@@ -39,7 +39,7 @@
 //! Plain struct with time passed in; the randomness is a seeded `SmallRng`
 //! given at construction, so tests are deterministic. Every index and block
 //! that comes from a remote peer is checked before use: a bad one is an
-//! error value or [`Received::Unrequested`], never a panic.
+//! error value or [`Received::Invalid`], never a panic.
 
 mod bitfield;
 #[cfg(test)]
@@ -174,10 +174,13 @@ pub enum Received {
     /// We already have this block (or its piece): drop it.
     Duplicate,
     /// We never asked this peer for this block (including the same peer
-    /// sending a block twice), or it does not fit the torrent's layout (bad
-    /// index, offset or length): a protocol violation; the caller disconnects
-    /// the peer.
+    /// sending a block twice): waste to drop, as libtorrent does, not a
+    /// reason to lose the peer.
     Unrequested,
+    /// The block does not fit the torrent's layout (bad index, offset or
+    /// length, or data of another length): a protocol violation; the caller
+    /// disconnects the peer.
+    Invalid,
 }
 
 /// A piece whose blocks have all arrived, ready for hashing.
@@ -507,8 +510,9 @@ impl Picker {
         Ok(())
     }
 
-    /// The peer's HAVE message.
-    pub fn peer_have(&mut self, peer: PeerId, index: u32) -> Result<(), PickerError> {
+    /// The peer's HAVE message; `Ok(false)` if it had announced that piece
+    /// already (nothing changes).
+    pub fn peer_have(&mut self, peer: PeerId, index: u32) -> Result<bool, PickerError> {
         self.check_piece(index)?;
         let we_have = self.have.get(index);
         let st = self.entry(peer);
@@ -522,7 +526,7 @@ impl Picker {
             }
             self.avail_change(index, true);
         }
-        Ok(())
+        Ok(newly)
     }
 
     /// The peer's HAVE ALL message (BEP 6).
@@ -743,7 +747,7 @@ impl Picker {
     /// A PIECE message from `peer`. See [`Received`].
     pub fn block_received(&mut self, peer: PeerId, block: Block, data: Bytes) -> Received {
         if !self.geo.valid(block) || data.len() != block.length as usize {
-            return Received::Unrequested;
+            return Received::Invalid;
         }
         let Some(st) = self.peers.get_mut(&peer) else {
             return Received::Unrequested;
@@ -761,7 +765,7 @@ impl Picker {
         };
         let i = (block.begin / BLOCK_SIZE) as usize;
         let Some(slot) = partial.slots.get_mut(i) else {
-            return Received::Unrequested;
+            return Received::Invalid;
         };
         let cancel = match slot {
             Slot::Received { .. } => return Received::Duplicate,

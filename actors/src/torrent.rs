@@ -128,6 +128,12 @@ pub struct TorrentStats {
     pub banned_peers: u64,
     /// Connections dropped for protocol violations.
     pub protocol_errors: u64,
+    /// Odd messages tolerated rather than ending the connection (a late
+    /// bitfield, a request we cannot serve, an unrequested block, ...).
+    pub protocol_oddities: u64,
+    /// Bytes of blocks received and thrown away: duplicates, blocks never
+    /// requested, blocks of pieces already complete.
+    pub bytes_wasted: u64,
     /// Buffer budget in use, process-wide, in bytes.
     pub budget_in_use: u64,
     /// Highest buffer budget use seen, process-wide, in bytes.
@@ -143,8 +149,12 @@ pub struct TorrentStats {
 pub enum PeerFault {
     /// Connect failure, timeout, closed socket: may be retried.
     Network,
-    /// The peer broke the protocol: not reconnected.
+    /// The peer broke the protocol: retried with backoff, and refused for
+    /// good after `max_protocol_strikes` such ends.
     Protocol,
+    /// Input no honest peer sends (oversized frames, request floods), or a
+    /// connection to ourselves: the address is never dialled again.
+    Refused,
 }
 
 /// The torrent's answer to an exchange.
@@ -152,7 +162,8 @@ pub enum PeerFault {
 pub struct ExchangeReply {
     /// Blocks to request from the peer now.
     pub requests: Vec<Block>,
-    /// The peer broke the protocol (sent a block never asked for): drop it.
+    /// The peer broke the protocol (sent a block that fits no piece of the
+    /// torrent): drop it.
     pub violation: Option<String>,
 }
 
@@ -184,6 +195,12 @@ pub enum TorrentMsg {
     },
     /// The peer has every piece (BEP 6).
     HaveAll {
+        /// The connection.
+        id: PeerId,
+    },
+    /// The peer has no pieces (BEP 6), after having announced some: it
+    /// replaces them.
+    HaveNone {
         /// The connection.
         id: PeerId,
     },
@@ -244,6 +261,8 @@ pub enum TorrentMsg {
         up_rate: u64,
         /// Bytes uploaded to it since the last status.
         uploaded: u64,
+        /// Odd but tolerated messages it sent since the last status.
+        oddities: u64,
     },
 }
 
@@ -336,6 +355,8 @@ pub(crate) fn spawn(
         hash_failures: 0,
         banned_peers: 0,
         protocol_errors: 0,
+        protocol_oddities: 0,
+        bytes_wasted: 0,
         budget_in_use: 0,
         budget_peak: 0,
         mailbox_depth: 0,
@@ -376,8 +397,12 @@ struct PeerEntry {
 struct AddrState {
     connected: bool,
     failures: u32,
+    /// Connections to it that ended in a protocol error.
+    protocol_strikes: u32,
     next_try: Option<Instant>,
     given_up: bool,
+    /// Never dialled again, even if a tracker lists it anew.
+    refused: bool,
 }
 
 struct Torrent {
@@ -411,6 +436,8 @@ struct Torrent {
     hash_failures: u64,
     banned_peers: u64,
     protocol_errors: u64,
+    protocol_oddities: u64,
+    bytes_wasted: u64,
     bytes_up: u64,
     up: RateMeter,
     seed: bool,
@@ -518,6 +545,8 @@ async fn run(
         hash_failures: 0,
         banned_peers: 0,
         protocol_errors: 0,
+        protocol_oddities: 0,
+        bytes_wasted: 0,
         bytes_up: 0,
         up: RateMeter::new(Duration::from_secs(5), 10),
         seed: params.seed,
@@ -643,6 +672,8 @@ impl Torrent {
             hash_failures: self.hash_failures,
             banned_peers: self.banned_peers,
             protocol_errors: self.protocol_errors,
+            protocol_oddities: self.protocol_oddities,
+            bytes_wasted: self.bytes_wasted,
             budget_in_use: self.shared.budget.in_use(),
             budget_peak: self.shared.budget.peak(),
             mailbox_depth: self.self_tx.max_capacity() - self.self_tx.capacity(),
@@ -783,12 +814,19 @@ impl Torrent {
                 self.update_interest(id);
                 self.drop_if_both_seeds(id);
             }
-            TorrentMsg::Have { id, piece } => {
-                if let Err(e) = self.picker.peer_have(id, piece) {
-                    self.drop_peer(id, format!("bad have: {e}"));
+            TorrentMsg::HaveNone { id } => {
+                self.picker.peer_have_none(id);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.is_seed = false;
                 }
                 self.update_interest(id);
             }
+            TorrentMsg::Have { id, piece } => match self.picker.peer_have(id, piece) {
+                Ok(true) => self.update_interest(id),
+                // libtorrent: a redundant HAVE is ignored.
+                Ok(false) => self.protocol_oddities += 1,
+                Err(e) => self.drop_peer(id, format!("bad have: {e}")),
+            },
             TorrentMsg::Choked { id } => {
                 self.picker.peer_choked(id);
             }
@@ -820,7 +858,7 @@ impl Torrent {
                         continue;
                     }
                     let s = self.addrs.entry(a).or_default();
-                    if s.given_up && s.failures > 0 {
+                    if s.given_up && !s.refused && s.failures > 0 {
                         // Heard of again (a tracker lists it): try anew.
                         *s = AddrState::default();
                     }
@@ -849,8 +887,10 @@ impl Torrent {
                 down_rate,
                 up_rate,
                 uploaded,
+                oddities,
             } => {
                 self.bytes_up += uploaded;
+                self.protocol_oddities += oddities;
                 self.up.record(Instant::now(), uploaded);
                 let Some(p) = self.peers.get_mut(&id) else {
                     return;
@@ -988,15 +1028,26 @@ impl Torrent {
                 }
                 Received::Duplicate => dropped += len,
                 Received::Unrequested => {
+                    // libtorrent counts it as waste and keeps the peer.
+                    dropped += len;
+                    self.protocol_oddities += 1;
+                    debug!(
+                        peer = id.0,
+                        block = %format_args!("{}:{}+{}", block.piece, block.begin, block.length),
+                        "block never requested; dropped"
+                    );
+                }
+                Received::Invalid => {
                     dropped += len;
                     violation = Some(format!(
-                        "sent block {}:{}+{} that was never requested",
+                        "sent block {}:{}+{} that fits no piece of the torrent",
                         block.piece, block.begin, block.length
                     ));
                 }
             }
         }
         self.release(dropped);
+        self.bytes_wasted += dropped;
         let requests = if violation.is_none() && want > 0 && !self.picker.is_banned(id) {
             if partial_only {
                 self.picker.pick_partial(id, want as usize, now)
@@ -1070,15 +1121,41 @@ impl Torrent {
         }
         self.recently_gone.push_back((id, p.addr));
         debug!(peer = id.0, addr = %p.addr, ?fault, %reason, "peer gone");
-        let max = self.shared.config.reconnect_attempts;
-        let base = self.shared.config.reconnect_backoff;
-        if fault == PeerFault::Protocol {
+        let config = &self.shared.config;
+        let (max, base, strikes) = (
+            config.reconnect_attempts,
+            config.reconnect_backoff,
+            config.max_protocol_strikes,
+        );
+        if fault != PeerFault::Network {
             self.protocol_errors += 1;
-            warn!(addr = %p.addr, %reason, "peer broke the protocol; not reconnecting");
+        }
+        let a = self.addrs.get_mut(&p.addr);
+        match (fault, a) {
+            (PeerFault::Refused, a) => {
+                warn!(addr = %p.addr, %reason, "peer refused for good");
+                if let Some(a) = a {
+                    a.refused = true;
+                }
+            }
+            (PeerFault::Protocol, Some(a)) => {
+                a.protocol_strikes += 1;
+                a.refused = a.protocol_strikes >= strikes;
+                let then = if a.refused {
+                    "refused for good"
+                } else {
+                    "will retry"
+                };
+                warn!(addr = %p.addr, %reason, strikes = a.protocol_strikes, "peer broke the protocol; {then}");
+            }
+            (PeerFault::Protocol, None) => {
+                warn!(addr = %p.addr, %reason, "peer broke the protocol");
+            }
+            (PeerFault::Network, _) => {}
         }
         if let Some(a) = self.addrs.get_mut(&p.addr) {
             a.connected = false;
-            if fault == PeerFault::Protocol {
+            if a.refused {
                 a.given_up = true;
             } else {
                 a.failures += 1;

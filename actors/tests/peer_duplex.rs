@@ -184,8 +184,8 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
         }
     }
 
-    // A length prefix of 1 GiB: the connection ends as a protocol fault,
-    // and nothing of that size is ever allocated.
+    // A length prefix of 1 GiB: the connection ends, the address refused
+    // for good, and nothing of that size is ever allocated.
     remote.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
     remote.write_all(&[7]).await.unwrap();
     let gone = loop {
@@ -195,7 +195,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
             _ => {}
         }
     };
-    assert_eq!(gone.0, PeerFault::Protocol, "reason: {}", gone.1);
+    assert_eq!(gone.0, PeerFault::Refused, "reason: {}", gone.1);
     task.await.unwrap();
     // The block's budget travelled to the (fake) torrent, which holds it;
     // nothing else is left reserved by the peer.

@@ -16,6 +16,47 @@
 //! request that ends without data (timeout, reject, choke, cancel,
 //! disconnect) is released here. A late block that is no longer outstanding
 //! needs a fresh reservation and is dropped if the budget refuses.
+//!
+//! # What a peer may send
+//!
+//! Liberal where libtorrent is, strict where it is. Each row was decided
+//! against libtorrent's `bt_peer_connection.cpp` / `peer_connection.cpp`
+//! (the function named); "oddity" means tolerated and counted in the
+//! torrent's `protocol_oddities` (logged at debug). Ending a connection is
+//! one of three faults ([`PeerFault`]): *protocol* (reconnected with
+//! backoff; the address is refused for good after `max_protocol_strikes`
+//! of them), *refused* (input no honest peer sends: the address is never
+//! dialled again) and *network*.
+//!
+//! | input | libtorrent | actorrent |
+//! |---|---|---|
+//! | BITFIELD after HAVE NONE, HAVE ALL, HAVEs or requests | `incoming_bitfield`: counts the old set down (`peer_lost`), takes the new one | takes it as the new set (availability by the difference), interest re-evaluated; oddity |
+//! | HAVE ALL / HAVE NONE after other messages | `incoming_have_all` / `_none`: replace the set | replace the set; oddity |
+//! | BITFIELD of the wrong length | disconnect (`invalid_bitfield_size`) | protocol |
+//! | BITFIELD with spare bits set | bits past the last piece dropped by `assign` | protocol: BEP 3 says to drop such a peer |
+//! | HAVE ALL, HAVE NONE, SUGGEST, REJECT, ALLOWED FAST without the fast bit | disconnect (`invalid_have_all`, ...) | protocol |
+//! | HAVE for a piece out of range | disconnect (`invalid_have`) | protocol |
+//! | HAVE for a piece already announced | ignored (redundant HAVE) | ignored; oddity |
+//! | REQUEST for a piece we lack or a block outside the piece, of length 0 or over 16 KiB, or out of range | `write_reject_request`, counted as invalid | reject (fast) or silence (BEP 3); oddity |
+//! | REQUEST while we choke | reject; disconnect once requests keep coming 2 s after the choke | reject (fast) or silence (BEP 3), not counted: requests crossing a choke are normal and cost nothing, no queue grows |
+//! | REQUEST without INTERESTED | taken as interest ("be lenient") | taken as interest; oddity |
+//! | more requests queued than we accept | rejected past `max_allowed_in_request_queue` | refused: a flood past the `reqq` we advertise |
+//! | PIECE never requested (or sent twice) | dropped as waste (`piece_unknown`) | dropped, counted in `bytes_wasted`; oddity |
+//! | PIECE that fits no block of the torrent | disconnect (`invalid_piece`) | protocol |
+//! | PIECE longer than 16 KiB | disconnect (`packet_too_large`) | refused |
+//! | CANCEL for a request not queued | ignored | ignored |
+//! | CANCEL, REJECT, SUGGEST, ALLOWED FAST naming no valid block or piece | ignored, logged | ignored; oddity |
+//! | REJECT for a block we did not request | ignored, logged | ignored; oddity |
+//! | keep-alives in bursts | ignored | ignored |
+//! | PORT without the DHT bit | accepted (`incoming_dht_port`) | accepted (no DHT yet) |
+//! | a second extended handshake | read again, updates | updates what it says (`reqq`) |
+//! | an extended handshake that is not a bencoded dictionary | ignored ("invalid extended handshake") | ignored; oddity |
+//! | an extension message with an id we never assigned | disconnect (`invalid_message`: no extension claims it) | protocol |
+//! | an unknown message id | disconnect (`invalid_message`) | protocol |
+//! | a fixed-size message of another size | disconnect (`invalid_choke`, ...) | protocol |
+//! | a length prefix over the message limit | disconnect (`packet_too_large`) | refused |
+//! | a handshake for another torrent | disconnect (`invalid_info_hash`) | protocol |
+//! | a connection to ourselves | disconnect (`self_connection`) | refused |
 
 pub mod session;
 
@@ -110,6 +151,14 @@ impl End {
     fn protocol(reason: impl Into<String>) -> End {
         End {
             fault: PeerFault::Protocol,
+            reason: reason.into(),
+        }
+    }
+    /// Input no honest peer sends (an oversized frame, a request flood), or
+    /// a connection to ourselves: the address is not dialled again.
+    fn refused(reason: impl Into<String>) -> End {
+        End {
+            fault: PeerFault::Refused,
             reason: reason.into(),
         }
     }
@@ -214,7 +263,7 @@ where
         return Err(End::protocol("handshake for another torrent"));
     }
     if theirs.peer_id == ctx.our_id {
-        return Err(End::protocol("connected to ourselves"));
+        return Err(End::refused("connected to ourselves"));
     }
     Ok(theirs)
 }
@@ -227,9 +276,13 @@ struct Conn<'a> {
     fast: bool,
     /// Our pieces, for validating the remote's requests.
     have: Bitfield,
-    /// Messages received so far, extension messages and keep-alives aside
-    /// (a bitfield is only valid first).
-    messages: u64,
+    /// The peer has said which pieces it has (bitfield, have all, have
+    /// none or a have): a later bitfield, have all or have none replaces
+    /// that set and is counted as an oddity.
+    announced: bool,
+    /// Odd but harmless messages handled since the last status report
+    /// (see the module docs' table).
+    oddities: u64,
     /// The last pick found nothing: retry on the next tick, not per read.
     starved: bool,
     /// Waiting for the budget to resume.
@@ -303,7 +356,8 @@ where
         out: BytesMut::with_capacity(4096),
         fast: theirs.supports_fast(),
         have: ctx.have.clone(),
-        messages: 0,
+        announced: false,
+        oddities: 0,
         starved: false,
         budget_blocked: false,
         frames: VecDeque::new(),
@@ -325,7 +379,7 @@ where
     let end = conn.drive(stream, theirs, &mut cmd_rx, &mut reads_rx).await;
     conn.session.flush_metrics();
     // Count what was uploaded since the last report.
-    if conn.up.bytes_up > conn.up.reported_up {
+    if conn.up.bytes_up > conn.up.reported_up || conn.oddities > 0 {
         conn.up.status_interested = !conn.up.peer_interested;
         let _ = conn.report(false).await;
     }
@@ -429,8 +483,10 @@ impl Conn<'_> {
                                 break;
                             }
                             Err(e) => {
-                                self.release_blocks(blocks.iter().map(|(b, _)| b));
-                                return End::protocol(format!("bad message: {e}"));
+                                if let Err(end) = self.on_bad_message(e, &mut buf, &limits) {
+                                    self.release_blocks(blocks.iter().map(|(b, _)| b));
+                                    return end;
+                                }
                             }
                         }
                     }
@@ -608,12 +664,6 @@ impl Conn<'_> {
         blocks: &mut Vec<(Block, Bytes)>,
     ) -> Result<(), End> {
         let ctx = self.ctx;
-        // Peers send their extended handshake (and keep-alives) before the
-        // bitfield; only the other messages count for "bitfield comes first".
-        let first = self.messages == 0;
-        if !matches!(msg, Message::Extended { .. } | Message::KeepAlive) {
-            self.messages += 1;
-        }
         let to_torrent = |m| async {
             ctx.torrent
                 .send(m)
@@ -634,6 +684,7 @@ impl Conn<'_> {
             Message::Interested => self.up.peer_interested = true,
             Message::NotInterested => self.up.peer_interested = false,
             Message::Have(i) => {
+                self.announced = true;
                 to_torrent(TorrentMsg::Have {
                     id: ctx.id,
                     piece: i,
@@ -642,22 +693,32 @@ impl Conn<'_> {
                 self.starved = false;
             }
             Message::Bitfield(bits) => {
-                if !first {
-                    return Err(End::protocol("bitfield after other messages"));
-                }
+                self.replaces_announced("bitfield");
                 to_torrent(TorrentMsg::Bitfield { id: ctx.id, bits }).await?;
+                self.starved = false;
             }
-            Message::HaveAll | Message::HaveNone if !self.fast => {
+            Message::HaveAll | Message::HaveNone | Message::Suggest(_) if !self.fast => {
                 return Err(End::protocol("fast-extension message without the fast bit"));
             }
-            Message::HaveAll | Message::HaveNone if !first => {
-                return Err(End::protocol("have-all/have-none after other messages"));
+            Message::HaveAll => {
+                self.replaces_announced("have all");
+                to_torrent(TorrentMsg::HaveAll { id: ctx.id }).await?;
+                self.starved = false;
             }
-            Message::HaveAll => to_torrent(TorrentMsg::HaveAll { id: ctx.id }).await?,
-            Message::HaveNone => {}
+            Message::HaveNone => {
+                // The torrent starts every peer with no pieces; only a late
+                // one changes anything.
+                if self.replaces_announced("have none") {
+                    to_torrent(TorrentMsg::HaveNone { id: ctx.id }).await?;
+                }
+            }
             Message::Request(r) => self.on_request(r)?,
             Message::Piece { index, begin, data } => {
                 let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                if len > BLOCK_SIZE {
+                    // libtorrent: packet_too_large. No client sends more.
+                    return Err(End::refused(format!("block of {len} bytes")));
+                }
                 let block = Block {
                     piece: index,
                     begin,
@@ -668,7 +729,7 @@ impl Conn<'_> {
                     Arrival::NotOutstanding => {
                         // Late or unrequested; the torrent's picker tells
                         // which. Without budget room it is dropped.
-                        if len <= BLOCK_SIZE && ctx.budget.try_reserve(u64::from(len)) {
+                        if ctx.budget.try_reserve(u64::from(len)) {
                             blocks.push((block, data));
                         }
                     }
@@ -680,6 +741,8 @@ impl Conn<'_> {
                     self.up.queue.remove(pos);
                 }
             }
+            // PORT is taken with or without the DHT bit, as libtorrent does;
+            // we keep no DHT yet. Suggestions are advice we do not take.
             Message::Port(_) | Message::Suggest(_) => {}
             Message::AllowedFast(_) if !self.fast => {
                 return Err(End::protocol("allowed-fast without the fast bit"));
@@ -697,53 +760,127 @@ impl Conn<'_> {
                 if self.session.rejected(block) {
                     self.release(u64::from(block.length));
                     to_torrent(TorrentMsg::Rejected { id: ctx.id, block }).await?;
+                } else {
+                    self.oddity("reject for a block not requested");
                 }
             }
+            // A second handshake updates what the first said (BEP 10).
             Message::Extended { id: 0, payload } => match ExtendedHandshake::decode(&payload) {
                 Ok(h) => {
                     if let Some(q) = h.reqq {
                         self.session.set_peer_reqq(q);
                     }
                 }
-                Err(e) => return Err(End::protocol(format!("bad extended handshake: {e}"))),
+                Err(e) => self.oddity(&format!("extended handshake ignored: {e}")),
             },
-            Message::Extended { .. } => {}
+            // We assign no extension message ids (our handshake's `m` is
+            // empty), so no honest peer sends one.
+            Message::Extended { id, .. } => {
+                return Err(End::protocol(format!(
+                    "extension message {id}, an id we never assigned"
+                )));
+            }
         }
         Ok(())
     }
 
-    /// Checks and queues a request from the remote peer.
-    fn on_request(&mut self, r: wire::BlockRef) -> Result<(), End> {
-        let piece_len = self
-            .ctx
-            .storage
-            .layout()
-            .piece_len(r.index)
-            .map_err(|_| End::protocol(format!("requested piece {} out of range", r.index)))?;
-        if !self.have.get(r.index) {
-            return Err(End::protocol(format!(
-                "requested piece {} which we do not have",
-                r.index
-            )));
+    /// Counts an odd message we tolerate, and logs it at debug.
+    fn oddity(&mut self, what: &str) {
+        debug!(what, "protocol oddity tolerated");
+        self.oddities += 1;
+    }
+
+    /// Notes that the peer announced its pieces; `true` (and an oddity)
+    /// if it had announced them before, so this replaces that set.
+    fn replaces_announced(&mut self, what: &str) -> bool {
+        let late = std::mem::replace(&mut self.announced, true);
+        if late {
+            self.oddity(&format!("late {what} replaces the pieces announced before"));
         }
+        late
+    }
+
+    /// Decides what a message the codec refused costs the connection: a
+    /// well-framed message naming a piece or block out of range is dropped
+    /// (a request is rejected) where libtorrent does the same, anything
+    /// else ends the connection. See the module docs' table.
+    fn on_bad_message(
+        &mut self,
+        e: wire::WireError,
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<(), End> {
+        use protocol::wire::{WireError, id};
+        match e.content_error_id() {
+            Some(id::REQUEST | id::CANCEL | id::REJECT | id::SUGGEST | id::ALLOWED_FAST) => {
+                let Some((msg_id, payload)) = wire::skip_frame(buf, limits.max_message_len) else {
+                    return Err(End::protocol(format!("bad message: {e}")));
+                };
+                if msg_id == id::REQUEST && payload.len() == 12 {
+                    let r = wire::BlockRef {
+                        index: u32::from_be_bytes(payload[0..4].try_into().unwrap_or_default()),
+                        begin: u32::from_be_bytes(payload[4..8].try_into().unwrap_or_default()),
+                        length: u32::from_be_bytes(payload[8..12].try_into().unwrap_or_default()),
+                    };
+                    self.refuse_request(r);
+                }
+                self.oddity(&format!("message dropped: {e}"));
+                Ok(())
+            }
+            _ => Err(match e {
+                WireError::MessageTooLong { .. } => End::refused(format!("bad message: {e}")),
+                _ => End::protocol(format!("bad message: {e}")),
+            }),
+        }
+    }
+
+    /// Answers a request we will not serve: a reject with the fast
+    /// extension, silence without it (BEP 3 has no way to say no).
+    fn refuse_request(&mut self, r: wire::BlockRef) {
+        if self.fast {
+            Message::Reject(r).encode(&mut self.out);
+        }
+    }
+
+    /// Checks and queues a request from the remote peer. A request we
+    /// cannot serve is refused, not fatal (libtorrent rejects it too); only
+    /// a flood past the queue we advertised (`reqq`) ends the connection.
+    fn on_request(&mut self, r: wire::BlockRef) -> Result<(), End> {
         let max = self.ctx.config.max_upload_block;
-        if r.length == 0 || r.length > max || u64::from(r.begin) + u64::from(r.length) > piece_len {
-            return Err(End::protocol(format!(
-                "bad request {}:{}+{} (piece of {piece_len} bytes, blocks up to {max})",
+        let valid = match self.ctx.storage.layout().piece_len(r.index) {
+            Ok(piece_len) => {
+                r.length > 0
+                    && r.length <= max
+                    && u64::from(r.begin) + u64::from(r.length) <= piece_len
+            }
+            Err(_) => false,
+        };
+        if !valid || !self.have.get(r.index) {
+            self.refuse_request(r);
+            let why = if valid {
+                "a piece we lack"
+            } else {
+                "no such block"
+            };
+            self.oddity(&format!(
+                "request {}:{}+{} refused: {why}",
                 r.index, r.begin, r.length
-            )));
+            ));
+            return Ok(());
+        }
+        if !self.up.peer_interested {
+            // libtorrent: be lenient and take the request as interest.
+            self.up.peer_interested = true;
+            self.oddity("request without interest");
         }
         if self.up.am_choking {
-            // BEP 6: reject what we will not serve; BEP 3 peers expect the
-            // request to be dropped.
-            if self.fast {
-                Message::Reject(r).encode(&mut self.out);
-            }
+            // Requests crossing our choke are normal: refused, not counted.
+            self.refuse_request(r);
             return Ok(());
         }
         if self.up.queue.len() >= self.ctx.config.max_upload_queue {
-            return Err(End::protocol(format!(
-                "more than {} requests queued",
+            return Err(End::refused(format!(
+                "request flood: more than {} requests queued",
                 self.ctx.config.max_upload_queue
             )));
         }
@@ -913,6 +1050,7 @@ impl Conn<'_> {
             down_rate: self.session.download_rate(now),
             up_rate: self.up.meter.rate(now),
             uploaded,
+            oddities: std::mem::take(&mut self.oddities),
         };
         self.ctx
             .torrent

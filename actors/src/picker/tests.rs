@@ -185,8 +185,8 @@ fn already_have_pieces_are_never_picked() {
 fn availability_tracks_bitfields_haves_seeds_and_departures() {
     let mut p = uniform(8, 1, PickerConfig::default());
     p.peer_bitfield(A, &bits(8, &[0, 1])).unwrap();
-    p.peer_have(P2, 1).unwrap();
-    p.peer_have(P2, 1).unwrap(); // repeated HAVE counts once
+    assert!(p.peer_have(P2, 1).unwrap());
+    assert!(!p.peer_have(P2, 1).unwrap(), "a repeated HAVE counts once");
     p.peer_have_all(P3);
     assert_eq!(p.availability(0), 2);
     assert_eq!(p.availability(1), 3);
@@ -670,14 +670,14 @@ fn unrequested_and_malformed_blocks_are_detected() {
     for b in bad {
         assert_eq!(
             p.block_received(A, b, Bytes::from(vec![0; b.length.min(100_000) as usize])),
-            Received::Unrequested,
+            Received::Invalid,
             "{b:?}"
         );
     }
     // Data of the wrong length for a valid block.
     assert_eq!(
         p.block_received(A, blk, Bytes::from_static(b"short")),
-        Received::Unrequested
+        Received::Invalid
     );
     // Still outstanding after all that, and accepted properly.
     assert_eq!(p.outstanding_for(A), 1);
@@ -841,7 +841,7 @@ fn download_completes_from_several_peers() {
                         }
                     }
                     Received::Duplicate => {}
-                    Received::Unrequested => panic!("{b:?} from {peer:?}"),
+                    Received::Unrequested | Received::Invalid => panic!("{b:?} from {peer:?}"),
                 }
             }
             p.check_invariants();
@@ -977,7 +977,9 @@ impl Sim {
                 }
             }
             Received::Duplicate => {}
-            Received::Unrequested => assert!(!was_outstanding, "outstanding {b:?} unrequested"),
+            Received::Unrequested | Received::Invalid => {
+                assert!(!was_outstanding, "outstanding {b:?} unrequested")
+            }
         }
     }
 
