@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test. On a fresh machine it first installs
 # what the tests need: the real peers and tools they compare against
-# (libtorrent's Python bindings, opentracker, mktorrent, transmission-create)
+# (libtorrent's Python bindings, opentracker, mktorrent, transmission-create,
+# aria2)
 # and cargo-fuzz for building the fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ need=()
 command -v opentracker >/dev/null || need+=(opentracker)
 command -v mktorrent >/dev/null || need+=(mktorrent)
 command -v transmission-create >/dev/null || need+=(transmission-cli)
+command -v aria2c >/dev/null || need+=(aria2)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

@@ -11,7 +11,8 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use support::leecher::{LeechError, Leecher, raw_request};
+use protocol::wire::{BlockRef, Message};
+use support::leecher::Leecher;
 use support::process::{Actorrent, assert_stats_fields};
 use support::scripted::{Script, Seed};
 use support::torrent::TestTorrent;
@@ -82,16 +83,19 @@ fn a_partial_download_serves_only_what_it_has() {
     l.fetch(&held, 32, STEP)
         .unwrap_or_else(|e| dl.fail(&format!("serving the pieces it has: {e:?}")));
 
-    // A request for a piece it lacks is a protocol violation.
-    match l.send_raw(&raw_request(half, 0, 16 * 1024)) {
-        Ok(()) | Err(LeechError::Closed) => {}
-        Err(e) => dl.fail(&format!("sending: {e:?}")),
-    }
-    if let Err(e) = l.wait_closed(STEP) {
-        dl.fail(&format!(
-            "a request for a missing piece did not drop the leecher: {e:?}"
-        ));
-    }
+    // A request for a piece it lacks is rejected (as libtorrent does),
+    // never served, and the connection goes on.
+    let missing = BlockRef {
+        index: half,
+        begin: 0,
+        length: 16 * 1024,
+    };
+    l.send(&[Message::Request(missing)])
+        .unwrap_or_else(|e| dl.fail(&format!("sending: {e:?}")));
+    l.wait_for(STEP, "the reject", |p| p.rejected.contains(&missing))
+        .unwrap_or_else(|e| dl.fail(&format!("a request for a missing piece: {e:?}")));
+    l.fetch(&held[..4], 4, STEP)
+        .unwrap_or_else(|e| dl.fail(&format!("serving after the reject: {e:?}")));
     assert!(dl.running(), "the download exited");
 }
 

@@ -79,6 +79,19 @@ impl Leecher {
         fast: bool,
         timeout: Duration,
     ) -> Result<Leecher, LeechError> {
+        Self::connect_with(addr, torrent, fast, None, timeout)
+    }
+
+    /// As [`Leecher::connect`], but `hello` (when given) replaces what we
+    /// send after the handshake (by default: have none and an extended
+    /// handshake with the fast bit, nothing without it).
+    pub fn connect_with(
+        addr: SocketAddr,
+        torrent: &TestTorrent,
+        fast: bool,
+        hello: Option<Vec<Message>>,
+        timeout: Duration,
+    ) -> Result<Leecher, LeechError> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| LeechError::Protocol(format!("connect {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
@@ -125,6 +138,13 @@ impl Leecher {
             ));
         }
         l.peer.handshake = Some(theirs);
+        if let Some(hello) = hello {
+            l.send(&hello)?;
+            l.wait_for(deadline - Instant::now(), "the seed's pieces", |p| {
+                p.has_all || p.have.iter().any(|&h| h)
+            })?;
+            return Ok(l);
+        }
         let mut hello = Vec::new();
         // BEP 6: with the fast extension on both sides the first message
         // says what we have (here nothing); BEP 3 lets us stay silent.
@@ -216,6 +236,21 @@ impl Leecher {
             let m = match decode_message(&mut self.buf, &self.limits) {
                 Ok(Decoded::Complete(m)) => m,
                 Ok(Decoded::NeedMore(_)) => return Ok(blocks),
+                // A reject echoes the request it answers, however invalid.
+                Err(e) if e.content_error_id() == Some(protocol::wire::id::REJECT) => {
+                    match protocol::wire::skip_frame(&mut self.buf, self.limits.max_message_len) {
+                        Some((_, p)) if p.len() == 12 => {
+                            let at = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().unwrap());
+                            self.peer.rejected.push(BlockRef {
+                                index: at(0),
+                                begin: at(4),
+                                length: at(8),
+                            });
+                            continue;
+                        }
+                        _ => return Err(LeechError::Protocol(format!("undecodable message: {e}"))),
+                    }
+                }
                 Err(e) => return Err(LeechError::Protocol(format!("undecodable message: {e}"))),
             };
             match &m {

@@ -325,6 +325,8 @@ pub fn assert_stats_fields(v: &Value) {
         "hash_failures",
         "banned_peers",
         "protocol_errors",
+        "protocol_oddities",
+        "bytes_wasted",
         "listen_port",
     ] {
         assert!(v.get(field).is_some(), "stats object lacks {field}: {v}");

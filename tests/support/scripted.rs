@@ -89,6 +89,9 @@ pub enum Fault {
     /// After the bitfield, while the client is still choked (so it cannot
     /// have asked for anything), send block 0 of piece 0, then only read.
     UnrequestedPiece,
+    /// After the pieces announcement, send these frames as they are, then
+    /// only read (for inputs that must cost the connection).
+    Raw(Vec<Bytes>),
 }
 
 /// Opens a seed's unchoke: a gated seed announces its pieces but keeps the
@@ -131,6 +134,12 @@ pub struct Script {
     /// The `reqq` of our extended handshake: how many requests we queue.
     /// The seed still queues any number; a client should not exceed it.
     pub reqq: u32,
+    /// Frames sent as they are in place of the pieces announcement
+    /// (bitfield, have all or have none), after the extended handshake.
+    pub hello: Option<Vec<Bytes>>,
+    /// Frames sent as they are this long after the announcement, while
+    /// serving normally (odd but tolerable input), in time order.
+    pub inject: Vec<(Duration, Vec<Bytes>)>,
 }
 
 impl Script {
@@ -146,6 +155,8 @@ impl Script {
             fault: Fault::None,
             gate: None,
             reqq: 250,
+            hello: None,
+            inject: Vec::new(),
         }
     }
 
@@ -666,6 +677,7 @@ impl Conn {
             bits
         };
         match (&script.fault, &script.holding) {
+            _ if script.hello.is_some() => {}
             (Fault::WrongSizeBitfield, _) => {
                 let mut bits = bitfield(&|i| script.holds(i));
                 bits.push(0xff);
@@ -678,7 +690,10 @@ impl Conn {
             })))),
         }
         self.send(hello)?;
-        match script.fault {
+        for frame in script.hello.iter().flatten() {
+            self.send_raw(frame.clone())?;
+        }
+        match &script.fault {
             Fault::WrongSizeBitfield => return self.passive(),
             Fault::OversizeLength => {
                 let mut g = vec![0x00, 0xff, 0xff, 0xff, 7];
@@ -698,6 +713,12 @@ impl Conn {
                     begin: 0,
                     data,
                 }])?;
+                return self.passive();
+            }
+            Fault::Raw(frames) => {
+                for frame in frames {
+                    self.send_raw(frame.clone())?;
+                }
                 return self.passive();
             }
             _ => {}
@@ -729,7 +750,18 @@ impl Conn {
         let mut sent_blocks = 0usize;
         let mut stalled = false;
         let mut next_block_at = Instant::now();
+        let started = Instant::now();
+        let mut injected = 0;
         loop {
+            while let Some((at, frames)) = script.inject.get(injected) {
+                if started.elapsed() < *at {
+                    break;
+                }
+                injected += 1;
+                for frame in frames {
+                    self.send_raw(frame.clone())?;
+                }
+            }
             // Unchoke when the gate and any choke cycle allow it.
             let gate_open = script.gate.as_ref().is_none_or(Gate::is_open);
             if choked && gate_open && unchoke_at.is_none_or(|t| Instant::now() >= t) {
