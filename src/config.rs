@@ -155,7 +155,7 @@ fn validate(c: &ClientConfig) -> anyhow::Result<()> {
         };
         return Err(anyhow!("key `{key}`: must be at least 1 ms"));
     }
-    actors::session::BufferBudget::new(c.budget).map_err(|e| anyhow!("key `budget`: {e}"))?;
+    actors::budget::BufferBudget::new(c.budget).map_err(|e| anyhow!("key `budget`: {e}"))?;
     Ok(())
 }
 

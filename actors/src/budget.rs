@@ -12,7 +12,8 @@
 //!
 //! - [`Budget`], a plain struct for a single owner (for example the Session
 //!   actor, with peers asking it over a mailbox).
-//! - [`AtomicBudget`], lock-free, shared by every peer through an `Arc`:
+//! - [`AtomicBudget`], lock-free, shared by every peer through an `Arc`
+//!   (wrapped with its wake-up in [`BufferBudget`], what the actors use):
 //!   the paused flag and the bytes in use live in one `AtomicU64`, so every
 //!   transition is a single compare-and-swap and the flag can never disagree
 //!   with the count.
@@ -33,6 +34,8 @@
 //! that would exceed the capacity fails without changing anything.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
 
 /// Sizes of the buffer budget. These become named config values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -332,6 +335,71 @@ impl AtomicBudget {
     /// Use in bytes at or below which a paused budget resumes.
     pub fn low_watermark(&self) -> u64 {
         self.limits.low
+    }
+}
+
+/// The process-wide buffer budget: bytes of block data in flight, taken
+/// when a request is sent and given back when the block is written or
+/// dropped. Shared by reference between peers and torrents; it is a pair of
+/// atomics and a [`Notify`], not a lock, so no actor ever waits on another
+/// while holding it.
+#[derive(Debug)]
+pub struct BufferBudget {
+    budget: AtomicBudget,
+    resumed: Notify,
+}
+
+impl BufferBudget {
+    /// A budget sized by `config`.
+    pub fn new(config: BudgetConfig) -> Result<Self, BudgetConfigError> {
+        Ok(BufferBudget {
+            budget: AtomicBudget::new(config)?,
+            resumed: Notify::new(),
+        })
+    }
+
+    /// Takes `bytes` unless the budget is paused or full.
+    pub fn try_reserve(&self, bytes: u64) -> bool {
+        self.budget.try_reserve(bytes)
+    }
+
+    /// Takes `bytes` whatever the state; see [`AtomicBudget::force_reserve`]
+    /// for the one use that is sound.
+    pub fn force_reserve(&self, bytes: u64) {
+        self.budget.force_reserve(bytes);
+    }
+
+    /// Gives back `bytes`; wakes the peers waiting if this resumed it.
+    pub fn release(&self, bytes: u64) {
+        if bytes > 0 && self.budget.release(bytes) {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    /// Resolves the next time the budget resumes (peers also retry on their
+    /// tick, so a wake-up lost to a race only costs one tick).
+    pub async fn resumed(&self) {
+        self.resumed.notified().await;
+    }
+
+    /// Bytes in use.
+    pub fn in_use(&self) -> u64 {
+        self.budget.in_use()
+    }
+
+    /// The highest use seen.
+    pub fn peak(&self) -> u64 {
+        self.budget.peak()
+    }
+
+    /// Whether new requests are held back.
+    pub fn is_paused(&self) -> bool {
+        self.budget.is_paused()
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.budget.capacity()
     }
 }
 

@@ -19,6 +19,25 @@
 //!   hash pool / disk writer ─try──> Torrent   completions (channel with a slot per permit)
 //! ```
 //!
+//! # Modules, and which way imports run
+//!
+//! ```text
+//!   session ──> torrent ──> peer ──> peer::msg (PeerCmd)
+//!                  │          └────> torrent::msg (TorrentMsg, ExchangeReply, PeerFault,
+//!                  │                               TorrentHandle, TorrentStats)
+//!                  ├─ torrent::peers   address book, connections, reconnects, choking
+//!                  └─ torrent::pieces  blocks -> hash pool -> disk writers, checkpoints
+//!   all of them ──> plain state machines: picker, pipeline, rtt, budget, choker
+//! ```
+//!
+//! An actor imports the actors it spawns and the message modules of the
+//! actors it talks to; message modules import no actor. So a peer speaks
+//! to its torrent through `torrent::msg` without importing the torrent
+//! actor, and no module imports the one that spawns it. The tracker
+//! session is the same shape: `tracker::request` holds what an announce
+//! sends and gets, shared by the dispatch (`tracker::announce`) and the two
+//! transports (`tracker::http`, `tracker::udp`).
+//!
 //! # The rule that keeps it deadlock-free
 //!
 //! Data flows down and waits for room: a peer awaits the torrent's mailbox,
@@ -35,7 +54,7 @@
 //! - The torrent never awaits a peer, so a peer waiting on the torrent
 //!   (including for a oneshot reply) always makes progress.
 //!
-//! Memory is bounded by the process-wide [`session::BufferBudget`]: a peer
+//! Memory is bounded by the process-wide [`budget::BufferBudget`]: a peer
 //! reserves a block's bytes before requesting it, and the torrent releases
 //! them when the piece is written or the block is dropped. Above the high
 //! watermark no peer requests anything, so a slow disk slows the remote

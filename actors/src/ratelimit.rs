@@ -17,7 +17,7 @@ pub type Limiter = governor::DefaultDirectRateLimiter;
 const CHUNK: u32 = 256 * 1024;
 
 /// A limiter of `bytes_per_sec` (at least 1), with a burst of one second's
-/// worth or [`CHUNK`], whichever is larger.
+/// worth or `CHUNK`, whichever is larger.
 pub fn limiter(bytes_per_sec: u64) -> Arc<Limiter> {
     let rate = NonZeroU32::new(bytes_per_sec.clamp(1, u64::from(u32::MAX)) as u32)
         .unwrap_or(NonZeroU32::MIN);

@@ -8,11 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::budget::BudgetConfig;
+use actors::budget::{BudgetConfig, BufferBudget};
 use actors::config::ClientConfig;
 use actors::peer::{self, PeerCmd, PeerContext};
 use actors::picker::{Bitfield, Block, PeerId};
-use actors::session::BufferBudget;
 use actors::torrent::{ExchangeReply, PeerFault, TorrentMsg};
 use bytes::{Bytes, BytesMut};
 use protocol::bencode::Bencode;

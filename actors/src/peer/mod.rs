@@ -58,7 +58,11 @@
 //! | a handshake for another torrent | disconnect (`invalid_info_hash`) | protocol |
 //! | a connection to ourselves | disconnect (`self_connection`) | refused |
 
+pub mod msg;
 pub mod session;
+mod upload;
+
+pub use msg::PeerCmd;
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -68,34 +72,21 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Limits, Message};
-use storage::{ReadDone, ReadJob, Storage};
+use storage::{ReadDone, Storage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
+use crate::budget::BufferBudget;
 use crate::config::ClientConfig;
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
 use crate::pipeline::RateMeter;
 use crate::ratelimit::{self, Limiter};
-use crate::session::BufferBudget;
-use crate::torrent::{ExchangeReply, PeerFault, TorrentMsg};
+use crate::torrent::msg::{ExchangeReply, PeerFault, TorrentMsg};
 use session::{Arrival, PeerSession, SessionConfig};
-
-/// What a torrent tells one of its peers. Sent with `try_send`: the torrent
-/// never waits on a peer (see the crate docs for the policy per command).
-#[derive(Debug)]
-pub enum PeerCmd {
-    /// Withdraw a request (endgame: another peer delivered the block).
-    Cancel(Block),
-    /// We completed a piece: tell the remote peer.
-    Have(u32),
-    /// Whether the remote peer has something we lack.
-    Interested(bool),
-    /// The choker's decision: `true` chokes the remote peer.
-    Choke(bool),
-}
+use upload::Upload;
 
 /// Everything a peer task needs from its torrent.
 #[derive(Clone)]
@@ -126,12 +117,6 @@ pub struct PeerContext {
     pub up_limits: Vec<Arc<Limiter>>,
     /// Download rate limits this connection obeys.
     pub down_limits: Vec<Arc<Limiter>>,
-}
-
-/// Whether a read-ahead cache entry `(piece, begin, data)` holds all of `r`.
-fn covers(entry: &(u32, u32, Bytes), r: &wire::BlockRef) -> bool {
-    let end = entry.1 as usize + entry.2.len();
-    entry.0 == r.index && entry.1 <= r.begin && r.begin as usize + r.length as usize <= end
 }
 
 /// Why a connection ended, for the log and the torrent's reconnect policy.
@@ -292,29 +277,6 @@ struct Conn<'a> {
     frames: VecDeque<Bytes>,
     frames_len: usize,
     up: Upload,
-}
-
-/// The serving side of a connection.
-struct Upload {
-    /// We choke the remote peer (the initial state).
-    am_choking: bool,
-    /// The remote peer is interested in us.
-    peer_interested: bool,
-    /// Requests accepted and not yet served, oldest first.
-    queue: VecDeque<wire::BlockRef>,
-    /// Recently read ranges `(piece, begin, data)`: read-ahead of whole
-    /// pieces, each holding its bytes of the buffer budget.
-    cache: VecDeque<(u32, u32, Bytes)>,
-    /// Reads in flight `(piece, begin, length)`; with the cache, at most
-    /// `read_cache_pieces` in all.
-    reading: Vec<(u32, u32, u32)>,
-    reads_tx: mpsc::Sender<ReadDone>,
-    bytes_up: u64,
-    meter: RateMeter,
-    /// Bytes uploaded already reported to the torrent.
-    reported_up: u64,
-    last_status: Instant,
-    status_interested: bool,
 }
 
 async fn run_inner<S>(mut stream: S, known: Option<Handshake>, ctx: &PeerContext) -> End
@@ -831,201 +793,6 @@ impl Conn<'_> {
                 WireError::MessageTooLong { .. } => End::refused(format!("bad message: {e}")),
                 _ => End::protocol(format!("bad message: {e}")),
             }),
-        }
-    }
-
-    /// Answers a request we will not serve: a reject with the fast
-    /// extension, silence without it (BEP 3 has no way to say no).
-    fn refuse_request(&mut self, r: wire::BlockRef) {
-        if self.fast {
-            Message::Reject(r).encode(&mut self.out);
-        }
-    }
-
-    /// Checks and queues a request from the remote peer. A request we
-    /// cannot serve is refused, not fatal (libtorrent rejects it too); only
-    /// a flood past the queue we advertised (`reqq`) ends the connection.
-    fn on_request(&mut self, r: wire::BlockRef) -> Result<(), End> {
-        let max = self.ctx.config.max_upload_block;
-        let valid = match self.ctx.storage.layout().piece_len(r.index) {
-            Ok(piece_len) => {
-                r.length > 0
-                    && r.length <= max
-                    && u64::from(r.begin) + u64::from(r.length) <= piece_len
-            }
-            Err(_) => false,
-        };
-        if !valid || !self.have.get(r.index) {
-            self.refuse_request(r);
-            let why = if valid {
-                "a piece we lack"
-            } else {
-                "no such block"
-            };
-            self.oddity(&format!(
-                "request {}:{}+{} refused: {why}",
-                r.index, r.begin, r.length
-            ));
-            return Ok(());
-        }
-        if !self.up.peer_interested {
-            // libtorrent: be lenient and take the request as interest.
-            self.up.peer_interested = true;
-            self.oddity("request without interest");
-        }
-        if self.up.am_choking {
-            // Requests crossing our choke are normal: refused, not counted.
-            self.refuse_request(r);
-            return Ok(());
-        }
-        if self.up.queue.len() >= self.ctx.config.max_upload_queue {
-            return Err(End::refused(format!(
-                "request flood: more than {} requests queued",
-                self.ctx.config.max_upload_queue
-            )));
-        }
-        self.up.queue.push_back(r);
-        Ok(())
-    }
-
-    /// Serves queued requests from the read-ahead cache, starting a read
-    /// when the next one is not cached. Stops at a bounded amount of queued
-    /// output, so a peer that reads slowly does not pull its whole queue
-    /// into memory.
-    async fn pump(&mut self) -> Result<(), End> {
-        let ctx = self.ctx;
-        while let Some(r) = self.up.queue.front().copied() {
-            if self.up.am_choking || self.frames_len >= ctx.config.max_send_queue {
-                break;
-            }
-            let hit = self.up.cache.iter().find_map(|entry| {
-                covers(entry, &r).then(|| {
-                    let from = (r.begin - entry.1) as usize;
-                    entry.2.slice(from..from + r.length as usize)
-                })
-            });
-            let Some(data) = hit else {
-                break;
-            };
-            self.up.queue.pop_front();
-            ratelimit::take(&ctx.up_limits, data.len()).await;
-            // Requests were checked against `max_upload_block` on arrival.
-            let Some(header) = wire::piece_header(r.index, r.begin, r.length) else {
-                return Err(End::protocol(format!(
-                    "unframable block length {}",
-                    r.length
-                )));
-            };
-            self.frames_len += header.len() + data.len();
-            self.frames.push_back(Bytes::copy_from_slice(&header));
-            self.frames.push_back(data);
-            self.up.bytes_up += u64::from(r.length);
-            self.up.meter.record(Instant::now(), u64::from(r.length));
-        }
-        self.prefetch();
-        Ok(())
-    }
-
-    /// Keeps reads going for the pieces the queue will need next, so a
-    /// piece boundary does not wait on the disk: up to `read_cache_pieces`
-    /// pieces cached or in flight. Never evicts the piece the queue's front
-    /// still needs.
-    fn prefetch(&mut self) {
-        if self.up.am_choking {
-            return;
-        }
-        let cap = self.ctx.config.read_cache_pieces.max(1);
-        while self.up.reading.len() < cap {
-            let up = &self.up;
-            let Some(next) = up
-                .queue
-                .iter()
-                .find(|r| {
-                    !up.cache.iter().any(|e| covers(e, r))
-                        && !up.reading.iter().any(|p| {
-                            p.0 == r.index && p.1 <= r.begin && r.begin + r.length <= p.1 + p.2
-                        })
-                })
-                .copied()
-            else {
-                return;
-            };
-            if up.cache.len() + up.reading.len() >= cap {
-                let in_use = match (up.cache.front(), up.queue.front()) {
-                    (Some(e), Some(front)) => covers(e, front),
-                    _ => true,
-                };
-                if in_use {
-                    return;
-                }
-                if let Some((_, _, d)) = self.up.cache.pop_front() {
-                    self.release(d.len() as u64);
-                }
-            }
-            if !self.start_read(next) {
-                return;
-            }
-        }
-    }
-
-    /// Reads the whole piece of `r` (read-ahead) if the budget has room,
-    /// else just the block.
-    fn start_read(&mut self, r: wire::BlockRef) -> bool {
-        let ctx = self.ctx;
-        let piece_len = ctx.storage.layout().piece_len(r.index).unwrap_or(0) as u32;
-        let (begin, length) = if ctx.budget.try_reserve(u64::from(piece_len)) {
-            (0, piece_len)
-        } else {
-            // One block per connection at a time is bounded by the
-            // connection count, whatever the budget says.
-            ctx.budget.force_reserve(u64::from(r.length));
-            (r.begin, r.length)
-        };
-        let tx = self.up.reads_tx.clone();
-        let job = ReadJob {
-            piece: r.index,
-            begin,
-            length,
-            reply: Box::new(move |d| {
-                let _ = tx.try_send(d);
-            }),
-        };
-        match ctx.storage.try_read(job) {
-            Ok(()) => {
-                self.up.reading.push((r.index, begin, length));
-                true
-            }
-            // The device's readers are saturated: give the budget back and
-            // try again on the next tick.
-            Err(_) => {
-                self.release(u64::from(length));
-                false
-            }
-        }
-    }
-
-    fn read_done(&mut self, done: ReadDone) -> Result<(), End> {
-        let reserved = match self
-            .up
-            .reading
-            .iter()
-            .position(|p| p.0 == done.piece && p.1 == done.begin)
-        {
-            Some(pos) => u64::from(self.up.reading.swap_remove(pos).2),
-            None => 0,
-        };
-        if done.result.is_err() {
-            self.release(reserved);
-        }
-        match done.result {
-            Ok(data) => {
-                self.up.cache.push_back((done.piece, done.begin, data));
-                Ok(())
-            }
-            Err(e) => {
-                warn!(piece = done.piece, error = %e, "reading a block to upload failed");
-                Err(End::network(format!("read for upload failed: {e}")))
-            }
         }
     }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use protocol::tracker::{AnnounceRequest, TrackerError, announce_url, parse_announce_response};
 
-use super::announce::{AnnounceError, AnnounceParams, Announced};
 use super::dns::DnsHandle;
+use super::request::{AnnounceError, AnnounceParams, Announced};
 
 /// Builds the one HTTP client every HTTP announce shares.
 pub fn client(

@@ -39,6 +39,7 @@ pub mod announce;
 pub mod breaker;
 pub mod dns;
 pub mod http;
+pub mod request;
 pub mod tiers;
 pub mod udp;
 
@@ -60,12 +61,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use self::announce::{
-    AnnounceError, AnnounceParams, Announced, TaskExtras, Transport, TransportConfig, UdpConnection,
-};
+use self::announce::Transport;
 use self::breaker::TrackerHealth;
 pub use self::breaker::{BreakerConfig, BreakerState};
 pub use self::dns::{DnsConfig, DnsStats};
+use self::request::{
+    AnnounceError, AnnounceParams, Announced, TaskExtras, TransportConfig, UdpConnection,
+};
 use self::tiers::{Cursor, Tiers};
 
 /// Every tunable of the tracker session.

@@ -23,10 +23,10 @@ use protocol::udp_tracker::{
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use super::announce::{
+use super::dns::DnsHandle;
+use super::request::{
     AnnounceError, AnnounceParams, Announced, TaskExtras, TransportConfig, UdpConnection,
 };
-use super::dns::DnsHandle;
 
 /// Largest UDP payload: a buffer this size never truncates a datagram.
 const MAX_DATAGRAM: usize = 65536;

@@ -1,0 +1,244 @@
+//! The serving side of a connection: requests from the remote peer checked
+//! and queued, whole pieces read ahead through the storage readers (each
+//! holding its bytes of the buffer budget), and block frames queued for the
+//! socket without copying the data. Methods of the peer actor's connection
+//! state ([`super::Conn`]); the receiving side is in the parent module.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+use protocol::wire::{self, Message};
+use storage::{ReadDone, ReadJob};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::{Conn, End};
+use crate::pipeline::RateMeter;
+use crate::ratelimit;
+
+/// The serving side of a connection.
+pub(super) struct Upload {
+    /// We choke the remote peer (the initial state).
+    pub(super) am_choking: bool,
+    /// The remote peer is interested in us.
+    pub(super) peer_interested: bool,
+    /// Requests accepted and not yet served, oldest first.
+    pub(super) queue: VecDeque<wire::BlockRef>,
+    /// Recently read ranges `(piece, begin, data)`: read-ahead of whole
+    /// pieces, each holding its bytes of the buffer budget.
+    pub(super) cache: VecDeque<(u32, u32, Bytes)>,
+    /// Reads in flight `(piece, begin, length)`; with the cache, at most
+    /// `read_cache_pieces` in all.
+    pub(super) reading: Vec<(u32, u32, u32)>,
+    pub(super) reads_tx: mpsc::Sender<ReadDone>,
+    pub(super) bytes_up: u64,
+    pub(super) meter: RateMeter,
+    /// Bytes uploaded already reported to the torrent.
+    pub(super) reported_up: u64,
+    pub(super) last_status: Instant,
+    pub(super) status_interested: bool,
+}
+
+/// Whether a read-ahead cache entry `(piece, begin, data)` holds all of `r`.
+fn covers(entry: &(u32, u32, Bytes), r: &wire::BlockRef) -> bool {
+    let end = entry.1 as usize + entry.2.len();
+    entry.0 == r.index && entry.1 <= r.begin && r.begin as usize + r.length as usize <= end
+}
+
+impl Conn<'_> {
+    /// Answers a request we will not serve: a reject with the fast
+    /// extension, silence without it (BEP 3 has no way to say no).
+    pub(super) fn refuse_request(&mut self, r: wire::BlockRef) {
+        if self.fast {
+            Message::Reject(r).encode(&mut self.out);
+        }
+    }
+
+    /// Checks and queues a request from the remote peer. A request we
+    /// cannot serve is refused, not fatal (libtorrent rejects it too); only
+    /// a flood past the queue we advertised (`reqq`) ends the connection.
+    pub(super) fn on_request(&mut self, r: wire::BlockRef) -> Result<(), End> {
+        let max = self.ctx.config.max_upload_block;
+        let valid = match self.ctx.storage.layout().piece_len(r.index) {
+            Ok(piece_len) => {
+                r.length > 0
+                    && r.length <= max
+                    && u64::from(r.begin) + u64::from(r.length) <= piece_len
+            }
+            Err(_) => false,
+        };
+        if !valid || !self.have.get(r.index) {
+            self.refuse_request(r);
+            let why = if valid {
+                "a piece we lack"
+            } else {
+                "no such block"
+            };
+            self.oddity(&format!(
+                "request {}:{}+{} refused: {why}",
+                r.index, r.begin, r.length
+            ));
+            return Ok(());
+        }
+        if !self.up.peer_interested {
+            // libtorrent: be lenient and take the request as interest.
+            self.up.peer_interested = true;
+            self.oddity("request without interest");
+        }
+        if self.up.am_choking {
+            // Requests crossing our choke are normal: refused, not counted.
+            self.refuse_request(r);
+            return Ok(());
+        }
+        if self.up.queue.len() >= self.ctx.config.max_upload_queue {
+            return Err(End::refused(format!(
+                "request flood: more than {} requests queued",
+                self.ctx.config.max_upload_queue
+            )));
+        }
+        self.up.queue.push_back(r);
+        Ok(())
+    }
+
+    /// Serves queued requests from the read-ahead cache, starting a read
+    /// when the next one is not cached. Stops at a bounded amount of queued
+    /// output, so a peer that reads slowly does not pull its whole queue
+    /// into memory.
+    pub(super) async fn pump(&mut self) -> Result<(), End> {
+        let ctx = self.ctx;
+        while let Some(r) = self.up.queue.front().copied() {
+            if self.up.am_choking || self.frames_len >= ctx.config.max_send_queue {
+                break;
+            }
+            let hit = self.up.cache.iter().find_map(|entry| {
+                covers(entry, &r).then(|| {
+                    let from = (r.begin - entry.1) as usize;
+                    entry.2.slice(from..from + r.length as usize)
+                })
+            });
+            let Some(data) = hit else {
+                break;
+            };
+            self.up.queue.pop_front();
+            ratelimit::take(&ctx.up_limits, data.len()).await;
+            // Requests were checked against `max_upload_block` on arrival.
+            let Some(header) = wire::piece_header(r.index, r.begin, r.length) else {
+                return Err(End::protocol(format!(
+                    "unframable block length {}",
+                    r.length
+                )));
+            };
+            self.frames_len += header.len() + data.len();
+            self.frames.push_back(Bytes::copy_from_slice(&header));
+            self.frames.push_back(data);
+            self.up.bytes_up += u64::from(r.length);
+            self.up.meter.record(Instant::now(), u64::from(r.length));
+        }
+        self.prefetch();
+        Ok(())
+    }
+
+    /// Keeps reads going for the pieces the queue will need next, so a
+    /// piece boundary does not wait on the disk: up to `read_cache_pieces`
+    /// pieces cached or in flight. Never evicts the piece the queue's front
+    /// still needs.
+    pub(super) fn prefetch(&mut self) {
+        if self.up.am_choking {
+            return;
+        }
+        let cap = self.ctx.config.read_cache_pieces.max(1);
+        while self.up.reading.len() < cap {
+            let up = &self.up;
+            let Some(next) = up
+                .queue
+                .iter()
+                .find(|r| {
+                    !up.cache.iter().any(|e| covers(e, r))
+                        && !up.reading.iter().any(|p| {
+                            p.0 == r.index && p.1 <= r.begin && r.begin + r.length <= p.1 + p.2
+                        })
+                })
+                .copied()
+            else {
+                return;
+            };
+            if up.cache.len() + up.reading.len() >= cap {
+                let in_use = match (up.cache.front(), up.queue.front()) {
+                    (Some(e), Some(front)) => covers(e, front),
+                    _ => true,
+                };
+                if in_use {
+                    return;
+                }
+                if let Some((_, _, d)) = self.up.cache.pop_front() {
+                    self.release(d.len() as u64);
+                }
+            }
+            if !self.start_read(next) {
+                return;
+            }
+        }
+    }
+
+    /// Reads the whole piece of `r` (read-ahead) if the budget has room,
+    /// else just the block.
+    pub(super) fn start_read(&mut self, r: wire::BlockRef) -> bool {
+        let ctx = self.ctx;
+        let piece_len = ctx.storage.layout().piece_len(r.index).unwrap_or(0) as u32;
+        let (begin, length) = if ctx.budget.try_reserve(u64::from(piece_len)) {
+            (0, piece_len)
+        } else {
+            // One block per connection at a time is bounded by the
+            // connection count, whatever the budget says.
+            ctx.budget.force_reserve(u64::from(r.length));
+            (r.begin, r.length)
+        };
+        let tx = self.up.reads_tx.clone();
+        let job = ReadJob {
+            piece: r.index,
+            begin,
+            length,
+            reply: Box::new(move |d| {
+                let _ = tx.try_send(d);
+            }),
+        };
+        match ctx.storage.try_read(job) {
+            Ok(()) => {
+                self.up.reading.push((r.index, begin, length));
+                true
+            }
+            // The device's readers are saturated: give the budget back and
+            // try again on the next tick.
+            Err(_) => {
+                self.release(u64::from(length));
+                false
+            }
+        }
+    }
+
+    pub(super) fn read_done(&mut self, done: ReadDone) -> Result<(), End> {
+        let reserved = match self
+            .up
+            .reading
+            .iter()
+            .position(|p| p.0 == done.piece && p.1 == done.begin)
+        {
+            Some(pos) => u64::from(self.up.reading.swap_remove(pos).2),
+            None => 0,
+        };
+        if done.result.is_err() {
+            self.release(reserved);
+        }
+        match done.result {
+            Ok(data) => {
+                self.up.cache.push_back((done.piece, done.begin, data));
+                Ok(())
+            }
+            Err(e) => {
+                warn!(piece = done.piece, error = %e, "reading a block to upload failed");
+                Err(End::network(format!("read for upload failed: {e}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! The torrent actor: one task per torrent. It owns the metainfo, the
+//! storage, the piece picker (folded in here: both are per torrent, and a
+//! separate picker actor would add a mailbox hop per block batch and buy no
+//! parallelism), the resume tracker, the peer registry and the statistics.
+//!
+//! Lifecycle: [`TorrentState::Checking`] (open the storage, trust resume
+//! data or recheck), [`TorrentState::Downloading`], then
+//! [`TorrentState::Complete`] once every piece is verified, written and
+//! synced and the resume data says so; [`TorrentState::Error`] when the
+//! storage fails (a write error stops the torrent with the error shown).
+//!
+//! Data path: peers send blocks in [`TorrentMsg::Exchange`]; complete pieces
+//! wait in `pending_hash` for a hash-pool permit, verified pieces in
+//! `pending_write` for a writer permit. Completions come back on `done_rx`,
+//! whose capacity covers every permit, so the hash and writer threads'
+//! `try_send` cannot fail; each completion carries its permit, so a slot is
+//! free again only once the torrent has taken the result.
+//!
+//! The actor's methods are split by concern: `peers` (address book,
+//! connections, reconnect policy, choking) and `pieces` (the data path
+//! and checkpoints); its vocabulary is in [`msg`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::metainfo::Metainfo;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use storage::{
+    DiskIo, HashDone, HashHandle, ResumePolicy, ResumeTracker, Storage, StorageConfig, WriteDone,
+};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub mod msg;
+mod peers;
+mod pieces;
+
+pub use msg::{
+    ExchangeReply, PeerFault, TorrentHandle, TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
+};
+use peers::{AddrState, PeerEntry};
+use pieces::{Done, bytes_of};
+
+use crate::budget::BufferBudget;
+use crate::choker::Choker;
+use crate::config::ClientConfig;
+use crate::picker::{Bitfield, PeerId, Picker, PickerConfig, Strategy};
+use crate::pipeline::RateMeter;
+use crate::ratelimit::{self, Limiter};
+use crate::tracker::{AnnounceProgress, TorrentRegistration, TrackerHandle};
+
+/// Where a torrent's payload goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// `<dir>/<torrent name>`: a file, or a directory for a multi-file torrent.
+    Directory(PathBuf),
+    /// Raw-disk mode: every file at its hex offset in one device or image.
+    Raw(PathBuf),
+}
+
+/// How to start a torrent.
+#[derive(Clone, Debug)]
+pub struct TorrentParams {
+    /// The parsed torrent.
+    pub meta: Arc<Metainfo>,
+    /// Where the data goes.
+    pub target: Target,
+    /// Where resume data is kept.
+    pub resume_file: PathBuf,
+    /// Peers to connect to.
+    pub peers: Vec<SocketAddr>,
+    /// Piece order.
+    pub strategy: Strategy,
+    /// Keep serving once complete (a seed), instead of stopping.
+    pub seed: bool,
+    /// This torrent's upload limit, bytes per second.
+    pub upload_limit: Option<u64>,
+    /// This torrent's download limit, bytes per second.
+    pub download_limit: Option<u64>,
+}
+
+/// Process-wide resources a torrent uses.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub config: Arc<ClientConfig>,
+    pub budget: Arc<BufferBudget>,
+    pub hash: HashHandle,
+    /// One permit per hash queue slot, shared by every torrent.
+    pub hash_permits: Arc<Semaphore>,
+    pub disk: DiskIo,
+    pub peer_id: [u8; 20],
+    /// One permit per connection, process-wide.
+    pub connections: Arc<Semaphore>,
+    /// The process-wide tracker session.
+    pub tracker: TrackerHandle,
+    /// Our listen port (0 until the session listens), for announces.
+    pub listen_port: Arc<AtomicU16>,
+    /// Process-wide rate limits.
+    pub up_limit: Option<Arc<Limiter>>,
+    pub down_limit: Option<Arc<Limiter>>,
+}
+
+/// Spawns a torrent actor. It stops when `cancel` fires or it fails.
+pub(crate) fn spawn(
+    params: TorrentParams,
+    shared: Shared,
+    cancel: CancellationToken,
+) -> (TorrentHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(shared.config.torrent_mailbox);
+    let pieces = params.meta.info.piece_count();
+    let (stats_tx, stats_rx) = watch::channel(TorrentStats {
+        state: TorrentState::Checking,
+        bytes_down: 0,
+        bytes_up: 0,
+        rate_down: 0,
+        rate_up: 0,
+        peers: 0,
+        pieces_done: 0,
+        pieces_total: pieces,
+        hash_failures: 0,
+        banned_peers: 0,
+        protocol_errors: 0,
+        protocol_oddities: 0,
+        bytes_wasted: 0,
+        budget_in_use: 0,
+        budget_peak: 0,
+        mailbox_depth: 0,
+        peer_mailbox_depth: 0,
+    });
+    let span = tracing::info_span!("torrent", info_hash = %params.meta.info_hash.to_hex());
+    let self_tx = tx.clone();
+    let join = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            run(params, shared, cancel, rx, self_tx, stats_tx).await;
+        },
+        span,
+    ));
+    (TorrentHandle::new(tx, stats_rx), join)
+}
+
+struct Torrent {
+    shared: Shared,
+    meta: Arc<Metainfo>,
+    storage: Storage,
+    picker: Picker,
+    resume: ResumeTracker,
+    resume_file: PathBuf,
+    state: TorrentState,
+    stats: watch::Sender<TorrentStats>,
+    self_tx: mpsc::Sender<TorrentMsg>,
+    cancel: CancellationToken,
+    peers: HashMap<PeerId, PeerEntry>,
+    addrs: HashMap<SocketAddr, AddrState>,
+    banned: HashSet<SocketAddr>,
+    next_peer: u64,
+    tasks: JoinSet<()>,
+    pending_hash: VecDeque<(u32, Vec<Bytes>)>,
+    pending_write: VecDeque<storage::VerifiedPiece>,
+    write_permits: Arc<Semaphore>,
+    done_tx: mpsc::Sender<Done>,
+    /// A sync for a checkpoint is in flight.
+    checkpoint: Option<storage::Checkpoint>,
+    /// The final sync has been asked for.
+    finishing: bool,
+    /// A writer queue was full despite our permit: wait before retrying.
+    write_backoff: bool,
+    bytes_down: u64,
+    down: RateMeter,
+    hash_failures: u64,
+    banned_peers: u64,
+    protocol_errors: u64,
+    protocol_oddities: u64,
+    bytes_wasted: u64,
+    bytes_up: u64,
+    up: RateMeter,
+    seed: bool,
+    choker: Choker,
+    up_limits: Vec<Arc<Limiter>>,
+    down_limits: Vec<Arc<Limiter>>,
+    /// Addresses of the last connections that ended, for a ban decided
+    /// after the peer left.
+    recently_gone: VecDeque<(PeerId, SocketAddr)>,
+    /// Announce counters for the tracker session, when registered.
+    progress: Option<watch::Sender<AnnounceProgress>>,
+    announced_complete: bool,
+}
+
+/// Peers from the tracker session wait here; it drops a batch that finds the
+/// channel full (the next announce brings them again).
+const TRACKER_PEER_BATCHES: usize = 16;
+
+async fn run(
+    params: TorrentParams,
+    shared: Shared,
+    cancel: CancellationToken,
+    mut rx: mpsc::Receiver<TorrentMsg>,
+    self_tx: mpsc::Sender<TorrentMsg>,
+    stats: watch::Sender<TorrentStats>,
+) {
+    let meta = params.meta.clone();
+    let started = Instant::now();
+    let (storage, have) = match check(&params, &shared).await {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(error = %e, "torrent failed to start");
+            stats.send_modify(|s| s.state = TorrentState::Error(e));
+            return;
+        }
+    };
+    let info = &meta.info;
+    let mut bits = Bitfield::new(info.piece_count());
+    for (i, h) in have.iter().enumerate() {
+        if *h {
+            bits.set(i as u32, true);
+        }
+    }
+    let picker = match Picker::new(
+        info.piece_count(),
+        info.piece_length,
+        info.total_length,
+        &bits,
+        PickerConfig {
+            strategy: params.strategy,
+            ..shared.config.picker
+        },
+        SmallRng::from_os_rng(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            stats.send_modify(|s| s.state = TorrentState::Error(e.to_string()));
+            return;
+        }
+    };
+    info!(
+        have = bits.count(),
+        pieces = info.piece_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checked"
+    );
+    let write_cap = storage.write_capacity().max(1);
+    let hash_cap = shared.hash.capacity();
+    // Every permit can have one completion waiting, plus the one sync.
+    let (done_tx, mut done_rx) = mpsc::channel(write_cap + hash_cap + 2);
+    let policy: ResumePolicy = shared.config.resume;
+    let shared_choker = shared.config.choker;
+    let mut up_limits: Vec<Arc<Limiter>> = shared.up_limit.iter().cloned().collect();
+    up_limits.extend(params.upload_limit.map(ratelimit::limiter));
+    let mut down_limits: Vec<Arc<Limiter>> = shared.down_limit.iter().cloned().collect();
+    down_limits.extend(params.download_limit.map(ratelimit::limiter));
+    let mut t = Torrent {
+        resume: ResumeTracker::new(have, policy, Instant::now()),
+        write_permits: Arc::new(Semaphore::new(write_cap)),
+        shared,
+        meta,
+        storage,
+        picker,
+        resume_file: params.resume_file,
+        state: TorrentState::Downloading,
+        stats,
+        self_tx,
+        cancel: cancel.clone(),
+        peers: HashMap::new(),
+        addrs: HashMap::new(),
+        banned: HashSet::new(),
+        next_peer: 0,
+        tasks: JoinSet::new(),
+        pending_hash: VecDeque::new(),
+        pending_write: VecDeque::new(),
+        done_tx,
+        checkpoint: None,
+        finishing: false,
+        write_backoff: false,
+        bytes_down: 0,
+        down: RateMeter::new(Duration::from_secs(5), 10),
+        hash_failures: 0,
+        banned_peers: 0,
+        protocol_errors: 0,
+        protocol_oddities: 0,
+        bytes_wasted: 0,
+        bytes_up: 0,
+        up: RateMeter::new(Duration::from_secs(5), 10),
+        seed: params.seed,
+        choker: Choker::new(shared_choker),
+        up_limits,
+        down_limits,
+        recently_gone: VecDeque::new(),
+        progress: None,
+        announced_complete: false,
+    };
+    let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
+    t.register_with_trackers(tracker_peers_tx).await;
+    for a in params.peers {
+        t.addrs.entry(a).or_default();
+    }
+    t.check_complete();
+    t.connect_peers();
+    t.publish();
+    let mut tick =
+        tokio::time::interval(t.shared.config.stats_interval.min(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if matches!(t.state, TorrentState::Complete | TorrentState::Error(_)) {
+            break;
+        }
+        let hash_permits = t.shared.hash_permits.clone();
+        let write_permits = t.write_permits.clone();
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            Some(done) = done_rx.recv() => t.on_done(done).await,
+            permit = hash_permits.acquire_owned(), if !t.pending_hash.is_empty() => {
+                if let Ok(p) = permit { t.submit_hash(p); }
+            }
+            permit = write_permits.acquire_owned(), if !t.pending_write.is_empty() && !t.write_backoff => {
+                if let Ok(p) = permit { t.submit_write(p); }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(5)), if t.write_backoff => {
+                t.write_backoff = false;
+            }
+            msg = rx.recv() => match msg {
+                Some(m) => t.on_msg(m),
+                None => break,
+            },
+            _ = tick.tick() => {
+                t.connect_peers();
+                t.maybe_checkpoint();
+                t.choke_round();
+                t.publish();
+            }
+            Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
+            Some(addrs) = tracker_peers.recv() => t.on_msg(TorrentMsg::AddPeers(addrs)),
+        }
+        t.announce_completion().await;
+    }
+    t.shutdown(&mut rx, &mut done_rx).await;
+}
+
+/// Opens the storage and decides which pieces are already ours.
+async fn check(params: &TorrentParams, shared: &Shared) -> Result<(Storage, Vec<bool>), String> {
+    let info = params.meta.info.clone();
+    let target = params.target.clone();
+    let disk = shared.disk.clone();
+    let hash = shared.hash.clone();
+    let resume_file = params.resume_file.clone();
+    let info_hash = params.meta.info_hash.0;
+    let recheck_cfg = shared.config.recheck.clone();
+    tokio::task::spawn_blocking(move || {
+        // A target that does not exist yet holds nothing: skip reading it.
+        let fresh = match &target {
+            Target::Directory(dir) => !dir.join(&info.name).exists(),
+            Target::Raw(path) => !path.exists(),
+        };
+        let cfg = StorageConfig::default();
+        let storage = match &target {
+            Target::Directory(dir) => Storage::open_info(&disk, &info, dir, &cfg),
+            Target::Raw(path) => Storage::open_info_raw(&disk, &info, path, &cfg),
+        }
+        .map_err(|e| e.to_string())?;
+        let n = info.piece_count() as usize;
+        if fresh {
+            return Ok((storage, vec![false; n]));
+        }
+        let loaded = storage::resume::load(&resume_file);
+        let checked =
+            storage::resume::validate(&storage, &info_hash, loaded).map_err(|e| e.to_string())?;
+        if let Some(r) = &checked.reason {
+            info!(reason = %r, pieces = checked.recheck.len(), "rechecking");
+        }
+        let mut have = checked.have;
+        if !checked.recheck.is_empty() {
+            let report = storage::recheck(
+                &storage,
+                &info.pieces,
+                Some(&checked.recheck),
+                &hash,
+                &recheck_cfg,
+            )
+            .map_err(|e| format!("recheck: {e}"))?;
+            for (h, g) in have.iter_mut().zip(report.good) {
+                *h |= g;
+            }
+        }
+        Ok((storage, have))
+    })
+    .await
+    .map_err(|e| format!("checking task failed: {e}"))?
+}
+
+impl Torrent {
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let s = TorrentStats {
+            state: self.state.clone(),
+            bytes_down: self.bytes_down,
+            bytes_up: self.bytes_up,
+            rate_down: self.down.rate(now),
+            rate_up: self.up.rate(now),
+            peers: self.peers.values().filter(|p| p.cmds.is_some()).count(),
+
+            pieces_done: self.picker.num_pieces() - self.picker.missing_count(),
+            pieces_total: self.picker.num_pieces(),
+            hash_failures: self.hash_failures,
+            banned_peers: self.banned_peers,
+            protocol_errors: self.protocol_errors,
+            protocol_oddities: self.protocol_oddities,
+            bytes_wasted: self.bytes_wasted,
+            budget_in_use: self.shared.budget.in_use(),
+            budget_peak: self.shared.budget.peak(),
+            mailbox_depth: self.self_tx.max_capacity() - self.self_tx.capacity(),
+            peer_mailbox_depth: self
+                .peers
+                .values()
+                .filter_map(|p| p.cmds.as_ref())
+                .map(|tx| tx.max_capacity() - tx.capacity())
+                .sum(),
+        };
+        if let Some(p) = &self.progress {
+            let left = (self.picker.missing_count() as u64)
+                .saturating_mul(u64::from(self.meta.info.piece_length))
+                .min(self.meta.info.total_length);
+            p.send_replace(AnnounceProgress {
+                uploaded: self.bytes_up,
+                downloaded: self.bytes_down,
+                left,
+            });
+        }
+        self.stats.send_replace(s);
+    }
+
+    /// Hands the torrent to the tracker session if it has trackers.
+    async fn register_with_trackers(&mut self, peers: mpsc::Sender<Vec<SocketAddr>>) {
+        if self.meta.trackers.is_empty() {
+            return;
+        }
+        let (tx, rx) = watch::channel(AnnounceProgress::default());
+        self.progress = Some(tx);
+        self.publish();
+        let reg = TorrentRegistration {
+            info_hash: self.meta.info_hash,
+            tiers: self.meta.trackers.clone(),
+            peer_id: self.shared.peer_id,
+            port: self.shared.listen_port.load(Ordering::Relaxed),
+            progress: rx,
+            peers,
+        };
+        if let Err(e) = self.shared.tracker.add_torrent(reg).await {
+            warn!(error = %e, "not announcing to trackers");
+            self.progress = None;
+        }
+    }
+
+    /// Tells the trackers once that the download completed.
+    async fn announce_completion(&mut self) {
+        let done = matches!(self.state, TorrentState::Seeding | TorrentState::Complete);
+        if !done || self.announced_complete || self.progress.is_none() {
+            return;
+        }
+        self.announced_complete = true;
+        self.publish();
+        // A torrent that was complete from the start is not a completion.
+        if self.bytes_down > 0
+            && let Err(e) = self.shared.tracker.completed(self.meta.info_hash).await
+        {
+            warn!(error = %e, "announcing completion failed");
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        warn!(%reason, "torrent stopped");
+        self.state = TorrentState::Error(reason);
+        self.publish();
+    }
+
+    fn on_msg(&mut self, msg: TorrentMsg) {
+        match msg {
+            TorrentMsg::PeerConnected { id, cmds } => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.cmds = Some(cmds);
+                    if let Some(a) = self.addrs.get_mut(&p.addr) {
+                        a.failures = 0;
+                    }
+                    debug!(peer = id.0, addr = %p.addr, "connected");
+                }
+            }
+            TorrentMsg::PeerGone { id, fault, reason } => self.peer_gone(id, fault, reason),
+            TorrentMsg::Bitfield { id, bits } => {
+                let n = self.picker.num_pieces();
+                match Bitfield::from_bytes(&bits, n) {
+                    Ok(b) => {
+                        if let Err(e) = self.picker.peer_bitfield(id, &b) {
+                            self.drop_peer(id, format!("bad bitfield: {e}"));
+                        } else if b.is_full() {
+                            self.drop_if_both_seeds(id);
+                        }
+                    }
+                    Err(e) => self.drop_peer(id, format!("bad bitfield: {e}")),
+                }
+                self.update_interest(id);
+            }
+            TorrentMsg::HaveAll { id } => {
+                self.picker.peer_have_all(id);
+                self.update_interest(id);
+                self.drop_if_both_seeds(id);
+            }
+            TorrentMsg::HaveNone { id } => {
+                self.picker.peer_have_none(id);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.is_seed = false;
+                }
+                self.update_interest(id);
+            }
+            TorrentMsg::Have { id, piece } => match self.picker.peer_have(id, piece) {
+                Ok(true) => self.update_interest(id),
+                // libtorrent: a redundant HAVE is ignored.
+                Ok(false) => self.protocol_oddities += 1,
+                Err(e) => self.drop_peer(id, format!("bad have: {e}")),
+            },
+            TorrentMsg::Choked { id } => {
+                self.picker.peer_choked(id);
+            }
+            TorrentMsg::Rejected { id, block } => {
+                self.picker.request_rejected(id, block);
+            }
+            TorrentMsg::TimedOut { id, blocks } => {
+                for b in blocks {
+                    self.picker.request_timed_out(id, b);
+                }
+            }
+            TorrentMsg::Exchange {
+                id,
+                blocks,
+                want,
+                partial_only,
+                reply,
+            } => {
+                let r = self.exchange(id, blocks, want, partial_only);
+                // The peer may have gone meanwhile; then nothing waits.
+                let _ = reply.send(r);
+            }
+            TorrentMsg::AddPeers(addrs) => self.add_peers(addrs),
+            TorrentMsg::Incoming(stream, addr, handshake) => self.incoming(stream, addr, handshake),
+            TorrentMsg::PeerStatus {
+                id,
+                interested,
+                down_rate,
+                up_rate,
+                uploaded,
+                oddities,
+            } => {
+                self.bytes_up += uploaded;
+                self.protocol_oddities += oddities;
+                self.up.record(Instant::now(), uploaded);
+                let Some(p) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                p.down_rate = down_rate;
+                p.up_rate = up_rate;
+                if p.wants_us != interested {
+                    p.wants_us = interested;
+                    if interested {
+                        if self.choker.interested(id, Instant::now()) {
+                            self.send_choke(id, false);
+                        }
+                    } else if self.choker.remove(id) {
+                        self.send_choke(id, true);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn shutdown(
+        &mut self,
+        rx: &mut mpsc::Receiver<TorrentMsg>,
+        done_rx: &mut mpsc::Receiver<Done>,
+    ) {
+        self.cancel.cancel();
+        // Peers may be blocked sending to us: keep draining while they stop.
+        loop {
+            tokio::select! {
+                joined = self.tasks.join_next() => if joined.is_none() { break },
+                Some(m) = rx.recv() => {
+                    if let TorrentMsg::Exchange { blocks, reply, .. } = m {
+                        let bytes: u64 = blocks.iter().map(|(b, _)| u64::from(b.length)).sum();
+                        self.release(bytes);
+                        drop(reply);
+                    }
+                }
+            }
+        }
+        // Let the writes already queued land, then record what is on disk.
+        let in_flight = self.write_permits.clone();
+        let cap = self.storage.write_capacity().max(1) as u32;
+        loop {
+            tokio::select! {
+                Some(d) = done_rx.recv() => match d {
+                    Done::Write(WriteDone { piece, result: Ok(()) }, _p) => {
+                        self.release(u64::from(self.picker.piece_size(piece)));
+                        self.resume.written(piece);
+                    }
+                    Done::Write(WriteDone { piece, .. }, _p) => {
+                        self.release(u64::from(self.picker.piece_size(piece)));
+                    }
+                    Done::Hash(d, _p) => {
+                        let bytes = match &d {
+                            HashDone::Verified(v) => v.len(),
+                            HashDone::Mismatch { blocks, .. } => bytes_of(blocks),
+                        };
+                        self.release(bytes);
+                    }
+                    Done::Sync(_) => {}
+                },
+                all = in_flight.acquire_many(cap) => {
+                    drop(all);
+                    break;
+                }
+            }
+        }
+        for (_, blocks) in self.pending_hash.drain(..) {
+            let bytes = bytes_of(&blocks);
+            self.shared.budget.release(bytes);
+        }
+        for p in self.pending_write.drain(..) {
+            self.shared.budget.release(p.len());
+        }
+        if self.progress.is_some() {
+            // Bounded inside the tracker session by its stop timeout.
+            let _ = self
+                .shared
+                .tracker
+                .remove_torrent(self.meta.info_hash)
+                .await;
+        }
+        if !matches!(self.state, TorrentState::Complete) && self.resume.unsynced() > 0 {
+            let storage = self.storage.clone();
+            let synced = tokio::task::spawn_blocking(move || storage.sync_blocking()).await;
+            if let Ok(Ok(())) = synced {
+                let cp = self.resume.begin();
+                self.resume.commit(cp, Instant::now());
+                if let Err(e) = self.save_resume().await {
+                    warn!(error = %e, "saving resume data failed");
+                }
+            }
+        }
+        self.publish();
+    }
+}
+
+/// What the picker thinks of a strategy name.
+pub fn parse_strategy(sequential: bool) -> Strategy {
+    if sequential {
+        Strategy::Sequential
+    } else {
+        Strategy::RarestFirst
+    }
+}

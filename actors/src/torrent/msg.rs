@@ -1,0 +1,252 @@
+//! The torrent actor's vocabulary: its mailbox ([`TorrentMsg`]), what it
+//! answers a peer ([`ExchangeReply`]), how a connection ended
+//! ([`PeerFault`]), and its public face ([`TorrentHandle`] with the
+//! [`TorrentStats`] it publishes). A leaf module: it imports no actor, so
+//! the peer actor can speak to its torrent without importing the actor
+//! that spawns it (imports run session -> torrent -> peer -> messages).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::peer::msg::PeerCmd;
+use crate::picker::{Block, PeerId};
+
+/// Where a torrent is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TorrentState {
+    /// Opening storage, reading resume data, rechecking.
+    Checking,
+    /// Fetching pieces.
+    Downloading,
+    /// Complete, and serving peers.
+    Seeding,
+    /// Every piece verified, written, synced and recorded; stopped.
+    Complete,
+    /// Stopped by a failure (disk full, write error, ...).
+    Error(String),
+}
+
+impl TorrentState {
+    /// Short lowercase name, for JSON and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TorrentState::Checking => "checking",
+            TorrentState::Downloading => "downloading",
+            TorrentState::Seeding => "seeding",
+            TorrentState::Complete => "complete",
+            TorrentState::Error(_) => "error",
+        }
+    }
+}
+
+/// A torrent's published statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TorrentStats {
+    /// Lifecycle state.
+    pub state: TorrentState,
+    /// Bytes of accepted blocks received (duplicates excluded).
+    pub bytes_down: u64,
+    /// Bytes of blocks sent.
+    pub bytes_up: u64,
+    /// Download rate, bytes per second.
+    pub rate_down: u64,
+    /// Upload rate, bytes per second.
+    pub rate_up: u64,
+    /// Connected peers.
+    pub peers: usize,
+    /// Verified pieces.
+    pub pieces_done: u32,
+    /// Pieces in the torrent.
+    pub pieces_total: u32,
+    /// Pieces that failed their hash check.
+    pub hash_failures: u64,
+    /// Peers banned for hash failures.
+    pub banned_peers: u64,
+    /// Connections dropped for protocol violations.
+    pub protocol_errors: u64,
+    /// Odd messages tolerated rather than ending the connection (a late
+    /// bitfield, a request we cannot serve, an unrequested block, ...).
+    pub protocol_oddities: u64,
+    /// Bytes of blocks received and thrown away: duplicates, blocks never
+    /// requested, blocks of pieces already complete.
+    pub bytes_wasted: u64,
+    /// Buffer budget in use, process-wide, in bytes.
+    pub budget_in_use: u64,
+    /// Highest buffer budget use seen, process-wide, in bytes.
+    pub budget_peak: u64,
+    /// Messages waiting in this torrent's mailbox.
+    pub mailbox_depth: usize,
+    /// Commands waiting in the mailboxes of this torrent's peers, summed.
+    pub peer_mailbox_depth: usize,
+}
+
+/// How a connection ended, for the reconnect policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerFault {
+    /// Connect failure, timeout, closed socket: may be retried.
+    Network,
+    /// The peer broke the protocol: retried with backoff, and refused for
+    /// good after `max_protocol_strikes` such ends.
+    Protocol,
+    /// Input no honest peer sends (oversized frames, request floods), or a
+    /// connection to ourselves: the address is never dialled again.
+    Refused,
+}
+
+/// The torrent's answer to an exchange.
+#[derive(Debug)]
+pub struct ExchangeReply {
+    /// Blocks to request from the peer now.
+    pub requests: Vec<Block>,
+    /// The peer broke the protocol (sent a block that fits no piece of the
+    /// torrent): drop it.
+    pub violation: Option<String>,
+}
+
+/// The torrent's mailbox.
+#[derive(Debug)]
+pub enum TorrentMsg {
+    /// A peer finished its handshake; `cmds` reaches it.
+    PeerConnected {
+        /// The connection.
+        id: PeerId,
+        /// Its command mailbox.
+        cmds: mpsc::Sender<PeerCmd>,
+    },
+    /// A connection ended (also sent when the connect failed).
+    PeerGone {
+        /// The connection.
+        id: PeerId,
+        /// Whose fault.
+        fault: PeerFault,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// The peer's bitfield.
+    Bitfield {
+        /// The connection.
+        id: PeerId,
+        /// Its bits, length already checked by the codec.
+        bits: Bytes,
+    },
+    /// The peer has every piece (BEP 6).
+    HaveAll {
+        /// The connection.
+        id: PeerId,
+    },
+    /// The peer has no pieces (BEP 6), after having announced some: it
+    /// replaces them.
+    HaveNone {
+        /// The connection.
+        id: PeerId,
+    },
+    /// The peer completed a piece.
+    Have {
+        /// The connection.
+        id: PeerId,
+        /// The piece.
+        piece: u32,
+    },
+    /// The peer choked us: its outstanding requests are void.
+    Choked {
+        /// The connection.
+        id: PeerId,
+    },
+    /// The peer rejected a request (BEP 6).
+    Rejected {
+        /// The connection.
+        id: PeerId,
+        /// The block.
+        block: Block,
+    },
+    /// Requests to the peer timed out.
+    TimedOut {
+        /// The connection.
+        id: PeerId,
+        /// The blocks.
+        blocks: Vec<Block>,
+    },
+    /// Blocks received (their budget travels with them) and, if `want > 0`,
+    /// a request for up to `want` blocks to ask the peer for.
+    Exchange {
+        /// The connection.
+        id: PeerId,
+        /// Received blocks.
+        blocks: Vec<(Block, Bytes)>,
+        /// How many blocks the peer may request now.
+        want: u32,
+        /// The budget is paused: only blocks of pieces already started.
+        partial_only: bool,
+        /// The answer.
+        reply: oneshot::Sender<ExchangeReply>,
+    },
+    /// More peer addresses (from the command line, a tracker, ...).
+    AddPeers(Vec<SocketAddr>),
+    /// A connection the remote side opened to us, with its handshake.
+    Incoming(tokio::net::TcpStream, SocketAddr, protocol::wire::Handshake),
+    /// A peer's interest in us and its transfer numbers (on change and
+    /// about once a second).
+    PeerStatus {
+        /// The connection.
+        id: PeerId,
+        /// It wants something we have.
+        interested: bool,
+        /// Bytes per second it sends us.
+        down_rate: u64,
+        /// Bytes per second we send it.
+        up_rate: u64,
+        /// Bytes uploaded to it since the last status.
+        uploaded: u64,
+        /// Odd but tolerated messages it sent since the last status.
+        oddities: u64,
+    },
+}
+
+/// A handle to a running torrent.
+#[derive(Clone)]
+pub struct TorrentHandle {
+    tx: mpsc::Sender<TorrentMsg>,
+    stats: watch::Receiver<TorrentStats>,
+}
+
+impl TorrentHandle {
+    /// The handle of a torrent whose mailbox is `tx` and whose statistics
+    /// are published on `stats`.
+    pub(super) fn new(tx: mpsc::Sender<TorrentMsg>, stats: watch::Receiver<TorrentStats>) -> Self {
+        TorrentHandle { tx, stats }
+    }
+
+    /// The latest statistics, updated as they change and once per interval.
+    pub fn stats(&self) -> watch::Receiver<TorrentStats> {
+        self.stats.clone()
+    }
+
+    /// Hands over a connection a remote peer opened to us, without
+    /// waiting: `false` if the torrent's mailbox is full or it stopped
+    /// (the connection is then dropped).
+    pub fn incoming(
+        &self,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+        handshake: protocol::wire::Handshake,
+    ) -> bool {
+        self.tx
+            .try_send(TorrentMsg::Incoming(stream, addr, handshake))
+            .is_ok()
+    }
+
+    /// Adds peer addresses to connect to. Fails if the torrent has stopped.
+    pub async fn add_peers(&self, peers: Vec<SocketAddr>) -> Result<(), TorrentStopped> {
+        self.tx
+            .send(TorrentMsg::AddPeers(peers))
+            .await
+            .map_err(|_| TorrentStopped)
+    }
+}
+
+/// The torrent's task has ended.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the torrent has stopped")]
+pub struct TorrentStopped;

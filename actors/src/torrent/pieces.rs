@@ -1,0 +1,296 @@
+//! The torrent's data path: blocks from peers into the picker, complete
+//! pieces to the hash pool, verified pieces to the disk writers, their
+//! completions back, and checkpoints of the resume data. Methods of the
+//! torrent actor; the peers are in [`super::peers`].
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use storage::{HashDone, HashJob, StorageError, WriteDone, WriteJob};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info, warn};
+
+use super::Torrent;
+use super::msg::{ExchangeReply, TorrentState};
+use crate::peer::msg::PeerCmd;
+use crate::picker::{Block, PeerId, Received};
+
+/// A completion from the hash or disk threads.
+pub(super) enum Done {
+    Hash(HashDone, OwnedSemaphorePermit),
+    Write(WriteDone, OwnedSemaphorePermit),
+    Sync(Result<(), StorageError>),
+}
+
+impl Torrent {
+    pub(super) fn exchange(
+        &mut self,
+        id: PeerId,
+        blocks: Vec<(Block, Bytes)>,
+        want: u32,
+        partial_only: bool,
+    ) -> ExchangeReply {
+        let now = Instant::now();
+        let mut violation = None;
+        let mut dropped = 0u64;
+        for (block, data) in blocks {
+            let len = u64::from(block.length);
+            if violation.is_some() {
+                dropped += len;
+                continue;
+            }
+            match self.picker.block_received(id, block, data) {
+                Received::Accepted { cancel, complete } => {
+                    self.bytes_down += len;
+                    self.down.record(now, len);
+                    for other in cancel {
+                        // Policy: a cancel that finds the peer's mailbox full
+                        // is dropped; the block then arrives as a duplicate
+                        // and its budget is released here.
+                        if let Some(tx) = self.peers.get(&other).and_then(|p| p.cmds.as_ref()) {
+                            let _ = tx.try_send(PeerCmd::Cancel(block));
+                        }
+                    }
+                    if let Some(c) = complete {
+                        self.pending_hash.push_back((c.index, c.blocks));
+                    }
+                }
+                Received::Duplicate => dropped += len,
+                Received::Unrequested => {
+                    // libtorrent counts it as waste and keeps the peer.
+                    dropped += len;
+                    self.protocol_oddities += 1;
+                    debug!(
+                        peer = id.0,
+                        block = %format_args!("{}:{}+{}", block.piece, block.begin, block.length),
+                        "block never requested; dropped"
+                    );
+                }
+                Received::Invalid => {
+                    dropped += len;
+                    violation = Some(format!(
+                        "sent block {}:{}+{} that fits no piece of the torrent",
+                        block.piece, block.begin, block.length
+                    ));
+                }
+            }
+        }
+        self.release(dropped);
+        self.bytes_wasted += dropped;
+        let requests = if violation.is_none() && want > 0 && !self.picker.is_banned(id) {
+            if partial_only {
+                self.picker.pick_partial(id, want as usize, now)
+            } else {
+                self.picker.pick(id, want as usize, now)
+            }
+        } else {
+            Vec::new()
+        };
+        ExchangeReply {
+            requests,
+            violation,
+        }
+    }
+
+    pub(super) fn release(&self, bytes: u64) {
+        if bytes > 0 {
+            self.shared.budget.release(bytes);
+        }
+    }
+
+    pub(super) fn submit_hash(&mut self, permit: OwnedSemaphorePermit) {
+        let Some((index, blocks)) = self.pending_hash.pop_front() else {
+            return;
+        };
+        let Some(expected) = self.meta.info.piece_hash(index).copied() else {
+            return;
+        };
+        let tx = self.done_tx.clone();
+        let job = HashJob {
+            piece: index,
+            blocks,
+            expected,
+            reply: Box::new(move |d| {
+                // Cannot fail: the channel has a slot per permit.
+                let _ = tx.try_send(Done::Hash(d, permit));
+            }),
+        };
+        if let Err(e) = self.shared.hash.try_submit(job) {
+            // Only if the pool is stopping; the permit bounded the queue.
+            let job = e.into_inner();
+            self.pending_hash.push_front((job.piece, job.blocks));
+        }
+    }
+
+    pub(super) fn submit_write(&mut self, permit: OwnedSemaphorePermit) {
+        let Some(piece) = self.pending_write.pop_front() else {
+            return;
+        };
+        let tx = self.done_tx.clone();
+        let job = WriteJob {
+            piece,
+            reply: Box::new(move |d| {
+                let _ = tx.try_send(Done::Write(d, permit));
+            }),
+        };
+        if let Err(e) = self.storage.try_write(job) {
+            // Another torrent on the same device filled the writer's queue:
+            // keep the piece and try again shortly.
+            let job = e.into_inner();
+            self.pending_write.push_front(job.piece);
+            self.write_backoff = true;
+        }
+    }
+
+    pub(super) async fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Hash(HashDone::Verified(piece), _permit) => {
+                // Smart ban: a good copy judges the senders of earlier bad ones.
+                for id in self.picker.piece_passed(piece.piece(), piece.blocks()) {
+                    self.ban(id, "sent a block that differs from the verified piece");
+                }
+                self.pending_write.push_back(piece);
+            }
+            Done::Hash(HashDone::Mismatch { piece, blocks }, _permit) => {
+                let bytes = bytes_of(&blocks);
+                self.release(bytes);
+                self.hash_failures += 1;
+                match self.picker.piece_failed_blocks(piece, &blocks) {
+                    Ok(f) => {
+                        warn!(
+                            piece,
+                            contributors = f.contributors.len(),
+                            "hash check failed"
+                        );
+                        for id in f.newly_banned {
+                            self.ban(id, "involved in repeated hash failures");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "picker refused a hash failure"),
+                }
+            }
+            Done::Write(WriteDone { piece, result }, _permit) => {
+                let size = u64::from(self.picker.piece_size(piece));
+                self.release(size);
+                match result {
+                    Ok(()) => {
+                        if let Err(e) = self.picker.piece_verified(piece) {
+                            warn!(error = %e, "picker refused a verified piece");
+                        }
+                        self.resume.written(piece);
+                        for p in self.peers.values() {
+                            if let Some(tx) = &p.cmds {
+                                // Policy: a HAVE that finds a full mailbox is
+                                // dropped; it only informs the remote peer.
+                                let _ = tx.try_send(PeerCmd::Have(piece));
+                            }
+                        }
+                        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+                        for id in ids {
+                            self.update_interest(id);
+                        }
+                        self.check_complete();
+                    }
+                    Err(e) => self.fail(format!("writing piece {piece}: {e}")),
+                }
+            }
+            Done::Sync(result) => {
+                let cp = self.checkpoint.take();
+                match (result, cp) {
+                    (Ok(()), Some(cp)) => {
+                        self.resume.commit(cp, Instant::now());
+                        if let Err(e) = self.save_resume().await {
+                            warn!(error = %e, "saving resume data failed");
+                        }
+                        if self.finishing && self.state == TorrentState::Downloading {
+                            if self.resume.unsynced() > 0 {
+                                // Pieces written after that checkpoint began.
+                                self.start_sync();
+                            } else {
+                                info!("download complete");
+                                self.state = if self.seed {
+                                    TorrentState::Seeding
+                                } else {
+                                    TorrentState::Complete
+                                };
+                                self.publish();
+                            }
+                        }
+                    }
+                    (Err(e), cp) => {
+                        if let Some(cp) = cp {
+                            let _ = self.resume.abort(cp);
+                        }
+                        self.fail(format!("syncing to disk: {e}"));
+                    }
+                    (Ok(()), None) => {}
+                }
+            }
+        }
+    }
+
+    pub(super) async fn save_resume(&self) -> Result<(), String> {
+        let storage = self.storage.clone();
+        let path = self.resume_file.clone();
+        let data = storage::ResumeData {
+            info_hash: self.meta.info_hash.0,
+            stamps: Vec::new(),
+            have: self.resume.have().to_vec(),
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            let stamps = storage.stamps().map_err(|e| e.to_string())?;
+            storage::resume::save(&path, &storage::ResumeData { stamps, ..data })
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    pub(super) fn start_sync(&mut self) {
+        let cp = self.resume.begin();
+        self.checkpoint = Some(cp);
+        let tx = self.done_tx.clone();
+        // `Storage::sync` waits for room in the writer queues; on a runtime
+        // worker that wait stalls every task (stats, signals) for as long
+        // as a slow disk takes to drain a full queue.
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || {
+            storage.sync(Box::new(move |r| {
+                let _ = tx.try_send(Done::Sync(r));
+            }));
+        });
+    }
+
+    pub(super) fn maybe_checkpoint(&mut self) {
+        if self.checkpoint.is_none() && !self.finishing && self.resume.due(Instant::now()) {
+            self.start_sync();
+        }
+    }
+
+    pub(super) fn check_complete(&mut self) {
+        if self.finishing || !self.picker.is_complete() {
+            return;
+        }
+        self.finishing = true;
+        // Connections to other seeds are of no use now; without seeding,
+        // none are.
+        for p in self.peers.values() {
+            if !self.seed || p.is_seed {
+                p.cancel.cancel();
+            }
+        }
+        // A checkpoint in flight finishes first; its completion sees
+        // `finishing` and syncs again if pieces were written since.
+        if self.checkpoint.is_none() {
+            self.start_sync();
+        }
+    }
+}
+
+/// Bytes held by a piece's blocks (what they hold of the buffer budget).
+pub(super) fn bytes_of(blocks: &[Bytes]) -> u64 {
+    blocks.iter().map(|b| b.len() as u64).sum()
+}
