@@ -376,6 +376,10 @@ pub struct Accepted<S> {
     /// For MSE, the torrent the SKEY hash named: the remote's BitTorrent
     /// handshake must carry the same info-hash. `None` for plaintext.
     pub info_hash: Option<[u8; 20]>,
+    /// Bytes at the head of the stream that came in the MSE initial
+    /// payload: 68 when the initiator put its BitTorrent handshake there, as
+    /// libtorrent and Transmission do; 0 when it sends it afterwards.
+    pub ia_len: usize,
 }
 
 /// How an incoming connection's first exchange ended.
@@ -438,17 +442,20 @@ where
     Ok(match outcome {
         Outcome::Mse(est, rest) => {
             let info_hash = Some(est.info_hash);
+            let ia_len = est.initial_payload.len();
             let stream = established(stream, *est, rest);
             Accepted {
                 kind: stream.kind(),
                 stream,
                 info_hash,
+                ia_len,
             }
         }
         Outcome::Plaintext(first_bytes) => Accepted {
             stream: MseStream::new(stream, first_bytes, None, Kind::Plaintext),
             kind: Kind::Plaintext,
             info_hash: None,
+            ia_len: 0,
         },
     })
 }

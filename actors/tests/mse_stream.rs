@@ -109,6 +109,7 @@ async fn rc4_both_ways_and_nothing_readable_on_the_wire() {
     assert_eq!(kind, Kind::MseRc4);
     assert_eq!(inc.kind, Kind::MseRc4);
     assert_eq!(inc.info_hash, Some(info_hash));
+    assert_eq!(inc.ia_len, Handshake::LEN);
     let mut b = inc.stream;
     // The initiator's handshake came in the initial payload.
     assert_eq!(read_handshake(&mut b).await, our_handshake(info_hash));
