@@ -87,15 +87,26 @@ async fn read_message<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> Me
 
 /// After both BitTorrent handshakes: reads until libtorrent says it has
 /// everything, asks for the first block and checks it against the payload.
-/// Returns the messages' names in the order they came.
-async fn fetch_first_block<S>(
-    s: &mut MseStream<S>,
-    t: &TestTorrent,
-    mut buf: BytesMut,
-) -> Vec<String>
+async fn fetch_first_block<S>(s: &mut MseStream<S>, t: &TestTorrent)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let seen = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(s, t))
+        .await
+        .expect("block in time");
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("HaveAll") || m.starts_with("Bitfield")),
+        "{seen:?}"
+    );
+}
+
+/// The messages' names in the order they came, up to the block.
+async fn exchange<S>(s: &mut MseStream<S>, t: &TestTorrent) -> Vec<String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     Message::HaveNone.encode(&mut out);
     Message::Interested.encode(&mut out);
@@ -186,16 +197,7 @@ fn we_dial_a_forced_libtorrent_as_mse_initiator() {
         let theirs = Handshake::decode(&hs).unwrap().complete().unwrap();
         assert_eq!(theirs.info_hash, t.info_hash);
         assert!(theirs.supports_fast());
-        let seen = tokio::time::timeout(
-            EXCHANGE_TIMEOUT,
-            fetch_first_block(&mut s, &t, BytesMut::new()),
-        )
-        .await
-        .expect("block in time");
-        assert!(
-            seen.iter()
-                .any(|m| m.starts_with("HaveAll") || m.starts_with("Bitfield"))
-        );
+        fetch_first_block(&mut s, &t).await;
     });
     assert!(seed.finish(Duration::from_secs(20)).is_some());
 }
@@ -243,16 +245,7 @@ fn a_forced_libtorrent_dials_our_mse_responder() {
             .await
             .unwrap();
         s.flush().await.unwrap();
-        let seen = tokio::time::timeout(
-            EXCHANGE_TIMEOUT,
-            fetch_first_block(&mut s, &t, BytesMut::new()),
-        )
-        .await
-        .expect("block in time");
-        assert!(
-            seen.iter()
-                .any(|m| m.starts_with("HaveAll") || m.starts_with("Bitfield"))
-        );
+        fetch_first_block(&mut s, &t).await;
     });
     assert!(seed.finish(Duration::from_secs(20)).is_some());
 }

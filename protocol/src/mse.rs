@@ -616,6 +616,34 @@ impl Core {
     }
 }
 
+/// The outputs both roles share, over their [`Core`].
+macro_rules! role_methods {
+    ($role:ident) => {
+        impl $role {
+            /// Bytes to send, if any: take them all and write them in order.
+            pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+                self.core.poll_transmit()
+            }
+
+            /// Whether the handshake is complete (a responder's last message
+            /// is then queued for `poll_transmit`).
+            pub fn is_established(&self) -> bool {
+                self.core.phase == Phase::Done
+            }
+
+            /// The result, once established (only the first call returns it).
+            pub fn take_established(&mut self) -> Option<Established> {
+                self.core.established.take()
+            }
+
+            /// The current state, for logs.
+            pub fn state(&self) -> &'static str {
+                self.core.phase.name()
+            }
+        }
+    };
+}
+
 /// The side that dials: knows the torrent, speaks first.
 pub struct Initiator {
     core: Core,
@@ -656,11 +684,6 @@ impl Initiator {
         })
     }
 
-    /// Bytes to send, if any: take them all and write them in order.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.core.poll_transmit()
-    }
-
     /// Feeds bytes read from the peer. Returns how many belong to the
     /// handshake: all of them until it is established, after which the rest
     /// are payload. Once it fails, every call returns the same error.
@@ -671,22 +694,9 @@ impl Initiator {
             initiator_step(core, input, &info_hash, provide, ia, vc_pattern)
         })
     }
-
-    /// Whether the handshake is complete.
-    pub fn is_established(&self) -> bool {
-        self.core.phase == Phase::Done
-    }
-
-    /// The result, once established (only the first call returns it).
-    pub fn take_established(&mut self) -> Option<Established> {
-        self.core.established.take()
-    }
-
-    /// The current state, for logs.
-    pub fn state(&self) -> &'static str {
-        self.core.phase.name()
-    }
 }
+
+role_methods!(Initiator);
 
 fn initiator_step(
     core: &mut Core,
@@ -800,11 +810,6 @@ impl Responder {
         })
     }
 
-    /// Bytes to send, if any: take them all and write them in order.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.core.poll_transmit()
-    }
-
     /// Feeds bytes read from the peer (the bytes [`detect`] looked at
     /// included). Returns how many belong to the handshake: all of them
     /// until it is established, after which the rest are payload. `lookup`
@@ -821,22 +826,9 @@ impl Responder {
             responder_step(core, input, accept, lookup, req1, secret, info_hash)
         })
     }
-
-    /// Whether the handshake is complete (its last message is queued).
-    pub fn is_established(&self) -> bool {
-        self.core.phase == Phase::Done
-    }
-
-    /// The result, once established (only the first call returns it).
-    pub fn take_established(&mut self) -> Option<Established> {
-        self.core.established.take()
-    }
-
-    /// The current state, for logs.
-    pub fn state(&self) -> &'static str {
-        self.core.phase.name()
-    }
 }
+
+role_methods!(Responder);
 
 fn responder_step<L: SkeyLookup + ?Sized>(
     core: &mut Core,
