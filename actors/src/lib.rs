@@ -78,6 +78,7 @@ pub mod budget;
 pub mod choker;
 pub mod config;
 pub mod metrics;
+pub mod mse_stream;
 pub mod peer;
 pub mod picker;
 pub mod pipeline;

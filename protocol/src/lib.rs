@@ -8,6 +8,7 @@
 pub mod bencode;
 pub mod magnet;
 pub mod metainfo;
+pub mod mse;
 pub mod tracker;
 pub mod udp_tracker;
 pub mod wire;

@@ -10,9 +10,15 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The helper script, next to this file.
+/// The helper script, next to this file. Found from the including crate's
+/// directory upwards, so member crates can include this module by `#[path]`.
 pub fn script() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_peer.py")
+    let rel = "tests/support/lt_peer.py";
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join(rel))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{rel} not found above {}", env!("CARGO_MANIFEST_DIR")))
 }
 
 /// A running `lt_peer.py`: its stdout lines arrive on a channel, its

@@ -36,6 +36,11 @@ peers other than the named ones and the tracker (DHT, LSD, UPnP, NAT-PMP).
     nothing throttles 127.0.0.1.
   * allow_multiple_connections_per_ip: every peer here is 127.0.0.1.
 
+`--encryption forced|enabled|disabled` sets libtorrent's out_enc_policy and
+in_enc_policy (MSE/PE: forced refuses plaintext peers both ways) and
+`--enc-level plaintext|rc4|both` its allowed_enc_level; left out, libtorrent's
+defaults (enabled, both) apply.
+
 `--profile default` keeps libtorrent's defaults except the discovery
 switches, to measure what the tuning changes; `default-tcp` is that with uTP
 off, `tuned-utp` is `tuned` with uTP on (to tell the two changes apart).
@@ -91,10 +96,23 @@ def settings(profile):
     return s
 
 
-def start_session(profile, pex=True):
+def encryption_settings(a):
+    s = {}
+    if a.encryption is not None:
+        policy = getattr(lt.enc_policy, a.encryption)
+        s["out_enc_policy"] = policy
+        s["in_enc_policy"] = policy
+    if a.enc_level is not None:
+        s["allowed_enc_level"] = getattr(lt.enc_level, a.enc_level)
+    return s
+
+
+def start_session(a, pex=True):
+    s = settings(a.profile)
+    s.update(encryption_settings(a))
     # Without the default plugins there is no ut_pex: a benchmark leecher
     # then talks to the seed it was given and never learns of the others.
-    ses = lt.session(settings(profile), 1 if pex else 0)
+    ses = lt.session(s, 1 if pex else 0)
     deadline = time.monotonic() + 10
     while ses.listen_port() == 0:
         if time.monotonic() > deadline:
@@ -142,7 +160,7 @@ def peer_addr(text):
 
 def cmd_seed(a):
     stop = stop_event()
-    ses = start_session(a.profile)
+    ses = start_session(a)
     h, ti = add(ses, a)
     deadline = time.monotonic() + a.timeout
     while True:
@@ -176,7 +194,7 @@ def cmd_seed(a):
 
 def cmd_leech(a):
     stop = stop_event() if a.stay else None
-    ses = start_session(a.profile, pex=not a.no_pex)
+    ses = start_session(a, pex=not a.no_pex)
     # Its port, for a seed that is to dial this leecher instead.
     print(f"PORT {ses.listen_port()}", flush=True)
     t0 = time.monotonic()
@@ -227,6 +245,8 @@ def main():
         c.add_argument("--timeout", type=float, default=600)
         c.add_argument("--profile", choices=PROFILES, default="tuned")
         c.add_argument("--verbose", action="store_true")
+        c.add_argument("--encryption", choices=("forced", "enabled", "disabled"))
+        c.add_argument("--enc-level", choices=("plaintext", "rc4", "both"))
         if name == "leech":
             c.add_argument("--stay", action="store_true", help="seed on until stdin closes")
             c.add_argument("--no-pex", action="store_true", help="no ut_pex (peers stay apart)")
