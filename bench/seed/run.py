@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Seed egress on loopback: actorrent seed vs libtorrent seed.
 
-One seed of each kind serves the same payload to 1, 2 and 4 libtorrent
+One seed of each kind serves the same payload to 1, 2, 4 and 8 libtorrent
 leechers at once (each a fresh process with its own empty save directory),
 alternating seeds within each run. For every trial it reports the seed's
 total egress (payload bytes to all leechers / span from the first leecher's
@@ -12,6 +12,7 @@ table of medians over --runs runs.
     cargo build --release
     /usr/bin/python3 bench/seed/run.py                # 512 MiB, 3 runs
     /usr/bin/python3 bench/seed/run.py --size-mib 256 --runs 5 --json out.json
+    /usr/bin/python3 bench/seed/run.py --workdir /var/tmp --cold   # disk, cold cache
 
 Use /usr/bin/python3 (python3-libtorrent). See README.md next to this file
 for the settings and what the numbers mean.
@@ -20,6 +21,7 @@ for the settings and what the numbers mean.
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -207,7 +209,7 @@ def actorrent_leechers(binary, seed, torrent, size, outs, timeout):
     return spans, failed
 
 
-def lt_leechers(seed, torrent, size, outs, profile, timeout):
+def lt_leechers(seed, torrent, size, outs, profile, timeout, plaintext):
     """libtorrent downloads into each of `outs` at once; returns each one's
     (start, end) span as the leecher measured it (torrent added to last
     piece verified)."""
@@ -228,7 +230,8 @@ def lt_leechers(seed, torrent, size, outs, profile, timeout):
                 profile,
                 "--timeout",
                 str(timeout),
-            ],
+            ]
+            + (["--encryption", "disabled"] if plaintext else []),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
@@ -249,33 +252,56 @@ def lt_leechers(seed, torrent, size, outs, profile, timeout):
     return spans, failed
 
 
+def drop_caches():
+    """Writes back and drops the page cache, so the seed reads the payload
+    from the disk (root only; it affects the whole machine)."""
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def fs_type(path):
+    """The type of the filesystem holding `path` (ext4, tmpfs...)."""
+    out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", path], capture_output=True, text=True)
+    return (out.stdout.split() or ["unknown"])[0]
+
+
 def trial(seed, torrent, size, n, workdir, a, kind):
-    """n leechers of `kind` from `seed` at once; returns (MB/s, CPU s/GiB,
-    span s) or raises."""
+    """n leechers of `kind` from `seed` at once; returns (MB/s, seed CPU
+    s/GiB, span s, leechers' CPU s/GiB, share of the machine's CPUs the
+    seed and leechers used over the span) or raises."""
     outs = [os.path.join(workdir, f"leech-{seed.kind}-{n}-{i}") for i in range(n)]
     for o in outs:
         shutil.rmtree(o, ignore_errors=True)
         os.makedirs(o)
+    if a.cold:
+        drop_caches()
     cpu0 = cpu_seconds(seed.pid)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if kind == "actorrent":
         spans, failed = actorrent_leechers(a.actorrent, seed, torrent, size, outs, a.timeout)
     else:
-        spans, failed = lt_leechers(seed, torrent, size, outs, a.lt_profile, a.timeout)
+        spans, failed = lt_leechers(seed, torrent, size, outs, a.lt_profile, a.timeout, a.lt_plaintext)
     cpu = cpu_seconds(seed.pid) - cpu0
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The leechers are the only children reaped during the trial (with
+    # --cold, also one `sync`, which costs nothing to speak of).
+    leech_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     for o in outs:
         shutil.rmtree(o, ignore_errors=True)
     if failed:
         raise RuntimeError(f"{len(failed)} of {n} leechers failed ({failed})")
     span = max(e for _, e in spans) - min(s for s, _ in spans)
     served = n * size
-    return served / span / 1e6, cpu / (served / GIB), span
+    busy = (cpu + leech_cpu) / (span * os.cpu_count())
+    return served / span / 1e6, cpu / (served / GIB), span, leech_cpu / (served / GIB), busy
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--piece-kib", type=int, default=256)
-    ap.add_argument("--leechers", default="1,2,4", help="comma-separated counts")
+    ap.add_argument("--leechers", default="1,2,4,8", help="comma-separated counts")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seeds", default="actorrent,libtorrent")
     ap.add_argument(
@@ -290,7 +316,16 @@ def main():
         default="tuned",
         help="libtorrent settings for the libtorrent seed and all leechers",
     )
-    ap.add_argument("--workdir", default=None, help="parent of the scratch directory")
+    ap.add_argument("--workdir", default=None,
+                    help="parent of the scratch directory (payload and leechers' downloads)")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before each trial (root only), so seeds read from disk")
+    ap.add_argument(
+        "--lt-plaintext",
+        action="store_true",
+        help="libtorrent leechers handshake in plaintext; by default they try MSE first, "
+        "which actorrent does not speak, and reconnect in plaintext about 1 s later",
+    )
     ap.add_argument("--timeout", type=float, default=600, help="per leecher, seconds")
     ap.add_argument("--json", default=None, help="also write every trial here")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -304,8 +339,14 @@ def main():
     leecher_kinds = a.leecher_kinds.split(",")
     if "actorrent" in leecher_kinds and not os.access(a.actorrent, os.X_OK):
         raise SystemExit(f"{a.actorrent} missing: cannot run actorrent leechers")
+    if a.cold and not (os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)):
+        raise SystemExit("--cold needs root to write /proc/sys/vm/drop_caches")
     size = a.size_mib << 20
     workdir = tempfile.mkdtemp(prefix="seedbench-", dir=a.workdir)
+    fstype = fs_type(workdir)
+    if a.cold and fstype == "tmpfs":
+        raise SystemExit(f"--cold on tmpfs ({workdir}) measures nothing: its pages cannot be dropped")
+    loads = []
     seeds = []
     results = []
     try:
@@ -322,10 +363,12 @@ def main():
             for lk in leecher_kinds:
                 for n in counts:
                     for seed in seeds:
-                        mbs, cpu, span = trial(seed, torrent, size, n, workdir, a, lk)
+                        loads.append(os.getloadavg()[0])
+                        mbs, cpu, span, lcpu, busy = trial(seed, torrent, size, n, workdir, a, lk)
                         log(
                             f"run {r + 1}: {seed.kind} -> {n} {lk} leechers: "
-                            f"{mbs:.0f} MB/s, {cpu:.2f} CPU s/GiB ({span:.1f} s)"
+                            f"{mbs:.0f} MB/s, {cpu:.2f} CPU s/GiB ({span:.1f} s), "
+                            f"leechers {lcpu:.2f} CPU s/GiB, CPUs {100 * busy:.0f} % busy"
                         )
                         results.append(
                             {
@@ -336,6 +379,9 @@ def main():
                                 "mb_s": mbs,
                                 "cpu_s_per_gib": cpu,
                                 "span_s": span,
+                                "leechers_cpu_s_per_gib": lcpu,
+                                "cpu_busy": busy,
+                                "load": loads[-1],
                             }
                         )
     finally:
@@ -346,14 +392,18 @@ def main():
 
     if a.json:
         with open(a.json, "w") as f:
-            meta = {"size_mib": a.size_mib, "piece_kib": a.piece_kib, "lt_profile": a.lt_profile}
+            meta = {"size_mib": a.size_mib, "piece_kib": a.piece_kib, "lt_profile": a.lt_profile,
+                    "lt_plaintext": a.lt_plaintext, "cold": a.cold, "fs": fstype, "loads": loads}
             json.dump({**meta, "trials": results}, f, indent=1)
     print(
         f"\nSeed egress, {a.size_mib} MiB payload, {a.piece_kib} KiB pieces, "
-        f"libtorrent settings `{a.lt_profile}`, median of {a.runs}\n"
+        f"libtorrent settings `{a.lt_profile}`"
+        f"{', plaintext handshakes' if a.lt_plaintext else ', MSE first (libtorrent default)'}, "
+        f"{fstype}, {'cold' if a.cold else 'warm'} page cache, median of {a.runs}; "
+        f"load average {statistics.median(loads) if loads else 0:.1f} (median at trial starts)\n"
     )
-    print("| leechers | seed | total MB/s | seed CPU s/GiB served |")
-    print("|---|---|---:|---:|")
+    print("| leechers | seed | total MB/s | seed CPU s/GiB served | leechers CPU s/GiB | CPUs busy |")
+    print("|---|---|---:|---:|---:|---:|")
     for lk in leecher_kinds:
         med = {}
         for n in counts:
@@ -364,10 +414,12 @@ def main():
                     statistics.median(x["cpu_s_per_gib"] for x in rows),
                 )
                 med[(kind, n)] = m
-                print(f"| {n} {lk} | {kind} | {m[0]:.0f} | {m[1]:.2f} |")
+                lc = statistics.median(x["leechers_cpu_s_per_gib"] for x in rows)
+                busy = statistics.median(x["cpu_busy"] for x in rows)
+                print(f"| {n} {lk} | {kind} | {m[0]:.0f} | {m[1]:.2f} | {lc:.2f} | {100 * busy:.0f} % |")
             if len(kinds) == 2:
                 (a0, c0), (a1, c1) = med[(kinds[0], n)], med[(kinds[1], n)]
-                print(f"| {n} {lk} | {kinds[0]} / {kinds[1]} | {a0 / a1:.2f} | {c0 / c1:.2f} |")
+                print(f"| {n} {lk} | {kinds[0]} / {kinds[1]} | {a0 / a1:.2f} | {c0 / c1:.2f} | | |")
 
 
 if __name__ == "__main__":
