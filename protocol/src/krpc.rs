@@ -760,6 +760,12 @@ mod tests {
         let bytes = m.encode();
         let generic = bencode::decode(&bytes).unwrap().to_owned_value().encode();
         assert_eq!(bytes, generic);
-        assert!(bencode::decode(&bytes).unwrap().as_dict().unwrap().is_sorted());
+        assert!(
+            bencode::decode(&bytes)
+                .unwrap()
+                .as_dict()
+                .unwrap()
+                .is_sorted()
+        );
     }
 }

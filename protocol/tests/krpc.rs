@@ -6,8 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use proptest::prelude::*;
 use protocol::krpc::{
-    Body, CompactNode, ErrorBody, KrpcError, Limits, Message, Method, Query, Response, code,
-    decode,
+    Body, CompactNode, ErrorBody, KrpcError, Limits, Message, Method, Query, Response, code, decode,
 };
 
 const A: &[u8; 20] = b"abcdefghij0123456789";
@@ -164,8 +163,10 @@ fn nodes_round_trip_and_optional_keys() {
 
 #[test]
 fn unknown_methods_are_decoded_for_a_204_answer() {
-    let m = dec(b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q3:get1:t2:aa1:y1:qe")
-        .unwrap();
+    let m = dec(
+        b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q3:get1:t2:aa1:y1:qe",
+    )
+    .unwrap();
     assert_eq!(
         m.body,
         Body::Query(Query {
@@ -257,7 +258,12 @@ fn bad_datagrams_name_what_is_wrong() {
     ];
     for (bytes, reason) in cases {
         let e = dec(bytes).expect_err(&String::from_utf8_lossy(bytes));
-        assert_eq!(e.reason(), *reason, "{}: {e}", String::from_utf8_lossy(bytes));
+        assert_eq!(
+            e.reason(),
+            *reason,
+            "{}: {e}",
+            String::from_utf8_lossy(bytes)
+        );
         assert!(!e.to_string().is_empty());
     }
 }
@@ -305,7 +311,10 @@ fn every_cap_is_enforced_before_copying() {
         })
     );
     // Long transaction id and token.
-    let b = format!("d1:rd2:id20:mnopqrstuvwxyz123456e1:t17:{}1:y1:re", "t".repeat(17));
+    let b = format!(
+        "d1:rd2:id20:mnopqrstuvwxyz123456e1:t17:{}1:y1:re",
+        "t".repeat(17)
+    );
     assert!(matches!(
         dec(b.as_bytes()),
         Err(KrpcError::TooLong { key: "t", .. })
