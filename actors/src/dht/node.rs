@@ -109,6 +109,8 @@ pub struct DhtStats {
     pub cached_nodes: usize,
     /// Buckets.
     pub buckets: usize,
+    /// Nodes in the fullest bucket (never above `bucket_size`).
+    pub largest_bucket: usize,
     /// Torrents registered.
     pub torrents: usize,
     /// Peers stored for others, and of how many info-hashes.
@@ -313,6 +315,7 @@ impl Node {
         (s.good_nodes, s.questionable_nodes, s.bad_nodes) = self.table.liveness_counts(now);
         s.cached_nodes = self.table.cached_len();
         s.buckets = self.table.bucket_count();
+        s.largest_bucket = self.table.largest_bucket();
         s.torrents = self.torrents.len();
         s.stored_peers = self.store.len();
         s.stored_torrents = self.store.torrents();
