@@ -59,7 +59,10 @@ async fn sixty_four_nodes_converge_find_announced_peers_and_rejoin() {
         let target = NodeId::random(&mut rng);
         let from = (round * 5) % N;
         let s = members[from].handle.find_node(target).await.unwrap();
-        let mut truth: Vec<_> = all.iter().filter(|(_, a)| *a != members[from].addr()).collect();
+        let mut truth: Vec<_> = all
+            .iter()
+            .filter(|(_, a)| *a != members[from].addr())
+            .collect();
         truth.sort_by_key(|(id, _)| id.distance(&target));
         let truth: Vec<SocketAddr> = truth.iter().take(8).map(|(_, a)| *a).collect();
         let found: Vec<SocketAddr> = s.closest.iter().map(|a| SocketAddr::V4(a.addr)).collect();
@@ -72,7 +75,11 @@ async fn sixty_four_nodes_converge_find_announced_peers_and_rejoin() {
     // batch on its channel.
     let ih = InfoHash([0x42; 20]);
     let (tx, _rx5) = mpsc::channel(8);
-    members[5].handle.register(ih, Some(5555), tx).await.unwrap();
+    members[5]
+        .handle
+        .register(ih, Some(5555), tx)
+        .await
+        .unwrap();
     wait_stats(&members[5].handle, LIMIT, "node 5 announced", |s| {
         s.announces_sent >= 8
     })
@@ -88,10 +95,16 @@ async fn sixty_four_nodes_converge_find_announced_peers_and_rejoin() {
     }
     let (tx, mut rx) = mpsc::channel(8);
     members[40].handle.register(ih, None, tx).await.unwrap();
-    let batch = tokio::time::timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
+    let batch = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(batch.contains(&SocketAddr::V4(want)));
     assert_eq!(
-        members[40].handle.register(ih, None, mpsc::channel(1).0).await,
+        members[40]
+            .handle
+            .register(ih, None, mpsc::channel(1).0)
+            .await,
         Err(DhtError::Node(actors::dht::NodeError::AlreadyRegistered(
             NodeId(ih.0)
         )))
@@ -114,9 +127,12 @@ async fn sixty_four_nodes_converge_find_announced_peers_and_rejoin() {
     let saved = std::fs::metadata(&members[7].state_file).unwrap();
     assert!(saved.len() > 26 * 8);
     let restarted = start(loopback_config(&[]), &members[7].state_file.clone(), 999).await;
-    let s = wait_stats(&restarted.handle, LIMIT, "the restarted node rejoins", |s| {
-        s.nodes >= 8
-    })
+    let s = wait_stats(
+        &restarted.handle,
+        LIMIT,
+        "the restarted node rejoins",
+        |s| s.nodes >= 8,
+    )
     .await;
     assert_eq!(s.id, id7, "same id after a restart");
     let found = restarted.handle.get_peers(ih).await.unwrap();
@@ -201,7 +217,10 @@ async fn hostile_datagrams_are_dropped_counted_and_never_grow_anything() {
     })
     .await;
     for (_, reason) in &junk {
-        assert!(st.dropped.get(reason).copied().unwrap_or(0) >= 1, "{reason}: {st:?}");
+        assert!(
+            st.dropped.get(reason).copied().unwrap_or(0) >= 1,
+            "{reason}: {st:?}"
+        );
     }
     assert!(recv(&s).await.is_none(), "junk is never answered");
 
@@ -235,11 +254,17 @@ async fn hostile_datagrams_are_dropped_counted_and_never_grow_anything() {
         );
         s.send_to(&q.encode(), to).await.unwrap();
     }
-    let st = wait_stats(&m.handle, LIMIT, "bad tokens counted", |st| st.bad_tokens >= 1000).await;
+    let st = wait_stats(&m.handle, LIMIT, "bad tokens counted", |st| {
+        st.bad_tokens >= 1000
+    })
+    .await;
     assert_eq!(st.stored_peers, 0);
     assert_eq!(st.announces_stored, 0);
     assert!(st.queries_in_flight <= 1, "{st:?}");
-    assert!(st.nodes + st.cached_nodes <= 1, "one remote, at most one entry");
+    assert!(
+        st.nodes + st.cached_nodes <= 1,
+        "one remote, at most one entry"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +288,10 @@ async fn a_flooding_source_is_rate_limited_until_its_budget_refills() {
     let secs = started.elapsed().as_secs() + 1;
     let answered = st.answered.get("ping").copied().unwrap_or(0);
     // A burst of 20, then 10 a second.
-    assert!(answered <= 20 + 10 * secs, "answered {answered} in {secs} s");
+    assert!(
+        answered <= 20 + 10 * secs,
+        "answered {answered} in {secs} s"
+    );
     assert_eq!(st.rate_limited + answered, st.packets_in, "{st:?}");
     assert!(st.rate_limited >= 200, "{st:?}");
     // Loopback is one address: a second socket on it shares the budget,
@@ -305,16 +333,29 @@ async fn a_torrent_whose_channel_closed_is_unregistered() {
     let dir = tempfile::tempdir().unwrap();
     let members = swarm(12, dir.path(), |_| {}).await;
     for m in &members {
-        wait_stats(&m.handle, LIMIT, "joined", |s| s.nodes >= 8 && s.lookups_running == 0).await;
+        wait_stats(&m.handle, LIMIT, "joined", |s| {
+            s.nodes >= 8 && s.lookups_running == 0
+        })
+        .await;
     }
     let ih = InfoHash([0x11; 20]);
     let (tx, _keep) = mpsc::channel(4);
-    members[1].handle.register(ih, Some(4000), tx).await.unwrap();
-    wait_stats(&members[1].handle, LIMIT, "announced", |s| s.announces_sent >= 8).await;
+    members[1]
+        .handle
+        .register(ih, Some(4000), tx)
+        .await
+        .unwrap();
+    wait_stats(&members[1].handle, LIMIT, "announced", |s| {
+        s.announces_sent >= 8
+    })
+    .await;
     let (tx, rx) = mpsc::channel(4);
     drop(rx);
     members[2].handle.register(ih, None, tx).await.unwrap();
-    wait_stats(&members[2].handle, LIMIT, "unregistered", |s| s.torrents == 0).await;
+    wait_stats(&members[2].handle, LIMIT, "unregistered", |s| {
+        s.torrents == 0
+    })
+    .await;
     // The announce itself is still found by others.
     let peers: HashSet<_> = members[3]
         .handle
