@@ -66,6 +66,17 @@ async fn sixty_four_nodes_converge_find_announced_peers_and_rejoin() {
         truth.sort_by_key(|(id, _)| id.distance(&target));
         let truth: Vec<SocketAddr> = truth.iter().take(8).map(|(_, a)| *a).collect();
         let found: Vec<SocketAddr> = s.closest.iter().map(|a| SocketAddr::V4(a.addr)).collect();
+        if found != truth {
+            for m in &members {
+                if truth.contains(&m.addr()) && !found.contains(&m.addr()) {
+                    eprintln!(
+                        "missing {}: {:?}",
+                        m.addr(),
+                        m.handle.stats().await.unwrap()
+                    );
+                }
+            }
+        }
         assert_eq!(found, truth, "find_node {round} from node {from}: {s:?}");
         assert!(s.rounds >= 1);
     }
@@ -366,4 +377,46 @@ async fn a_torrent_whose_channel_closed_is_unregistered() {
         .into_iter()
         .collect();
     assert!(peers.contains(&SocketAddrV4::new([127, 0, 0, 1].into(), 4000)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_names_resolve_through_the_dns_cache_and_routers_stay_out_of_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = swarm(12, dir.path(), |_| {}).await;
+    for m in &members {
+        wait_stats(&m.handle, LIMIT, "joined", |s| {
+            s.nodes >= 8 && s.lookups_running == 0
+        })
+        .await;
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (dns, dns_join) =
+        actors::tracker::dns::spawn(actors::tracker::DnsConfig::default(), cancel.clone());
+    let router = members[0].addr();
+    let config = DhtConfig {
+        bootstrap_nodes: vec![format!("localhost:{}", router.port())],
+        ..loopback_config(&[])
+    };
+    let (handle, join) = actors::dht::spawn(
+        config,
+        actors::dht::DhtStart {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            state_file: None,
+            dns: Some(dns.clone()),
+            seed: Some(77),
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let s = wait_stats(&handle, LIMIT, "joined through a name", |s| s.nodes >= 8).await;
+    // Twelve others, minus the router named by host name.
+    assert!(s.nodes <= 11, "{s:?}");
+    assert!(
+        dns.stats().await.unwrap().misses >= 1,
+        "resolved through the cache"
+    );
+    cancel.cancel();
+    join.await.unwrap();
+    dns_join.await.unwrap();
 }

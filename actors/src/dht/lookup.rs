@@ -188,6 +188,16 @@ impl Lookup {
         l
     }
 
+    /// Adds a bootstrap address of unknown id (one resolved late).
+    pub fn add_bootstrap(&mut self, addr: SocketAddrV4) {
+        if usable(&addr)
+            && self.unknown.len() < self.config.max_candidates
+            && self.seen.insert(addr)
+        {
+            self.unknown.push(addr);
+        }
+    }
+
     /// The target.
     pub fn target(&self) -> NodeId {
         self.target

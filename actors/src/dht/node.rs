@@ -238,6 +238,8 @@ pub struct Node {
     /// Nodes from the saved table, tried once at the first bootstrap.
     saved: Vec<(NodeId, SocketAddrV4)>,
     next_bootstrap: Instant,
+    /// Bootstraps since the table last held k nodes.
+    bootstrap_attempts: u32,
     bootstrap_lookup: Option<LookupId>,
     next_maintenance: Instant,
     stats: DhtStats,
@@ -283,6 +285,7 @@ impl Node {
             routers: HashSet::new(),
             saved,
             next_bootstrap: now,
+            bootstrap_attempts: 0,
             bootstrap_lookup: None,
             next_maintenance: now + config.maintenance_interval,
             stats: DhtStats {
@@ -504,6 +507,11 @@ impl Node {
                 if routers {
                     self.routers.insert(a);
                 }
+                // A bootstrap already running (say, from the saved table)
+                // asks the new address too.
+                if let Some(r) = self.bootstrap_lookup.and_then(|l| self.lookups.get_mut(&l)) {
+                    r.lookup.add_bootstrap(a);
+                }
             }
         }
         self.next_bootstrap = now;
@@ -633,9 +641,23 @@ impl Node {
 
     fn take_rpc(&mut self, tid: &[u8], from: SocketAddrV4) -> Option<Rpc> {
         let tid = u16::from_be_bytes(<[u8; 2]>::try_from(tid).ok()?);
-        match self.rpcs.get(&tid) {
+        let rpc = match self.rpcs.get(&tid) {
             Some(r) if r.addr == from => self.rpcs.remove(&tid),
             _ => None,
+        };
+        self.trim_deadlines();
+        rpc
+    }
+
+    /// Answered queries leave their deadline behind; drops those at the
+    /// front, so the queue holds at most the queries sent within one
+    /// `query_timeout` (and usually only those in flight).
+    fn trim_deadlines(&mut self) {
+        while let Some(&(_, tid, seq)) = self.deadlines.front() {
+            if self.rpcs.get(&tid).is_some_and(|r| r.seq == seq) {
+                break;
+            }
+            self.deadlines.pop_front();
         }
     }
 
@@ -825,14 +847,7 @@ impl Node {
                 }
             }
         }
-        // Answered queries leave their deadline behind; drop those at the
-        // front so the queue stays as short as what is in flight.
-        while let Some(&(_, tid, seq)) = self.deadlines.front() {
-            if self.rpcs.get(&tid).is_some_and(|r| r.seq == seq) {
-                break;
-            }
-            self.deadlines.pop_front();
-        }
+        self.trim_deadlines();
         if now >= self.next_maintenance {
             self.next_maintenance = now + self.config.maintenance_interval;
             self.maintain(now);
@@ -889,6 +904,9 @@ impl Node {
 
     /// Starts a bootstrap if due and moves every lookup on.
     fn step(&mut self, now: Instant) {
+        if self.table.len() >= self.config.bucket_size {
+            self.bootstrap_attempts = 0;
+        }
         // Bootstrap while the table is nearly empty.
         if self.bootstrap_lookup.is_none()
             && self.table.len() < self.config.bucket_size
@@ -898,7 +916,19 @@ impl Node {
             let own = self.id();
             if let Ok(id) = self.launch(own, LookupKind::FindNode, Why::Bootstrap) {
                 self.bootstrap_lookup = Some(id);
-                self.next_bootstrap = now + self.config.retry_interval;
+                // A small DHT may never give us k nodes: retry with a
+                // doubling wait (capped at the bucket refresh interval).
+                let wait = self
+                    .config
+                    .retry_interval
+                    .saturating_mul(1 << self.bootstrap_attempts.min(10))
+                    .min(
+                        self.config
+                            .bucket_refresh_interval
+                            .max(self.config.retry_interval),
+                    );
+                self.bootstrap_attempts += 1;
+                self.next_bootstrap = now + wait;
             }
         }
         // Move lookups on; finish those that are done.
@@ -984,7 +1014,9 @@ impl Node {
                 // into each farther bucket fills those (as libtorrent does
                 // after bootstrapping), so that we can route anywhere.
                 if summary.responses > 0 {
-                    let depth = self.table.bucket_count().saturating_sub(1);
+                    // At least the far half of the id space, even while
+                    // the table is one bucket.
+                    let depth = self.table.bucket_count().saturating_sub(1).max(1);
                     for i in 0..depth {
                         let target = self.id().random_with_prefix(i, &mut self.rng);
                         if self

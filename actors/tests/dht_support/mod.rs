@@ -87,7 +87,11 @@ pub async fn start(config: DhtConfig, state_file: &Path, seed: u64) -> Member {
 }
 
 /// `n` nodes: node 0 with no bootstrap node, every other one bootstrapped
-/// from node 0 (the way a new DHT is seeded from one router).
+/// from node 0 (the way a new DHT is seeded from one router). They join
+/// one after the other, each once the previous one's bootstrap lookups
+/// are done, the way a DHT grows: a node that joined while the DHT was a
+/// few nodes would otherwise not be known around its id until its first
+/// bucket refresh, 15 minutes later.
 pub async fn swarm(n: usize, dir: &Path, tweak: impl Fn(&mut DhtConfig)) -> Vec<Member> {
     let mut first = loopback_config(&[]);
     tweak(&mut first);
@@ -96,7 +100,12 @@ pub async fn swarm(n: usize, dir: &Path, tweak: impl Fn(&mut DhtConfig)) -> Vec<
     for i in 1..n {
         let mut c = loopback_config(&[seed]);
         tweak(&mut c);
-        members.push(start(c, &dir.join(format!("{i}.state")), i as u64 + 1).await);
+        let m = start(c, &dir.join(format!("{i}.state")), i as u64 + 1).await;
+        wait_stats(&m.handle, Duration::from_secs(30), "bootstrapped", |s| {
+            s.lookups_started >= 1 && s.lookups_running == 0
+        })
+        .await;
+        members.push(m);
     }
     members
 }
