@@ -10,7 +10,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use actors::dht::{DhtConfig, DhtError, NodeId};
-use dht_support::{Member, loopback_config, start, swarm, wait_stats};
+use dht_support::{Member, announce, loopback_config, start, swarm, wait_stats};
 use protocol::krpc::{self, Body, CompactNode, Limits, Message, Method, Response, code};
 use protocol::metainfo::InfoHash;
 use rand::SeedableRng;
@@ -85,16 +85,7 @@ async fn sixty_four_nodes_converge_find_announced_peers_and_rejoin() {
     // node's get_peers finds it, and a registered torrent gets it as a
     // batch on its channel.
     let ih = InfoHash([0x42; 20]);
-    let (tx, _rx5) = mpsc::channel(8);
-    members[5]
-        .handle
-        .register(ih, Some(5555), tx)
-        .await
-        .unwrap();
-    wait_stats(&members[5].handle, LIMIT, "node 5 announced", |s| {
-        s.announces_sent >= 8
-    })
-    .await;
+    let _rx5 = announce(&members[5].handle, ih, 5555, 8).await;
     let want = SocketAddrV4::new([127, 0, 0, 1].into(), 5555);
     for (i, m) in members.iter().enumerate().filter(|(i, _)| *i != 5) {
         let s = m.handle.get_peers(ih).await.unwrap();
@@ -352,16 +343,7 @@ async fn a_torrent_whose_channel_closed_is_unregistered() {
         .await;
     }
     let ih = InfoHash([0x11; 20]);
-    let (tx, _keep) = mpsc::channel(4);
-    members[1]
-        .handle
-        .register(ih, Some(4000), tx)
-        .await
-        .unwrap();
-    wait_stats(&members[1].handle, LIMIT, "announced", |s| {
-        s.announces_sent >= 8
-    })
-    .await;
+    let _keep = announce(&members[1].handle, ih, 4000, 8).await;
     let (tx, rx) = mpsc::channel(4);
     drop(rx);
     members[2].handle.register(ih, None, tx).await.unwrap();

@@ -14,7 +14,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use actors::dht::NodeId;
-use dht_support::{swarm, wait_stats};
+use dht_support::{announce, swarm, wait_stats};
 use protocol::metainfo::InfoHash;
 use tokio::sync::mpsc;
 
@@ -225,16 +225,7 @@ async fn libtorrent_and_our_dht_find_each_others_peers() {
     assert_eq!(announced, format!("{} 127.0.0.1 7777", hex(&lt_id)));
 
     let ih3 = [0x33; 20];
-    let (tx, _rx3) = mpsc::channel(8);
-    members[4]
-        .handle
-        .register(InfoHash(ih3), Some(7777), tx)
-        .await
-        .unwrap();
-    wait_stats(&members[4].handle, LIMIT, "announced twice", |s| {
-        s.announces_sent >= 16
-    })
-    .await;
+    let _rx3 = announce(&members[4].handle, InfoHash(ih3), 7777, 8).await;
     let deadline = Instant::now() + LIMIT;
     loop {
         lt.send(&format!("get {}", hex(&ih3)));

@@ -44,15 +44,10 @@ pub struct LookupConfig {
     pub max_peers: usize,
 }
 
+/// The defaults are [`super::DhtConfig`]'s, kept in one place.
 impl Default for LookupConfig {
     fn default() -> Self {
-        LookupConfig {
-            alpha: 3,
-            k: 8,
-            max_candidates: 64,
-            max_queries: 128,
-            max_peers: 1000,
-        }
+        super::DhtConfig::default().lookup()
     }
 }
 

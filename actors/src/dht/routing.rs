@@ -57,17 +57,10 @@ pub struct RoutingConfig {
     pub refresh_interval: Duration,
 }
 
+/// The defaults are [`super::DhtConfig`]'s, kept in one place.
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig {
-            bucket_size: 8,
-            replacement_cache: 8,
-            max_nodes: 1024,
-            max_nodes_per_ip: 1,
-            max_failures: 2,
-            good_for: Duration::from_secs(15 * 60),
-            refresh_interval: Duration::from_secs(15 * 60),
-        }
+        super::DhtConfig::default().routing()
     }
 }
 

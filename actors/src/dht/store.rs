@@ -29,13 +29,10 @@ pub struct StoreConfig {
     pub ttl: Duration,
 }
 
+/// The defaults are [`super::DhtConfig`]'s, kept in one place.
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig {
-            max_per_torrent: 200,
-            max_total: 20_000,
-            ttl: Duration::from_secs(30 * 60),
-        }
+        super::DhtConfig::default().store()
     }
 }
 

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actors::dht::{DhtConfig, DhtHandle, DhtStart, DhtStats, spawn};
+use protocol::metainfo::InfoHash;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -129,4 +131,23 @@ pub async fn wait_stats(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Registers `ih` on `m` announcing `port`, and waits (bounded) until its
+/// lookup has sent `announce_peer` to `at_least` nodes. Returns the peer
+/// channel (keep it: a closed channel unregisters the torrent).
+pub async fn announce(
+    m: &DhtHandle,
+    ih: InfoHash,
+    port: u16,
+    at_least: u64,
+) -> mpsc::Receiver<Vec<SocketAddr>> {
+    let before = m.stats().await.expect("DHT actor running").announces_sent;
+    let (tx, rx) = mpsc::channel(8);
+    m.register(ih, Some(port), tx).await.expect("register");
+    wait_stats(m, Duration::from_secs(20), "announced", |s| {
+        s.announces_sent >= before + at_least
+    })
+    .await;
+    rx
 }
