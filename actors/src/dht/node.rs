@@ -931,18 +931,30 @@ impl Node {
                 self.next_bootstrap = now + wait;
             }
         }
-        // Move lookups on; finish those that are done.
+        // Finishing a lookup may start others (a bootstrap starts its
+        // refreshes, a freed slot starts a due torrent), which get their
+        // first queries in the next pass. Each pass needs a lookup to have
+        // finished, and lookups are bounded, so this ends; the cap is a
+        // belt over those braces.
+        for _ in 0..=self.config.max_lookups + 1 {
+            if !self.pump_lookups(now) {
+                break;
+            }
+            self.start_due_torrents(now);
+        }
+    }
+
+    /// Sends what every lookup wants to send and finishes those that are
+    /// done. True if one finished.
+    fn pump_lookups(&mut self, now: Instant) -> bool {
         let ids: Vec<LookupId> = self.lookups.keys().copied().collect();
         let mut finished = false;
         for l in ids {
-            loop {
-                if self.rpcs.len() >= self.config.max_queries_in_flight {
-                    break;
-                }
-                let Some(q) = self.lookups.get_mut(&l).and_then(|r| r.lookup.next_query()) else {
+            while self.rpcs.len() < self.config.max_queries_in_flight {
+                let Some(running) = self.lookups.get_mut(&l) else {
                     break;
                 };
-                let Some(running) = self.lookups.get(&l) else {
+                let Some(q) = running.lookup.next_query() else {
                     break;
                 };
                 let target = running.lookup.target().0;
@@ -950,27 +962,15 @@ impl Node {
                     LookupKind::FindNode => Method::FindNode { target },
                     LookupKind::GetPeers => Method::GetPeers { info_hash: target },
                 };
-                if !self.query(q.addr, q.id, method, Purpose::Lookup(l), now) {
-                    if let Some(r) = self.lookups.get_mut(&l) {
-                        r.lookup.on_failure(q.addr);
-                    }
-                    break;
-                }
+                // Cannot fail: there is room for one more query.
+                self.query(q.addr, q.id, method, Purpose::Lookup(l), now);
             }
             if self.lookups.get(&l).is_some_and(|r| r.lookup.is_done()) {
                 self.finish(l, now);
                 finished = true;
             }
         }
-        if finished {
-            // Freed slots: due torrents may start (their queries go out at
-            // the next input, or right away through the recursion below).
-            let before = self.lookups.len();
-            self.start_due_torrents(now);
-            if self.lookups.len() > before {
-                self.step(now);
-            }
-        }
+        finished
     }
 
     fn finish(&mut self, l: LookupId, now: Instant) {

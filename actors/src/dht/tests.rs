@@ -573,3 +573,30 @@ fn a_restarted_node_rejoins_from_its_saved_table() {
     net.settle(Duration::from_secs(30));
     assert!(net.nodes[10].table().len() >= 8);
 }
+
+#[test]
+fn lookups_started_by_a_finishing_lookup_send_at_once() {
+    // The bootstrap lookup's end starts refresh lookups; their queries must
+    // go out with the same input, not wait for the next timer.
+    let peer = from(5, 6881);
+    let (mut n, now, tid) = with_query_out(peer);
+    let answer = Message::response(
+        &tid,
+        Response {
+            id: [5; 20],
+            ..Response::default()
+        },
+    )
+    .encode();
+    n.handle_packet(peer, &answer, now);
+    let out = sent(&mut n);
+    let own = n.id().0;
+    assert!(
+        out.iter().any(|(_, m)| matches!(
+            &m.body,
+            Body::Query(q) if matches!(q.method, Method::FindNode { target } if target != own)
+        )),
+        "a refresh find_node went out: {out:?}"
+    );
+    assert_eq!(n.stats(now).lookups_done, 1);
+}
