@@ -15,6 +15,7 @@ use storage::{DiskIoConfig, RecheckConfig, ResumePolicy};
 
 use crate::budget::BudgetConfig;
 use crate::choker::ChokerConfig;
+use crate::dht::DhtConfig;
 use crate::picker::PickerConfig;
 use crate::pipeline::PipelineConfig;
 use crate::rtt::RttConfig;
@@ -147,6 +148,9 @@ pub struct ClientConfig {
     pub max_pending_handshakes: usize,
     /// The tracker session: timeouts, breakers, backoff, rate limit, DNS.
     pub tracker: TrackerConfig,
+    /// The DHT (BEP 5): bounds of every table and queue, intervals, rate
+    /// limits, bootstrap nodes.
+    pub dht: DhtConfig,
 }
 
 impl Default for ClientConfig {
@@ -190,6 +194,7 @@ impl Default for ClientConfig {
             download_limit: None,
             max_pending_handshakes: 64,
             tracker: TrackerConfig::default(),
+            dht: DhtConfig::default(),
         }
     }
 }

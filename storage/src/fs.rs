@@ -43,6 +43,31 @@ pub(crate) struct Target {
     pub id: u64,
 }
 
+/// Writes `bytes` to `path` atomically: a temp file beside it (`path` +
+/// `.tmp`), fsync, rename over `path`, fsync of the directory. A crash
+/// leaves the old file or the new one, never a mix. The error names the
+/// file that failed (the temp file, the target or the directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::result::Result<(), (PathBuf, io::Error)> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    let mut f = File::create(&tmp).map_err(err(&tmp))?;
+    f.write_all(bytes).map_err(err(&tmp))?;
+    f.sync_all().map_err(err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err(path))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
+}
+
 static NEXT_TARGET_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Target {

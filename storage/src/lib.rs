@@ -36,7 +36,7 @@ pub mod storage;
 pub mod writer;
 
 pub use error::StorageError;
-pub use fs::Preallocation;
+pub use fs::{Preallocation, write_atomic};
 pub use hash::{
     HashCounters, HashDone, HashHandle, HashJob, HashPool, HashPoolConfig, Reply, VerifiedPiece,
     sha1_of,

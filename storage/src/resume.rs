@@ -31,7 +31,6 @@
 //! write completed has succeeded.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -197,30 +196,9 @@ impl ResumeData {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
 /// Saves atomically: temp file, fsync, rename, fsync of the directory.
 pub fn save(path: &Path, data: &ResumeData) -> Result<(), StorageError> {
-    let tmp = tmp_path(path);
-    let bytes = data.encode();
-    let io = |p: &Path, e| StorageError::from_io(p, 0, e);
-    let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(&bytes).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))?;
-    Ok(())
+    crate::fs::write_atomic(path, &data.encode()).map_err(|(p, e)| StorageError::from_io(&p, 0, e))
 }
 
 /// Reads a resume file. `Ok(None)` if there is none; a leftover `.tmp`

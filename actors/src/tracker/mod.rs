@@ -339,6 +339,12 @@ impl TrackerHandle {
         self.call(|r| Command::Remove(info_hash, r)).await?
     }
 
+    /// The DNS cache actor the tracker session resolves through, for other
+    /// actors of the process to share (the DHT's bootstrap names).
+    pub fn dns(&self) -> dns::DnsHandle {
+        self.dns.clone()
+    }
+
     /// Counters snapshot: announces sent/failed and breaker changes per
     /// tracker, DNS cache hits/misses.
     pub async fn stats(&self) -> Result<TrackerStats, TrackerError> {
