@@ -86,5 +86,6 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod rtt;
 pub mod session;
+pub mod stream;
 pub mod torrent;
 pub mod tracker;
