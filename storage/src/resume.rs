@@ -393,9 +393,9 @@ pub fn validate(
         Some(ResumeError::Mismatch("info hash"))
     } else if data.have.len() != n {
         Some(ResumeError::Mismatch("piece count"))
-    } else if data.stamps.targets.len() != now.targets.len() {
-        Some(ResumeError::Mismatch("file count"))
-    } else if !data.priorities.is_empty() && data.priorities.len() != files {
+    } else if data.stamps.targets.len() != now.targets.len()
+        || (!data.priorities.is_empty() && data.priorities.len() != files)
+    {
         Some(ResumeError::Mismatch("file count"))
     } else {
         None
