@@ -168,6 +168,12 @@ impl Picker {
         self.missing_wanted
     }
 
+    /// Whether some piece is wanted and missing: of the selection, or
+    /// time-critical for a stream.
+    pub fn needs_anything(&self) -> bool {
+        !self.need.none()
+    }
+
     /// Whether every piece above level 0 is verified: the download of the
     /// selection is complete.
     pub fn wanted_complete(&self) -> bool {

@@ -283,9 +283,12 @@ impl Torrent {
         self.finishing = true;
         // Connections to other seeds are of no use now; without seeding,
         // none are.
-        for p in self.peers.values() {
-            if !self.seed || p.is_seed {
-                p.cancel.cancel();
+        // (Unless a stream still needs pieces of a skipped file.)
+        if !self.picker.needs_anything() {
+            for p in self.peers.values() {
+                if !self.seed || p.is_seed {
+                    p.cancel.cancel();
+                }
             }
         }
         // A checkpoint in flight finishes first; its completion sees

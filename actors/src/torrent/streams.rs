@@ -271,5 +271,7 @@ impl Torrent {
         for id in ids {
             self.update_interest(id);
         }
+        // Peers may have been let go when the selection completed.
+        self.connect_peers();
     }
 }
