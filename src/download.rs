@@ -351,7 +351,7 @@ fn run_torrent(
                 let _ = out.flush();
             }
             if let Some(bar) = &bar {
-                update_bar(bar, &s, total_length);
+                update_bar(bar, &s);
             }
             match s.state {
                 TorrentState::Complete => break Ok(()),
@@ -564,8 +564,7 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 
 /// Verified bytes as the bar's position; state, peers and upload as its
 /// message.
-fn update_bar(bar: &indicatif::ProgressBar, s: &TorrentStats, total: u64) {
-    let _ = total;
+fn update_bar(bar: &indicatif::ProgressBar, s: &TorrentStats) {
     bar.set_length(s.wanted_bytes);
     bar.set_position(s.done_bytes);
     bar.set_message(format!(

@@ -26,6 +26,7 @@ Run with /usr/bin/python3 (the seed needs python3-libtorrent), after
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -38,19 +39,16 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LT = os.path.join(ROOT, "tests", "support", "lt_peer.py")
-MAKE = os.path.join(ROOT, "tests", "support", "libtorrent_seed.py")
 MIB = 1 << 20
 
 
-def payload(path, size):
-    if os.path.exists(path) and os.path.getsize(path) == size:
-        return
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 8 * MIB)
-            f.write(os.urandom(n))
-            left -= n
+def download_bench():
+    """bench/download/run.py, for its payload and torrent maker."""
+    spec = importlib.util.spec_from_file_location(
+        "download_bench", os.path.join(ROOT, "bench", "download", "run.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def start_seed(torrent, data, rate):
@@ -146,19 +144,14 @@ def main():
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "actorrent-bench-stream"))
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "actorrent"))
     a = ap.parse_args()
-    os.makedirs(os.path.join(a.work, "seed"), exist_ok=True)
     size = a.size_mib * MIB
-    src = os.path.join(a.work, "seed", "movie.mkv")
-    payload(src, size)
-    torrent = os.path.join(a.work, "movie.torrent")
-    if not os.path.exists(torrent):
-        subprocess.run(["/usr/bin/python3", MAKE, "make", "--piece-size", str(256 * 1024),
-                        "--data", src, "--out", torrent], check=True, stdout=subprocess.DEVNULL)
+    seed_dir = os.path.join(a.work, "seed")
+    src, torrent = download_bench().make_source(seed_dir, size, 256 * 1024)
     start, want = size // 2, 10 * MIB
     with open(src, "rb") as f:
         f.seek(start)
         expect = f.read(want)
-    seed, port = start_seed(torrent, os.path.join(a.work, "seed"), a.seed_rate)
+    seed, port = start_seed(torrent, seed_dir, a.seed_rate)
     peer = f"127.0.0.1:{port}"
     clients = [("actorrent", lambda out: run_actorrent(a.binary, torrent, out, peer, start, want, expect))]
     if shutil.which("rqbit"):

@@ -102,13 +102,20 @@ impl Torrent {
         let files = std::mem::take(&mut self.unpark);
         let storage = self.storage.clone();
         let meta = self.meta.clone();
+        // Only pieces that are ours: one whose write is still in flight is
+        // relocated when that write completes (see `pieces`).
+        let have = self.picker.have_bitfield().clone();
         let (tx, rx) = oneshot::channel();
         self.relocation = Some(rx);
         tokio::task::spawn_blocking(move || {
             let r = storage
                 .unpark(&files)
                 .and_then(|()| {
-                    let pending = storage.relocation_pending();
+                    let pending: Vec<u32> = storage
+                        .relocation_pending()
+                        .into_iter()
+                        .filter(|&p| have.get(p))
+                        .collect();
                     storage::relocate_blocking(&storage, &meta.info.pieces, &pending)
                 })
                 .map_err(|e| e.to_string());
@@ -140,7 +147,12 @@ impl Torrent {
                 return;
             }
         }
-        if !self.unpark.is_empty() || !self.storage.relocation_pending().is_empty() {
+        let more = self
+            .storage
+            .relocation_pending()
+            .iter()
+            .any(|&p| self.picker.have(p));
+        if !self.unpark.is_empty() || more {
             self.start_relocation();
         }
     }
