@@ -58,8 +58,10 @@ pub struct SlotTable {
 
 impl SlotTable {
     /// A table from records of resume data. Records for pieces past
-    /// `pieces`, naming files past `files`, or sharing a slot are dropped
-    /// (hostile or stale input), so a slot is never handed to two pieces.
+    /// `pieces`, naming files past `files`, sharing a slot, or naming a
+    /// slot past `pieces` (a table never needs more slots than pieces) are
+    /// dropped as hostile or stale input: a slot is never handed to two
+    /// pieces, and the free list stays below the piece count.
     pub fn from_records(records: &[SlotRecord], pieces: u32, files: usize) -> SlotTable {
         let mut t = SlotTable::default();
         let mut used = BTreeSet::new();
@@ -67,7 +69,7 @@ impl SlotTable {
             let files_ok = r.files.iter().all(|&f| (f as usize) < files);
             if r.piece >= pieces
                 || !files_ok
-                || r.slot == u32::MAX
+                || r.slot >= pieces
                 || t.by_piece.contains_key(&r.piece)
                 || !used.insert(r.slot)
             {
@@ -227,7 +229,7 @@ mod tests {
                 rec(3, 4, &[7]),       // file out of range
                 rec(4, 3, &[1, 1]),    // duplicate file index: deduplicated
                 rec(1, 5, &[1]),       // piece repeated
-                rec(5, u32::MAX, &[]), // the sentinel
+                rec(5, 8, &[0]),      // slot past the piece count
             ],
             8,
             4,
