@@ -224,12 +224,12 @@ mod tests {
         let t = SlotTable::from_records(
             &[
                 rec(1, 0, &[2]),
-                rec(9, 1, &[0]),       // piece out of range
-                rec(2, 0, &[3]),       // slot taken
-                rec(3, 4, &[7]),       // file out of range
-                rec(4, 3, &[1, 1]),    // duplicate file index: deduplicated
-                rec(1, 5, &[1]),       // piece repeated
-                rec(5, 8, &[0]),      // slot past the piece count
+                rec(9, 1, &[0]),    // piece out of range
+                rec(2, 0, &[3]),    // slot taken
+                rec(3, 4, &[7]),    // file out of range
+                rec(4, 3, &[1, 1]), // duplicate file index: deduplicated
+                rec(1, 5, &[1]),    // piece repeated
+                rec(5, 8, &[0]),    // slot past the piece count
             ],
             8,
             4,
