@@ -191,16 +191,7 @@ impl ResumeData {
                 out.extend_from_slice(&f.to_le_bytes());
             }
         }
-        let mut bits = vec![0u8; pieces.div_ceil(8)];
-        for (i, h) in self.have.iter().enumerate() {
-            if *h {
-                bits[i / 8] |= 0x80 >> (i % 8);
-            }
-        }
-        out.extend_from_slice(&bits);
-        let sum: [u8; 20] = Sha1::digest(&out).into();
-        out.extend_from_slice(&sum);
-        out
+        seal(out, &self.have)
     }
 
     /// Parses untrusted bytes (version 1 or 2); never panics, and allocates
@@ -318,6 +309,21 @@ impl ResumeData {
             slots: records,
         })
     }
+}
+
+/// Appends the have bits (piece 0 in the high bit of byte 0) and the
+/// SHA-1 of everything.
+fn seal(mut out: Vec<u8>, have: &[bool]) -> Vec<u8> {
+    let mut bits = vec![0u8; have.len().div_ceil(8)];
+    for (i, h) in have.iter().enumerate() {
+        if *h {
+            bits[i / 8] |= 0x80 >> (i % 8);
+        }
+    }
+    out.extend_from_slice(&bits);
+    let sum: [u8; 20] = Sha1::digest(&out).into();
+    out.extend_from_slice(&sum);
+    out
 }
 
 /// Saves atomically: temp file, fsync, rename, fsync of the directory.
@@ -631,16 +637,7 @@ mod tests {
             out.extend_from_slice(&s.mtime_sec.to_le_bytes());
             out.extend_from_slice(&s.mtime_nsec.to_le_bytes());
         }
-        let mut bits = vec![0u8; d.have.len().div_ceil(8)];
-        for (i, h) in d.have.iter().enumerate() {
-            if *h {
-                bits[i / 8] |= 0x80 >> (i % 8);
-            }
-        }
-        out.extend_from_slice(&bits);
-        let sum: [u8; 20] = Sha1::digest(&out).into();
-        out.extend_from_slice(&sum);
-        out
+        seal(out, &d.have)
     }
 
     #[test]
