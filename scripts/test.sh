@@ -2,7 +2,7 @@
 # The one command that runs every test. On a fresh machine it first installs
 # what the tests need: the real peers and tools they compare against
 # (libtorrent's Python bindings, opentracker, mktorrent, transmission-create,
-# aria2)
+# aria2, ffmpeg for ffprobe)
 # and cargo-fuzz for building the fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ command -v opentracker >/dev/null || need+=(opentracker)
 command -v mktorrent >/dev/null || need+=(mktorrent)
 command -v transmission-create >/dev/null || need+=(transmission-cli)
 command -v aria2c >/dev/null || need+=(aria2)
+command -v ffprobe >/dev/null || need+=(ffmpeg)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

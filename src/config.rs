@@ -136,6 +136,9 @@ fn validate(c: &ClientConfig) -> anyhow::Result<()> {
             "tracker.dns.mailbox_capacity",
             c.tracker.dns.mailbox_capacity,
         ),
+        ("stream.max_readers", c.stream.max_readers),
+        ("stream.chunk_size", c.stream.chunk_size),
+        ("stream.http_max_connections", c.stream.http_max_connections),
     ];
     for (key, v) in nonzero {
         if v == 0 {
@@ -154,6 +157,9 @@ fn validate(c: &ClientConfig) -> anyhow::Result<()> {
             "stats_interval_ms"
         };
         return Err(anyhow!("key `{key}`: must be at least 1 ms"));
+    }
+    if c.stream.chunk_size > 16 << 20 {
+        return Err(anyhow!("key `stream.chunk_size`: at most 16777216"));
     }
     actors::budget::BufferBudget::new(c.budget).map_err(|e| anyhow!("key `budget`: {e}"))?;
     Ok(())

@@ -197,6 +197,7 @@ fn params(
         seed: true,
         upload_limit: None,
         download_limit: None,
+        priorities: None,
     }
 }
 

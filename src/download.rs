@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::Failure;
 use crate::info::read_torrent;
+use crate::select::SelectArgs;
 
 /// Options shared by `download` and `seed`.
 #[derive(clap::Args, Debug, Clone)]
@@ -94,6 +95,14 @@ pub struct DownloadArgs {
     /// With `--seed-after`: stop after seeding this many seconds.
     #[arg(long, value_name = "SECS", requires = "seed_after")]
     pub seed_time: Option<u64>,
+    /// Serve every file over HTTP while it downloads, at
+    /// `http://IP:PORT/stream/<info-hash>/<file-index>` (port 0: any free
+    /// port); the URLs are printed on stderr. Keeps running (and seeding)
+    /// after the download completes, until interrupted.
+    #[arg(long, value_name = "IP:PORT")]
+    pub stream: Option<SocketAddr>,
+    #[command(flatten)]
+    pub select: SelectArgs,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -125,6 +134,9 @@ struct Plan {
     seed_time: Option<Duration>,
     listen: Option<SocketAddr>,
     sequential: bool,
+    /// The selection flags (`download` only; `seed` keeps the recorded one).
+    select: Option<SelectArgs>,
+    stream: Option<SocketAddr>,
 }
 
 pub fn run(args: &DownloadArgs, config: ClientConfig) -> Result<(), Failure> {
@@ -134,12 +146,14 @@ pub fn run(args: &DownloadArgs, config: ClientConfig) -> Result<(), Failure> {
         _ => return Err(Failure::BadInput(anyhow!("give --output or --raw-target"))),
     };
     let plan = Plan {
-        seed: args.seed_after,
+        seed: args.seed_after || args.stream.is_some(),
         seed_only: false,
         seed_ratio: args.seed_ratio,
         seed_time: args.seed_time.map(Duration::from_secs),
         listen: args.listen,
         sequential: args.sequential,
+        select: Some(args.select.clone()),
+        stream: args.stream,
     };
     run_torrent(&args.torrent, target, &args.net, plan, config)
 }
@@ -157,6 +171,8 @@ pub fn seed(args: &SeedArgs, config: ClientConfig) -> Result<(), Failure> {
         seed_time: None,
         listen: Some(args.listen),
         sequential: false,
+        select: None,
+        stream: None,
     };
     run_torrent(&args.torrent, target, &args.net, plan, config)
 }
@@ -172,6 +188,13 @@ fn run_torrent(
     let meta = Metainfo::from_bytes(&bytes).map_err(|e| {
         Failure::BadInput(anyhow!("{}: not a valid torrent: {e}", torrent.display()))
     })?;
+    let priorities = match &plan.select {
+        Some(sel) => Some(
+            crate::select::priorities(sel, &meta.info)
+                .map_err(|e| Failure::BadInput(anyhow!(e)))?,
+        ),
+        None => None,
+    };
     if plan.seed_only {
         let payload = match &target {
             Target::Directory(dir) => dir.join(&meta.info.name),
@@ -217,6 +240,7 @@ fn run_torrent(
             config.download_limit = (limit > 0).then_some(limit);
         }
         let capacities = crate::metrics::Capacities::of(&config);
+        let stream_cfg = config.stream.clone();
         let config_strategy = config.picker.strategy;
         let mut scrapes = match net.metrics {
             Some(addr) => Some(crate::metrics::start(addr).await.map_err(Failure::Runtime)?),
@@ -225,8 +249,10 @@ fn run_torrent(
         let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
+        let meta = Arc::new(meta);
+        let meta_for_urls = meta.clone();
         let params = TorrentParams {
-            meta: Arc::new(meta),
+            meta,
             target,
             resume_file,
             peers: net.peers.clone(),
@@ -239,6 +265,7 @@ fn run_torrent(
             seed: plan.seed,
             upload_limit: None,
             download_limit: None,
+            priorities,
         };
         // Listen first: the torrent announces the port it gets.
         let mut listen_port = 0;
@@ -254,6 +281,10 @@ fn run_torrent(
             .await
             .context("adding the torrent")
             .map_err(Failure::Runtime)?;
+        let stream_urls = match plan.stream {
+            Some(addr) => start_stream(addr, &handle, &meta_for_urls, &stream_cfg).await?,
+            None => Vec::new(),
+        };
         let mut stats = handle.stats();
         let mut seeding_since: Option<Instant> = None;
         // A progress bar only on a terminal; scripts get log lines and the
@@ -301,7 +332,7 @@ fn run_torrent(
                 // `Downloading` until its first resume checkpoint is synced,
                 // then `Seeding`: only a check that found pieces missing
                 // means there is nothing to seed.
-                TorrentState::Downloading if plan.seed_only && s.pieces_done < s.pieces_total => {
+                TorrentState::Downloading if plan.seed_only && s.done_bytes < s.wanted_bytes => {
                     break Err(Failure::Runtime(anyhow!(
                         "the data is incomplete ({} of {} pieces verified); nothing to seed",
                         s.pieces_done,
@@ -312,6 +343,7 @@ fn run_torrent(
             }
             if let Some(out) = stats_out.as_mut() {
                 let mut line = stats_json(&s, event, listen_port);
+                line["stream_urls"] = json!(stream_urls);
                 if let Ok(t) = session.tracker().stats().await {
                     add_tracker_stats(&mut line, &t);
                 }
@@ -319,7 +351,7 @@ fn run_torrent(
                 let _ = out.flush();
             }
             if let Some(bar) = &bar {
-                update_bar(bar, &s, total_length);
+                update_bar(bar, &s);
             }
             match s.state {
                 TorrentState::Complete => break Ok(()),
@@ -347,12 +379,51 @@ fn run_torrent(
             // The final numbers after the stop (resume data saved).
             let s = stats.borrow().clone();
             if s.state != TorrentState::Complete {
-                let _ = writeln!(out, "{}", stats_json(&s, "stopped", listen_port));
+                let mut line = stats_json(&s, "stopped", listen_port);
+                line["stream_urls"] = json!(stream_urls);
+                let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
         }
         outcome
     })
+}
+
+/// Binds `--stream`, serves every file of the torrent there, prints each
+/// file's URL on stderr and returns the URLs (in file order).
+async fn start_stream(
+    addr: SocketAddr,
+    handle: &actors::torrent::TorrentHandle,
+    meta: &Metainfo,
+    cfg: &actors::stream::StreamConfig,
+) -> Result<Vec<String>, Failure> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--stream: listening on {addr}"))
+        .map_err(Failure::Runtime)?;
+    let local = listener
+        .local_addr()
+        .context("--stream: local address")
+        .map_err(Failure::Runtime)?;
+    let hash = meta.info_hash.to_hex();
+    let router = crate::stream::router(crate::stream::OneTorrent {
+        info_hash: hash.clone(),
+        handle: handle.clone(),
+    });
+    tokio::spawn(crate::stream::serve(listener, router, cfg.clone()));
+    let urls: Vec<String> = meta
+        .info
+        .files
+        .iter()
+        .filter(|f| !f.padding)
+        .enumerate()
+        .map(|(i, f)| {
+            let url = format!("http://{local}{}", crate::stream::path_of(&hash, i));
+            eprintln!("actorrent: stream of {} at {url}", f.path.join("/"));
+            url
+        })
+        .collect();
+    Ok(urls)
 }
 
 /// The next metrics scrape, or never when `--metrics` is not given.
@@ -448,6 +519,9 @@ fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Va
         "bytes_wasted": s.bytes_wasted,
         "budget_in_use": s.budget_in_use,
         "budget_peak": s.budget_peak,
+        "wanted_bytes": s.wanted_bytes,
+        "done_bytes": s.done_bytes,
+        "stream_readers": s.stream_readers,
     })
 }
 
@@ -490,13 +564,9 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 
 /// Verified bytes as the bar's position; state, peers and upload as its
 /// message.
-fn update_bar(bar: &indicatif::ProgressBar, s: &TorrentStats, total: u64) {
-    let done = if s.pieces_total == 0 {
-        total
-    } else {
-        total.saturating_mul(u64::from(s.pieces_done)) / u64::from(s.pieces_total)
-    };
-    bar.set_position(done);
+fn update_bar(bar: &indicatif::ProgressBar, s: &TorrentStats) {
+    bar.set_length(s.wanted_bytes);
+    bar.set_position(s.done_bytes);
     bar.set_message(format!(
         "{} {}p up {}",
         s.state.name(),

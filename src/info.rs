@@ -67,11 +67,13 @@ pub fn read_torrent(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
 
 fn metainfo_json(meta: &Metainfo) -> Value {
     let info = &meta.info;
+    // Indices as `download --only` and the stream URLs take them.
     let files: Vec<Value> = info
         .files
         .iter()
         .filter(|f| !f.padding)
-        .map(|f| json!({ "path": f.path, "length": f.length }))
+        .enumerate()
+        .map(|(i, f)| json!({ "index": i, "path": f.path, "length": f.length }))
         .collect();
     json!({
         "info_hash": meta.info_hash.to_hex(),
@@ -128,7 +130,12 @@ fn print_text(v: &Value) {
                     .as_array()
                     .map(|p| p.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
-                println!("  {:>14}  {}", show(&f["length"]), path.join("/"));
+                println!(
+                    "  {:>4}  {:>14}  {}",
+                    show(&f["index"]),
+                    show(&f["length"]),
+                    path.join("/")
+                );
             }
         }
         None => println!("files:        unknown"),

@@ -8,6 +8,8 @@ mod demo;
 mod download;
 mod info;
 mod metrics;
+mod select;
+mod stream;
 
 use std::process::ExitCode;
 

@@ -165,7 +165,7 @@ fn transmission_create_single_file_matches() {
     assert_eq!(v["total_length"], 1_000_003);
     assert_eq!(
         v["files"],
-        serde_json::json!([{ "path": ["single.img"], "length": 1_000_003 }])
+        serde_json::json!([{ "index": 0, "path": ["single.img"], "length": 1_000_003 }])
     );
     assert_eq!(
         v["trackers"],

@@ -19,6 +19,7 @@ use crate::dht::DhtConfig;
 use crate::picker::PickerConfig;
 use crate::pipeline::PipelineConfig;
 use crate::rtt::RttConfig;
+use crate::stream::StreamConfig;
 use crate::tracker::TrackerConfig;
 
 /// Configuration of a [`crate::session::Session`] and everything it spawns.
@@ -151,6 +152,8 @@ pub struct ClientConfig {
     /// The DHT (BEP 5): bounds of every table and queue, intervals, rate
     /// limits, bootstrap nodes.
     pub dht: DhtConfig,
+    /// Streaming files over HTTP while they download.
+    pub stream: StreamConfig,
 }
 
 impl Default for ClientConfig {
@@ -195,6 +198,7 @@ impl Default for ClientConfig {
             max_pending_handshakes: 64,
             tracker: TrackerConfig::default(),
             dht: DhtConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }

@@ -17,16 +17,27 @@
 //!   Torrent ─permit─> hash pool       complete pieces (semaphore: one permit per slot)
 //!   Torrent ─permit─> disk writer     verified pieces (semaphore: one permit per slot)
 //!   hash pool / disk writer ─try──> Torrent   completions (channel with a slot per permit)
+//!
+//!   FileStream ──await──> Torrent     StreamOpen / StreamWant (reply by oneshot when the
+//!                                     piece is ours), SetFilePriorities (TorrentHandle)
+//!   FileStream ─try──> Torrent        StreamClose on drop (a lost one: the torrent sees
+//!                                     the stream's `alive` channel closed on its tick)
+//!   FileStream ─try──> disk readers   reads of verified bytes (a full queue: retried)
+//!   Torrent ──spawn_blocking──> relocation (create selected files, move parked bytes),
+//!                                     its end on a oneshot the torrent polls
 //! ```
 //!
 //! # Modules, and which way imports run
 //!
 //! ```text
+//!   stream ──> torrent::msg (StreamGrant, StreamError)
 //!   session ──> torrent ──> peer ──> peer::msg (PeerCmd)
 //!                  │          └────> torrent::msg (TorrentMsg, ExchangeReply, PeerFault,
 //!                  │                               TorrentHandle, TorrentStats)
 //!                  ├─ torrent::peers   address book, connections, reconnects, choking
-//!                  └─ torrent::pieces  blocks -> hash pool -> disk writers, checkpoints
+//!                  ├─ torrent::pieces  blocks -> hash pool -> disk writers, checkpoints
+//!                  ├─ torrent::streams priority changes, stream readers, critical windows
+//!                  └─ torrent::selection the file selection (plain struct)
 //!   all of them ──> plain state machines: picker, pipeline, rtt, budget, choker
 //! ```
 //!
@@ -53,6 +64,9 @@
 //!   cannot be full when a thread sends.
 //! - The torrent never awaits a peer, so a peer waiting on the torrent
 //!   (including for a oneshot reply) always makes progress.
+//! - A stream ([`stream`]) is downstream like a peer: it awaits the
+//!   torrent's mailbox and oneshot replies; the torrent answers by oneshot
+//!   and never awaits a stream, and a stream's close uses `try_send`.
 //!
 //! Memory is bounded by the process-wide [`budget::BufferBudget`]: a peer
 //! reserves a block's bytes before requesting it, and the torrent releases
@@ -86,5 +100,6 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod rtt;
 pub mod session;
+pub mod stream;
 pub mod torrent;
 pub mod tracker;

@@ -19,17 +19,22 @@
 //!   the piece's eventual good copy convicts the sender of the bad block and
 //!   clears the others.
 //!
-//! Picking order for one peer: blocks still free in partial pieces first (so
-//! pieces complete and can be shared sooner), then a fresh piece chosen
-//! rarest-first with a random tie-break, or lowest index first in
-//! [`Strategy::Sequential`]. When no block anywhere is left unrequested the
+//! Picking order for one peer: time-critical pieces first (a streaming
+//! reader's window, in the order [`Picker::set_time_critical`] gave), then
+//! blocks still free in partial pieces, higher priority first (so pieces
+//! complete and can be shared sooner), then a fresh piece of the highest
+//! priority level the peer can serve, chosen rarest-first with a random
+//! tie-break within the level, or lowest index first in
+//! [`Strategy::Sequential`]. Pieces of priority 0 (only unselected files)
+//! are never started unless time-critical, and interest counts only the
+//! pieces we want; see [`priority`]. When no block anywhere is left unrequested the
 //! picker is in *endgame*: it hands out blocks that are already requested
 //! from someone else, oldest request first, to at most
 //! `endgame_extra_requesters` extra peers per block, and when one copy
 //! arrives it names the other requesters so the caller can cancel.
 //!
 //! Rarest-first without O(pieces) scans: fresh pieces live in buckets indexed
-//! by availability (seeds excluded, they add the same to every piece), with
+//! by priority level and availability (seeds excluded, they add the same to every piece), with
 //! each piece's position in its bucket so a HAVE moves it in O(1). A pick
 //! walks the buckets from the rarest, starting each at a random offset (the
 //! tie-break), and stops at the first piece the peer has. A peer that is not
@@ -42,10 +47,12 @@
 //! error value or [`Received::Invalid`], never a panic.
 
 mod bitfield;
+pub mod priority;
 #[cfg(test)]
 mod tests;
 
 pub use bitfield::{Bitfield, BitfieldError};
+pub use priority::{LEVELS, Priority};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
@@ -316,6 +323,8 @@ struct Partial {
 
 /// Marks a piece that is not in any availability bucket.
 const NOT_FRESH: u32 = u32::MAX;
+/// Marks a piece that is not time-critical.
+const NOT_CRITICAL: u32 = u32::MAX;
 
 /// The piece picker of one torrent. See the module documentation.
 #[derive(Debug)]
@@ -329,18 +338,32 @@ pub struct Picker {
     avail: Vec<u32>,
     /// Peers that have every piece.
     seeds: u32,
-    /// Fresh pieces (missing, nothing requested) by `avail`.
-    buckets: Vec<Vec<u32>>,
-    /// Per piece: its index in `buckets[avail]`, or `NOT_FRESH`.
+    /// Fresh pieces (missing, nothing requested) by priority level, then
+    /// by `avail`.
+    buckets: [Vec<Vec<u32>>; LEVELS],
+    /// Per piece: its index in `buckets[prio][avail]`, or `NOT_FRESH`.
     pos: Vec<u32>,
+    /// Per piece: its priority level, 0 (not wanted) to `LEVELS - 1`.
+    prio: Vec<u8>,
+    /// Per piece: its rank among the time-critical pieces, or `NOT_CRITICAL`.
+    crit_rank: Vec<u32>,
+    /// Time-critical pieces by rank.
+    critical: BTreeSet<(u32, u32)>,
+    /// Pieces we lack and want (priority above 0, or time-critical): what
+    /// makes a peer interesting.
+    need: Bitfield,
+    /// Pieces we lack whose priority is above 0: completion waits for these.
+    missing_wanted: u32,
     /// Pieces with at least one block requested or received, not verified.
     partials: BTreeMap<u32, Partial>,
     /// Partials (not hashing) with a free slot.
     open_partials: BTreeSet<u32>,
-    /// Blocks of missing pieces neither requested nor received.
+    /// Blocks that may be picked now: free blocks of partial pieces, and
+    /// every block of fresh pieces in `need`.
     unassigned: u64,
-    /// No fresh piece below this index (sequential strategy).
-    seq_cursor: u32,
+    /// Per level: no fresh piece of that level below this index
+    /// (sequential strategy).
+    seq_cursor: [u32; LEVELS],
     peers: BTreeMap<PeerId, PeerState>,
     /// Hash-failure strikes, kept after a peer is gone.
     strikes: BTreeMap<PeerId, u32>,
@@ -392,6 +415,12 @@ impl Picker {
                 unassigned += u64::from(geo.blocks_in(p));
             }
         }
+        let mut need = Bitfield::full(pieces);
+        for p in have.iter_ones() {
+            need.set(p, false);
+        }
+        let mut buckets: [Vec<Vec<u32>>; LEVELS] = Default::default();
+        buckets[Priority::Normal as usize] = vec![fresh];
         Ok(Self {
             config,
             rng,
@@ -399,12 +428,17 @@ impl Picker {
             have: have.clone(),
             avail: vec![0; pieces as usize],
             seeds: 0,
-            buckets: vec![fresh],
+            buckets,
             pos,
+            prio: vec![Priority::Normal as u8; pieces as usize],
+            crit_rank: vec![NOT_CRITICAL; pieces as usize],
+            critical: BTreeSet::new(),
+            missing_wanted: need.count(),
+            need,
             partials: BTreeMap::new(),
             open_partials: BTreeSet::new(),
             unassigned,
-            seq_cursor: 0,
+            seq_cursor: [0; LEVELS],
             peers: BTreeMap::new(),
             strikes: BTreeMap::new(),
             banned: BTreeSet::new(),
@@ -437,17 +471,21 @@ impl Picker {
 
     fn bucket_insert(&mut self, piece: u32) {
         let a = self.avail[piece as usize] as usize;
-        if self.buckets.len() <= a {
-            self.buckets.resize_with(a + 1, Vec::new);
+        let level = self.prio[piece as usize] as usize;
+        let buckets = &mut self.buckets[level];
+        if buckets.len() <= a {
+            buckets.resize_with(a + 1, Vec::new);
         }
-        self.pos[piece as usize] = self.buckets[a].len() as u32;
-        self.buckets[a].push(piece);
+        self.pos[piece as usize] = buckets[a].len() as u32;
+        buckets[a].push(piece);
+        let cursor = &mut self.seq_cursor[level];
+        *cursor = (*cursor).min(piece);
     }
 
     fn bucket_remove(&mut self, piece: u32) {
         let a = self.avail[piece as usize] as usize;
         let i = self.pos[piece as usize] as usize;
-        let bucket = &mut self.buckets[a];
+        let bucket = &mut self.buckets[self.prio[piece as usize] as usize][a];
         bucket.swap_remove(i);
         if let Some(&moved) = bucket.get(i) {
             self.pos[moved as usize] = i as u32;
@@ -503,7 +541,7 @@ impl Picker {
         for p in bitfield.iter_ones() {
             self.avail_change(p, true);
         }
-        let wanted = bitfield.count_not_in(&self.have);
+        let wanted = bitfield.count_and(&self.need);
         let st = self.entry(peer);
         st.has = PeerHas::Some(bitfield.clone());
         st.wanted = wanted;
@@ -514,14 +552,14 @@ impl Picker {
     /// already (nothing changes).
     pub fn peer_have(&mut self, peer: PeerId, index: u32) -> Result<bool, PickerError> {
         self.check_piece(index)?;
-        let we_have = self.have.get(index);
+        let needed = self.need.get(index);
         let st = self.entry(peer);
         let newly = match &mut st.has {
             PeerHas::All => false,
             PeerHas::Some(b) => !b.set(index, true),
         };
         if newly {
-            if !we_have {
+            if needed {
                 st.wanted += 1;
             }
             self.avail_change(index, true);
@@ -580,13 +618,38 @@ impl Picker {
         let Some(st) = self.peers.get(&peer) else {
             return out;
         };
-        // 1. Free blocks of pieces already started.
-        let started: Vec<u32> = self
+        // 1. Time-critical pieces, in rank order: free blocks of started
+        //    ones, and fresh ones started (partial pieces only while the
+        //    budget is paused).
+        let critical: Vec<u32> = self
+            .critical
+            .iter()
+            .map(|&(_, p)| p)
+            .filter(|&p| st.has(p) && !self.have.get(p))
+            .collect();
+        for p in critical {
+            if self.pos[p as usize] != NOT_FRESH {
+                if !fresh {
+                    continue;
+                }
+                self.start_piece(p);
+            }
+            self.take_free(peer, p, max, now, &mut out);
+            if out.len() >= max {
+                return out;
+            }
+        }
+        let Some(st) = self.peers.get(&peer) else {
+            return out;
+        };
+        // 2. Free blocks of pieces already started, higher priority first.
+        let mut started: Vec<u32> = self
             .open_partials
             .iter()
             .copied()
             .filter(|&p| st.has(p))
             .collect();
+        started.sort_by_key(|&p| std::cmp::Reverse(self.prio[p as usize]));
         for p in started {
             self.take_free(peer, p, max, now, &mut out);
             if out.len() >= max {
@@ -596,25 +659,28 @@ impl Picker {
         if !fresh {
             return out;
         }
-        // 2. Fresh pieces.
-        while out.len() < max {
-            let next = match self.config.strategy {
-                Strategy::RarestFirst => self.next_rarest(peer),
-                Strategy::Sequential => self.next_sequential(peer),
-            };
-            let Some(p) = next else { break };
-            self.start_piece(p);
-            self.take_free(peer, p, max, now, &mut out);
+        // 3. Fresh pieces, highest level first; level 0 is never started.
+        for level in (1..LEVELS).rev() {
+            while out.len() < max {
+                let next = match self.config.strategy {
+                    Strategy::RarestFirst => self.next_rarest(peer, level),
+                    Strategy::Sequential => self.next_sequential(peer, level),
+                };
+                let Some(p) = next else { break };
+                self.start_piece(p);
+                self.take_free(peer, p, max, now, &mut out);
+            }
         }
-        // 3. Endgame duplicates.
+        // 4. Endgame duplicates.
         if out.len() < max && self.in_endgame() {
             self.take_endgame(peer, max, now, &mut out);
         }
         out
     }
 
-    /// The rarest fresh piece `peer` has, random among equals.
-    fn next_rarest(&mut self, peer: PeerId) -> Option<u32> {
+    /// The rarest fresh piece of priority `level` that `peer` has, random
+    /// among equals.
+    fn next_rarest(&mut self, peer: PeerId, level: usize) -> Option<u32> {
         let st = self.peers.get(&peer)?;
         let first = match &st.has {
             PeerHas::All => 0,
@@ -622,7 +688,7 @@ impl Picker {
             // A non-seed's own pieces have availability >= 1.
             PeerHas::Some(_) => 1,
         };
-        for bucket in self.buckets.iter().skip(first) {
+        for bucket in self.buckets[level].iter().skip(first) {
             if bucket.is_empty() {
                 continue;
             }
@@ -638,16 +704,20 @@ impl Picker {
         None
     }
 
-    /// The lowest-index fresh piece `peer` has.
-    fn next_sequential(&mut self, peer: PeerId) -> Option<u32> {
-        while self.seq_cursor < self.geo.pieces && self.pos[self.seq_cursor as usize] == NOT_FRESH {
-            self.seq_cursor += 1;
+    /// The lowest-index fresh piece of priority `level` that `peer` has.
+    fn next_sequential(&mut self, peer: PeerId, level: usize) -> Option<u32> {
+        let fresh_at =
+            |p: u32| self.pos[p as usize] != NOT_FRESH && self.prio[p as usize] as usize == level;
+        let mut cursor = self.seq_cursor[level];
+        while cursor < self.geo.pieces && !fresh_at(cursor) {
+            cursor += 1;
         }
+        self.seq_cursor[level] = cursor;
         let st = self.peers.get(&peer)?;
         if matches!(st.has, PeerHas::Some(_)) && st.wanted == 0 {
             return None;
         }
-        (self.seq_cursor..self.geo.pieces).find(|&p| self.pos[p as usize] != NOT_FRESH && st.has(p))
+        (cursor..self.geo.pieces).find(|&p| fresh_at(p) && st.has(p))
     }
 
     /// Moves a fresh piece to the partials, all its blocks free.
@@ -896,13 +966,19 @@ impl Picker {
     pub fn piece_verified(&mut self, index: u32) -> Result<(), PickerError> {
         self.take_hashing(index)?;
         self.have.set(index, true);
-        for st in self.peers.values_mut() {
-            if let PeerHas::Some(b) = &st.has {
-                if b.get(index) {
-                    st.wanted -= 1;
+        if self.prio[index as usize] > 0 {
+            self.missing_wanted -= 1;
+        }
+        if self.need.set(index, false) {
+            for st in self.peers.values_mut() {
+                if let PeerHas::Some(b) = &st.has {
+                    if b.get(index) {
+                        st.wanted -= 1;
+                    }
                 }
             }
         }
+        self.uncritical(index);
         Ok(())
     }
 
@@ -1003,8 +1079,9 @@ impl Picker {
             failure.contributors.push(peer);
         }
         self.bucket_insert(index);
-        self.unassigned += u64::from(self.geo.blocks_in(index));
-        self.seq_cursor = self.seq_cursor.min(index);
+        if self.need.get(index) {
+            self.unassigned += u64::from(self.geo.blocks_in(index));
+        }
         Ok(failure)
     }
 
@@ -1036,7 +1113,7 @@ impl Picker {
             None => false,
             Some(PeerState {
                 has: PeerHas::All, ..
-            }) => !self.is_complete(),
+            }) => !self.need.none(),
             Some(st) => st.wanted > 0,
         }
     }
@@ -1044,7 +1121,7 @@ impl Picker {
     /// Whether every missing block is requested or received (and some are
     /// missing): picks now duplicate requests.
     pub fn in_endgame(&self) -> bool {
-        self.unassigned == 0 && !self.is_complete()
+        self.unassigned == 0 && !self.need.none()
     }
 
     /// Requests outstanding at `peer`.
@@ -1101,6 +1178,27 @@ impl Picker {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         let n = self.geo.pieces;
+        // The wanted set, the completion count and the critical set
+        // recomputed from the levels and ranks.
+        let mut missing_wanted = 0;
+        for p in 0..n {
+            let i = p as usize;
+            assert!((self.prio[i] as usize) < LEVELS, "level of {p}");
+            let critical = self.crit_rank[i] != NOT_CRITICAL;
+            if critical {
+                assert!(!self.have.get(p), "piece {p} we have is critical");
+                assert!(self.critical.contains(&(self.crit_rank[i], p)));
+            }
+            let needed = !self.have.get(p) && (self.prio[i] > 0 || critical);
+            assert_eq!(self.need.get(p), needed, "need of {p}");
+            if !self.have.get(p) && self.prio[i] > 0 {
+                missing_wanted += 1;
+            }
+        }
+        assert_eq!(missing_wanted, self.missing_wanted, "missing wanted");
+        for &(rank, p) in &self.critical {
+            assert_eq!(self.crit_rank[p as usize], rank, "rank of {p}");
+        }
         // Availability and seeds recomputed from the peers.
         let mut avail = vec![0u32; n as usize];
         let mut seeds = 0;
@@ -1111,7 +1209,7 @@ impl Picker {
                     for p in b.iter_ones() {
                         avail[p as usize] += 1;
                     }
-                    assert_eq!(st.wanted, b.count_not_in(&self.have), "wanted");
+                    assert_eq!(st.wanted, b.count_and(&self.need), "wanted");
                 }
             }
         }
@@ -1170,15 +1268,19 @@ impl Picker {
                 }
             } else {
                 assert_ne!(pos, NOT_FRESH, "missing piece {p} lost");
+                let level = self.prio[p as usize] as usize;
                 assert_eq!(
-                    self.buckets[self.avail[p as usize] as usize][pos as usize],
+                    self.buckets[level][self.avail[p as usize] as usize][pos as usize],
                     p
                 );
+                assert!(self.seq_cursor[level] <= p, "fresh piece {p} below cursor");
                 fresh += 1;
-                unassigned += u64::from(self.geo.blocks_in(p));
+                if self.need.get(p) {
+                    unassigned += u64::from(self.geo.blocks_in(p));
+                }
             }
         }
-        let bucketed: usize = self.buckets.iter().map(Vec::len).sum();
+        let bucketed: usize = self.buckets.iter().flatten().map(Vec::len).sum();
         assert_eq!(bucketed, fresh, "bucket sizes");
         assert_eq!(unassigned, self.unassigned, "unassigned count");
         // Every outstanding request is recorded on its slot.
@@ -1196,9 +1298,6 @@ impl Picker {
                 }
             }
         }
-        assert!(self.seq_cursor <= n);
-        for p in 0..self.seq_cursor {
-            assert_eq!(self.pos[p as usize], NOT_FRESH, "fresh piece below cursor");
-        }
+        assert!(self.seq_cursor.iter().all(|c| *c <= n));
     }
 }

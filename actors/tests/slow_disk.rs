@@ -156,6 +156,7 @@ async fn slow_disk_pauses_requests_and_memory_stays_flat() {
             seed: false,
             upload_limit: None,
             download_limit: None,
+            priorities: None,
         })
         .await
         .unwrap();

@@ -69,6 +69,7 @@ fn run_storage(dir: &Path, input: &Input, order: &[usize], label: &str) -> (f64,
         PIECE as u32,
         &StorageConfig {
             preallocation: Preallocation::Sparse,
+            ..StorageConfig::default()
         },
     )
     .expect("open storage");

@@ -6,6 +6,7 @@
 //! parser of untrusted input testable and fuzzable in isolation.
 
 pub mod bencode;
+pub mod http_range;
 pub mod krpc;
 pub mod magnet;
 pub mod metainfo;

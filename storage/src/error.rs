@@ -167,6 +167,18 @@ pub enum StorageError {
     /// The worker threads were shut down before the job could run.
     #[error("storage threads are shut down")]
     Closed,
+
+    /// A read needs bytes of a file that is not selected and whose bytes
+    /// for this piece are not in the part file.
+    #[error(
+        "piece {piece} has bytes of file {file}, which is neither on disk nor in the part file"
+    )]
+    NotStored {
+        /// The piece read.
+        piece: u32,
+        /// Index of the unselected file.
+        file: usize,
+    },
 }
 
 pub(crate) type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -209,6 +221,10 @@ impl StorageError {
                 reason,
             },
             EmptyPath => EmptyPath,
+            NotStored { piece, file } => NotStored {
+                piece: *piece,
+                file: *file,
+            },
             DuplicatePath(p) => DuplicatePath(p.clone()),
             PathConflict(p) => PathConflict(p.clone()),
             Escape { path } => Escape { path: path.clone() },

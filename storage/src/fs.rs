@@ -221,6 +221,16 @@ pub(crate) fn preallocate(
         return Ok(());
     }
     let end = offset + len;
+    let size = file
+        .metadata()
+        .map_err(|e| StorageError::from_io(path, 0, e))?
+        .len();
+    if offset == 0 && size >= end {
+        // A whole file already there (an earlier run): `fallocate` would
+        // bump its modification time even when it allocates nothing, and
+        // the resume data would then distrust every piece of it.
+        return Ok(());
+    }
     if mode == Preallocation::Full {
         // SAFETY: plain fallocate on an fd we own.
         let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as i64, len as i64) };

@@ -27,6 +27,7 @@ mod fs;
 pub mod hash;
 pub mod layout;
 pub mod metrics;
+pub mod parts;
 mod queue;
 pub mod reader;
 pub mod recheck;
@@ -42,11 +43,12 @@ pub use hash::{
     sha1_of,
 };
 pub use layout::{FileEntry, FileSpec, Layout, Placement, Slice, TargetSpec};
+pub use parts::{SlotRecord, SlotTable, relocate_blocking};
 pub use queue::SubmitError;
 pub use reader::{ReadDone, ReadJob};
 pub use recheck::{RecheckConfig, RecheckReport, recheck};
 pub use resume::{
     Checkpoint, FileStamp, ResumeCheck, ResumeData, ResumeError, ResumePolicy, ResumeTracker,
 };
-pub use storage::{DiskIo, DiskIoConfig, Storage, StorageConfig, WriteJob};
+pub use storage::{DiskIo, DiskIoConfig, Selection, Stamps, Storage, StorageConfig, WriteJob};
 pub use writer::{WriteDone, WriterConfig, WriterCounters, WriterStats};

@@ -1,18 +1,28 @@
 //! Resume data: which pieces are verified, written and fsynced, plus each
 //! target's size and modification time when that was recorded.
 //!
-//! File format (version 1, little-endian), small and self-checking:
+//! File format (version 2, little-endian), small and self-checking:
 //!
 //! ```text
 //! magic      8 bytes  "ACTRRSM\0"
-//! version    u32      1
+//! version    u32      2
 //! info_hash  20 bytes
 //! pieces     u32      piece count
 //! targets    u32      number of targets (files, or 1 for raw mode)
-//! per target: size u64, mtime_sec i64, mtime_nsec u32
+//! files      u32      number of files (0: no selection recorded)
+//! slots      u32      part-file slots in use
+//! refs       u32      file indices named by all slots together
+//! per target: present u8, size u64, mtime_sec i64, mtime_nsec u32
+//! part file:  present u8, size u64, mtime_sec i64, mtime_nsec u32
+//! per file:   priority u8 (0 skip, 1 low, 2 normal, 3 high)
+//! per slot:   piece u32, slot u32, count u32, then count file indices u32
 //! have       ceil(pieces / 8) bytes, piece 0 in the high bit of byte 0
 //! checksum   20 bytes SHA-1 of everything above
 //! ```
+//!
+//! Version 1 (no selection, no part file, every target present: the header
+//! without `files`, `slots` and `refs`, stamps without the `present` byte)
+//! still loads, as "every file selected, nothing parked".
 //!
 //! The file is untrusted on load: its size is bounded before it is read,
 //! every count is checked against the bytes actually present before
@@ -37,14 +47,18 @@ use std::time::{Duration, Instant};
 use sha1::{Digest, Sha1};
 
 use crate::error::StorageError;
-use crate::storage::Storage;
+use crate::parts::SlotRecord;
+use crate::storage::{Source, Stamps, Storage};
 
 const MAGIC: &[u8; 8] = b"ACTRRSM\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Largest resume file read (1 M targets and 100 M pieces fit easily).
 const MAX_FILE: u64 = 64 << 20;
 const STAMP_LEN: usize = 8 + 8 + 4;
 const HEADER_LEN: usize = 8 + 4 + 20 + 4 + 4;
+const HEADER2_LEN: usize = HEADER_LEN + 4 + 4 + 4;
+const OPT_STAMP_LEN: usize = 1 + STAMP_LEN;
+const SLOT_LEN: usize = 4 + 4 + 4;
 
 /// Size and modification time of a target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,10 +76,15 @@ pub struct FileStamp {
 pub struct ResumeData {
     /// The torrent it belongs to.
     pub info_hash: [u8; 20],
-    /// One stamp per target, in layout order.
-    pub stamps: Vec<FileStamp>,
+    /// One stamp per target, in layout order, and the part file's.
+    pub stamps: Stamps,
     /// Verified, written and synced pieces.
     pub have: Vec<bool>,
+    /// The selection: one priority per file (0 skip, 1 low, 2 normal,
+    /// 3 high); empty when none was recorded (every file normal).
+    pub priorities: Vec<u8>,
+    /// What the part file holds.
+    pub slots: Vec<SlotRecord>,
 }
 
 /// Why a resume file was not used.
@@ -106,58 +125,123 @@ pub enum ResumeError {
 }
 
 impl ResumeData {
-    /// Serialises to the version-1 format.
+    /// What `storage` holds now, with `have` and the file priorities.
+    pub fn of(
+        storage: &Storage,
+        info_hash: [u8; 20],
+        have: Vec<bool>,
+        priorities: Vec<u8>,
+    ) -> Result<ResumeData, StorageError> {
+        Ok(ResumeData {
+            info_hash,
+            stamps: storage.stamps()?,
+            have,
+            priorities,
+            slots: storage.slot_records(),
+        })
+    }
+
+    /// Serialises to the version-2 format.
     pub fn encode(&self) -> Vec<u8> {
         let pieces = self.have.len();
+        let refs: usize = self.slots.iter().map(|s| s.files.len()).sum();
         let mut out = Vec::with_capacity(
-            HEADER_LEN + self.stamps.len() * STAMP_LEN + pieces.div_ceil(8) + 20,
+            HEADER2_LEN
+                + (self.stamps.targets.len() + 1) * OPT_STAMP_LEN
+                + self.priorities.len()
+                + self.slots.len() * SLOT_LEN
+                + refs * 4
+                + pieces.div_ceil(8)
+                + 20,
         );
+        let u32s = |out: &mut Vec<u8>, v: usize| out.extend_from_slice(&(v as u32).to_le_bytes());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&self.info_hash);
-        out.extend_from_slice(&(pieces as u32).to_le_bytes());
-        out.extend_from_slice(&(self.stamps.len() as u32).to_le_bytes());
-        for s in &self.stamps {
+        u32s(&mut out, pieces);
+        u32s(&mut out, self.stamps.targets.len());
+        u32s(&mut out, self.priorities.len());
+        u32s(&mut out, self.slots.len());
+        u32s(&mut out, refs);
+        let stamp = |out: &mut Vec<u8>, s: &Option<FileStamp>| {
+            let s = s.unwrap_or(FileStamp {
+                size: 0,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+            });
             out.extend_from_slice(&s.size.to_le_bytes());
             out.extend_from_slice(&s.mtime_sec.to_le_bytes());
             out.extend_from_slice(&s.mtime_nsec.to_le_bytes());
+        };
+        for s in self
+            .stamps
+            .targets
+            .iter()
+            .chain(std::iter::once(&self.stamps.part))
+        {
+            out.push(u8::from(s.is_some()));
+            stamp(&mut out, s);
         }
-        let mut bits = vec![0u8; pieces.div_ceil(8)];
-        for (i, h) in self.have.iter().enumerate() {
-            if *h {
-                bits[i / 8] |= 0x80 >> (i % 8);
+        out.extend_from_slice(&self.priorities);
+        for s in &self.slots {
+            out.extend_from_slice(&s.piece.to_le_bytes());
+            out.extend_from_slice(&s.slot.to_le_bytes());
+            u32s(&mut out, s.files.len());
+            for f in &s.files {
+                out.extend_from_slice(&f.to_le_bytes());
             }
         }
-        out.extend_from_slice(&bits);
-        let sum: [u8; 20] = Sha1::digest(&out).into();
-        out.extend_from_slice(&sum);
-        out
+        seal(out, &self.have)
     }
 
-    /// Parses untrusted bytes; never panics.
+    /// Parses untrusted bytes (version 1 or 2); never panics, and allocates
+    /// nothing before the counts are checked against the bytes present.
     pub fn decode(b: &[u8]) -> Result<ResumeData, ResumeError> {
+        if b.len() < 8 || &b[..8] != MAGIC {
+            return Err(ResumeError::BadMagic);
+        }
         if b.len() < HEADER_LEN + 20 {
-            if b.len() < 8 || &b[..8] != MAGIC {
-                return Err(ResumeError::BadMagic);
-            }
             return Err(ResumeError::Length {
                 got: b.len() as u64,
                 expected: (HEADER_LEN + 20) as u64,
             });
         }
-        if &b[..8] != MAGIC {
-            return Err(ResumeError::BadMagic);
-        }
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let version = u32_at(8);
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(ResumeError::Version(version));
+        }
+        let v2 = version == 2;
+        let header = if v2 { HEADER2_LEN } else { HEADER_LEN };
+        if b.len() < header + 20 {
+            return Err(ResumeError::Length {
+                got: b.len() as u64,
+                expected: (header + 20) as u64,
+            });
         }
         let mut info_hash = [0u8; 20];
         info_hash.copy_from_slice(&b[12..32]);
-        let pieces = u32_at(32) as u64;
-        let targets = u32_at(36) as u64;
-        let expected = HEADER_LEN as u64 + targets * STAMP_LEN as u64 + pieces.div_ceil(8) + 20;
+        let pieces = u64::from(u32_at(32));
+        let targets = u64::from(u32_at(36));
+        let (files, slots, refs) = if v2 {
+            (
+                u64::from(u32_at(40)),
+                u64::from(u32_at(44)),
+                u64::from(u32_at(48)),
+            )
+        } else {
+            (0, 0, 0)
+        };
+        let stamp_len = if v2 { OPT_STAMP_LEN } else { STAMP_LEN } as u64;
+        let part_len = if v2 { OPT_STAMP_LEN as u64 } else { 0 };
+        let expected = header as u64
+            + targets * stamp_len
+            + part_len
+            + files
+            + slots * SLOT_LEN as u64
+            + refs * 4
+            + pieces.div_ceil(8)
+            + 20;
         if expected != b.len() as u64 {
             return Err(ResumeError::Length {
                 got: b.len() as u64,
@@ -169,31 +253,77 @@ impl ResumeData {
             return Err(ResumeError::Checksum);
         }
         // Counts are now known to fit in the bytes present.
-        let mut stamps = Vec::with_capacity(targets as usize);
-        let mut o = HEADER_LEN;
-        for _ in 0..targets {
+        let mut o = header;
+        let read_stamp = |o: &mut usize, optional: bool| -> Option<FileStamp> {
+            let present = !optional || b[*o] != 0;
+            if optional {
+                *o += 1;
+            }
             let mut u64b = [0u8; 8];
-            u64b.copy_from_slice(&b[o..o + 8]);
+            u64b.copy_from_slice(&b[*o..*o + 8]);
             let size = u64::from_le_bytes(u64b);
-            u64b.copy_from_slice(&b[o + 8..o + 16]);
+            u64b.copy_from_slice(&b[*o + 8..*o + 16]);
             let mtime_sec = i64::from_le_bytes(u64b);
-            let mtime_nsec = u32_at(o + 16);
-            stamps.push(FileStamp {
+            let mtime_nsec = u32_at(*o + 16);
+            *o += STAMP_LEN;
+            present.then_some(FileStamp {
                 size,
                 mtime_sec,
                 mtime_nsec,
-            });
-            o += STAMP_LEN;
+            })
+        };
+        let target_stamps = (0..targets).map(|_| read_stamp(&mut o, v2)).collect();
+        let part = if v2 { read_stamp(&mut o, true) } else { None };
+        let priorities = b[o..o + files as usize].to_vec();
+        o += files as usize;
+        if priorities.iter().any(|p| *p > 3) {
+            return Err(ResumeError::Mismatch("file priority out of range"));
+        }
+        let mut records = Vec::with_capacity(slots as usize);
+        let mut refs_left = refs;
+        for _ in 0..slots {
+            let (piece, slot, count) = (u32_at(o), u32_at(o + 4), u64::from(u32_at(o + 8)));
+            o += SLOT_LEN;
+            if count > refs_left {
+                return Err(ResumeError::Mismatch("part-file slot counts"));
+            }
+            refs_left -= count;
+            let files = (0..count as usize).map(|i| u32_at(o + 4 * i)).collect();
+            o += 4 * count as usize;
+            records.push(SlotRecord { piece, slot, files });
+        }
+        if refs_left != 0 {
+            return Err(ResumeError::Mismatch("part-file slot counts"));
         }
         let have = (0..pieces as usize)
             .map(|i| b[o + i / 8] & (0x80 >> (i % 8)) != 0)
             .collect();
         Ok(ResumeData {
             info_hash,
-            stamps,
+            stamps: Stamps {
+                targets: target_stamps,
+                part,
+            },
             have,
+            priorities,
+            slots: records,
         })
     }
+}
+
+/// Appends the have bits (piece 0 in the high bit of byte 0) and the
+/// SHA-1 of everything.
+fn seal(mut out: Vec<u8>, have: &[bool]) -> Vec<u8> {
+    let mut bits = vec![0u8; have.len().div_ceil(8)];
+    for (i, h) in have.iter().enumerate() {
+        if *h {
+            bits[i / 8] |= 0x80 >> (i % 8);
+        }
+    }
+    out.extend_from_slice(&bits);
+    let sum: [u8; 20] = Sha1::digest(&out).into();
+    out.extend_from_slice(&sum);
+    out
 }
 
 /// Saves atomically: temp file, fsync, rename, fsync of the directory.
@@ -234,9 +364,11 @@ pub struct ResumeCheck {
 }
 
 /// Compares loaded resume data with the files as they are now. Pieces are
-/// trusted only if every target they touch matches in size and mtime; pieces
-/// touching a changed target are all rechecked. Without usable data every
-/// piece is rechecked.
+/// trusted only if every target they touch matches in size and mtime (the
+/// part file too, for their parked bytes); pieces touching a changed target
+/// are all rechecked. A piece with bytes that are on disk nowhere (of an
+/// unselected file, not in the part file) is neither trusted nor rechecked.
+/// Without usable data every readable piece is rechecked.
 pub fn validate(
     storage: &Storage,
     info_hash: &[u8; 20],
@@ -244,9 +376,16 @@ pub fn validate(
 ) -> Result<ResumeCheck, StorageError> {
     let layout = storage.layout();
     let n = layout.piece_count() as usize;
+    let sources: Vec<Vec<Source>> = (0..n as u32)
+        .map(|p| storage.piece_sources(p))
+        .collect::<Result<_, _>>()?;
+    let readable: Vec<bool> = sources
+        .iter()
+        .map(|s| !s.contains(&Source::Missing))
+        .collect();
     let all = |reason: String| ResumeCheck {
         have: vec![false; n],
-        recheck: (0..n as u32).collect(),
+        recheck: (0..n as u32).filter(|&p| readable[p as usize]).collect(),
         reason: Some(reason),
     };
     let data = match loaded {
@@ -255,11 +394,14 @@ pub fn validate(
         Err(e) => return Ok(all(format!("resume data ignored: {e}"))),
     };
     let now = storage.stamps()?;
+    let files = layout.files().len();
     let mismatch = if data.info_hash != *info_hash {
         Some(ResumeError::Mismatch("info hash"))
     } else if data.have.len() != n {
         Some(ResumeError::Mismatch("piece count"))
-    } else if data.stamps.len() != now.len() {
+    } else if data.stamps.targets.len() != now.targets.len()
+        || (!data.priorities.is_empty() && data.priorities.len() != files)
+    {
         Some(ResumeError::Mismatch("file count"))
     } else {
         None
@@ -267,29 +409,34 @@ pub fn validate(
     if let Some(e) = mismatch {
         return Ok(all(format!("resume data ignored: {e}")));
     }
-    let mut suspect = vec![false; n];
-    let mut changed = Vec::new();
-    for (t, (old, new)) in data.stamps.iter().zip(&now).enumerate() {
-        if old != new {
-            changed.push(t);
-            for f in layout.files_of_target(t) {
-                for p in layout.pieces_of_file(f) {
-                    suspect[p as usize] = true;
-                }
-            }
-        }
-    }
-    let have = data
-        .have
+    let changed: Vec<bool> = data
+        .stamps
+        .targets
         .iter()
-        .zip(&suspect)
-        .map(|(h, s)| *h && !*s)
+        .zip(&now.targets)
+        .map(|(old, new)| old != new)
         .collect();
-    let recheck = (0..n as u32).filter(|&p| suspect[p as usize]).collect();
-    let reason = (!changed.is_empty()).then(|| {
+    let part_changed = data.stamps.part != now.part;
+    let suspect: Vec<bool> = sources
+        .iter()
+        .map(|s| {
+            s.iter().any(|src| match src {
+                Source::Target(t) => changed[*t],
+                Source::Part => part_changed,
+                Source::Padding | Source::Missing => false,
+            })
+        })
+        .collect();
+    let have = (0..n)
+        .map(|p| data.have[p] && readable[p] && !suspect[p])
+        .collect();
+    let recheck = (0..n as u32)
+        .filter(|&p| readable[p as usize] && suspect[p as usize])
+        .collect();
+    let n_changed = changed.iter().filter(|c| **c).count() + usize::from(part_changed);
+    let reason = (n_changed > 0).then(|| {
         format!(
-            "{} file(s) changed size or modification time since the resume data was saved",
-            changed.len()
+            "{n_changed} file(s) changed size or modification time since the resume data was saved"
         )
     });
     Ok(ResumeCheck {
@@ -426,11 +573,8 @@ impl ResumeTracker {
             return Err((e, lost));
         }
         self.commit(cp, now);
-        let data = ResumeData {
-            info_hash: *info_hash,
-            stamps: storage.stamps().map_err(|e| (e, Vec::new()))?,
-            have: self.durable.clone(),
-        };
+        let data = ResumeData::of(storage, *info_hash, self.durable.clone(), Vec::new())
+            .map_err(|e| (e, Vec::new()))?;
         save(path, &data).map_err(|e| (e, Vec::new()))
     }
 }
@@ -443,20 +587,92 @@ mod tests {
     fn sample() -> ResumeData {
         ResumeData {
             info_hash: [7; 20],
-            stamps: vec![
-                FileStamp {
-                    size: 10,
-                    mtime_sec: -3,
-                    mtime_nsec: 999,
+            stamps: Stamps {
+                targets: vec![
+                    Some(FileStamp {
+                        size: 10,
+                        mtime_sec: -3,
+                        mtime_nsec: 999,
+                    }),
+                    None,
+                    Some(FileStamp {
+                        size: 1 << 40,
+                        mtime_sec: 1_700_000_000,
+                        mtime_nsec: 0,
+                    }),
+                ],
+                part: Some(FileStamp {
+                    size: 4096,
+                    mtime_sec: 5,
+                    mtime_nsec: 6,
+                }),
+            },
+            have: (0..13).map(|i| i % 3 == 0).collect(),
+            priorities: vec![2, 0, 3],
+            slots: vec![
+                SlotRecord {
+                    piece: 4,
+                    slot: 0,
+                    files: vec![1],
                 },
-                FileStamp {
-                    size: 1 << 40,
-                    mtime_sec: 1_700_000_000,
-                    mtime_nsec: 0,
+                SlotRecord {
+                    piece: 9,
+                    slot: 1,
+                    files: vec![0, 1],
                 },
             ],
-            have: (0..13).map(|i| i % 3 == 0).collect(),
         }
+    }
+
+    /// A version-1 file, as the previous release wrote it.
+    fn encode_v1(d: &ResumeData) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&d.info_hash);
+        out.extend_from_slice(&(d.have.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(d.stamps.targets.len() as u32).to_le_bytes());
+        for s in d.stamps.targets.iter().flatten() {
+            out.extend_from_slice(&s.size.to_le_bytes());
+            out.extend_from_slice(&s.mtime_sec.to_le_bytes());
+            out.extend_from_slice(&s.mtime_nsec.to_le_bytes());
+        }
+        seal(out, &d.have)
+    }
+
+    #[test]
+    fn version_1_still_loads() {
+        let mut d = sample();
+        d.stamps.targets.retain(Option::is_some);
+        d.stamps.part = None;
+        d.priorities.clear();
+        d.slots.clear();
+        assert_eq!(ResumeData::decode(&encode_v1(&d)).unwrap(), d);
+    }
+
+    #[test]
+    fn hostile_slot_counts_are_refused() {
+        let d = sample();
+        let b = d.encode();
+        // Say the first slot names 2 files instead of 1: the totals no
+        // longer add up, whatever the checksum says.
+        let at = HEADER2_LEN + 4 * OPT_STAMP_LEN + 3 + 8;
+        let mut c = b.clone();
+        c[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+        let body = c.len() - 20;
+        let sum: [u8; 20] = Sha1::digest(&c[..body]).into();
+        c[body..].copy_from_slice(&sum);
+        assert!(matches!(
+            ResumeData::decode(&c),
+            Err(ResumeError::Mismatch(_))
+        ));
+        // A huge file count with few bytes.
+        let mut c = b.clone();
+        c[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            ResumeData::decode(&c),
+            Err(ResumeError::Length { .. })
+        ));
     }
 
     #[test]
@@ -469,7 +685,7 @@ mod tests {
             Err(ResumeError::Length { .. })
         ));
         let mut c = b.clone();
-        c[HEADER_LEN + 3] ^= 1;
+        c[HEADER2_LEN + 3] ^= 1;
         assert!(matches!(ResumeData::decode(&c), Err(ResumeError::Checksum)));
         let mut c = b.clone();
         c[8] = 9;

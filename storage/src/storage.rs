@@ -8,6 +8,13 @@
 //! that straddles two devices is split and its reply fires once both halves
 //! are done.
 //!
+//! With a partial selection ([`Selection`]) the files nobody asked for are
+//! not created: their bytes in pieces shared with wanted files go to the
+//! part file ([`crate::parts`]). Which bytes go where is the storage's
+//! routing (per file: created or parked; per piece: its part-file slot),
+//! behind a lock that only the owning torrent writes and that is held for
+//! look-ups only.
+//!
 //! Async use: `try_write`/`try_read` never block when the piece lives on one
 //! device (the usual case). The actor layer holds a semaphore of
 //! [`Storage::write_capacity`] permits per device, released on each reply, so
@@ -16,16 +23,17 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
 use crate::error::{Result, StorageError};
 use crate::fs::{Preallocation, Target, open_raw_target, open_under_root, preallocate};
 use crate::hash::{Reply, VerifiedPiece};
-use crate::layout::{FileSpec, Layout, Placement, TargetSpec};
+use crate::layout::{FileSpec, Layout, Placement, Slice, TargetSpec};
+use crate::parts::{SlotRecord, SlotTable};
 use crate::queue::SubmitError;
 use crate::reader::{ReadDone, ReadItem, ReadJob, ReadPart, ReaderPool, read_parts};
 use crate::resume::FileStamp;
@@ -138,6 +146,31 @@ impl DiskIo {
 pub struct StorageConfig {
     /// How new files are sized.
     pub preallocation: Preallocation,
+    /// Which files are wanted, and where the bytes of the others go.
+    /// `None`: every file is wanted and no part file is used.
+    pub selection: Option<Selection>,
+}
+
+/// A partial selection of the torrent's files.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// One flag per file of the layout (padding files included, ignored):
+    /// whether the user wants it. An unwanted file is not created unless it
+    /// exists already; its bytes go to the part file.
+    pub wanted: Vec<bool>,
+    /// The part file (see [`crate::parts`]), created only when needed.
+    pub part_path: PathBuf,
+    /// What the part file holds, from the resume data.
+    pub slots: Vec<SlotRecord>,
+}
+
+/// Sizes and modification times of everything a torrent keeps on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamps {
+    /// One per target, `None` for a file not created (unselected).
+    pub targets: Vec<Option<FileStamp>>,
+    /// The part file's, when there is one.
+    pub part: Option<FileStamp>,
 }
 
 /// A verified piece to write, and who to tell.
@@ -156,18 +189,71 @@ impl std::fmt::Debug for WriteJob {
     }
 }
 
-struct StorageInner {
-    layout: Layout,
-    targets: Vec<Arc<Target>>,
-    /// Index into `devices` for each target.
+/// The part file, opened.
+struct PartTarget {
+    target: Arc<Target>,
+    device: usize,
+}
+
+/// Where the bytes of each file go now. Changed only by the torrent that
+/// owns the storage (a slot for a new piece, a file selected, a settled
+/// relocation), read by every reader; held for a few map look-ups, never
+/// across a syscall or a queue push.
+struct Routing {
+    /// One per layout target; `None` for a file not created.
+    targets: Vec<Option<Arc<Target>>>,
+    /// Index into `devices` per target (meaningless where absent).
     target_device: Vec<usize>,
     devices: Vec<Arc<Device>>,
+    /// Per file: its bytes go to the part file.
+    parked: Vec<bool>,
+    part: Option<PartTarget>,
+    slots: SlotTable,
+}
+
+impl Routing {
+    fn device_index(&mut self, io: &DiskIo, id: u64) -> Result<usize> {
+        if let Some(i) = self.devices.iter().position(|d| d.id == id) {
+            return Ok(i);
+        }
+        self.devices.push(io.device(id)?);
+        Ok(self.devices.len() - 1)
+    }
+}
+
+struct StorageInner {
+    layout: Layout,
+    io: DiskIo,
+    /// The download directory (file mode), for files selected later.
+    root: Option<PathBuf>,
+    preallocation: Preallocation,
+    routing: RwLock<Routing>,
 }
 
 /// One torrent's opened storage. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
     inner: Arc<StorageInner>,
+}
+
+/// Where the bytes of one slice of a piece are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A padding file: zeros.
+    Padding,
+    /// The piece's slot in the part file.
+    Part,
+    /// This target.
+    Target(usize),
+    /// Nowhere: an unselected file's bytes that the part file lacks.
+    Missing,
+}
+
+/// Where one slice of a piece is read from or written to.
+struct Dest {
+    target: Arc<Target>,
+    device: usize,
+    offset: u64,
 }
 
 impl Storage {
@@ -180,24 +266,46 @@ impl Storage {
         config: &StorageConfig,
     ) -> Result<Storage> {
         let layout = Layout::new_files(files, piece_length)?;
+        let wanted = wanted_of(&layout, config)?;
         let mut targets = Vec::with_capacity(layout.targets().len());
-        for t in layout.targets() {
-            let TargetSpec::File { path, length } = t else {
+        for (t, spec) in layout.targets().iter().enumerate() {
+            let TargetSpec::File { path, length } = spec else {
                 return Err(StorageError::InvalidLayout(
                     "raw target in file mode".into(),
                 ));
             };
             let shown = path.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+            let want = layout.files_of_target(t).any(|f| wanted[f]);
+            // An unselected file is not created; one that exists already
+            // (selected in an earlier run) keeps being used.
+            if !want && std::fs::symlink_metadata(&shown).is_err() {
+                targets.push(None);
+                continue;
+            }
             let file = open_under_root(root, path)?;
             preallocate(&file, &shown, 0, *length, config.preallocation)?;
-            targets.push(Target::new(file, shown)?);
+            targets.push(Some(Target::new(file, shown)?));
         }
-        Self::assemble(io, layout, targets)
+        let parked = (0..layout.files().len())
+            .map(|f| match layout.files()[f].placement {
+                Placement::Target { target, .. } => targets[target].is_none(),
+                Placement::Padding => false,
+            })
+            .collect();
+        Self::assemble(
+            io,
+            layout,
+            targets,
+            parked,
+            config,
+            Some(root.to_path_buf()),
+        )
     }
 
     /// Raw-disk mode: every file written into `target` (a block device or an
     /// image file, created if missing) at the offset its name gives. For a
     /// block device, extents past its end are refused; an image file grows.
+    /// Unselected extents are not written: their bytes go to the part file.
     pub fn open_raw(
         io: &DiskIo,
         target: &Path,
@@ -207,16 +315,23 @@ impl Storage {
     ) -> Result<Storage> {
         let (file, capacity) = open_raw_target(target)?;
         let layout = Layout::new_raw(files, piece_length, capacity)?;
+        let wanted = wanted_of(&layout, config)?;
         if capacity.is_none() {
-            // An image file: make each extent exist; gaps stay holes.
-            for f in layout.files() {
-                if let Placement::Target { offset, .. } = f.placement {
+            // An image file: make each wanted extent exist; gaps stay holes.
+            for (i, f) in layout.files().iter().enumerate() {
+                if let (Placement::Target { offset, .. }, true) = (f.placement, wanted[i]) {
                     preallocate(&file, target, offset, f.length, config.preallocation)?;
                 }
             }
         }
         let t = Target::new(file, target.to_path_buf())?;
-        Self::assemble(io, layout, vec![t])
+        let parked = layout
+            .files()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| !wanted[i] && !matches!(f.placement, Placement::Padding))
+            .collect();
+        Self::assemble(io, layout, vec![Some(t)], parked, config, None)
     }
 
     /// Normal mode from a parsed torrent: `<out>/<name>/...` for a
@@ -245,27 +360,76 @@ impl Storage {
         Self::open_raw(io, target, specs, info.piece_length, config)
     }
 
-    fn assemble(io: &DiskIo, layout: Layout, targets: Vec<Target>) -> Result<Storage> {
-        let mut devices: Vec<Arc<Device>> = Vec::new();
-        let mut target_device = Vec::with_capacity(targets.len());
-        for t in &targets {
-            let idx = match devices.iter().position(|d| d.id == t.device) {
-                Some(i) => i,
-                None => {
-                    devices.push(io.device(t.device)?);
-                    devices.len() - 1
-                }
+    fn assemble(
+        io: &DiskIo,
+        layout: Layout,
+        targets: Vec<Option<Target>>,
+        parked: Vec<bool>,
+        config: &StorageConfig,
+        root: Option<PathBuf>,
+    ) -> Result<Storage> {
+        let mut p = Routing {
+            targets: Vec::with_capacity(targets.len()),
+            target_device: Vec::with_capacity(targets.len()),
+            devices: Vec::new(),
+            parked,
+            part: None,
+            slots: SlotTable::default(),
+        };
+        for t in targets {
+            let dev = match &t {
+                Some(t) => p.device_index(io, t.device)?,
+                None => usize::MAX,
             };
-            target_device.push(idx);
+            p.target_device.push(dev);
+            p.targets.push(t.map(Arc::new));
+        }
+        let any_parked = layout
+            .files()
+            .iter()
+            .zip(&p.parked)
+            .any(|(f, parked)| *parked && f.length > 0);
+        if let (true, Some(sel)) = (any_parked, &config.selection) {
+            let path = &sel.part_path;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StorageError::from_io(dir, 0, e))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| StorageError::from_io(path, 0, e))?;
+            let target = Target::new(file, path.clone())?;
+            let device = p.device_index(io, target.device)?;
+            p.part = Some(PartTarget {
+                target: Arc::new(target),
+                device,
+            });
+            p.slots =
+                SlotTable::from_records(&sel.slots, layout.piece_count(), layout.files().len());
         }
         Ok(Storage {
             inner: Arc::new(StorageInner {
                 layout,
-                targets: targets.into_iter().map(Arc::new).collect(),
-                target_device,
-                devices,
+                io: io.clone(),
+                root,
+                preallocation: config.preallocation,
+                routing: RwLock::new(p),
             }),
         })
+    }
+
+    fn routing(&self) -> std::sync::RwLockReadGuard<'_, Routing> {
+        self.inner.routing.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn routing_mut(&self) -> std::sync::RwLockWriteGuard<'_, Routing> {
+        self.inner
+            .routing
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The layout.
@@ -275,7 +439,7 @@ impl Storage {
 
     /// Slots in the smallest writer mailbox of this storage's devices.
     pub fn write_capacity(&self) -> usize {
-        self.inner
+        self.routing()
             .devices
             .iter()
             .map(|d| d.writer.shared.queue.capacity())
@@ -285,15 +449,154 @@ impl Storage {
 
     /// Counters of the writers of this storage's devices.
     pub fn writer_stats(&self) -> Vec<WriterStats> {
-        self.inner
+        self.routing()
             .devices
             .iter()
             .map(|d| d.writer.shared.counters.snapshot())
             .collect()
     }
 
+    /// Per file: whether its bytes go to the part file (not created).
+    pub fn parked_files(&self) -> Vec<bool> {
+        self.routing().parked.clone()
+    }
+
+    /// What the part file holds, for the resume data.
+    pub fn slot_records(&self) -> Vec<SlotRecord> {
+        self.routing().slots.records()
+    }
+
+    /// Pieces whose parked bytes belong to files that are no longer parked:
+    /// they wait for [`crate::parts::relocate_blocking`].
+    pub fn relocation_pending(&self) -> Vec<u32> {
+        let p = self.routing();
+        p.slots.pieces_holding(|f| !p.parked[f as usize])
+    }
+
+    /// Whether piece `piece` has bytes waiting to move out of the part file.
+    pub fn needs_relocation(&self, piece: u32) -> bool {
+        let p = self.routing();
+        p.slots
+            .get(piece)
+            .is_some_and(|(_, files)| files.iter().any(|&f| !p.parked[f as usize]))
+    }
+
+    /// The files `files` are wanted from now on: each parked one is created
+    /// (file mode) and new writes of its bytes go to it. Bytes already in
+    /// the part file stay readable from there until relocated and settled.
+    /// Blocking (opens and sizes files): call it from a blocking task.
+    pub fn unpark(&self, files: &[usize]) -> Result<()> {
+        let layout = &self.inner.layout;
+        let parked = self.parked_files();
+        let mut opened = Vec::new();
+        for &f in files {
+            if !parked.get(f).copied().unwrap_or(false) {
+                continue;
+            }
+            if let (Some(root), Placement::Target { target, .. }) =
+                (&self.inner.root, layout.files()[f].placement)
+            {
+                let TargetSpec::File { path, length } = &layout.targets()[target] else {
+                    continue;
+                };
+                let shown = path.iter().fold(root.clone(), |p, c| p.join(c));
+                let file = open_under_root(root, path)?;
+                preallocate(&file, &shown, 0, *length, self.inner.preallocation)?;
+                opened.push((f, Some((target, Target::new(file, shown)?))));
+            } else {
+                opened.push((f, None));
+            }
+        }
+        let mut p = self.routing_mut();
+        for (f, t) in opened {
+            if let Some((ti, t)) = t {
+                let dev = p.device_index(&self.inner.io, t.device)?;
+                p.targets[ti] = Some(Arc::new(t));
+                p.target_device[ti] = dev;
+            }
+            p.parked[f] = false;
+        }
+        Ok(())
+    }
+
+    /// After the relocation writes of `pieces` are synced: their slots stop
+    /// holding the bytes of files that are no longer parked.
+    pub fn settle(&self, pieces: &[u32]) {
+        let mut p = self.routing_mut();
+        let Routing { slots, parked, .. } = &mut *p;
+        for &piece in pieces {
+            slots.settle(piece, |f| parked[f as usize]);
+        }
+    }
+
+    /// Where each slice of `piece` goes for a write. A fresh piece with
+    /// parked bytes gets its slot here; a relocation keeps the slot's
+    /// entry as it is until [`Storage::settle`].
+    fn write_dests(&self, piece: u32, relocate: bool) -> Result<Vec<(Slice, Option<Dest>)>> {
+        let layout = &self.inner.layout;
+        let slices = layout.piece_slices(piece)?;
+        let pl = u64::from(layout.piece_length());
+        let mut p = self.routing_mut();
+        let parked: Vec<u32> = slices
+            .iter()
+            .filter(|s| s.target.is_some() && p.parked[s.file])
+            .map(|s| s.file as u32)
+            .collect();
+        let slot = if relocate {
+            p.slots.get(piece).map(|(s, _)| s)
+        } else if parked.is_empty() {
+            // No parked bytes: an old entry must not claim the new bytes.
+            p.slots.settle(piece, |_| false);
+            None
+        } else {
+            Some(p.slots.assign(piece, parked))
+        };
+        let mut out = Vec::with_capacity(slices.len());
+        for s in slices {
+            let Some(t) = s.target else {
+                out.push((s, None));
+                continue;
+            };
+            let dest = if p.parked[s.file] {
+                match (&p.part, slot) {
+                    (Some(part), Some(slot)) => Dest {
+                        target: part.target.clone(),
+                        device: part.device,
+                        offset: u64::from(slot) * pl + s.range_offset,
+                    },
+                    _ => {
+                        return Err(StorageError::NotStored {
+                            piece,
+                            file: s.file,
+                        });
+                    }
+                }
+            } else {
+                match &p.targets[t] {
+                    Some(target) => Dest {
+                        target: target.clone(),
+                        device: p.target_device[t],
+                        offset: s.target_offset,
+                    },
+                    None => {
+                        return Err(StorageError::NotStored {
+                            piece,
+                            file: s.file,
+                        });
+                    }
+                }
+            };
+            out.push((s, Some(dest)));
+        }
+        Ok(out)
+    }
+
     /// Cuts a piece into chunks, grouped by device.
-    fn chunks_by_device(&self, piece: &VerifiedPiece) -> Result<Vec<(usize, Vec<Chunk>)>> {
+    fn chunks_by_device(
+        &self,
+        piece: &VerifiedPiece,
+        relocate: bool,
+    ) -> Result<Vec<(Arc<Device>, Vec<Chunk>)>> {
         let inner = &*self.inner;
         let expected = inner.layout.piece_len(piece.piece())?;
         let got = piece.len();
@@ -304,25 +607,26 @@ impl Storage {
                 expected,
             });
         }
+        let dests = self.write_dests(piece.piece(), relocate)?;
+        let devices = self.routing().devices.clone();
         let mut groups: Vec<(usize, Vec<Chunk>)> = Vec::with_capacity(1);
         let blocks = piece.blocks();
         let (mut bi, mut boff) = (0usize, 0usize); // position in the blocks
-        for s in inner.layout.piece_slices(piece.piece())? {
+        for (s, dest) in dests {
             let mut need = s.length as usize;
-            let mut at = s.target_offset;
+            let mut at = dest.as_ref().map_or(0, |d| d.offset);
             while need > 0 {
                 let b = &blocks[bi];
                 let take = (b.len() - boff).min(need);
-                if let Some(t) = s.target {
-                    let dev = inner.target_device[t];
+                if let Some(d) = &dest {
                     let chunk = Chunk {
-                        target: inner.targets[t].clone(),
+                        target: d.target.clone(),
                         offset: at,
                         data: b.slice(boff..boff + take),
                     };
-                    match groups.iter_mut().find(|g| g.0 == dev) {
+                    match groups.iter_mut().find(|g| g.0 == d.device) {
                         Some(g) => g.1.push(chunk),
-                        None => groups.push((dev, vec![chunk])),
+                        None => groups.push((d.device, vec![chunk])),
                     }
                 }
                 at += take as u64;
@@ -334,27 +638,35 @@ impl Storage {
                 }
             }
         }
-        Ok(groups)
+        Ok(groups
+            .into_iter()
+            .map(|(d, c)| (devices[d].clone(), c))
+            .collect())
     }
 
     /// Queues a verified piece without blocking (see the module docs for
     /// pieces straddling devices). An invalid piece (wrong length) is
     /// answered through its reply at once, on this thread.
     pub fn try_write(&self, job: WriteJob) -> Result<(), SubmitError<WriteJob>> {
-        self.submit_write(job, false)
+        self.submit_write(job, false, false)
     }
 
     /// Queues a verified piece, waiting for room. Fails only when the
     /// writers are shut down.
     pub fn write(&self, job: WriteJob) -> Result<(), WriteJob> {
-        self.submit_write(job, true)
+        self.submit_write(job, true, false)
             .map_err(SubmitError::into_inner)
     }
 
-    fn submit_write(&self, job: WriteJob, blocking: bool) -> Result<(), SubmitError<WriteJob>> {
+    fn submit_write(
+        &self,
+        job: WriteJob,
+        blocking: bool,
+        relocate: bool,
+    ) -> Result<(), SubmitError<WriteJob>> {
         let WriteJob { piece, reply } = job;
         let index = piece.piece();
-        let groups = match self.chunks_by_device(&piece) {
+        let groups = match self.chunks_by_device(&piece, relocate) {
             Ok(g) => g,
             Err(e) => {
                 reply(WriteDone {
@@ -385,7 +697,7 @@ impl Storage {
             _ => unreachable!("write completion"),
         };
         for (k, (dev, chunks)) in groups.into_iter().enumerate() {
-            let q = &self.inner.devices[dev].writer.shared.queue;
+            let q = &dev.writer.shared.queue;
             let item = WriterItem::Write {
                 chunks,
                 done: done.clone(),
@@ -411,35 +723,59 @@ impl Storage {
 
     /// Writes a piece and waits for the result (tests, tools).
     pub fn write_blocking(&self, piece: VerifiedPiece) -> Result<()> {
+        self.write_blocking_as(piece, false)
+    }
+
+    /// Writes a piece that is ours already through the current placement
+    /// (its parked bytes stay claimed by the part file until settled).
+    pub(crate) fn relocate_write_blocking(&self, piece: VerifiedPiece) -> Result<()> {
+        self.write_blocking_as(piece, true)
+    }
+
+    fn write_blocking_as(&self, piece: VerifiedPiece, relocate: bool) -> Result<()> {
         let (tx, rx) = sync_channel(1);
-        self.write(WriteJob {
+        let job = WriteJob {
             piece,
             reply: Box::new(move |d| {
                 let _ = tx.send(d.result);
             }),
-        })
-        .map_err(|_| StorageError::Closed)?;
+        };
+        self.submit_write(job, true, relocate)
+            .map_err(|_| StorageError::Closed)?;
         rx.recv().map_err(|_| StorageError::Closed)?
     }
 
-    /// `fdatasync` of every target, after every write queued before this
-    /// call. Queued with a blocking push: syncs are rare.
+    /// `fdatasync` of every target (and the part file), after every write
+    /// queued before this call. Queued with a blocking push: syncs are rare.
     pub fn sync(&self, reply: Reply<Result<()>>) {
-        let inner = &*self.inner;
-        if inner.devices.is_empty() {
+        let items: Vec<(Arc<Device>, Vec<Arc<Target>>)> = {
+            let p = self.routing();
+            p.devices
+                .iter()
+                .enumerate()
+                .map(|(di, d)| {
+                    let mut targets: Vec<Arc<Target>> = p
+                        .targets
+                        .iter()
+                        .zip(&p.target_device)
+                        .filter(|(t, td)| t.is_some() && **td == di)
+                        .filter_map(|(t, _)| t.clone())
+                        .collect();
+                    if let Some(part) = p.part.as_ref().filter(|x| x.device == di) {
+                        targets.push(part.target.clone());
+                    }
+                    (d.clone(), targets)
+                })
+                .filter(|(_, t)| !t.is_empty())
+                .collect()
+        };
+        if items.is_empty() {
             // Only padding files: nothing on disk to sync.
             reply(Ok(()));
             return;
         }
-        let done = Countdown::new(inner.devices.len(), Completion::Sync(reply));
-        for (di, d) in inner.devices.iter().enumerate() {
-            let targets = inner
-                .targets
-                .iter()
-                .zip(&inner.target_device)
-                .filter(|(_, td)| **td == di)
-                .map(|(t, _)| t.clone())
-                .collect();
+        let done = Countdown::new(items.len(), Completion::Sync(reply));
+        for (d, targets) in items {
             let item = WriterItem::Sync {
                 targets,
                 done: done.clone(),
@@ -459,21 +795,75 @@ impl Storage {
         rx.recv().map_err(|_| StorageError::Closed)?
     }
 
-    fn read_parts_of(&self, piece: u32, begin: u64, length: u64) -> Result<Vec<ReadPart>> {
-        let inner = &*self.inner;
-        Ok(inner
-            .layout
-            .block_slices(piece, begin, length)?
-            .into_iter()
-            .map(|s| ReadPart {
-                target: s.target.map(|t| inner.targets[t].clone()),
-                offset: s.target_offset,
+    /// Where the bytes of a block are read from, and the device of the
+    /// first part that is on disk.
+    fn read_parts_of(
+        &self,
+        piece: u32,
+        begin: u64,
+        length: u64,
+    ) -> Result<(Vec<ReadPart>, Option<Arc<Device>>)> {
+        let layout = &self.inner.layout;
+        let slices = layout.block_slices(piece, begin, length)?;
+        let pl = u64::from(layout.piece_length());
+        let p = self.routing();
+        let mut device = None;
+        let mut parts = Vec::with_capacity(slices.len());
+        for s in slices {
+            let Some(t) = s.target else {
+                parts.push(ReadPart {
+                    target: None,
+                    offset: s.target_offset,
+                    length: s.length,
+                });
+                continue;
+            };
+            let (target, dev, offset) = match (p.slots.holds(piece, s.file as u32), &p.part) {
+                (Some(slot), Some(part)) => (
+                    part.target.clone(),
+                    part.device,
+                    u64::from(slot) * pl + begin + s.range_offset,
+                ),
+                _ if !p.parked[s.file] && p.targets[t].is_some() => (
+                    p.targets[t].clone().expect("checked"),
+                    p.target_device[t],
+                    s.target_offset,
+                ),
+                _ => {
+                    return Err(StorageError::NotStored {
+                        piece,
+                        file: s.file,
+                    });
+                }
+            };
+            device.get_or_insert_with(|| p.devices[dev].clone());
+            parts.push(ReadPart {
+                target: Some(target),
+                offset,
                 length: s.length,
+            });
+        }
+        Ok((parts, device))
+    }
+
+    /// Where each slice of `piece` is read from, in order.
+    pub(crate) fn piece_sources(&self, piece: u32) -> Result<Vec<Source>> {
+        let slices = self.inner.layout.piece_slices(piece)?;
+        let p = self.routing();
+        Ok(slices
+            .iter()
+            .map(|s| match s.target {
+                None => Source::Padding,
+                Some(_) if p.part.is_some() && p.slots.holds(piece, s.file as u32).is_some() => {
+                    Source::Part
+                }
+                Some(t) if !p.parked[s.file] && p.targets[t].is_some() => Source::Target(t),
+                Some(_) => Source::Missing,
             })
             .collect())
     }
 
-    fn read_item(&self, job: ReadJob) -> std::result::Result<(usize, ReadItem), ()> {
+    fn read_item(&self, job: ReadJob) -> std::result::Result<(Arc<Device>, ReadItem), ()> {
         let ReadJob {
             piece,
             begin,
@@ -481,13 +871,23 @@ impl Storage {
             reply,
         } = job;
         match self.read_parts_of(piece, u64::from(begin), u64::from(length)) {
-            Ok(parts) => {
-                // A block straddling devices is read by the first device's pool.
-                let dev = parts
-                    .iter()
-                    .find_map(|p| p.target.as_ref())
-                    .and_then(|t| self.inner.targets.iter().position(|x| x.id == t.id))
-                    .map_or(0, |ti| self.inner.target_device[ti]);
+            Ok((parts, dev)) => {
+                // A block straddling devices is read by the first device's
+                // pool; one of padding only by any.
+                let dev = match dev {
+                    Some(d) => d,
+                    None => match self.routing().devices.first() {
+                        Some(d) => d.clone(),
+                        None => {
+                            reply(ReadDone {
+                                piece,
+                                begin,
+                                result: read_parts(&parts),
+                            });
+                            return Err(());
+                        }
+                    },
+                };
                 Ok((
                     dev,
                     ReadItem {
@@ -525,8 +925,7 @@ impl Storage {
         let Ok((dev, item)) = self.read_item(job) else {
             return Ok(());
         };
-        self.inner.devices[dev]
-            .readers
+        dev.readers
             .shared
             .queue
             .try_push(item)
@@ -542,8 +941,7 @@ impl Storage {
         let Ok((dev, item)) = self.read_item(job) else {
             return Ok(());
         };
-        self.inner.devices[dev]
-            .readers
+        dev.readers
             .shared
             .queue
             .push(item)
@@ -552,40 +950,47 @@ impl Storage {
 
     /// Reads bytes of a piece on the calling thread.
     pub fn read_blocking(&self, piece: u32, begin: u64, length: u64) -> Result<Bytes> {
-        read_parts(&self.read_parts_of(piece, begin, length)?)
+        read_parts(&self.read_parts_of(piece, begin, length)?.0)
     }
 
     /// Reads `buf.len()` bytes of the torrent's byte space at `offset` on the
-    /// calling thread (padding reads as zeros): one `pread` per file slice.
+    /// calling thread (padding reads as zeros, parked bytes come from the
+    /// part file): one `pread` per file slice.
     pub fn read_range_into(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let inner = &*self.inner;
-        let slices = inner.layout.range_slices(offset, buf.len() as u64);
-        let mut covered = 0usize;
-        for s in slices {
-            let at = s.range_offset as usize;
-            let n = s.length as usize;
-            match s.target {
-                Some(t) => {
-                    let t = &inner.targets[t];
-                    crate::fs::pread_exact(t.fd(), s.target_offset, &mut buf[at..at + n])
-                        .map_err(|e| StorageError::from_io(&t.path, s.target_offset, e))?;
-                }
-                None => buf[at..at + n].fill(0),
-            }
-            covered = at + n;
-        }
-        if covered != buf.len() {
+        let layout = &self.inner.layout;
+        let end = offset.saturating_add(buf.len() as u64);
+        if end > layout.total_length() {
             return Err(StorageError::InvalidLayout(format!(
                 "read of {} bytes at {offset} runs past the end of the torrent",
                 buf.len()
             )));
+        }
+        let pl = u64::from(layout.piece_length());
+        let mut pos = offset;
+        while pos < end {
+            let piece = (pos / pl) as u32;
+            let begin = pos - layout.piece_offset(piece);
+            let len = (pl - begin).min(end - pos);
+            let (parts, _) = self.read_parts_of(piece, begin, len)?;
+            let mut at = (pos - offset) as usize;
+            for part in parts {
+                let n = part.length as usize;
+                let dst = &mut buf[at..at + n];
+                match &part.target {
+                    Some(t) => crate::fs::pread_exact(t.fd(), part.offset, dst)
+                        .map_err(|e| StorageError::from_io(&t.path, part.offset, e))?,
+                    None => dst.fill(0),
+                }
+                at += n;
+            }
+            pos += len;
         }
         Ok(())
     }
 
     /// Tells the kernel each target will be read sequentially (recheck).
     pub(crate) fn advise_sequential(&self) {
-        for t in &self.inner.targets {
+        for t in self.routing().targets.iter().flatten() {
             // SAFETY: advisory call on an fd we own; failure is harmless.
             unsafe {
                 libc::posix_fadvise(t.fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
@@ -593,22 +998,44 @@ impl Storage {
         }
     }
 
-    /// Size and modification time of every target, now.
-    pub fn stamps(&self) -> Result<Vec<FileStamp>> {
-        self.inner
-            .targets
-            .iter()
-            .map(|t| {
-                let m = t
-                    .file
-                    .metadata()
-                    .map_err(|e| StorageError::from_io(&t.path, 0, e))?;
-                Ok(FileStamp {
-                    size: m.size(),
-                    mtime_sec: m.mtime(),
-                    mtime_nsec: m.mtime_nsec() as u32,
-                })
-            })
-            .collect()
+    /// Size and modification time of every target, now (`None` for files
+    /// not created).
+    pub fn stamps(&self) -> Result<Stamps> {
+        let (targets, part) = {
+            let p = self.routing();
+            (p.targets.clone(), p.part.as_ref().map(|x| x.target.clone()))
+        };
+        Ok(Stamps {
+            targets: targets
+                .iter()
+                .map(|t| t.as_deref().map(stamp_of).transpose())
+                .collect::<Result<_>>()?,
+            part: part.as_deref().map(stamp_of).transpose()?,
+        })
+    }
+}
+
+fn stamp_of(t: &Target) -> Result<FileStamp> {
+    let m = t
+        .file
+        .metadata()
+        .map_err(|e| StorageError::from_io(&t.path, 0, e))?;
+    Ok(FileStamp {
+        size: m.size(),
+        mtime_sec: m.mtime(),
+        mtime_nsec: m.mtime_nsec() as u32,
+    })
+}
+
+/// Which files are wanted, checked against the layout.
+fn wanted_of(layout: &Layout, config: &StorageConfig) -> Result<Vec<bool>> {
+    let n = layout.files().len();
+    match &config.selection {
+        None => Ok(vec![true; n]),
+        Some(s) if s.wanted.len() == n => Ok(s.wanted.clone()),
+        Some(s) => Err(StorageError::InvalidLayout(format!(
+            "selection names {} files of a torrent of {n}",
+            s.wanted.len()
+        ))),
     }
 }

@@ -75,6 +75,7 @@ fn disk_full_is_reported_earlier_data_intact_and_not_claimed() {
     let io = DiskIo::new(DiskIoConfig::default());
     let cfg = StorageConfig {
         preallocation: Preallocation::Sparse,
+        ..StorageConfig::default()
     };
     let st = Storage::open_files(&io, fs.path(), files, piece, &cfg).unwrap();
     let layout = st.layout().clone();

@@ -94,6 +94,7 @@ fn short_file_reads_as_bad_pieces() {
         16 * 1024,
         &StorageConfig {
             preallocation: Preallocation::Sparse,
+            ..StorageConfig::default()
         },
     )
     .unwrap();

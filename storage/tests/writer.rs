@@ -172,6 +172,7 @@ fn runs_split_at_max_iovecs_and_at_file_edges() {
     });
     let cfg = StorageConfig {
         preallocation: Preallocation::Sparse,
+        ..StorageConfig::default()
     };
     let st = Storage::open_files(&io, dir.path(), files.clone(), 8 * BLOCK as u32, &cfg).unwrap();
     let layout = st.layout().clone();

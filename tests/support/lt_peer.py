@@ -110,6 +110,9 @@ def encryption_settings(a):
 def start_session(a, pex=True):
     s = settings(a.profile)
     s.update(encryption_settings(a))
+    limit = getattr(a, "upload_limit", 0)
+    if limit:
+        s.update({"upload_rate_limit": limit, "ignore_limits_on_local_network": False})
     # Without the default plugins there is no ut_pex: a benchmark leecher
     # then talks to the seed it was given and never learns of the others.
     ses = lt.session(s, 1 if pex else 0)
@@ -247,6 +250,13 @@ def main():
         c.add_argument("--verbose", action="store_true")
         c.add_argument("--encryption", choices=("forced", "enabled", "disabled"))
         c.add_argument("--enc-level", choices=("plaintext", "rc4", "both"))
+        if name == "seed":
+            c.add_argument(
+                "--upload-limit",
+                type=int,
+                default=0,
+                help="bytes per second, also on loopback (0: none)",
+            )
         if name == "leech":
             c.add_argument("--stay", action="store_true", help="seed on until stdin closes")
             c.add_argument("--no-pex", action="store_true", help="no ut_pex (peers stay apart)")

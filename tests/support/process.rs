@@ -21,8 +21,9 @@ pub struct Actorrent {
     /// What the test calls it in failure messages.
     pub name: String,
     child: Child,
-    /// Stdout lines so far (a Mutex is fine in test scaffolding).
-    lines: Arc<Mutex<Vec<String>>>,
+    /// Stdout lines so far, with when each was read (a Mutex is fine in
+    /// test scaffolding).
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
 }
@@ -54,7 +55,7 @@ impl Actorrent {
         let r1 = std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                l.lock().unwrap().push(line);
+                l.lock().unwrap().push((Instant::now(), line));
             }
         });
         let mut err = child.stderr.take().unwrap();
@@ -110,14 +111,24 @@ impl Actorrent {
 
     /// Every stats object printed so far.
     pub fn stats(&self) -> Vec<Value> {
+        self.stats_with_times()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// Every stats object printed so far, with when the test read it (for
+    /// ordering against the test's own events).
+    pub fn stats_with_times(&self) -> Vec<(Instant, Value)> {
         self.lines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("stats line is not JSON ({e}): {l}"))
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(at, l)| {
+                let v = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stats line is not JSON ({e}): {l}"));
+                (*at, v)
             })
             .collect()
     }
@@ -161,6 +172,9 @@ impl Actorrent {
                 .lines
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
                 .join("\n"),
             10,
         );

@@ -214,6 +214,15 @@ impl Bitfield {
             .map(|(a, b)| (a & !b).count_ones())
             .sum()
     }
+
+    /// Number of indices set both here and in `other`.
+    pub fn count_and(&self, other: &Bitfield) -> u32 {
+        self.words
+            .iter()
+            .zip(other.words.iter())
+            .map(|(a, b)| (a & b).count_ones())
+            .sum()
+    }
 }
 
 #[cfg(test)]

@@ -875,6 +875,10 @@ enum Op {
     Gone(u8),
     /// Hash the `n`th piece awaiting a result.
     Hash(u16),
+    /// New levels for every piece (0 skip .. 3 high).
+    Levels(Vec<u8>),
+    /// A new time-critical list (indices may be out of range or repeat).
+    Critical(Vec<u32>),
 }
 
 const PEERS: u8 = 4;
@@ -902,6 +906,8 @@ fn op() -> impl Strategy<Value = Op> {
         peer.clone().prop_map(Op::Choke),
         peer.prop_map(Op::Gone),
         any::<u16>().prop_map(Op::Hash),
+        proptest::collection::vec(0u8..4, PIECES as usize).prop_map(Op::Levels),
+        proptest::collection::vec(0..PIECES + 2, 0..4).prop_map(Op::Critical),
     ]
 }
 
@@ -924,6 +930,8 @@ struct Sim {
     peers: BTreeMap<PeerId, Model>,
     /// Pieces handed out for hashing, with whether their data is good.
     hashing: Vec<(u32, bool)>,
+    /// Pieces that have had a block picked (started once).
+    started: BTreeSet<u32>,
     t: Instant,
 }
 
@@ -937,6 +945,7 @@ impl Sim {
             p: make(PIECES, PIECE_LEN, TOTAL, config, seed),
             peers: BTreeMap::new(),
             hashing: Vec::new(),
+            started: BTreeSet::new(),
             t: Instant::now(),
         }
     }
@@ -1031,6 +1040,13 @@ impl Sim {
                 for b in picked {
                     assert!(m.has(b.piece), "{peer:?} lacks piece of {b:?}");
                     assert!(!self.p.have(b.piece), "{b:?} of a piece we have");
+                    assert!(
+                        self.started.contains(&b.piece)
+                            || self.p.piece_priority(b.piece) != Priority::Skip
+                            || self.p.is_time_critical(b.piece),
+                        "{b:?} of a skipped piece started"
+                    );
+                    self.started.insert(b.piece);
                     assert!(m.outstanding.insert(b), "{b:?} picked twice for {peer:?}");
                 }
             }
@@ -1078,6 +1094,23 @@ impl Sim {
                 self.p.peer_gone(peer);
                 self.peers.remove(&peer);
             }
+            Op::Levels(v) => {
+                let levels: Vec<Priority> = v
+                    .iter()
+                    .map(|l| Priority::from_level(*l).unwrap())
+                    .collect();
+                self.p.set_piece_priorities(&levels).unwrap();
+                for (i, l) in levels.iter().enumerate() {
+                    assert_eq!(self.p.piece_priority(i as u32), *l);
+                }
+            }
+            Op::Critical(v) => {
+                self.p.set_time_critical(&v);
+                for i in 0..PIECES {
+                    let expect = v.contains(&i) && !self.p.have(i);
+                    assert_eq!(self.p.is_time_critical(i), expect, "critical {i}");
+                }
+            }
             Op::Hash(n) => {
                 if self.hashing.is_empty() {
                     return;
@@ -1098,6 +1131,10 @@ impl Sim {
 
     /// Disconnects everyone, then downloads the rest from one honest seed.
     fn finish(&mut self) {
+        self.p
+            .set_piece_priorities(&[Priority::Normal; PIECES as usize])
+            .unwrap();
+        self.p.set_time_critical(&[]);
         for id in 0..u64::from(PEERS) {
             self.p.peer_gone(PeerId(id));
         }
@@ -1309,4 +1346,152 @@ fn a_single_contributor_keeps_no_evidence() {
     assert_eq!(f.contributors, vec![a]);
     assert_eq!(p.strikes(a), 1);
     assert!(p.piece_passed(0, &[]).is_empty(), "nothing to judge");
+}
+
+// ---- priorities and time-critical pieces ---------------------------------
+
+fn levels(v: &[u8]) -> Vec<Priority> {
+    v.iter()
+        .map(|l| Priority::from_level(*l).unwrap())
+        .collect()
+}
+
+/// Pieces in the order a seed is given them, one block each.
+fn order_for(p: &mut Picker, peer: PeerId, n: usize) -> Vec<u32> {
+    (0..n)
+        .flat_map(|_| p.pick(peer, 1, now()))
+        .map(|b| b.piece)
+        .collect()
+}
+
+#[test]
+fn higher_levels_first_rarest_first_within_a_level() {
+    let mut p = uniform(9, 1, PickerConfig::default());
+    // 0-2 low, 3-5 high, 6-8 normal.
+    p.set_piece_priorities(&levels(&[1, 1, 1, 3, 3, 3, 2, 2, 2]))
+        .unwrap();
+    // Availability: 5 and 8 and 0 rare (A only), the rest also at P2, P3.
+    p.peer_bitfield(A, &Bitfield::full(9)).unwrap();
+    let common = [1, 2, 3, 4, 6, 7];
+    p.peer_bitfield(P2, &bits(9, &common)).unwrap();
+    p.peer_bitfield(P3, &bits(9, &common)).unwrap();
+    let order = order_for(&mut p, A, 9);
+    assert_eq!(order[0], 5, "rarest high piece first");
+    assert_eq!(
+        order[..3].iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([3, 4, 5])
+    );
+    assert_eq!(order[3], 8, "rarest normal piece first");
+    assert_eq!(
+        order[3..6].iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([6, 7, 8])
+    );
+    assert_eq!(order[6], 0);
+    p.check_invariants();
+}
+
+#[test]
+fn sequential_within_levels() {
+    let config = PickerConfig {
+        strategy: Order::Sequential,
+        ..PickerConfig::default()
+    };
+    let mut p = uniform(8, 1, config);
+    p.set_piece_priorities(&levels(&[1, 2, 3, 1, 3, 2, 0, 2]))
+        .unwrap();
+    p.peer_have_all(A);
+    assert_eq!(order_for(&mut p, A, 8), vec![2, 4, 1, 5, 7, 0, 3]);
+    p.check_invariants();
+}
+
+#[test]
+fn skipped_pieces_are_never_started_nor_interesting() {
+    let mut p = uniform(6, 1, PickerConfig::default());
+    p.set_piece_priorities(&levels(&[0, 0, 2, 0, 0, 0]))
+        .unwrap();
+    assert_eq!(p.missing_wanted(), 1);
+    p.peer_bitfield(A, &bits(6, &[0, 1, 5])).unwrap();
+    assert!(!p.interesting(A), "it has only pieces we skip");
+    assert!(p.pick(A, 10, now()).is_empty());
+    p.peer_have(A, 2).unwrap();
+    assert!(p.interesting(A));
+    let picked = p.pick(A, 10, now());
+    assert_eq!(picked, p.blocks_of(2));
+    let (_, c) = accepted(p.block_received(A, picked[0], content(picked[0])));
+    p.piece_verified(c.unwrap().index).unwrap();
+    assert!(p.wanted_complete());
+    assert!(!p.is_complete());
+    assert!(!p.interesting(A));
+    assert!(!p.in_endgame(), "nothing wanted is missing");
+    // Selecting more makes the peer interesting again.
+    p.set_piece_priorities(&levels(&[0, 2, 2, 0, 0, 0]))
+        .unwrap();
+    assert!(p.interesting(A));
+    assert!(!p.wanted_complete());
+    p.check_invariants();
+}
+
+#[test]
+fn a_started_piece_is_finished_after_being_skipped() {
+    let mut p = uniform(3, 4, PickerConfig::default());
+    p.peer_have_all(A);
+    let first = p.pick(A, 2, now());
+    let piece = first[0].piece;
+    let mut all = vec![2u8; 3];
+    all[piece as usize] = 0;
+    p.set_piece_priorities(&levels(&all)).unwrap();
+    // Its two free blocks are still handed out (their budget comes back
+    // only when the piece completes), before other pieces.
+    let rest = p.pick(A, 2, now());
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|b| b.piece == piece));
+    p.check_invariants();
+}
+
+#[test]
+fn time_critical_pieces_come_first_in_order_whatever_their_level() {
+    let mut p = uniform(10, 1, PickerConfig::default());
+    p.set_piece_priorities(&levels(&[3, 3, 3, 0, 0, 0, 0, 2, 2, 2]))
+        .unwrap();
+    p.peer_have_all(A);
+    p.set_time_critical(&[6, 4, 99, 6]);
+    assert!(p.is_time_critical(6) && p.is_time_critical(4));
+    assert!(!p.is_time_critical(5));
+    let order = order_for(&mut p, A, 10);
+    assert_eq!(&order[..2], &[6, 4]);
+    assert_eq!(
+        order[2..5].iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([0, 1, 2])
+    );
+    assert_eq!(order.len(), 8, "3 and 5 skipped, not critical");
+    p.check_invariants();
+}
+
+#[test]
+fn clearing_the_critical_set_restores_levels_and_interest() {
+    let mut p = uniform(4, 1, PickerConfig::default());
+    p.set_piece_priorities(&levels(&[0, 0, 0, 0])).unwrap();
+    p.peer_bitfield(A, &bits(4, &[1])).unwrap();
+    assert!(!p.interesting(A));
+    p.set_time_critical(&[1]);
+    assert!(p.interesting(A), "a stream needs piece 1");
+    p.check_invariants();
+    p.set_time_critical(&[]);
+    assert!(!p.interesting(A));
+    assert!(p.pick(A, 4, now()).is_empty());
+    // A critical piece that is verified leaves the set.
+    p.set_time_critical(&[1]);
+    let b = p.pick(A, 4, now());
+    let (_, c) = accepted(p.block_received(A, b[0], content(b[0])));
+    p.piece_verified(c.unwrap().index).unwrap();
+    assert!(!p.is_time_critical(1));
+    assert!(p.wanted_complete());
+    p.check_invariants();
+}
+
+#[test]
+fn priorities_of_the_wrong_length_are_refused() {
+    let mut p = uniform(4, 1, PickerConfig::default());
+    assert!(p.set_piece_priorities(&levels(&[2, 2, 2])).is_err());
+    assert_eq!(p.piece_priority(9), Priority::Skip);
 }

@@ -17,8 +17,14 @@
 //! free again only once the torrent has taken the result.
 //!
 //! The actor's methods are split by concern: `peers` (address book,
-//! connections, reconnect policy, choking) and `pieces` (the data path
-//! and checkpoints); its vocabulary is in [`msg`].
+//! connections, reconnect policy, choking), `pieces` (the data path
+//! and checkpoints) and `streams` (priority changes, stream readers and
+//! their time-critical windows); the file selection is the plain struct in
+//! [`selection`]; its vocabulary is in [`msg`].
+//!
+//! Completion means every *wanted* piece (of a file not skipped) is
+//! verified, written and synced; pieces of skipped files are fetched only
+//! when a stream reads them or when they share bytes with a wanted file.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -42,17 +48,21 @@ use tracing::{debug, info, warn};
 pub mod msg;
 mod peers;
 mod pieces;
+pub mod selection;
+mod streams;
 
 pub use msg::{
-    ExchangeReply, PeerFault, TorrentHandle, TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, PeerFault, SetPrioritiesError, StreamError, TorrentHandle, TorrentMsg,
+    TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
+pub use selection::{Selection, SelectionError};
 
 use crate::budget::BufferBudget;
 use crate::choker::Choker;
 use crate::config::ClientConfig;
-use crate::picker::{Bitfield, PeerId, Picker, PickerConfig, Strategy};
+use crate::picker::{Bitfield, PeerId, Picker, PickerConfig, Priority, Strategy};
 use crate::pipeline::RateMeter;
 use crate::ratelimit::{self, Limiter};
 use crate::tracker::{AnnounceProgress, TorrentRegistration, TrackerHandle};
@@ -85,6 +95,9 @@ pub struct TorrentParams {
     pub upload_limit: Option<u64>,
     /// This torrent's download limit, bytes per second.
     pub download_limit: Option<u64>,
+    /// One priority per file (numbered as `info` lists them). `None`: the
+    /// selection recorded in the resume data, or every file normal.
+    pub priorities: Option<Vec<Priority>>,
 }
 
 /// Process-wide resources a torrent uses.
@@ -132,6 +145,9 @@ pub(crate) fn spawn(
         bytes_wasted: 0,
         budget_in_use: 0,
         budget_peak: 0,
+        wanted_bytes: 0,
+        done_bytes: 0,
+        stream_readers: 0,
         mailbox_depth: 0,
         peer_mailbox_depth: 0,
     });
@@ -191,6 +207,15 @@ struct Torrent {
     /// Announce counters for the tracker session, when registered.
     progress: Option<watch::Sender<AnnounceProgress>>,
     announced_complete: bool,
+    /// Which files are wanted, at which priority.
+    selection: Selection,
+    /// Open stream readers.
+    streams: streams::Streams,
+    /// The task creating newly selected files and moving their parked
+    /// bytes into place, while it runs.
+    relocation: Option<tokio::sync::oneshot::Receiver<Result<Vec<u32>, String>>>,
+    /// Layout files selected since the last relocation started.
+    unpark: Vec<usize>,
 }
 
 /// Peers from the tracker session wait here; it drops a batch that finds the
@@ -207,7 +232,7 @@ async fn run(
 ) {
     let meta = params.meta.clone();
     let started = Instant::now();
-    let (storage, have) = match check(&params, &shared).await {
+    let (storage, have, selection) = match check(&params, &shared).await {
         Ok(x) => x,
         Err(e) => {
             warn!(error = %e, "torrent failed to start");
@@ -239,6 +264,11 @@ async fn run(
             return;
         }
     };
+    let mut picker = picker;
+    if let Err(e) = picker.set_piece_priorities(&selection.piece_levels(storage.layout())) {
+        stats.send_modify(|s| s.state = TorrentState::Error(e.to_string()));
+        return;
+    }
     info!(
         have = bits.count(),
         pieces = info.piece_count(),
@@ -294,6 +324,10 @@ async fn run(
         recently_gone: VecDeque::new(),
         progress: None,
         announced_complete: false,
+        selection,
+        streams: streams::Streams::default(),
+        relocation: None,
+        unpark: Vec::new(),
     };
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
     t.register_with_trackers(tracker_peers_tx).await;
@@ -329,7 +363,9 @@ async fn run(
                 Some(m) => t.on_msg(m),
                 None => break,
             },
+            Ok(r) = recv_relocation(&mut t.relocation) => t.relocated(r).await,
             _ = tick.tick() => {
+                t.sweep_streams();
                 t.connect_peers();
                 t.maybe_checkpoint();
                 t.choke_round();
@@ -343,8 +379,22 @@ async fn run(
     t.shutdown(&mut rx, &mut done_rx).await;
 }
 
-/// Opens the storage and decides which pieces are already ours.
-async fn check(params: &TorrentParams, shared: &Shared) -> Result<(Storage, Vec<bool>), String> {
+/// The end of the relocation task, or never when none runs.
+async fn recv_relocation(
+    rx: &mut Option<tokio::sync::oneshot::Receiver<Result<Vec<u32>, String>>>,
+) -> Result<Result<Vec<u32>, String>, tokio::sync::oneshot::error::RecvError> {
+    match rx {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens the storage, decides which pieces are already ours, and moves
+/// into place the parked bytes of files selected since the last run.
+async fn check(
+    params: &TorrentParams,
+    shared: &Shared,
+) -> Result<(Storage, Vec<bool>, Selection), String> {
     let info = params.meta.info.clone();
     let target = params.target.clone();
     let disk = shared.disk.clone();
@@ -352,13 +402,52 @@ async fn check(params: &TorrentParams, shared: &Shared) -> Result<(Storage, Vec<
     let resume_file = params.resume_file.clone();
     let info_hash = params.meta.info_hash.0;
     let recheck_cfg = shared.config.recheck.clone();
+    let priorities = params.priorities.clone();
     tokio::task::spawn_blocking(move || {
         // A target that does not exist yet holds nothing: skip reading it.
         let fresh = match &target {
             Target::Directory(dir) => !dir.join(&info.name).exists(),
             Target::Raw(path) => !path.exists(),
         };
-        let cfg = StorageConfig::default();
+        let loaded = if fresh {
+            Ok(None)
+        } else {
+            storage::resume::load(&resume_file)
+        };
+        // The layout alone (no files opened yet), to map the selection.
+        storage::layout::check_info(&info).map_err(|e| e.to_string())?;
+        let layout = match &target {
+            Target::Directory(_) => storage::Layout::new_files(
+                storage::layout::specs_from_info(&info),
+                info.piece_length,
+            ),
+            Target::Raw(_) => storage::Layout::new_raw(
+                storage::layout::raw_specs_from_info(&info),
+                info.piece_length,
+                None,
+            ),
+        }
+        .map_err(|e| e.to_string())?;
+        let recorded = loaded.as_ref().ok().and_then(|d| d.as_ref());
+        let selection = match &priorities {
+            Some(p) => Selection::new(&layout, p.clone()).map_err(|e| e.to_string())?,
+            None => recorded
+                .filter(|d| d.info_hash == info_hash)
+                .and_then(|d| Selection::from_levels(&layout, &d.priorities))
+                .unwrap_or_else(|| Selection::uniform(&layout, Priority::Normal)),
+        };
+        let slots = recorded
+            .filter(|d| d.info_hash == info_hash)
+            .map(|d| d.slots.clone())
+            .unwrap_or_default();
+        let cfg = StorageConfig {
+            selection: Some(storage::Selection {
+                wanted: selection.wanted_files(layout.files().len()),
+                part_path: resume_file.with_extension("parts"),
+                slots,
+            }),
+            ..StorageConfig::default()
+        };
         let storage = match &target {
             Target::Directory(dir) => Storage::open_info(&disk, &info, dir, &cfg),
             Target::Raw(path) => Storage::open_info_raw(&disk, &info, path, &cfg),
@@ -366,9 +455,8 @@ async fn check(params: &TorrentParams, shared: &Shared) -> Result<(Storage, Vec<
         .map_err(|e| e.to_string())?;
         let n = info.piece_count() as usize;
         if fresh {
-            return Ok((storage, vec![false; n]));
+            return Ok((storage, vec![false; n], selection));
         }
-        let loaded = storage::resume::load(&resume_file);
         let checked =
             storage::resume::validate(&storage, &info_hash, loaded).map_err(|e| e.to_string())?;
         if let Some(r) = &checked.reason {
@@ -388,7 +476,26 @@ async fn check(params: &TorrentParams, shared: &Shared) -> Result<(Storage, Vec<
                 *h |= g;
             }
         }
-        Ok((storage, have))
+        // Files selected since the last run: their bytes held in the part
+        // file move into place now, verified again on the way.
+        let pending: Vec<u32> = storage
+            .relocation_pending()
+            .into_iter()
+            .filter(|&p| have[p as usize])
+            .collect();
+        if !pending.is_empty() {
+            let bad = storage::relocate_blocking(&storage, &info.pieces, &pending)
+                .map_err(|e| format!("moving parked bytes into place: {e}"))?;
+            info!(
+                pieces = pending.len(),
+                damaged = bad.len(),
+                "parked bytes moved into place"
+            );
+            for p in bad {
+                have[p as usize] = false;
+            }
+        }
+        Ok((storage, have, selection))
     })
     .await
     .map_err(|e| format!("checking task failed: {e}"))?
@@ -397,6 +504,11 @@ async fn check(params: &TorrentParams, shared: &Shared) -> Result<(Storage, Vec<
 impl Torrent {
     fn publish(&mut self) {
         let now = Instant::now();
+        let layout = self.storage.layout();
+        let wanted_bytes = self.selection.wanted_bytes(layout);
+        let done_bytes = self
+            .selection
+            .done_bytes(layout, self.picker.have_bitfield());
         let s = TorrentStats {
             state: self.state.clone(),
             bytes_down: self.bytes_down,
@@ -414,6 +526,9 @@ impl Torrent {
             bytes_wasted: self.bytes_wasted,
             budget_in_use: self.shared.budget.in_use(),
             budget_peak: self.shared.budget.peak(),
+            wanted_bytes,
+            done_bytes,
+            stream_readers: self.streams.len(),
             mailbox_depth: self.self_tx.max_capacity() - self.self_tx.capacity(),
             peer_mailbox_depth: self
                 .peers
@@ -423,9 +538,7 @@ impl Torrent {
                 .sum(),
         };
         if let Some(p) = &self.progress {
-            let left = (self.picker.missing_count() as u64)
-                .saturating_mul(u64::from(self.meta.info.piece_length))
-                .min(self.meta.info.total_length);
+            let left = wanted_bytes - done_bytes.min(wanted_bytes);
             p.send_replace(AnnounceProgress {
                 uploaded: self.bytes_up,
                 downloaded: self.bytes_down,
@@ -546,6 +659,12 @@ impl Torrent {
                 let _ = reply.send(r);
             }
             TorrentMsg::AddPeers(addrs) => self.add_peers(addrs),
+            TorrentMsg::SetFilePriorities { priorities, reply } => {
+                self.set_priorities(priorities, reply)
+            }
+            TorrentMsg::StreamOpen { file, reply } => self.stream_open(file, reply),
+            TorrentMsg::StreamWant { id, piece, reply } => self.stream_want(id, piece, reply),
+            TorrentMsg::StreamClose { id } => self.stream_close(id),
             TorrentMsg::Incoming(stream, addr, handshake) => self.incoming(stream, addr, handshake),
             TorrentMsg::PeerStatus {
                 id,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::peer::msg::PeerCmd;
-use crate::picker::{Block, PeerId};
+use crate::picker::{Block, PeerId, Priority};
 
 /// Where a torrent is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +76,12 @@ pub struct TorrentStats {
     pub budget_in_use: u64,
     /// Highest buffer budget use seen, process-wide, in bytes.
     pub budget_peak: u64,
+    /// Bytes of the selected files.
+    pub wanted_bytes: u64,
+    /// Bytes of the selected files verified and on disk.
+    pub done_bytes: u64,
+    /// Streams open on this torrent.
+    pub stream_readers: usize,
     /// Messages waiting in this torrent's mailbox.
     pub mailbox_depth: usize,
     /// Commands waiting in the mailboxes of this torrent's peers, summed.
@@ -186,6 +192,36 @@ pub enum TorrentMsg {
     AddPeers(Vec<SocketAddr>),
     /// A connection the remote side opened to us, with its handshake.
     Incoming(tokio::net::TcpStream, SocketAddr, protocol::wire::Handshake),
+    /// New priorities, one per file (numbered as `info` lists them).
+    SetFilePriorities {
+        /// The priorities.
+        priorities: Vec<Priority>,
+        /// Ok once the picker uses them (files newly selected are created
+        /// and their parked bytes move into place in the background).
+        reply: oneshot::Sender<Result<(), SetPrioritiesError>>,
+    },
+    /// A stream wants to read a file.
+    StreamOpen {
+        /// File index, as `info` lists them.
+        file: usize,
+        /// The grant, or why not.
+        reply: oneshot::Sender<Result<StreamGrant, StreamError>>,
+    },
+    /// A stream entered `piece`: its window moves there; the reply comes
+    /// once the piece is verified and written.
+    StreamWant {
+        /// The stream.
+        id: u64,
+        /// The piece under it.
+        piece: u32,
+        /// Fires when the piece is ours.
+        reply: oneshot::Sender<()>,
+    },
+    /// A stream went away.
+    StreamClose {
+        /// The stream.
+        id: u64,
+    },
     /// A peer's interest in us and its transfer numbers (on change and
     /// about once a second).
     PeerStatus {
@@ -202,6 +238,74 @@ pub enum TorrentMsg {
         /// Odd but tolerated messages it sent since the last status.
         oddities: u64,
     },
+}
+
+/// What the torrent gives a new stream (see [`crate::stream`]).
+pub struct StreamGrant {
+    /// The reader's id in its torrent.
+    pub id: u64,
+    /// Offset of the file's first byte in the torrent.
+    pub file_offset: u64,
+    /// The file's length.
+    pub length: u64,
+    /// The file's last path component.
+    pub name: String,
+    /// The torrent's piece length.
+    pub piece_length: u32,
+    /// Bytes per read.
+    pub chunk_size: usize,
+    /// Longest wait for one piece.
+    pub wait_timeout: std::time::Duration,
+    /// Where verified bytes are read from.
+    pub storage: storage::Storage,
+    /// Dropped with the stream: the torrent sees its sender close.
+    pub alive: mpsc::Receiver<()>,
+}
+
+impl std::fmt::Debug for StreamGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamGrant")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a stream could not be opened or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The torrent has no file with this index.
+    #[error("no file {0} in this torrent")]
+    NoSuchFile(usize),
+    /// `max_readers` streams are open on this torrent already.
+    #[error("{0} streams are open on this torrent already")]
+    TooManyReaders(usize),
+    /// The torrent has stopped, or is not serving data yet.
+    #[error("the torrent has stopped")]
+    Stopped,
+    /// The piece did not arrive within `wait_timeout`.
+    #[error("piece {0} was not downloaded in time")]
+    Timeout(u32),
+    /// Reading verified bytes failed.
+    #[error("reading: {0}")]
+    Read(String),
+}
+
+/// Why new file priorities were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetPrioritiesError {
+    /// Not one priority per file.
+    #[error("{got} priorities for a torrent of {expected} files")]
+    Count {
+        /// Priorities given.
+        got: usize,
+        /// Files in the torrent.
+        expected: usize,
+    },
+    /// The torrent has stopped.
+    #[error("the torrent has stopped")]
+    Stopped,
 }
 
 /// A handle to a running torrent.
@@ -235,6 +339,28 @@ impl TorrentHandle {
         self.tx
             .try_send(TorrentMsg::Incoming(stream, addr, handshake))
             .is_ok()
+    }
+
+    /// The mailbox, for the stream readers.
+    pub(crate) fn sender(&self) -> mpsc::Sender<TorrentMsg> {
+        self.tx.clone()
+    }
+
+    /// Changes the file priorities while the torrent runs (one per file,
+    /// numbered as `info` lists them; [`Priority::Skip`] deselects). Files
+    /// newly selected are created, and bytes of theirs already held in the
+    /// part file move into place without being fetched again. Returns once
+    /// the picker works with the new priorities.
+    pub async fn set_file_priorities(
+        &self,
+        priorities: Vec<Priority>,
+    ) -> Result<(), SetPrioritiesError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(TorrentMsg::SetFilePriorities { priorities, reply })
+            .await
+            .map_err(|_| SetPrioritiesError::Stopped)?;
+        rx.await.map_err(|_| SetPrioritiesError::Stopped)?
     }
 
     /// Adds peer addresses to connect to. Fails if the torrent has stopped.

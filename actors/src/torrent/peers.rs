@@ -77,7 +77,7 @@ impl Torrent {
         handshake: protocol::wire::Handshake,
     ) {
         let full = self.peers.len() >= self.shared.config.max_peers_per_torrent;
-        let done = self.picker.is_complete() && !self.seed;
+        let done = !self.picker.needs_anything() && !self.seed;
         if full || done || self.banned.contains(&addr) {
             return;
         }
@@ -95,7 +95,7 @@ impl Torrent {
     /// Starts connections to known addresses, within the limit.
     pub(super) fn connect_peers(&mut self) {
         let serving = self.seed && self.state == TorrentState::Seeding;
-        if (self.picker.is_complete() && !serving) || self.cancel.is_cancelled() {
+        if (!self.picker.needs_anything() && !serving) || self.cancel.is_cancelled() {
             return;
         }
         let now = Instant::now();
@@ -197,7 +197,7 @@ impl Torrent {
                 up_rate: p.up_rate,
             })
             .collect();
-        let seeding = self.picker.is_complete();
+        let seeding = self.picker.wanted_complete();
         let d = self.choker.round(now, seeding, &candidates);
         for id in d.choke {
             self.send_choke(id, true);
@@ -212,7 +212,7 @@ impl Torrent {
         if let Some(p) = self.peers.get_mut(&id) {
             p.is_seed = true;
         }
-        if self.picker.is_complete() {
+        if !self.picker.needs_anything() {
             self.drop_peer(id, "both sides are seeds".into());
         }
     }

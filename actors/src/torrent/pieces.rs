@@ -178,6 +178,11 @@ impl Torrent {
                             warn!(error = %e, "picker refused a verified piece");
                         }
                         self.resume.written(piece);
+                        self.stream_piece_done(piece);
+                        if self.storage.needs_relocation(piece) {
+                            // Planned while its file was still parked.
+                            self.start_relocation();
+                        }
                         for p in self.peers.values() {
                             if let Some(tx) = &p.cmds {
                                 // Policy: a HAVE that finds a full mailbox is
@@ -202,7 +207,10 @@ impl Torrent {
                         if let Err(e) = self.save_resume().await {
                             warn!(error = %e, "saving resume data failed");
                         }
-                        if self.finishing && self.state == TorrentState::Downloading {
+                        if self.finishing && !self.picker.wanted_complete() {
+                            // The selection widened meanwhile.
+                            self.finishing = false;
+                        } else if self.finishing && self.state == TorrentState::Downloading {
                             if self.resume.unsynced() > 0 {
                                 // Pieces written after that checkpoint began.
                                 self.start_sync();
@@ -232,18 +240,16 @@ impl Torrent {
     pub(super) async fn save_resume(&self) -> Result<(), String> {
         let storage = self.storage.clone();
         let path = self.resume_file.clone();
-        let data = storage::ResumeData {
-            info_hash: self.meta.info_hash.0,
-            stamps: Vec::new(),
-            have: self.resume.have().to_vec(),
-        };
+        let info_hash = self.meta.info_hash.0;
+        let have = self.resume.have().to_vec();
+        let priorities = self.selection.levels(self.storage.layout().files().len());
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
             }
-            let stamps = storage.stamps().map_err(|e| e.to_string())?;
-            storage::resume::save(&path, &storage::ResumeData { stamps, ..data })
-                .map_err(|e| e.to_string())
+            let data = storage::ResumeData::of(&storage, info_hash, have, priorities)
+                .map_err(|e| e.to_string())?;
+            storage::resume::save(&path, &data).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?
@@ -271,15 +277,18 @@ impl Torrent {
     }
 
     pub(super) fn check_complete(&mut self) {
-        if self.finishing || !self.picker.is_complete() {
+        if self.finishing || !self.picker.wanted_complete() {
             return;
         }
         self.finishing = true;
         // Connections to other seeds are of no use now; without seeding,
         // none are.
-        for p in self.peers.values() {
-            if !self.seed || p.is_seed {
-                p.cancel.cancel();
+        // (Unless a stream still needs pieces of a skipped file.)
+        if !self.picker.needs_anything() {
+            for p in self.peers.values() {
+                if !self.seed || p.is_seed {
+                    p.cancel.cancel();
+                }
             }
         }
         // A checkpoint in flight finishes first; its completion sees
