@@ -187,6 +187,7 @@ impl DelayLine {
     }
 
     /// True when nothing is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
