@@ -59,6 +59,16 @@ def checked_have(proc):
     return int(m.group(1)) if m else None
 
 
+def recheck_reason(proc):
+    """(reason, pieces) of the client's `rechecking` log line, if any."""
+    try:
+        text = open(proc.log_path, errors="replace").read()
+    except OSError:
+        return None
+    m = re.search(r"rechecking reason=(.*?) pieces=(\d+)", text)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
 def wait_for(pred, timeout, what, step=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -110,7 +120,8 @@ def kill_and_restart(sw, victim, rng, cycles, verified_before):
     have = wait_for(lambda: checked_have(q) if checked_have(q) is not None else (not q.alive() and -1), 60,
                     f"{q.name} to check its data")
     cycle = dict(kill=len(cycles) + 1, verified_on_disk=len(verified), resume_claims=None if claimed is None else len(claimed),
-                 checked_have=have, bytes_down_seen=before.get("bytes_down"), pieces_done_seen=before.get("pieces_done"))
+                 checked_have=have, rechecked=recheck_reason(q),
+                 bytes_down_seen=before.get("bytes_down"), pieces_done_seen=before.get("pieces_done"))
     cycles.append(cycle)
     problems = []
     if claimed is not None and not claimed <= verified:
@@ -184,9 +195,9 @@ def fault_kill_seed(lab):
     n = lab.args.leechers
     sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size)
     try:
-        # Resume data every 16 pieces, so the lab sees early (from outside)
-        # that every piece has reached some leecher.
-        t0 = start_swarm(sw, env={"ACTORRENT_RESUME_EVERY_PIECES": "16"})
+        # Resume data every 8 pieces or every second, so the lab sees
+        # early (from outside) that every piece has reached some leecher.
+        t0 = start_swarm(sw, env={"ACTORRENT_RESUME_EVERY_PIECES": "8", "ACTORRENT_RESUME_EVERY_MS": "1000"})
         total = set(range(len(sw.t.hashes)))
 
         def covered():
@@ -421,7 +432,15 @@ def memory_bound_mib(lab):
 
 
 def fault_flood(lab):
+    """Two orders: the flood hits a seed already serving its leechers, and
+    the flood comes first and the leechers join while it holds on."""
     c = Checks("flood")
+    for order in ("during", "before"):
+        flood_once(lab, c, order)
+    return c
+
+
+def flood_once(lab, c, order):
     size = fault_size(lab, 128)
     n = lab.args.leechers
     peers = lab.args.flood_peers
@@ -430,44 +449,66 @@ def fault_flood(lab):
     sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size, extra_host=True)
     fl = None
     report = os.path.join(sw.host_dir("x"), "flood.json")
+    tag = "flood while serving" if order == "during" else "flood first, leechers join"
     try:
-        t0 = start_swarm(sw)
-        wait_for(lambda: any((p.poll_stats() or {}).get("bytes_down", 0) > 0 for p in sw.leechers), 60,
-                 "the swarm to start moving data")
-        fl = Proc(lab, "flood", sw.net.ns("x"),
-                  [PY, os.path.join(HERE, "flood.py"), "--target", f"{SEED_ADDR}:{PORT}", "--info-hash", sw.t.info_hash,
-                   "--pieces", len(sw.t.hashes), "--peers", peers, "--report", report, "--duration", lab.args.timeout])
-        t_flood = time.monotonic()
+        sw.start_tracker()
+        sw.start_seed()
+
+        def start_flood():
+            return Proc(lab, "flood", sw.net.ns("x"),
+                        [PY, os.path.join(HERE, "flood.py"), "--target", f"{SEED_ADDR}:{PORT}",
+                         "--info-hash", sw.t.info_hash, "--pieces", len(sw.t.hashes), "--peers", peers,
+                         "--report", report, "--duration", lab.args.timeout])
+
+        if order == "before":
+            fl = start_flood()
+            t_flood = time.monotonic()
+            # Until the seed holds its limit of flood peers (or 10 s).
+            try:
+                wait_for(lambda: (sw.seed.poll_stats() or {}).get("peers", 0) >= limit, 10, "the flood to fill the seed")
+            except RuntimeError:
+                pass
+        t0 = time.monotonic()
+        for i in range(n):
+            sw.start_leecher(i)
+        if order == "during":
+            wait_for(lambda: any((p.poll_stats() or {}).get("bytes_down", 0) > 0 for p in sw.leechers), 60,
+                     "the swarm to start moving data")
+            fl = start_flood()
+            t_flood = time.monotonic()
         seed_peers = []
 
         def tick():
             sw.seed.read_hwm()
             seed_peers.append(sw.seed.last.get("peers", 0))
 
-        pending = sw.wait_complete(range(n), lab.args.timeout, tick)
+        # A swarm the flood locks out never completes: bound the wait by
+        # ten times the LAN ideal (plus start-up), not the lab's timeout.
+        pending = sw.wait_complete(range(n), min(lab.args.timeout, 30 + 10 * size * 8 / 100e6), tick)
         hwm = (sw.seed.read_hwm() or 0) / 1024
         fl.stop()
         rep = json.load(open(report)) if os.path.exists(report) else {}
         times = sorted(round(p.complete_at - t0, 1) for p in sw.leechers if p.complete_at)
-        log(f"flood: {json.dumps(rep)}; completion times {times}; flood started at {t_flood - t0:.1f} s")
-        c.check(f"the seed's connections stay within max_peers_per_torrent ({limit})",
+        seed_up = sw.seed.last.get("bytes_up", 0)
+        log(f"{tag}: {json.dumps(rep)}; completion times {times}; flood started at {t_flood - t0:+.1f} s; "
+            f"seed sent {seed_up / size:.2f} x payload")
+        c.check(f"{tag}: the seed's connections stay within max_peers_per_torrent ({limit})",
                 max(seed_peers, default=0) <= limit and rep.get("handshaked_at_once_max", 0) <= limit,
                 f"seed reported at most {max(seed_peers, default=0)} peers; flood peers answered at once at most "
                 f"{rep.get('handshaked_at_once_max')}; of {peers}: {rep.get('connected')} TCP-connected, "
                 f"{rep.get('handshaked')} got a handshake, {rep.get('unchoked')} unchoked, "
                 f"{rep.get('closed_by_target')} closed by the seed")
-        check_all_identical(c, sw, range(n), "the seed keeps serving its real leechers: every one completes, byte-identical")
-        c.check("the seed's memory stays within its bound", hwm <= bound,
+        check_all_identical(c, sw, range(n), f"{tag}: the seed keeps serving its real leechers: every one completes, byte-identical")
+        c.check(f"{tag}: the seed's memory stays within its bound", hwm <= bound,
                 f"VmHWM {hwm:.0f} MiB; bound {bound:.0f} MiB = {how}")
-        if pending:
-            log(f"not complete: {[sw.lname(i) for i in pending]}")
+        for i in pending:
+            log(f"{sw.lname(i)} not complete: {sw.leechers[i].last}")
     finally:
         if fl is not None:
             fl.kill9()
         if lab.args.keep:
-            keep_logs(lab, sw, "fault-flood")
+            keep_logs(lab, sw, f"fault-flood-{order}")
         sw.close()
-    return c
 
 
 FAULTS = {

@@ -67,7 +67,7 @@ def bench_one(lab, client, name, n, size):
         leech_cpu = [p.cpu or 0 for p in sw.leechers]
         peers_max = [max((ln.get("peers", 0) for ln in p.lines), default=0) for p in sw.leechers]
         res = dict(
-            client=client, scenario=name, n=n, size=sw.t.total_length,
+            client=client, scenario=name, n=n, size=sw.t.total_length, loadavg=os.getloadavg(),
             mtu=sw.net.mtu, delay_with=lab.delay_with,
             ideal_first=first_i, ideal_last=last_i,
             first=times[0] if times else None, last=times[-1] if len(times) == n else None,
