@@ -18,10 +18,7 @@ when namespaces with its prefix exist.
 import argparse
 import json
 import os
-import random
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +29,7 @@ sys.path.insert(0, HERE)
 import labnet  # noqa: E402
 from labnet import log, sh  # noqa: E402
 from faults import FAULTS, cmd_ci, run_faults  # noqa: E402
-from swarm import SCENARIOS, Lab, Swarm, ideal, keep_logs, proc_cpu  # noqa: E402
+from swarm import SCENARIOS, Lab, Swarm, busy_fraction, ideal, keep_logs, machine_cpu, proc_cpu  # noqa: E402
 
 SKIP = 3  # exit status: the lab cannot run here (not root, no netns)
 
@@ -46,6 +43,7 @@ def bench_one(lab, client, name, n, size):
         sw.start_tracker()
         sw.start_seed()
         seed_cpu0 = proc_cpu(sw.seed.pid)
+        cpu0 = machine_cpu()
         t0 = time.monotonic()
         for i in range(n):
             sw.start_leecher(i)
@@ -56,6 +54,7 @@ def bench_one(lab, client, name, n, size):
 
         failed = sw.wait_complete(range(n), lab.args.timeout, tick)
         t_end = time.monotonic()
+        busy = busy_fraction(cpu0, machine_cpu())
         times = sorted(p.complete_at - t0 for p in sw.leechers if p.complete_at)
         sw.stop_all()
         dl = sw.net.stop_delayline()
@@ -67,7 +66,7 @@ def bench_one(lab, client, name, n, size):
         leech_cpu = [p.cpu or 0 for p in sw.leechers]
         peers_max = [max((ln.get("peers", 0) for ln in p.lines), default=0) for p in sw.leechers]
         res = dict(
-            client=client, scenario=name, n=n, size=sw.t.total_length, loadavg=os.getloadavg(),
+            client=client, scenario=name, n=n, size=sw.t.total_length, loadavg=os.getloadavg(), machine_busy=busy,
             mtu=sw.net.mtu, delay_with=lab.delay_with,
             ideal_first=first_i, ideal_last=last_i,
             first=times[0] if times else None, last=times[-1] if len(times) == n else None,

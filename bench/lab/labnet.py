@@ -264,25 +264,35 @@ class Net:
             return self.delayline_report
         p, out = self.delayline
         self.delayline = None
+        cpu = None
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+            deadline = time.monotonic() + 5
+            while True:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    cpu = ru.ru_utime + ru.ru_stime
+                    break
+                if time.monotonic() > deadline:
+                    p.kill()
+                    p.wait(5)
+                    break
+                time.sleep(0.02)
         out.seek(0)
         for line in out.read().splitlines():
             if line.startswith("{"):
                 self.delayline_report = json.loads(line)
+        if self.delayline_report is not None:
+            self.delayline_report["cpu_s"] = cpu
         return self.delayline_report
 
     def _add_loss(self):
         where = f'iifname "{TUN}"' if self.delay_with == "delayline" else ""
         rules = (
             "add table ip lab\n"
-            "add chain ip lab fwd { type filter hook forward priority 0; policy accept; }\n"
-            f"add rule ip lab fwd {where} numgen random mod 1000 < {int(self.loss_permille)} counter drop\n"
+            "add chain ip lab lossy { type filter hook forward priority 0; policy accept; }\n"
+            f"add rule ip lab lossy {where} numgen random mod 1000 < {int(self.loss_permille)} counter drop\n"
         )
         sh("ip", "netns", "exec", self.router, "nft", "-f", "-", input=rules)
 

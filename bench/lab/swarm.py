@@ -328,7 +328,12 @@ class Swarm:
         self.run_dir = os.path.join(lab.data, f"run-{len(lab.results)}-{int(time.time())}")
         os.makedirs(self.run_dir)
         self.undo.push("run dir", lambda: shutil.rmtree(self.run_dir, ignore_errors=True))
-        self.net.start(specs)
+        try:
+            self.net.start(specs)
+        except BaseException:
+            # No caller holds this swarm yet: undo what the network made.
+            self.undo.run()
+            raise
         self.tracker = None
         self.seed = None
         self.leechers = [None] * n
@@ -556,6 +561,19 @@ def same_bytes(a, b):
             if not x:
                 return True
 
+
+
+def machine_cpu():
+    """(busy, total) jiffies of the whole machine so far (/proc/stat)."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
+
+
+def busy_fraction(before, after):
+    """Share of the machine's CPU time that was busy between two samples."""
+    db, dt = after[0] - before[0], after[1] - before[1]
+    return db / dt if dt else 0.0
 
 
 def proc_cpu(pid):
