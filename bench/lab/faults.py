@@ -98,6 +98,12 @@ def start_swarm(sw, env=None, which=None):
 # ------------------------------------------------------------ kill-leecher
 
 
+# The victim saves resume data every 16 pieces (default 64, or 30 s): its
+# runs between kills are short, and with the default no run would ever
+# save, leaving the resume file's consistency unchecked.
+VICTIM_ENV = {"ACTORRENT_RESUME_EVERY_PIECES": "16"}
+
+
 def kill_and_restart(sw, victim, rng, cycles, verified_before):
     """One kill -9 of `victim` at a random moment after it received data,
     then a restart; checks that nothing verified was lost or forgotten.
@@ -116,7 +122,7 @@ def kill_and_restart(sw, victim, rng, cycles, verified_before):
     p.kill9()
     verified = sw.verified_on_disk(victim)
     claimed = torrentfile.read_resume(sw.resume_path(victim))
-    q = sw.start_leecher(victim)
+    q = sw.start_leecher(victim, env=VICTIM_ENV)
     have = wait_for(lambda: checked_have(q) if checked_have(q) is not None else (not q.alive() and -1), 60,
                     f"{q.name} to check its data")
     cycle = dict(kill=len(cycles) + 1, verified_on_disk=len(verified), resume_claims=None if claimed is None else len(claimed),
@@ -148,7 +154,8 @@ def fault_kill_leecher(lab):
     sc = SCENARIOS["lan"]
     sw = Swarm(lab, "actorrent", sc, n, size, leech_links={victim: labnet.Link(sc["leech"][0], rate)})
     try:
-        start_swarm(sw)
+        start_swarm(sw, which=[i for i in range(n) if i != victim])
+        sw.start_leecher(victim, env=VICTIM_ENV)
         log(f"victim {sw.lname(victim)}, downlink {rate} Mbit/s, {kills} kills")
         cycles = []
         verified = set()
@@ -167,6 +174,7 @@ def fault_kill_leecher(lab):
                 "each restart holds exactly the pieces verified on disk)", not bad,
                 f"{len(cycles)} cycles; verified on disk at each kill: {[cy['verified_on_disk'] for cy in cycles]}; "
                 f"held after restart: {[cy['checked_have'] for cy in cycles]}; resume claims: {[cy['resume_claims'] for cy in cycles]}; "
+                f"rechecks: {sorted({(cy['rechecked'] or ('none', 0))[0] for cy in cycles})}; "
                 f"problems: {[(cy['kill'], cy['problems']) for cy in bad] or 'none'}")
         final = next((ln for ln in last.lines if ln.get("event") == "complete"), None)
         missing = sw.t.missing_bytes(verified)

@@ -157,7 +157,11 @@ impl DelayLine {
     fn sample_delay(&mut self) -> Duration {
         let j = self.config.jitter.as_nanos() as i64;
         let d = self.config.delay.as_nanos() as i64;
-        let off = if j > 0 { self.rng.random_range(-j..=j) } else { 0 };
+        let off = if j > 0 {
+            self.rng.random_range(-j..=j)
+        } else {
+            0
+        };
         Duration::from_nanos((d + off).max(0) as u64)
     }
 

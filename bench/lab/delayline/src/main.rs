@@ -150,7 +150,7 @@ fn main() {
         }
     }
     let c = line.counters();
-    let mean = if c.released > 0 { c.late_us_sum / c.released } else { 0 };
+    let mean = c.late_us_sum.checked_div(c.released).unwrap_or(0);
     println!(
         "{{\"received\":{},\"received_bytes\":{},\"released\":{},\"released_bytes\":{},\
          \"dropped_full\":{},\"dropped_at_exit\":{},\"not_ipv4\":{},\"max_queue\":{},\

@@ -20,12 +20,20 @@ impl Tun {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("device name `{name}` must be 1 to {} bytes", libc::IFNAMSIZ - 1),
+                format!(
+                    "device name `{name}` must be 1 to {} bytes",
+                    libc::IFNAMSIZ - 1
+                ),
             ));
         }
         let path = CString::new("/dev/net/tun").expect("no NUL");
         // SAFETY: open(2) on a NUL-terminated path.
-        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let raw = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -66,7 +74,8 @@ impl Tun {
     pub fn write(&self, packet: &[u8]) -> io::Result<()> {
         loop {
             // SAFETY: write(2) of a buffer of the given length.
-            let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+            let n =
+                unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
             if n >= 0 {
                 return Ok(());
             }
