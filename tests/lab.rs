@@ -58,10 +58,17 @@ fn delayline() -> PathBuf {
     let target_dir = profile_dir.parent().unwrap();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "actorrent-lab-delayline", "--bin", "delayline"])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(root());
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "actorrent-lab-delayline",
+        "--bin",
+        "delayline",
+    ])
+    .arg("--target-dir")
+    .arg(target_dir)
+    .current_dir(root());
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -153,7 +160,10 @@ fn lab_four_leechers_one_killed_and_restarted_all_byte_identical() {
         "the restart keeps every verified piece and downloads only the rest",
         "every leecher completes byte-identical",
     ] {
-        assert!(text.contains(&format!("PASS [ci] {what}")), "no PASS for `{what}`:\n{text}");
+        assert!(
+            text.contains(&format!("PASS [ci] {what}")),
+            "no PASS for `{what}`:\n{text}"
+        );
     }
     assert!(!text.contains("FAIL"), "{text}");
     // The lab removed its namespaces itself (the guard would hide it).

@@ -22,7 +22,7 @@ import tomllib
 import labnet
 import torrentfile
 from labnet import log, sh
-from swarm import EXTRA_ADDR, HERE, PORT, PY, SCENARIOS, SEED_ADDR, TRACKER_ADDR, TRACKER_PORT, Proc, Swarm, keep_logs
+from swarm import EXTRA_ADDR, HERE, PORT, PY, SCENARIOS, SEED_ADDR, TRACKER_ADDR, TRACKER_PORT, Proc, Swarm
 
 MIB = 1 << 20
 
@@ -152,7 +152,7 @@ def fault_kill_leecher(lab):
     # download (about 4 s of data per kill); the others run at LAN rate.
     rate = max(5, int(size * 8 / 1e6 / (kills * 4)))
     sc = SCENARIOS["lan"]
-    sw = Swarm(lab, "actorrent", sc, n, size, leech_links={victim: labnet.Link(sc["leech"][0], rate)})
+    sw = Swarm(lab, "actorrent", sc, n, size, leech_links={victim: labnet.Link(sc["leech"][0], rate)}, tag="fault-kill-leecher")
     try:
         start_swarm(sw, which=[i for i in range(n) if i != victim])
         sw.start_leecher(victim, env=VICTIM_ENV)
@@ -188,8 +188,6 @@ def fault_kill_leecher(lab):
         if pending:
             log(f"not complete: {[sw.lname(i) for i in pending]}")
     finally:
-        if lab.args.keep:
-            keep_logs(lab, sw, "fault-kill-leecher")
         sw.close()
     return c
 
@@ -201,7 +199,7 @@ def fault_kill_seed(lab):
     c = Checks("kill-seed")
     size = fault_size(lab, 256)
     n = lab.args.leechers
-    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size)
+    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size, tag="fault-kill-seed")
     try:
         # Resume data every 8 pieces or every second, so the lab sees
         # early (from outside) that every piece has reached some leecher.
@@ -232,8 +230,6 @@ def fault_kill_seed(lab):
         check_all_identical(c, sw, range(n), "every leecher completes from the others, byte-identical")
         log(f"completions after the kill (s): {sorted(times)}")
     finally:
-        if lab.args.keep:
-            keep_logs(lab, sw, "fault-kill-seed")
         sw.close()
     return c
 
@@ -247,7 +243,7 @@ def fault_loss(lab):
     n = lab.args.leechers
     for permille in (10, 50):
         sc = dict(SCENARIOS["lan"], delay=200, jitter=0, loss=permille, mtu=1500)
-        sw = Swarm(lab, "actorrent", sc, n, size)
+        sw = Swarm(lab, "actorrent", sc, n, size, tag=f"fault-loss-{permille}")
         try:
             t0 = start_swarm(sw)
             pending = sw.wait_complete(range(n), lab.args.timeout)
@@ -264,8 +260,6 @@ def fault_loss(lab):
             for i in pending:
                 log(f"{sw.lname(i)}: {sw.leechers[i].last}\n{sw.leechers[i].log_tail()}")
         finally:
-            if lab.args.keep:
-                    keep_logs(lab, sw, f"fault-loss-{permille}")
             sw.close()
     return c
 
@@ -285,7 +279,7 @@ def fault_disk_full(lab):
     n = lab.args.leechers
     rng = random.Random(lab.args.seed + 1)
     victim = rng.randrange(n)
-    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size)
+    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size, tag="fault-disk-full")
     img = os.path.join(lab.data, "victim-ext2.img")
     mnt = os.path.join(sw.host_dir(sw.lname(victim)), "out")
     try:
@@ -343,11 +337,6 @@ def fault_disk_full(lab):
         if pending:
             log(f"not complete: {[sw.lname(i) for i in pending]}")
     finally:
-        if lab.args.keep:
-            keep_logs(lab, sw, "fault-disk-full")
-        for pr in sw.leechers:
-            if pr is not None:
-                pr.kill9()
         sw.close()
     return c
 
@@ -359,7 +348,7 @@ def fault_corrupt(lab):
     c = Checks("corrupt")
     size = fault_size(lab, 128)
     n = lab.args.leechers
-    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size, extra_host=True)
+    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size, extra_host=True, tag="fault-corrupt")
     bad = None
     report = os.path.join(sw.host_dir("x"), "corrupt.json")
     try:
@@ -413,8 +402,6 @@ def fault_corrupt(lab):
     finally:
         if bad is not None:
             bad.kill9()
-        if lab.args.keep:
-            keep_logs(lab, sw, "fault-corrupt")
         sw.close()
     return c
 
@@ -454,7 +441,7 @@ def flood_once(lab, c, order):
     peers = lab.args.flood_peers
     bound, how, cfg = memory_bound_mib(lab)
     limit = cfg["max_peers_per_torrent"]
-    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size, extra_host=True)
+    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size, extra_host=True, tag=f"fault-flood-{order}")
     fl = None
     report = os.path.join(sw.host_dir("x"), "flood.json")
     tag = "flood while serving" if order == "during" else "flood first, leechers join"
@@ -514,8 +501,6 @@ def flood_once(lab, c, order):
     finally:
         if fl is not None:
             fl.kill9()
-        if lab.args.keep:
-            keep_logs(lab, sw, f"fault-flood-{order}")
         sw.close()
 
 
@@ -561,7 +546,7 @@ def cmd_ci(lab):
     was verified on disk and download exactly the rest."""
     c = Checks("ci")
     n, size = lab.args.leechers, lab.args.size_mib * MIB
-    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size)
+    sw = Swarm(lab, "actorrent", SCENARIOS["lan"], n, size, tag="ci")
     try:
         t0 = start_swarm(sw)
         victim = 0

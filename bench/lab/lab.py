@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 import labnet  # noqa: E402
 from labnet import log, sh  # noqa: E402
 from faults import FAULTS, cmd_ci, run_faults  # noqa: E402
-from swarm import SCENARIOS, Lab, Swarm, busy_fraction, ideal, keep_logs, machine_cpu, proc_cpu  # noqa: E402
+from swarm import SCENARIOS, Lab, Swarm, busy_fraction, ideal, machine_cpu, proc_cpu  # noqa: E402
 
 SKIP = 3  # exit status: the lab cannot run here (not root, no netns)
 
@@ -38,7 +38,7 @@ SKIP = 3  # exit status: the lab cannot run here (not root, no netns)
 
 def bench_one(lab, client, name, n, size):
     sc = SCENARIOS[name]
-    sw = Swarm(lab, client, sc, n, size)
+    sw = Swarm(lab, client, sc, n, size, tag=f"{client}-{name}-{len(lab.results)}")
     try:
         sw.start_tracker()
         sw.start_seed()
@@ -86,8 +86,6 @@ def bench_one(lab, client, name, n, size):
         if failed:
             for i in failed:
                 log(f"{sw.lname(i)} did not complete: {sw.leechers[i].last}\n{sw.leechers[i].log_tail()}")
-        if lab.args.keep:
-            keep_logs(lab, sw, f"{client}-{name}")
         return res
     finally:
         sw.close()

@@ -300,8 +300,11 @@ class Swarm:
     """One run: a fresh network, a tracker, a seed and N leechers of one
     client. Everything it made is removed by `close`."""
 
-    def __init__(self, lab, client, sc, n, size, extra_host=False, log_level=None, env=None, leech_links=None):
+    def __init__(self, lab, client, sc, n, size, extra_host=False, log_level=None, env=None, leech_links=None,
+                 tag=None):
         self.lab = lab
+        # Name of the logs copied out by `close` when the lab runs --keep.
+        self.tag = tag
         self.client = client
         self.sc = sc
         self.n = n
@@ -352,6 +355,8 @@ class Swarm:
         for p in [self.tracker, self.seed] + self.leechers:
             if p is not None:
                 p.kill9()
+        if self.lab.args.keep and self.tag:
+            keep_logs(self.lab, self, self.tag)
         self.undo.run()
 
     # ------------------------------------------------------------ tracker
