@@ -317,7 +317,10 @@ class Swarm:
             lab.delay_with, lab.args.delayline, lab.workdir, seed=lab.args.seed,
         )
         self.log_level = log_level or lab.args.log_level
-        self.env = dict(env or {})
+        # The tracker is the only source of peers (as for libtorrent here);
+        # the DHT would also try to resolve bootstrap hosts outside the lab.
+        self.env = {"ACTORRENT_DHT_ENABLED": "false"}
+        self.env.update(env or {})
         for kv in lab.args.actorrent_env:
             k, _, v = kv.partition("=")
             self.env[k] = v
