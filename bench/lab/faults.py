@@ -82,8 +82,24 @@ def wait_for(pred, timeout, what, step=0.1):
 def check_all_identical(c, sw, which, what="every other leecher completes, byte-identical"):
     bad = [(sw.lname(i), d) for i in which for ok, d in [sw.identical(i)] if not ok]
     done = [i for i in which if sw.leechers[i].complete_at is not None]
+    for i in which:
+        if i not in done:
+            log(f"{sw.lname(i)} did not complete: {sw.leechers[i].last}\n{sw.leechers[i].log_tail()}")
     return c.check(what, len(done) == len(which) and not bad,
                    f"{len(done)}/{len(which)} completed; differing: {bad or 'none'}")
+
+
+def check_resumed(c, sw, victim, proc, verified, what):
+    """The victim's last run (`proc`) completed, downloaded exactly the
+    pieces that were not verified on disk when it started, and its output
+    is byte-identical."""
+    final = next((ln for ln in proc.lines if ln.get("event") == "complete"), None)
+    missing = sw.t.missing_bytes(verified)
+    got = final.get("bytes_down") if final else None
+    ok, detail = sw.identical(victim)
+    return c.check(what, final is not None and ok and got == missing,
+                   f"bytes_down {got} vs missing {missing} ({len(sw.t.hashes) - len(verified)} pieces); "
+                   f"output {detail or ('equal' if ok else 'differs')}")
 
 
 def start_swarm(sw, env=None, which=None):
@@ -165,7 +181,7 @@ def fault_kill_leecher(lab):
                 break
             verified = v
         last = sw.leechers[victim]
-        pending = sw.wait_complete(range(n), lab.args.timeout)
+        sw.wait_complete(range(n), lab.args.timeout)
         sw.poll()
         c.check(f"{kills} kills -9 happened mid-download", len(cycles) == kills,
                 f"{len(cycles)} kills before the victim completed")
@@ -176,17 +192,9 @@ def fault_kill_leecher(lab):
                 f"held after restart: {[cy['checked_have'] for cy in cycles]}; resume claims: {[cy['resume_claims'] for cy in cycles]}; "
                 f"rechecks: {sorted({(cy['rechecked'] or ('none', 0))[0] for cy in cycles})}; "
                 f"problems: {[(cy['kill'], cy['problems']) for cy in bad] or 'none'}")
-        final = next((ln for ln in last.lines if ln.get("event") == "complete"), None)
-        missing = sw.t.missing_bytes(verified)
-        got = final.get("bytes_down") if final else None
-        c.check("the last run downloads exactly what was missing (no verified piece again)",
-                final is not None and got == missing,
-                f"bytes_down {got} vs missing {missing} ({len(sw.t.hashes) - len(verified)} pieces)")
-        ok, detail = sw.identical(victim)
-        c.check("the victim's output is byte-identical", ok and last.complete_at is not None, detail or "equal")
+        check_resumed(c, sw, victim, last, verified,
+                      "the last run downloads exactly what was missing (no verified piece again), byte-identical")
         check_all_identical(c, sw, [i for i in range(n) if i != victim])
-        if pending:
-            log(f"not complete: {[sw.lname(i) for i in pending]}")
     finally:
         sw.close()
     return c
@@ -257,8 +265,6 @@ def fault_loss(lab):
             c.check(f"{permille / 10:g} % loss was applied", rate is not None and abs(rate - permille / 1000) < permille / 1000 * 0.3,
                     f"nft dropped {drops} of {dl.get('released')} packets out of the delay line; last leecher at "
                     f"{times[-1] if len(times) == n else 'never'} s")
-            for i in pending:
-                log(f"{sw.lname(i)}: {sw.leechers[i].last}\n{sw.leechers[i].log_tail()}")
         finally:
             sw.close()
     return c
@@ -323,19 +329,12 @@ def fault_disk_full(lab):
                 f"(stats said {last.get('pieces_done')} done)")
         os.unlink(filler)
         q = sw.start_leecher(victim)
-        pending = sw.wait_complete(range(n), lab.args.timeout)
+        sw.wait_complete(range(n), lab.args.timeout)
         have = checked_have(q)
         c.check("after space is freed the restart keeps every verified piece", have == len(verified),
                 f"restart holds {have} pieces; {len(verified)} were verified on disk")
-        final = next((ln for ln in q.lines if ln.get("event") == "complete"), None)
-        missing = sw.t.missing_bytes(verified)
-        ok, detail = sw.identical(victim)
-        c.check("it completes, downloading only what was missing, byte-identical",
-                final is not None and ok and final.get("bytes_down") == missing,
-                f"bytes_down {final and final.get('bytes_down')} vs missing {missing}; {detail or ('equal' if ok else 'differs')}")
+        check_resumed(c, sw, victim, q, verified, "it completes, downloading only what was missing, byte-identical")
         check_all_identical(c, sw, [i for i in range(n) if i != victim])
-        if pending:
-            log(f"not complete: {[sw.lname(i) for i in pending]}")
     finally:
         sw.close()
     return c
@@ -479,7 +478,7 @@ def flood_once(lab, c, order):
 
         # A swarm the flood locks out never completes: bound the wait by
         # ten times the LAN ideal (plus start-up), not the lab's timeout.
-        pending = sw.wait_complete(range(n), min(lab.args.timeout, 30 + 10 * size * 8 / 100e6), tick)
+        sw.wait_complete(range(n), min(lab.args.timeout, 30 + 10 * size * 8 / 100e6), tick)
         hwm = (sw.seed.read_hwm() or 0) / 1024
         fl.stop()
         rep = json.load(open(report)) if os.path.exists(report) else {}
@@ -496,8 +495,6 @@ def flood_once(lab, c, order):
         check_all_identical(c, sw, range(n), f"{tag}: the seed keeps serving its real leechers: every one completes, byte-identical")
         c.check(f"{tag}: the seed's memory stays within its bound", hwm <= bound,
                 f"VmHWM {hwm:.0f} MiB; bound {bound:.0f} MiB = {how}")
-        for i in pending:
-            log(f"{sw.lname(i)} not complete: {sw.leechers[i].last}")
     finally:
         if fl is not None:
             fl.kill9()
@@ -560,17 +557,12 @@ def cmd_ci(lab):
         c.check("a leecher was killed -9 mid-download", killed and len(verified) < total,
                 f"{len(verified)}/{total} pieces verified on disk at the kill, {time.monotonic() - t0:.1f} s in")
         q = sw.start_leecher(victim)
-        pending = sw.wait_complete(range(n), lab.args.timeout)
+        sw.wait_complete(range(n), lab.args.timeout)
         have = checked_have(q)
-        final = next((ln for ln in q.lines if ln.get("event") == "complete"), None)
-        missing = sw.t.missing_bytes(verified)
-        c.check("the restart keeps every verified piece and downloads only the rest",
-                have == len(verified) and final is not None and final.get("bytes_down") == missing,
-                f"held {have} of {len(verified)} verified pieces after its check; bytes_down "
-                f"{final and final.get('bytes_down')} vs missing {missing}")
+        c.check("the restart keeps every verified piece", have == len(verified),
+                f"held {have} after its check; {len(verified)} were verified on disk")
+        check_resumed(c, sw, victim, q, verified, "the restart downloads only the rest, byte-identical")
         check_all_identical(c, sw, range(n), "every leecher completes byte-identical")
-        for i in pending:
-            log(f"{sw.lname(i)} did not complete: {sw.leechers[i].last}\n{sw.leechers[i].log_tail()}")
     finally:
         sw.close()
     return 0 if c.ok else 1
