@@ -14,6 +14,10 @@ command -v mktorrent >/dev/null || need+=(mktorrent)
 command -v transmission-create >/dev/null || need+=(transmission-cli)
 command -v aria2c >/dev/null || need+=(aria2)
 command -v ffprobe >/dev/null || need+=(ffmpeg)
+# The swarm lab's short run (tests/lab.rs): namespaces, links and tc come
+# with iproute2, the loss rule with nftables.
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
