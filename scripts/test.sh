@@ -29,12 +29,21 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet
 fi
 
+# Incremental caches only help a second build; on a fresh machine they
+# double target/'s size. The disk line shows what each step leaves.
+export CARGO_INCREMENTAL=0
+disk() { echo "disk after $1: $(df -h --output=avail . | tail -1) free, target $(du -sh target 2>/dev/null | cut -f1), fuzz/target $(du -sh fuzz/target 2>/dev/null | cut -f1)"; }
+disk "install"
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+disk "clippy"
 # Benchmarks are compiled (and linted) by clippy above; running them here
 # would spend minutes measuring, which is bench/'s job, not the tests'.
 cargo test --workspace --lib --bins --tests
+disk "tests"
 
 # Build every fuzz target and run each for a few seconds: a smoke test that
 # the parsers of remote input survive a burst of hostile bytes.
 scripts/fuzz-smoke.sh 5
+disk "fuzz"
