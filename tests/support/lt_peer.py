@@ -26,9 +26,10 @@ Run with /usr/bin/python3 (the distribution's python3-libtorrent); the
         torrent to the last piece verified) and exits 0; exits 1 on error
         or timeout. With --stay it keeps seeding after that until stdin
         closes. With --magnet URI instead of --torrent it starts from the
-        link and fetches the metadata from its peers first (BEP 9); the
-        torrent is then written to --save-torrent if given. --no-pex leaves out libtorrent's default plugins, so the
-        leecher never learns other peers through the seed (a benchmark
+        link and fetches the metadata from its peers first (BEP 9), printing
+        `METADATA` once it has it; the torrent is then written to
+        --save-torrent if given. --no-pex leaves out libtorrent's default
+        plugins, so the leecher never learns other peers through the seed (a benchmark
         measures what the seed alone sends). The DONE line also carries the
         wall-clock start and end (Unix seconds). --fsync syncs every file
         before DONE: libtorrent 2.x writes through mmap, so "finished" means
@@ -302,7 +303,7 @@ def cmd_leech(a):
     t0 = time.monotonic()
     wall0 = time.time()
     h, ti = add(ses, a)
-    stats = Stats(a.stats, ti.num_pieces())
+    stats = Stats(a.stats, ti.num_pieces() if ti is not None else 0)
     for p in a.peer:
         h.connect_peer(peer_addr(p))
     deadline = t0 + a.timeout
@@ -314,6 +315,7 @@ def cmd_leech(a):
             return 1
         if ti is None and st.has_metadata:
             ti = h.torrent_file()
+            stats.total = ti.num_pieces()
             print("METADATA", flush=True)
         if st.is_seeding:
             break
