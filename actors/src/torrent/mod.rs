@@ -98,6 +98,11 @@ pub struct TorrentParams {
     /// One priority per file (numbered as `info` lists them). `None`: the
     /// selection recorded in the resume data, or every file normal.
     pub priorities: Option<Vec<Priority>>,
+    /// The process's DHT node: the torrent registers with it (`get_peers`
+    /// now and every re-announce interval, `announce_peer` on our listen
+    /// port), its peers joining the trackers' in the address book. Never
+    /// used for a private torrent (BEP 27).
+    pub dht: Option<crate::dht::DhtHandle>,
 }
 
 /// Process-wide resources a torrent uses.
@@ -333,6 +338,19 @@ async fn run(
         unpark: Vec::new(),
     };
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
+    if let Some(dht) = params.dht.as_ref().filter(|_| !t.meta.info.private) {
+        // The DHT shares the trackers' channel: one address book, and a
+        // full channel drops a batch either way (the next lookup brings it).
+        let port = t.shared.listen_port.load(Ordering::Relaxed);
+        let announce = (port != 0).then_some(port);
+        match dht
+            .register(t.meta.info_hash, announce, tracker_peers_tx.clone())
+            .await
+        {
+            Ok(()) => info!(announce_port = ?announce, "registered with the DHT"),
+            Err(e) => warn!(error = %e, "not using the DHT"),
+        }
+    }
     t.register_with_trackers(tracker_peers_tx).await;
     for a in params.peers {
         t.addrs.entry(a).or_default();
