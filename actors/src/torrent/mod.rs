@@ -329,6 +329,12 @@ async fn run(
         relocation: None,
         unpark: Vec::new(),
     };
+    // What the check found, saved now: a crash before the first
+    // checkpoint need not hash again, and the save leaves the spare that a
+    // save on a full disk writes into (see `storage::resume::save`).
+    if let Err(e) = t.save_resume().await {
+        warn!(error = %e, "saving resume data failed");
+    }
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
     t.register_with_trackers(tracker_peers_tx).await;
     for a in params.peers {
@@ -757,6 +763,14 @@ impl Torrent {
                 .tracker
                 .remove_torrent(self.meta.info_hash)
                 .await;
+        }
+        if let Some(cp) = self.checkpoint.take() {
+            // Its sync's answer is not waited for (the loop above may have
+            // left on a failed write): this stop's own sync covers its
+            // pieces, so they are not lost from the record.
+            for piece in self.resume.abort(cp) {
+                self.resume.written(piece);
+            }
         }
         if !matches!(self.state, TorrentState::Complete) && self.resume.unsynced() > 0 {
             let storage = self.storage.clone();
