@@ -293,6 +293,7 @@ where
         .send(TorrentMsg::PeerConnected {
             id: ctx.id,
             cmds: cmd_tx,
+            peer_id: theirs.peer_id,
         })
         .await
         .is_err()

@@ -26,7 +26,7 @@
 //! verified, written and synced; pieces of skipped files are fetched only
 //! when a stream reads them or when they share bytes with a wanted file.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -175,7 +175,7 @@ struct Torrent {
     cancel: CancellationToken,
     peers: HashMap<PeerId, PeerEntry>,
     addrs: HashMap<SocketAddr, AddrState>,
-    banned: HashSet<SocketAddr>,
+    banned: peers::Bans,
     next_peer: u64,
     tasks: JoinSet<()>,
     pending_hash: VecDeque<(u32, Vec<Bytes>)>,
@@ -203,7 +203,7 @@ struct Torrent {
     down_limits: Vec<Arc<Limiter>>,
     /// Addresses of the last connections that ended, for a ban decided
     /// after the peer left.
-    recently_gone: VecDeque<(PeerId, SocketAddr)>,
+    recently_gone: VecDeque<(PeerId, SocketAddr, Option<[u8; 20]>)>,
     /// Announce counters for the tracker session, when registered.
     progress: Option<watch::Sender<AnnounceProgress>>,
     announced_complete: bool,
@@ -299,7 +299,7 @@ async fn run(
         cancel: cancel.clone(),
         peers: HashMap::new(),
         addrs: HashMap::new(),
-        banned: HashSet::new(),
+        banned: peers::Bans::default(),
         next_peer: 0,
         tasks: JoinSet::new(),
         pending_hash: VecDeque::new(),
@@ -600,8 +600,14 @@ impl Torrent {
 
     fn on_msg(&mut self, msg: TorrentMsg) {
         match msg {
-            TorrentMsg::PeerConnected { id, cmds } => {
+            TorrentMsg::PeerConnected { id, cmds, peer_id } => {
                 if let Some(p) = self.peers.get_mut(&id) {
+                    if self.banned.peer(&p.addr, &peer_id) {
+                        // A banned host, found by its peer id at a new address.
+                        self.drop_peer(id, "banned peer id".into());
+                        return;
+                    }
+                    p.peer_id = Some(peer_id);
                     p.cmds = Some(cmds);
                     if let Some(a) = self.addrs.get_mut(&p.addr) {
                         a.failures = 0;
