@@ -176,6 +176,10 @@ struct Torrent {
     peers: HashMap<PeerId, PeerEntry>,
     addrs: HashMap<SocketAddr, AddrState>,
     banned: peers::Bans,
+    /// When a full torrent last evicted a peer for a newcomer.
+    last_eviction: Option<Instant>,
+    /// Peers evicted so far, for the log.
+    evictions: u64,
     next_peer: u64,
     tasks: JoinSet<()>,
     pending_hash: VecDeque<(u32, Vec<Bytes>)>,
@@ -300,6 +304,8 @@ async fn run(
         peers: HashMap::new(),
         addrs: HashMap::new(),
         banned: peers::Bans::default(),
+        last_eviction: None,
+        evictions: 0,
         next_peer: 0,
         tasks: JoinSet::new(),
         pending_hash: VecDeque::new(),
@@ -694,6 +700,7 @@ impl Torrent {
                 };
                 p.down_rate = down_rate;
                 p.up_rate = up_rate;
+                p.exchanged += uploaded;
                 if p.wants_us != interested {
                     p.wants_us = interested;
                     if interested {

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,12 @@ pub(super) struct PeerEntry {
     pub(super) up_rate: u64,
     /// It has every piece.
     pub(super) is_seed: bool,
+    /// When the connection was registered.
+    pub(super) since: Instant,
+    /// Payload bytes exchanged either way so far.
+    pub(super) exchanged: u64,
+    /// Evicted to make room: cancelled, not counted against the limit.
+    pub(super) leaving: bool,
 }
 
 #[derive(Default)]
@@ -51,6 +57,15 @@ pub(super) struct AddrState {
 
 /// Ended connections whose address a late ban can still find.
 const RECENTLY_GONE: usize = 1024;
+
+/// A full torrent evicts its least useful peer for a newcomer only if that
+/// peer has had this long to become useful: a burst of new connections
+/// cannot evict each other, nor peers that just arrived.
+const EVICT_MIN_AGE: Duration = Duration::from_secs(5);
+/// At most one eviction per this interval (4 a second): a connection flood
+/// can replace peers only that fast, while real peers, which a full
+/// torrent turned away, get in within a few of their redials.
+const EVICT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Who is banned for bad data. A host, not a connection: by IP address, so
 /// the same host dialling in from a new port is still refused (libtorrent
@@ -140,13 +155,14 @@ impl Torrent {
         addr: SocketAddr,
         handshake: protocol::wire::Handshake,
     ) {
-        let full = self.peers.len() >= self.shared.config.max_peers_per_torrent;
+        let staying = self.peers.values().filter(|p| !p.leaving).count();
+        let full = staying >= self.shared.config.max_peers_per_torrent;
         let done = !self.picker.needs_anything() && !self.seed;
         if self.banned.peer(&addr, &handshake.peer_id) {
             debug!(%addr, "banned host dialled in; dropped");
             return;
         }
-        if full || done {
+        if done || (full && !self.evict_for_newcomer()) {
             return;
         }
         let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
@@ -158,6 +174,54 @@ impl Torrent {
             let _permit = permit;
             peer::run(stream, Some(handshake), ctx).await;
         });
+    }
+
+    /// Makes room in a full torrent for a peer dialling in, by dropping the
+    /// least useful connection (libtorrent does the same rather than refuse
+    /// every newcomer, which let idle peers that came first lock out real
+    /// ones). Least useful, among peers connected for [`EVICT_MIN_AGE`]:
+    /// first one that neither side is interested in, then one we unchoke
+    /// that takes nothing (stalled), then the lowest rate, the fewest bytes
+    /// exchanged, the oldest. At most one per [`EVICT_INTERVAL`]. Returns
+    /// whether room was made.
+    fn evict_for_newcomer(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last_eviction
+            .is_some_and(|t| now.duration_since(t) < EVICT_INTERVAL)
+        {
+            return false;
+        }
+        let victim = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.cmds.is_some() && !p.leaving && now.duration_since(p.since) >= EVICT_MIN_AGE
+            })
+            .min_by_key(|(id, p)| {
+                let rate = p.down_rate + p.up_rate;
+                let tier = if !p.interested && !p.wants_us {
+                    0
+                } else if rate == 0 && self.choker.is_unchoked(**id) {
+                    1
+                } else {
+                    2
+                };
+                (tier, rate, p.exchanged, p.since)
+            })
+            .map(|(id, _)| *id);
+        let Some(id) = victim else {
+            return false;
+        };
+        self.last_eviction = Some(now);
+        self.evictions += 1;
+        if let Some(p) = self.peers.get_mut(&id) {
+            debug!(peer = id.0, addr = %p.addr, evictions = self.evictions, "evicted for a new peer (torrent full)");
+            p.leaving = true;
+            p.cmds = None;
+            p.cancel.cancel();
+        }
+        true
     }
 
     /// Starts connections to known addresses, within the limit.
@@ -219,6 +283,9 @@ impl Torrent {
                 down_rate: 0,
                 up_rate: 0,
                 is_seed: false,
+                since: Instant::now(),
+                exchanged: 0,
+                leaving: false,
             },
         );
         PeerContext {
