@@ -7,6 +7,7 @@ mod create;
 mod demo;
 mod download;
 mod info;
+mod magnet;
 mod metrics;
 mod select;
 mod stream;

@@ -13,4 +13,6 @@ pub mod metainfo;
 pub mod mse;
 pub mod tracker;
 pub mod udp_tracker;
+pub mod ut_metadata;
+pub mod ut_pex;
 pub mod wire;

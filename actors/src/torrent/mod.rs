@@ -165,6 +165,8 @@ pub(crate) fn spawn(
 struct Torrent {
     shared: Shared,
     meta: Arc<Metainfo>,
+    /// The raw info dictionary, shared by every peer that serves it (BEP 9).
+    metadata: Bytes,
     storage: Storage,
     picker: Picker,
     resume: ResumeTracker,
@@ -293,6 +295,7 @@ async fn run(
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
         shared,
+        metadata: Bytes::copy_from_slice(&meta.info_bytes),
         meta,
         storage,
         picker,
