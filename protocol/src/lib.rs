@@ -12,5 +12,6 @@ pub mod magnet;
 pub mod metainfo;
 pub mod mse;
 pub mod tracker;
+pub mod trpc;
 pub mod udp_tracker;
 pub mod wire;
