@@ -606,3 +606,97 @@ fn the_watch_directory_adds_what_is_dropped_in_it() {
         "the invalid file is named in the log"
     );
 }
+
+/// Where Debian's transmission-common puts the web UI.
+fn web_ui_dir() -> PathBuf {
+    [
+        "/usr/share/transmission/public_html",
+        "/usr/share/transmission/web",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|d| d.join("index.html").is_file())
+    .expect("the Transmission web UI (Debian package transmission-common)")
+}
+
+/// Headless Chromium loads `url`, runs its scripts for a few seconds of
+/// virtual time and prints the DOM (or, with `shot`, saves a screenshot).
+fn chromium(url: &str, profile: &Path, shot: Option<&Path>) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "60",
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+    ])
+    .args([
+        "--disable-background-networking",
+        "--disable-component-update",
+    ])
+    .args([
+        "--disable-sync",
+        "--no-first-run",
+        "--virtual-time-budget=5000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg("--window-size=1000,400");
+    match shot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium (Debian package chromium)");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_transmission_web_ui_lists_the_torrents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, data) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("seed"),
+    );
+    let web = web_ui_dir();
+    let d = Daemon::start(&state, &dl, &["--web-ui", web.to_str().unwrap()]);
+    let done = three_files(tmp.path(), "finished-one", 6);
+    let waiting = three_files(tmp.path(), "waiting-one", 7);
+    d.remote(&["-a", done.path.to_str().unwrap()]);
+    d.remote(&["--start-paused", "-a", waiting.path.to_str().unwrap()]);
+    let mut seed = seed_for(&done, &data, &d);
+    d.wait_torrent("complete", |v| {
+        v["name"] == "finished-one" && v["percentDone"] == 1.0
+    });
+    let url = format!("http://{}/transmission/web/", d.rpc);
+    let dom = chromium(&url, &tmp.path().join("profile"), None);
+    for name in ["finished-one", "waiting-one"] {
+        assert!(
+            dom.contains(&format!("torrent_name\">{name}<")),
+            "{name} listed:\n{dom}"
+        );
+    }
+    // The finished one shows its full size and a ratio, the paused one
+    // none of its bytes.
+    assert!(
+        dom.contains("310.0 kB, uploaded"),
+        "progress of the finished one:\n{dom}"
+    );
+    assert!(
+        dom.contains("0 B of 310.0 kB (0.00%)"),
+        "progress of the paused one:\n{dom}"
+    );
+    // A screenshot for a person to look at, kept with the test build.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon-web-ui.png");
+    chromium(&url, &tmp.path().join("profile2"), Some(&shot));
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
+    seed.stop(WAIT);
+}
