@@ -52,8 +52,8 @@ pub mod selection;
 mod streams;
 
 pub use msg::{
-    ExchangeReply, PeerFault, SetPrioritiesError, StreamError, TorrentHandle, TorrentMsg,
-    TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
+    TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
@@ -682,6 +682,15 @@ impl Torrent {
             TorrentMsg::AddPeers(addrs) => self.add_peers(addrs),
             TorrentMsg::SetFilePriorities { priorities, reply } => {
                 self.set_priorities(priorities, reply)
+            }
+            TorrentMsg::Progress { reply } => {
+                let layout = self.storage.layout();
+                let _ = reply.send(FileProgress {
+                    done: self
+                        .selection
+                        .file_done_bytes(layout, self.picker.have_bitfield()),
+                    priorities: self.selection.priorities().to_vec(),
+                });
             }
             TorrentMsg::StreamOpen { file, reply } => self.stream_open(file, reply),
             TorrentMsg::StreamWant { id, piece, reply } => self.stream_want(id, piece, reply),
