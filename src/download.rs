@@ -419,6 +419,7 @@ fn run_torrent(
             let s = stats.borrow().clone();
             match s.state {
                 TorrentState::Complete => event = "complete",
+                TorrentState::Error(_) => event = "error",
                 TorrentState::Seeding if seeding_since.is_none() => {
                     seeding_since = Some(Instant::now());
                     if !plan.seed_only {
@@ -615,6 +616,12 @@ fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Va
         "event": event,
         "listen_port": listen_port,
         "state": s.state.name(),
+        // Why an `error` state stopped the torrent (a full disk, a file
+        // that cannot be opened...), so a script need not read the log.
+        "error": match &s.state {
+            TorrentState::Error(e) => Some(e.as_str()),
+            _ => None,
+        },
         "bytes_down": s.bytes_down,
         "bytes_up": s.bytes_up,
         "rate_down": s.rate_down,
