@@ -54,6 +54,10 @@ pub struct NetArgs {
     /// Private torrents never use the DHT.
     #[arg(long)]
     pub no_dht: bool,
+    /// No peer exchange (BEP 11): peers are neither learned from nor told
+    /// to other peers. Private torrents never use it.
+    #[arg(long)]
+    pub no_pex: bool,
 }
 
 /// Upload slots: a count or unlimited.
@@ -315,6 +319,9 @@ fn run_torrent(
         }
         if let Some(limit) = net.download_limit {
             config.download_limit = (limit > 0).then_some(limit);
+        }
+        if net.no_pex {
+            config.pex.enabled = false;
         }
         let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();

@@ -373,6 +373,9 @@ async fn run(
     let mut tick =
         tokio::time::interval(t.shared.config.stats_interval.min(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pex_tick =
+        tokio::time::interval(t.shared.config.pex.interval.max(Duration::from_secs(1)));
+    pex_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if matches!(t.state, TorrentState::Complete | TorrentState::Error(_)) {
             break;
@@ -405,6 +408,7 @@ async fn run(
                 t.publish();
             }
             Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
+            _ = pex_tick.tick() => t.pex_refresh(None),
             Some(addrs) = tracker_peers.recv() => t.on_msg(TorrentMsg::AddPeers(addrs)),
         }
         t.announce_completion().await;
@@ -640,9 +644,16 @@ impl Torrent {
                         a.failures = 0;
                     }
                     debug!(peer = id.0, addr = %p.addr, "connected");
+                    self.pex_refresh(Some(id));
                 }
             }
             TorrentMsg::PeerGone { id, fault, reason } => self.peer_gone(id, fault, reason),
+            TorrentMsg::PexPeers { id, added } => {
+                if self.pex_enabled() {
+                    debug!(peer = id.0, count = added.len(), "addresses from PEX");
+                    self.pex_peers(added);
+                }
+            }
             TorrentMsg::Bitfield { id, bits } => {
                 let n = self.picker.num_pieces();
                 match Bitfield::from_bytes(&bits, n) {
