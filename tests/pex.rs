@@ -194,3 +194,62 @@ fn the_seed_tells_a_newcomer_about_the_peer_it_dialled() {
     seed.stop(Duration::from_secs(30));
     b.join().unwrap();
 }
+
+/// Rewrites `t`'s .torrent with `private = 1` in the info dictionary (a new
+/// info-hash).
+fn make_private(t: &mut TestTorrent) {
+    use protocol::bencode::{self, Bencode};
+    let bytes = std::fs::read(&t.path).unwrap();
+    let Bencode::Dict(mut root) = bencode::decode(&bytes).unwrap().to_owned_value() else {
+        panic!("not a dictionary");
+    };
+    let Some(Bencode::Dict(info)) = root.get_mut(b"info".as_slice()) else {
+        panic!("no info");
+    };
+    info.insert(b"private".to_vec(), Bencode::Int(1));
+    let info_bytes = Bencode::Dict(info.clone()).encode();
+    t.info_hash = protocol::metainfo::InfoHash::of(&info_bytes).0;
+    std::fs::write(&t.path, Bencode::Dict(root).encode()).unwrap();
+}
+
+/// BEP 27: a private torrent's peers advertise no `ut_pex` (its metadata
+/// is still served), and no DHT node starts for it even with `[dht]` on.
+#[test]
+fn a_private_torrent_uses_neither_pex_nor_the_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = TestTorrent::multi(dir.path(), "private", 64 * 1024, &[("a.bin", 128 << 10)], 23);
+    make_private(&mut t);
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let args: Vec<&OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    // The DHT on, with no bootstrap node (nothing leaves 127.0.0.1).
+    let env = [
+        ("ACTORRENT_DHT_ENABLED", "true"),
+        ("ACTORRENT_DHT_BOOTSTRAP_NODES", "[]"),
+    ];
+    let mut seed = Actorrent::spawn_env("private seed", &args, &env);
+    let port = seed.listen_port(START);
+    seed.wait_stats(START, "seeding", |v| v["state"] == "seeding");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    open(&mut s, t.info_hash, b"-SC0001-privatecheck");
+    let ext = read_until(&mut s, Duration::from_secs(30), |m| match m {
+        Message::Extended { id: 0, payload } => ExtendedHandshake::decode(&payload).ok(),
+        _ => None,
+    })
+    .unwrap_or_else(|| seed.fail("no extended handshake"));
+    assert!(!ext.m.contains_key("ut_pex"), "{ext:?}");
+    assert!(ext.m.contains_key("ut_metadata"), "{ext:?}");
+    drop(s);
+    assert!(
+        !seed.log().contains("DHT node running"),
+        "a DHT node started for a private torrent"
+    );
+    seed.stop(Duration::from_secs(30));
+}
