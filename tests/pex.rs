@@ -217,7 +217,13 @@ fn make_private(t: &mut TestTorrent) {
 #[test]
 fn a_private_torrent_uses_neither_pex_nor_the_dht() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = TestTorrent::multi(dir.path(), "private", 64 * 1024, &[("a.bin", 128 << 10)], 23);
+    let mut t = TestTorrent::multi(
+        dir.path(),
+        "private",
+        64 * 1024,
+        &[("a.bin", 128 << 10)],
+        23,
+    );
     make_private(&mut t);
     let data = dir.path().join("data");
     t.write_payload(&data);
