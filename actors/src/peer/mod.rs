@@ -57,7 +57,7 @@
 //! | CANCEL, REJECT, SUGGEST, ALLOWED FAST naming no valid block or piece | ignored, logged | ignored; oddity |
 //! | REJECT for a block we did not request | ignored, logged | ignored; oddity |
 //! | keep-alives in bursts | ignored | ignored |
-//! | PORT without the DHT bit | accepted (`incoming_dht_port`) | accepted (no DHT yet) |
+//! | PORT without the DHT bit | accepted (`incoming_dht_port`) | accepted: the node goes to our DHT (`try_add_node`) |
 //! | a second extended handshake | read again, updates | updates what it says (`reqq`) |
 //! | an extended handshake that is not a bencoded dictionary | ignored ("invalid extended handshake") | ignored; oddity |
 //! | an extension message with an id we never assigned | disconnect (`invalid_message`: no extension claims it) | protocol |
@@ -162,6 +162,9 @@ pub struct PeerContext {
     /// Exchange peers by BEP 11 (`ut_pex`): on unless `[pex] enabled` is
     /// off or the torrent is private.
     pub pex: bool,
+    /// The process's DHT node, for public torrents: our handshake sets the
+    /// DHT bit, and a remote's BEP 5 `port` message gives it a node.
+    pub dht: Option<crate::dht::DhtHandle>,
 }
 
 /// The extension message ids we assign in our extended handshake's `m`
@@ -276,6 +279,7 @@ where
     let mut ours = Handshake::new([0; 8], ctx.info_hash, ctx.our_id);
     ours.set_extended(true);
     ours.set_fast(true);
+    ours.set_dht(ctx.dht.is_some());
     let exchange = async {
         stream
             .write_all(&ours.to_bytes())
@@ -520,6 +524,11 @@ impl Conn<'_> {
             Message::HaveAll.encode(&mut self.out);
         } else if !self.have.none() {
             Message::Bitfield(Bytes::from(self.have.to_bytes())).encode(&mut self.out);
+        }
+        // BEP 5: a peer that sets the DHT bit is told our DHT port (after
+        // the piece set, which some clients want first).
+        if let Some(dht) = ctx.dht.as_ref().filter(|_| theirs.supports_dht()) {
+            Message::Port(dht.local_addr().port()).encode(&mut self.out);
         }
         let limits = Limits {
             max_message_len: ctx.config.max_message_len,
@@ -855,9 +864,17 @@ impl Conn<'_> {
                     self.up.queue.remove(pos);
                 }
             }
-            // PORT is taken with or without the DHT bit, as libtorrent does;
-            // we keep no DHT yet. Suggestions are advice we do not take.
-            Message::Port(_) | Message::Suggest(_) => {}
+            // PORT is taken with or without the DHT bit, as libtorrent does:
+            // the node is offered to the DHT without waiting (a full mailbox
+            // drops the hint). Suggestions are advice we do not take.
+            Message::Port(port) => {
+                if let Some(dht) = &ctx.dht
+                    && port != 0
+                {
+                    dht.try_add_node(SocketAddr::new(ctx.addr.ip(), port));
+                }
+            }
+            Message::Suggest(_) => {}
             Message::AllowedFast(_) if !self.fast => {
                 return Err(End::protocol("allowed-fast without the fast bit"));
             }

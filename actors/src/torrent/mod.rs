@@ -172,6 +172,8 @@ struct Torrent {
     meta: Arc<Metainfo>,
     /// The raw info dictionary, shared by every peer that serves it (BEP 9).
     metadata: Bytes,
+    /// The process's DHT node (`port` messages from peers go to it).
+    dht: Option<crate::dht::DhtHandle>,
     storage: Storage,
     picker: Picker,
     resume: ResumeTracker,
@@ -301,6 +303,7 @@ async fn run(
         write_permits: Arc::new(Semaphore::new(write_cap)),
         shared,
         metadata: Bytes::copy_from_slice(&meta.info_bytes),
+        dht: params.dht.clone(),
         meta,
         storage,
         picker,

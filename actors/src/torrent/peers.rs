@@ -357,6 +357,7 @@ impl Torrent {
             down_limits: self.down_limits.clone(),
             metadata: Some(self.metadata.clone()),
             pex: self.pex_enabled(),
+            dht: self.dht.clone().filter(|_| !self.meta.info.private),
         }
     }
 
