@@ -52,8 +52,8 @@ pub mod selection;
 mod streams;
 
 pub use msg::{
-    ExchangeReply, PeerFault, SetPrioritiesError, StreamError, TorrentHandle, TorrentMsg,
-    TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
+    TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
@@ -165,6 +165,8 @@ pub(crate) fn spawn(
 struct Torrent {
     shared: Shared,
     meta: Arc<Metainfo>,
+    /// The raw info dictionary, shared by every peer that serves it (BEP 9).
+    metadata: Bytes,
     storage: Storage,
     picker: Picker,
     resume: ResumeTracker,
@@ -293,6 +295,7 @@ async fn run(
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
         shared,
+        metadata: Bytes::copy_from_slice(&meta.info_bytes),
         meta,
         storage,
         picker,
@@ -679,6 +682,15 @@ impl Torrent {
             TorrentMsg::AddPeers(addrs) => self.add_peers(addrs),
             TorrentMsg::SetFilePriorities { priorities, reply } => {
                 self.set_priorities(priorities, reply)
+            }
+            TorrentMsg::Progress { reply } => {
+                let layout = self.storage.layout();
+                let _ = reply.send(FileProgress {
+                    done: self
+                        .selection
+                        .file_done_bytes(layout, self.picker.have_bitfield()),
+                    priorities: self.selection.priorities().to_vec(),
+                });
             }
             TorrentMsg::StreamOpen { file, reply } => self.stream_open(file, reply),
             TorrentMsg::StreamWant { id, piece, reply } => self.stream_want(id, piece, reply),

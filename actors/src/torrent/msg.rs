@@ -205,6 +205,11 @@ pub enum TorrentMsg {
         /// and their parked bytes move into place in the background).
         reply: oneshot::Sender<Result<(), SetPrioritiesError>>,
     },
+    /// What a controller (the daemon's RPC) shows per file.
+    Progress {
+        /// The answer.
+        reply: oneshot::Sender<FileProgress>,
+    },
     /// A stream wants to read a file.
     StreamOpen {
         /// File index, as `info` lists them.
@@ -243,6 +248,16 @@ pub enum TorrentMsg {
         /// Odd but tolerated messages it sent since the last status.
         oddities: u64,
     },
+}
+
+/// Per-file progress and priorities, in the user's file numbering
+/// (padding files left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileProgress {
+    /// Bytes of each file in verified pieces.
+    pub done: Vec<u64>,
+    /// Each file's priority ([`Priority::Skip`]: not wanted).
+    pub priorities: Vec<Priority>,
 }
 
 /// What the torrent gives a new stream (see [`crate::stream`]).
@@ -366,6 +381,16 @@ impl TorrentHandle {
             .await
             .map_err(|_| SetPrioritiesError::Stopped)?;
         rx.await.map_err(|_| SetPrioritiesError::Stopped)?
+    }
+
+    /// Per-file progress and priorities. Fails if the torrent has stopped.
+    pub async fn progress(&self) -> Result<FileProgress, TorrentStopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(TorrentMsg::Progress { reply })
+            .await
+            .map_err(|_| TorrentStopped)?;
+        rx.await.map_err(|_| TorrentStopped)
     }
 
     /// Adds peer addresses to connect to. Fails if the torrent has stopped.

@@ -302,6 +302,7 @@ impl Torrent {
             storage: self.storage.clone(),
             up_limits: self.up_limits.clone(),
             down_limits: self.down_limits.clone(),
+            metadata: Some(self.metadata.clone()),
         }
     }
 
