@@ -68,7 +68,7 @@
 //! | a fixed-size message of another size | disconnect (`invalid_choke`, ...) | protocol |
 //! | a length prefix over the message limit | disconnect (`packet_too_large`) | refused |
 //! | a handshake for another torrent | disconnect (`invalid_info_hash`) | protocol |
-//! | a connection to ourselves | disconnect (`self_connection`) | refused |
+//! | a connection to ourselves | disconnect (`self_connection`) | never dialled again; not counted as a protocol error |
 
 pub mod msg;
 pub mod session;
@@ -188,8 +188,8 @@ impl End {
             reason: reason.into(),
         }
     }
-    /// Input no honest peer sends (an oversized frame, a request flood), or
-    /// a connection to ourselves: the address is not dialled again.
+    /// Input no honest peer sends (an oversized frame, a request flood):
+    /// the address is not dialled again.
     fn refused(reason: impl Into<String>) -> End {
         End {
             fault: PeerFault::Refused,
@@ -297,7 +297,10 @@ where
         return Err(End::protocol("handshake for another torrent"));
     }
     if theirs.peer_id == ctx.our_id {
-        return Err(End::refused("connected to ourselves"));
+        return Err(End {
+            fault: PeerFault::Ourselves,
+            reason: "connected to ourselves".into(),
+        });
     }
     Ok(theirs)
 }

@@ -96,9 +96,12 @@ pub enum PeerFault {
     /// The peer broke the protocol: retried with backoff, and refused for
     /// good after `max_protocol_strikes` such ends.
     Protocol,
-    /// Input no honest peer sends (oversized frames, request floods), or a
-    /// connection to ourselves: the address is never dialled again.
+    /// Input no honest peer sends (oversized frames, request floods): the
+    /// address is never dialled again.
     Refused,
+    /// A connection to ourselves (a tracker lists our own address back):
+    /// never dialled again, and nobody's fault.
+    Ourselves,
 }
 
 /// The torrent's answer to an exchange.

@@ -431,7 +431,7 @@ impl Torrent {
             config.reconnect_backoff,
             config.max_protocol_strikes,
         );
-        if fault != PeerFault::Network {
+        if !matches!(fault, PeerFault::Network | PeerFault::Ourselves) {
             self.protocol_errors += 1;
         }
         let a = self.addrs.get_mut(&p.addr);
@@ -454,6 +454,12 @@ impl Torrent {
             }
             (PeerFault::Protocol, None) => {
                 warn!(addr = %p.addr, %reason, "peer broke the protocol");
+            }
+            (PeerFault::Ourselves, a) => {
+                debug!(addr = %p.addr, "this address is ourselves; not dialled again");
+                if let Some(a) = a {
+                    a.refused = true;
+                }
             }
             (PeerFault::Network, _) => {}
         }
