@@ -61,6 +61,9 @@
 //! | a second extended handshake | read again, updates | updates what it says (`reqq`) |
 //! | an extended handshake that is not a bencoded dictionary | ignored ("invalid extended handshake") | ignored; oddity |
 //! | an extension message with an id we never assigned | disconnect (`invalid_message`: no extension claims it) | protocol |
+//! | a `ut_metadata` message that does not decode (BEP 9) | disconnect | protocol |
+//! | a `ut_metadata` request for a piece out of range, or past our send queue | reject | reject; oddity when out of range |
+//! | `ut_metadata` data or reject we never asked for | dropped | dropped; oddity |
 //! | an unknown message id | disconnect (`invalid_message`) | protocol |
 //! | a fixed-size message of another size | disconnect (`invalid_choke`, ...) | protocol |
 //! | a length prefix over the message limit | disconnect (`packet_too_large`) | refused |
@@ -80,6 +83,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use protocol::ut_metadata::{self, MetadataMsg};
 use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 use storage::{ReadDone, Storage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -151,6 +155,17 @@ pub struct PeerContext {
     pub up_limits: Vec<Arc<Limiter>>,
     /// Download rate limits this connection obeys.
     pub down_limits: Vec<Arc<Limiter>>,
+    /// The raw info dictionary, served to peers that ask by BEP 9
+    /// (`ut_metadata`) and advertised in our extended handshake; `None`
+    /// rejects every request.
+    pub metadata: Option<Bytes>,
+}
+
+/// The extension message ids we assign in our extended handshake's `m`
+/// (the remote sends us these; we send it the ids it assigned).
+pub mod ext_id {
+    /// BEP 9 `ut_metadata`.
+    pub const UT_METADATA: u8 = 1;
 }
 
 /// Why a connection ended, for the log and the torrent's reconnect policy.
@@ -317,6 +332,9 @@ struct Conn<'a> {
     /// that takes nothing for `write_timeout` is dropped.
     last_write: Instant,
     up: Upload,
+    /// The id the remote assigned to `ut_metadata` (from its extended
+    /// handshake), for our answers to its requests.
+    their_ut_metadata: Option<u8>,
 }
 
 async fn run_inner<S>(mut stream: S, known: Option<Handshake>, ctx: &PeerContext) -> End
@@ -333,6 +351,7 @@ where
         .send(TorrentMsg::PeerConnected {
             id: ctx.id,
             cmds: cmd_tx,
+            peer_id: theirs.peer_id,
         })
         .await
         .is_err()
@@ -380,6 +399,7 @@ where
             last_status: now,
             status_interested: false,
         },
+        their_ut_metadata: None,
     };
     let end = conn.drive(stream, theirs, &mut cmd_rx, &mut reads_rx).await;
     conn.session.flush_metrics();
@@ -461,11 +481,16 @@ impl Conn<'_> {
         let ctx = self.ctx;
         let (mut reader, mut writer) = tokio::io::split(stream);
         if theirs.supports_extended() {
-            let ext = ExtendedHandshake {
+            let mut ext = ExtendedHandshake {
                 v: Some(concat!("actorrent ", env!("CARGO_PKG_VERSION")).to_string()),
                 reqq: Some(ctx.config.max_upload_queue.min(u32::MAX as usize) as u32),
                 ..Default::default()
             };
+            if let Some(info) = &ctx.metadata {
+                ext.m
+                    .insert(ut_metadata::EXTENSION_NAME.into(), ext_id::UT_METADATA);
+                ext.metadata_size = Some(info.len() as u64);
+            }
             ext.to_message().encode(&mut self.out);
         }
         if self.fast && self.have.none() {
@@ -834,17 +859,73 @@ impl Conn<'_> {
                     if let Some(q) = h.reqq {
                         self.session.set_peer_reqq(q);
                     }
+                    // Id 0 withdraws the extension (BEP 10).
+                    self.their_ut_metadata =
+                        h.m.get(ut_metadata::EXTENSION_NAME)
+                            .copied()
+                            .filter(|&id| id != 0);
                 }
                 Err(e) => self.oddity(&format!("extended handshake ignored: {e}")),
             },
-            // We assign no extension message ids (our handshake's `m` is
-            // empty), so no honest peer sends one.
+            Message::Extended {
+                id: ext_id::UT_METADATA,
+                payload,
+            } if ctx.metadata.is_some() => self.on_metadata_msg(&payload)?,
+            // We assign no other extension message ids, so no honest peer
+            // sends one.
             Message::Extended { id, .. } => {
                 return Err(End::protocol(format!(
                     "extension message {id}, an id we never assigned"
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Answers a BEP 9 message: a request with the piece from the info
+    /// dictionary, or a reject when the piece is out of range or our send
+    /// queue is full (so a flood of requests cannot grow memory).
+    fn on_metadata_msg(&mut self, payload: &Bytes) -> Result<(), End> {
+        let Some(info) = self.ctx.metadata.clone() else {
+            return Ok(());
+        };
+        let limits = ut_metadata::Limits::default();
+        let msg = MetadataMsg::decode(payload, &limits)
+            .map_err(|e| End::protocol(format!("bad ut_metadata message: {e}")))?;
+        let MetadataMsg::Request { piece } = msg else {
+            self.oddity("ut_metadata data or reject we never asked for");
+            return Ok(());
+        };
+        let Some(their_id) = self.their_ut_metadata else {
+            self.oddity("ut_metadata request from a peer that did not advertise it");
+            return Ok(());
+        };
+        let size = info.len() as u32;
+        let answer = match ut_metadata::piece_len(size, piece) {
+            Some(len)
+                if self.out.len() + self.frames_len + len as usize
+                    <= self.ctx.config.max_send_queue =>
+            {
+                let start = (piece * ut_metadata::PIECE_SIZE) as usize;
+                MetadataMsg::Data {
+                    piece,
+                    total_size: size,
+                    data: info.slice(start..start + len as usize),
+                }
+            }
+            Some(_) => MetadataMsg::Reject { piece },
+            None => {
+                self.oddity(&format!(
+                    "ut_metadata request for piece {piece} out of range"
+                ));
+                MetadataMsg::Reject { piece }
+            }
+        };
+        Message::Extended {
+            id: their_id,
+            payload: Bytes::from(answer.encode()),
+        }
+        .encode(&mut self.out);
         Ok(())
     }
 
