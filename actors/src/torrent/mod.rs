@@ -753,18 +753,18 @@ impl Torrent {
             tokio::select! {
                 Some(d) = done_rx.recv() => match d {
                     Done::Write(WriteDone { piece, result: Ok(()) }, _p) => {
-                        self.release(u64::from(self.picker.piece_size(piece)));
+                        self.release_landed(u64::from(self.picker.piece_size(piece)));
                         self.resume.written(piece);
                     }
                     Done::Write(WriteDone { piece, .. }, _p) => {
-                        self.release(u64::from(self.picker.piece_size(piece)));
+                        self.release_landed(u64::from(self.picker.piece_size(piece)));
                     }
                     Done::Hash(d, _p) => {
                         let bytes = match &d {
                             HashDone::Verified(v) => v.len(),
                             HashDone::Mismatch { blocks, .. } => bytes_of(blocks),
                         };
-                        self.release(bytes);
+                        self.release_landed(bytes);
                     }
                     Done::Sync(_) => {}
                 },
@@ -776,10 +776,10 @@ impl Torrent {
         }
         for (_, blocks) in self.pending_hash.drain(..) {
             let bytes = bytes_of(&blocks);
-            self.shared.budget.release(bytes);
+            self.shared.budget.release_landed(bytes);
         }
         for p in self.pending_write.drain(..) {
-            self.shared.budget.release(p.len());
+            self.shared.budget.release_landed(p.len());
         }
         if self.progress.is_some() {
             // Bounded inside the tracker session by its stop timeout.
