@@ -24,6 +24,8 @@ command -v ffprobe >/dev/null || need+=(ffmpeg)
 # with iproute2, the loss rule with nftables.
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
+# tests/disk_full.rs: a small ext2 image on a loop device that fills up.
+command -v mkfs.ext2 >/dev/null || need+=(e2fsprogs)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

@@ -11,6 +11,7 @@ mod daemon;
 mod demo;
 mod download;
 mod info;
+mod magnet;
 mod metrics;
 mod select;
 mod stream;

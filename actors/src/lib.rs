@@ -92,6 +92,7 @@ pub mod budget;
 pub mod choker;
 pub mod config;
 pub mod dht;
+pub mod magnet;
 pub mod metrics;
 pub mod mse_stream;
 pub mod peer;

@@ -67,6 +67,7 @@ enum Command {
 /// it; [`Session::shutdown`] does.
 pub struct Session {
     tx: mpsc::Sender<Command>,
+    peer_id: [u8; 20],
     listen_port: Arc<AtomicU16>,
     tracker: crate::tracker::TrackerHandle,
     cancel: CancellationToken,
@@ -127,6 +128,7 @@ impl Session {
         ));
         Ok(Session {
             tx,
+            peer_id,
             listen_port,
             tracker,
             handshake_timeout: config.handshake_timeout,
@@ -137,6 +139,11 @@ impl Session {
             disk,
             hash,
         })
+    }
+
+    /// Our peer id (the same for every torrent).
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.peer_id
     }
 
     /// Adds a torrent; it starts checking at once.

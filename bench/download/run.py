@@ -58,9 +58,12 @@ PYTHON = "/usr/bin/python3"
 MIB = 1 << 20
 GIB = 1 << 30
 CLIENTS = ("libtorrent", "actorrent", "rqbit", "aria2")
+# `--baseline PATH` adds this client: another actorrent binary (e.g. main's
+# release build) measured in the same run, for before/after ratios.
+BASELINE = "actorrent-base"
 # These fsync the download themselves before they exit; the driver syncs the
 # others' file and counts the time in their wall clock.
-SELF_SYNCING = ("libtorrent", "actorrent")
+SELF_SYNCING = ("libtorrent", "actorrent", BASELINE)
 WRITES = ("write", "pwrite64", "pwritev", "pwritev2", "writev", "sendto", "sendmsg", "sendmmsg")
 READS = ("read", "pread64", "preadv", "preadv2", "readv", "recvfrom", "recvmsg", "recvmmsg")
 # The syscall columns of the table: (header, key); the keys are counted by
@@ -182,8 +185,9 @@ def downloader_cmd(client, args, torrent, out_dir, port, tracker):
     if client == "libtorrent":
         return [PYTHON, SEED, "leech", "--torrent", torrent, "--save-path", out_dir,
                 "--peer", peer, "--fsync", "--timeout", str(args.timeout)]
-    if client == "actorrent":
-        return [args.actorrent, "download", torrent, "--output", out_dir, "--peer", peer,
+    if client in ("actorrent", BASELINE):
+        binary = args.actorrent if client == "actorrent" else args.baseline
+        return [binary, "download", torrent, "--output", out_dir, "--peer", peer,
                 "--stats-json", "-"]
     if client == "rqbit":
         # Global options first, then the subcommand's. No listening socket,
@@ -311,7 +315,7 @@ def check_result(client, code, stdout_path, stderr_path, got, want, size):
         done = [l.split() for l in lines if l.startswith("DONE ")]
         if len(done) != 1 or done[0][1] != str(size):
             fail(f"unexpected output {lines[-3:]}")
-    elif client == "actorrent":
+    elif client in ("actorrent", BASELINE):
         try:
             last = json.loads(lines[-1])
         except (IndexError, ValueError) as e:
@@ -511,6 +515,8 @@ def main():
     p.add_argument("--piece-kib", type=int, default=256)
     p.add_argument("--actorrent", default=os.path.join(REPO, "target", "release", "actorrent"),
                    help="the binary to measure (build with cargo build --release)")
+    p.add_argument("--baseline", default=None,
+                   help="another actorrent binary measured beside --actorrent as client " + BASELINE)
     p.add_argument("--rqbit", default=default_tool("rqbit", os.path.expanduser("~/.cargo/bin/rqbit")),
                    help="rqbit binary (cargo install rqbit --locked)")
     p.add_argument("--aria2c", default=default_tool("aria2c"), help="aria2c binary (Debian aria2)")
@@ -532,7 +538,9 @@ def main():
     for c in clients:
         if c not in CLIENTS:
             p.error(f"unknown client {c}")
-    binaries = {"actorrent": args.actorrent, "rqbit": args.rqbit, "aria2": args.aria2c}
+    if args.baseline:
+        clients.insert(clients.index("actorrent") + 1 if "actorrent" in clients else 0, BASELINE)
+    binaries = {"actorrent": args.actorrent, BASELINE: args.baseline, "rqbit": args.rqbit, "aria2": args.aria2c}
     for c in list(clients):
         b = binaries.get(c)
         if b is not None and not (os.access(b, os.X_OK) or shutil.which(b)):
@@ -603,10 +611,12 @@ def main():
             if s:
                 top = ", ".join(f"{k} {v / (size / MIB):.2f}" for k, v in list(s["by_kind"].items())[:8])
                 print(f"\n{c} reads/writes per MiB by fd: {top}")
-    if "actorrent" in clients:
-        peaks = [r.get("budget_peak_mib") for r in results["actorrent"]["runs"] if "budget_peak_mib" in r]
+    for c in ("actorrent", BASELINE):
+        if c not in clients:
+            continue
+        peaks = [r.get("budget_peak_mib") for r in results[c]["runs"] if "budget_peak_mib" in r]
         if peaks:
-            print(f"\nactorrent budget_peak (block bytes in flight) median {statistics.median(peaks):.0f} MiB")
+            print(f"\n{c} budget_peak (block bytes in flight) median {statistics.median(peaks):.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"size": size, "piece_size": args.piece_kib * 1024, "cold": args.cold,

@@ -14,4 +14,6 @@ pub mod mse;
 pub mod tracker;
 pub mod trpc;
 pub mod udp_tracker;
+pub mod ut_metadata;
+pub mod ut_pex;
 pub mod wire;

@@ -25,8 +25,11 @@ Run with /usr/bin/python3 (the distribution's python3-libtorrent); the
         Prints `DONE <bytes> <seconds>` (seconds from adding the
         torrent to the last piece verified) and exits 0; exits 1 on error
         or timeout. With --stay it keeps seeding after that until stdin
-        closes. --no-pex leaves out libtorrent's default plugins, so the
-        leecher never learns other peers through the seed (a benchmark
+        closes. With --magnet URI instead of --torrent it starts from the
+        link and fetches the metadata from its peers first (BEP 9), printing
+        `METADATA` once it has it; the torrent is then written to
+        --save-torrent if given. --no-pex leaves out libtorrent's default
+        plugins, so the leecher never learns other peers through the seed (a benchmark
         measures what the seed alone sends). The DONE line also carries the
         wall-clock start and end (Unix seconds). --fsync syncs every file
         before DONE: libtorrent 2.x writes through mmap, so "finished" means
@@ -236,6 +239,10 @@ def fsync_files(ti, save_path):
 
 
 def add(ses, a):
+    if getattr(a, "magnet", None):
+        atp = lt.parse_magnet_uri(a.magnet)
+        atp.save_path = os.path.abspath(a.save_path)
+        return ses.add_torrent(atp), None
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(a.torrent)
     atp.save_path = os.path.abspath(a.save_path)
@@ -296,7 +303,7 @@ def cmd_leech(a):
     t0 = time.monotonic()
     wall0 = time.time()
     h, ti = add(ses, a)
-    stats = Stats(a.stats, ti.num_pieces())
+    stats = Stats(a.stats, ti.num_pieces() if ti is not None else 0)
     for p in a.peer:
         h.connect_peer(peer_addr(p))
     deadline = t0 + a.timeout
@@ -306,15 +313,20 @@ def cmd_leech(a):
         if st.errc.value() != 0:
             log(f"torrent error: {st.errc.message()}")
             return 1
+        if ti is None and st.has_metadata:
+            ti = h.torrent_file()
+            stats.total = ti.num_pieces()
+            print("METADATA", flush=True)
         if st.is_seeding:
             break
         now = time.monotonic()
+        pieces = ti.num_pieces() if ti is not None else "?"
         if now > deadline:
-            log(f"timed out with {st.num_pieces} of {ti.num_pieces()} pieces, {st.num_peers} peers")
+            log(f"timed out with {st.num_pieces} of {pieces} pieces, {st.num_peers} peers")
             return 1
         if a.verbose and now - last > 1:
             last = now
-            log(f"{st.num_pieces}/{ti.num_pieces()} pieces {st.download_rate} B/s {st.num_peers} peers")
+            log(f"{st.num_pieces}/{pieces} pieces {st.download_rate} B/s {st.num_peers} peers")
         if st.num_peers == 0 and a.peer:
             for p in a.peer:
                 h.connect_peer(peer_addr(p))
@@ -325,6 +337,11 @@ def cmd_leech(a):
         fsync_files(ti, os.path.abspath(a.save_path))
     stats.emit("complete", h.status())
     secs = time.monotonic() - t0
+    if ti is None:
+        ti = h.torrent_file()
+    if a.save_torrent:
+        with open(a.save_torrent, "wb") as f:
+            f.write(lt.bencode(lt.create_torrent(ti).generate()))
     # Wall-clock start and end too, so a driver running several leechers
     # can take the span from the first start to the last finish.
     print(f"DONE {ti.total_size()} {secs:.3f} {wall0:.3f} {time.time():.3f}", flush=True)
@@ -349,7 +366,7 @@ def main():
     m.add_argument("--out", required=True, help="where to write the .torrent")
     for name in ("seed", "leech"):
         c = sub.add_parser(name)
-        c.add_argument("--torrent", required=True)
+        c.add_argument("--torrent", required=name == "seed")
         c.add_argument("--save-path", required=True)
         c.add_argument("--peer", action="append", default=[], help="IP:PORT")
         c.add_argument("--timeout", type=float, default=600)
@@ -372,6 +389,8 @@ def main():
             c.add_argument("--fsync", action="store_true", help="fsync every file before DONE")
             c.add_argument("--stay", action="store_true", help="seed on until stdin closes or SIGTERM")
             c.add_argument("--no-pex", action="store_true", help="no ut_pex (peers stay apart)")
+            c.add_argument("--magnet", help="start from this magnet link instead of --torrent")
+            c.add_argument("--save-torrent", help="write the torrent here once known")
     a = p.parse_args()
     if a.cmd == "make":
         cmd_make(a)

@@ -26,7 +26,7 @@
 //! verified, written and synced; pieces of skipped files are fetched only
 //! when a stream reads them or when they share bytes with a wanted file.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -165,6 +165,8 @@ pub(crate) fn spawn(
 struct Torrent {
     shared: Shared,
     meta: Arc<Metainfo>,
+    /// The raw info dictionary, shared by every peer that serves it (BEP 9).
+    metadata: Bytes,
     storage: Storage,
     picker: Picker,
     resume: ResumeTracker,
@@ -175,7 +177,11 @@ struct Torrent {
     cancel: CancellationToken,
     peers: HashMap<PeerId, PeerEntry>,
     addrs: HashMap<SocketAddr, AddrState>,
-    banned: HashSet<SocketAddr>,
+    banned: peers::Bans,
+    /// When a full torrent last evicted a peer for a newcomer.
+    last_eviction: Option<Instant>,
+    /// Peers evicted so far, for the log.
+    evictions: u64,
     next_peer: u64,
     tasks: JoinSet<()>,
     pending_hash: VecDeque<(u32, Vec<Bytes>)>,
@@ -203,7 +209,7 @@ struct Torrent {
     down_limits: Vec<Arc<Limiter>>,
     /// Addresses of the last connections that ended, for a ban decided
     /// after the peer left.
-    recently_gone: VecDeque<(PeerId, SocketAddr)>,
+    recently_gone: VecDeque<(PeerId, SocketAddr, Option<[u8; 20]>)>,
     /// Announce counters for the tracker session, when registered.
     progress: Option<watch::Sender<AnnounceProgress>>,
     announced_complete: bool,
@@ -289,6 +295,7 @@ async fn run(
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
         shared,
+        metadata: Bytes::copy_from_slice(&meta.info_bytes),
         meta,
         storage,
         picker,
@@ -299,7 +306,9 @@ async fn run(
         cancel: cancel.clone(),
         peers: HashMap::new(),
         addrs: HashMap::new(),
-        banned: HashSet::new(),
+        banned: peers::Bans::default(),
+        last_eviction: None,
+        evictions: 0,
         next_peer: 0,
         tasks: JoinSet::new(),
         pending_hash: VecDeque::new(),
@@ -329,6 +338,12 @@ async fn run(
         relocation: None,
         unpark: Vec::new(),
     };
+    // What the check found, saved now: a crash before the first
+    // checkpoint need not hash again, and the save leaves the spare that a
+    // save on a full disk writes into (see `storage::resume::save`).
+    if let Err(e) = t.save_resume().await {
+        warn!(error = %e, "saving resume data failed");
+    }
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
     t.register_with_trackers(tracker_peers_tx).await;
     for a in params.peers {
@@ -594,8 +609,14 @@ impl Torrent {
 
     fn on_msg(&mut self, msg: TorrentMsg) {
         match msg {
-            TorrentMsg::PeerConnected { id, cmds } => {
+            TorrentMsg::PeerConnected { id, cmds, peer_id } => {
                 if let Some(p) = self.peers.get_mut(&id) {
+                    if self.banned.peer(&p.addr, &peer_id) {
+                        // A banned host, found by its peer id at a new address.
+                        self.drop_peer(id, "banned peer id".into());
+                        return;
+                    }
+                    p.peer_id = Some(peer_id);
                     p.cmds = Some(cmds);
                     if let Some(a) = self.addrs.get_mut(&p.addr) {
                         a.failures = 0;
@@ -691,6 +712,7 @@ impl Torrent {
                 };
                 p.down_rate = down_rate;
                 p.up_rate = up_rate;
+                p.exchanged += uploaded;
                 if p.wants_us != interested {
                     p.wants_us = interested;
                     if interested {
@@ -766,6 +788,14 @@ impl Torrent {
                 .tracker
                 .remove_torrent(self.meta.info_hash)
                 .await;
+        }
+        if let Some(cp) = self.checkpoint.take() {
+            // Its sync's answer is not waited for (the loop above may have
+            // left on a failed write): this stop's own sync covers its
+            // pieces, so they are not lost from the record.
+            for piece in self.resume.abort(cp) {
+                self.resume.written(piece);
+            }
         }
         if !matches!(self.state, TorrentState::Complete) && self.resume.unsynced() > 0 {
             let storage = self.storage.clone();

@@ -120,6 +120,8 @@ pub enum TorrentMsg {
         id: PeerId,
         /// Its command mailbox.
         cmds: mpsc::Sender<PeerCmd>,
+        /// The peer id of its handshake (a ban covers it).
+        peer_id: [u8; 20],
     },
     /// A connection ended (also sent when the connect failed).
     PeerGone {
