@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::config::ClientConfig;
+use actors::mse_stream::Encryption;
 use actors::session::Session;
 use actors::torrent::{Target, TorrentParams, TorrentState, TorrentStats, parse_strategy};
 use anyhow::{Context, anyhow};
@@ -50,6 +51,20 @@ pub struct NetArgs {
     /// any free port, printed on stderr).
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// MSE/PE for peer connections: `prefer` (try encrypted, fall back to
+    /// plaintext, accept both), `require` (RC4 only) or `disable`
+    /// (plaintext only). Default: the config's `encryption` (prefer).
+    #[arg(long, value_name = "prefer|require|disable", value_parser = parse_encryption)]
+    pub encryption: Option<Encryption>,
+}
+
+fn parse_encryption(s: &str) -> Result<Encryption, String> {
+    match s {
+        "prefer" => Ok(Encryption::Prefer),
+        "require" => Ok(Encryption::Require),
+        "disable" => Ok(Encryption::Disable),
+        _ => Err(format!("`{s}` is not prefer, require or disable")),
+    }
 }
 
 /// Upload slots: a count or unlimited.
@@ -239,6 +254,9 @@ fn run_torrent(
         if let Some(limit) = net.download_limit {
             config.download_limit = (limit > 0).then_some(limit);
         }
+        if let Some(e) = net.encryption {
+            config.encryption = e;
+        }
         let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();
         let config_strategy = config.picker.strategy;
@@ -344,6 +362,7 @@ fn run_torrent(
             if let Some(out) = stats_out.as_mut() {
                 let mut line = stats_json(&s, event, listen_port);
                 line["stream_urls"] = json!(stream_urls);
+                line["connections"] = json!(session.connection_stats());
                 if let Ok(t) = session.tracker().stats().await {
                     add_tracker_stats(&mut line, &t);
                 }
@@ -374,6 +393,7 @@ fn run_torrent(
         if let Some(bar) = &bar {
             bar.finish();
         }
+        let connections = session.connection_stats();
         session.shutdown().await;
         if let (Some(out), Ok(())) = (stats_out.as_mut(), &outcome) {
             // The final numbers after the stop (resume data saved).
@@ -381,6 +401,7 @@ fn run_torrent(
             if s.state != TorrentState::Complete {
                 let mut line = stats_json(&s, "stopped", listen_port);
                 line["stream_urls"] = json!(stream_urls);
+                line["connections"] = json!(connections);
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }

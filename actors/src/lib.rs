@@ -94,6 +94,7 @@ pub mod config;
 pub mod dht;
 pub mod metrics;
 pub mod mse_stream;
+pub mod net;
 pub mod peer;
 pub mod picker;
 pub mod pipeline;

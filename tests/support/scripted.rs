@@ -450,6 +450,9 @@ fn accept_loop(
     while !shared.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
+                if !speaks_plaintext(&stream) {
+                    continue;
+                }
                 let slot = {
                     let mut logs = shared.logs.lock().unwrap();
                     logs.push(ConnLog::new());
@@ -480,6 +483,19 @@ fn accept_loop(
     for c in conns {
         let _ = c.join();
     }
+}
+
+/// These seeds speak no MSE/PE, like a plaintext-only client: a connection
+/// whose first byte is not the handshake's 19 is an encrypted attempt,
+/// closed unlogged (the client then dials again in plaintext). A silent or
+/// closed connection counts as plaintext, to be logged as before.
+fn speaks_plaintext(stream: &TcpStream) -> bool {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut first = [0u8; 1];
+    let plain = !matches!(stream.peek(&mut first), Ok(1) if first[0] != 19);
+    let _ = stream.set_read_timeout(None);
+    plain
 }
 
 /// A step of a connection's loop; `Err` ends the connection that way.

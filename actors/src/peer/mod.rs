@@ -74,13 +74,14 @@ use bytes::{Bytes, BytesMut};
 use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 use storage::{ReadDone, Storage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use crate::budget::BufferBudget;
 use crate::config::ClientConfig;
+use crate::mse_stream::Kind;
+use crate::net::{self, ConnCounters, Direction};
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
 use crate::pipeline::RateMeter;
 use crate::ratelimit::{self, Limiter};
@@ -117,6 +118,8 @@ pub struct PeerContext {
     pub up_limits: Vec<Arc<Limiter>>,
     /// Download rate limits this connection obeys.
     pub down_limits: Vec<Arc<Limiter>>,
+    /// Process-wide connection counters (by kind, MSE failures).
+    pub conn: Arc<ConnCounters>,
 }
 
 /// Why a connection ended, for the log and the torrent's reconnect policy.
@@ -149,14 +152,25 @@ impl End {
     }
 }
 
-/// Connects to `ctx.addr` and runs the connection until it ends. Always
+/// Connects to `ctx.addr` (MSE/PE per the `encryption` setting, see
+/// [`crate::net::dial`]) and runs the connection until it ends. Always
 /// tells the torrent with [`TorrentMsg::PeerGone`].
 pub async fn connect_and_run(ctx: PeerContext) {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
-        let end = match connect(&ctx).await {
-            Ok(stream) => run_inner(stream, None, &ctx).await,
-            Err(e) => End::network(e),
+        let ours = net::our_handshake(ctx.info_hash, ctx.our_id);
+        let dialled = net::dial(ctx.addr, ctx.info_hash, &ours, &ctx.config, &ctx.conn).await;
+        let end = match dialled {
+            Ok(d) => {
+                let how = Setup {
+                    known: None,
+                    ours_sent: d.handshake_sent,
+                    outgoing: Some(d.kind),
+                };
+                run_inner(d.stream, how, &ctx).await
+            }
+            Err(e) if e.protocol => End::protocol(e.reason),
+            Err(e) => End::network(e.reason),
         };
         finish(&ctx, end).await;
     }
@@ -174,11 +188,27 @@ where
 {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
-        let end = run_inner(stream, theirs, &ctx).await;
+        let how = Setup {
+            known: theirs,
+            ours_sent: false,
+            outgoing: None,
+        };
+        let end = run_inner(stream, how, &ctx).await;
         finish(&ctx, end).await;
     }
     .instrument(span)
     .await
+}
+
+/// What connection setup already did before the BitTorrent handshake.
+struct Setup {
+    /// The remote's handshake, when the listener read it.
+    known: Option<Handshake>,
+    /// Ours went out in the MSE initial payload.
+    ours_sent: bool,
+    /// A connection we dialled, and its kind: counted once the handshake
+    /// completes (the listener counts incoming ones).
+    outgoing: Option<Kind>,
 }
 
 async fn finish(ctx: &PeerContext, end: End) {
@@ -194,41 +224,25 @@ async fn finish(ctx: &PeerContext, end: End) {
         .await;
 }
 
-async fn connect(ctx: &PeerContext) -> Result<TcpStream, String> {
-    let stream = tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(ctx.addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let sock = socket2::SockRef::from(&stream);
-    // Failing to tune a socket is not worth losing the peer over.
-    let _ = sock.set_nodelay(true);
-    if let Some(n) = ctx.config.socket_recv_buffer {
-        let _ = sock.set_recv_buffer_size(n);
-    }
-    if let Some(n) = ctx.config.socket_send_buffer {
-        let _ = sock.set_send_buffer_size(n);
-    }
-    Ok(stream)
-}
-
-async fn handshake<S>(
-    stream: &mut S,
-    known: Option<Handshake>,
-    ctx: &PeerContext,
-) -> Result<Handshake, End>
+async fn handshake<S>(stream: &mut S, how: &Setup, ctx: &PeerContext) -> Result<Handshake, End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ours = Handshake::new([0; 8], ctx.info_hash, ctx.our_id);
-    ours.set_extended(true);
-    ours.set_fast(true);
+    let ours = net::our_handshake(ctx.info_hash, ctx.our_id);
     let exchange = async {
-        stream
-            .write_all(&ours.to_bytes())
-            .await
-            .map_err(|e| End::network(format!("sending handshake: {e}")))?;
-        if let Some(h) = known {
-            return Ok(h);
+        if !how.ours_sent {
+            stream
+                .write_all(&ours.to_bytes())
+                .await
+                .map_err(|e| End::network(format!("sending handshake: {e}")))?;
+            // An encrypting stream may hold bytes until flushed.
+            stream
+                .flush()
+                .await
+                .map_err(|e| End::network(format!("sending handshake: {e}")))?;
+        }
+        if let Some(h) = &how.known {
+            return Ok(*h);
         }
         let mut buf = [0u8; Handshake::LEN];
         stream
@@ -249,6 +263,9 @@ where
     }
     if theirs.peer_id == ctx.our_id {
         return Err(End::refused("connected to ourselves"));
+    }
+    if let Some(kind) = how.outgoing {
+        ctx.conn.established(kind, Direction::Outgoing);
     }
     Ok(theirs)
 }
@@ -279,11 +296,11 @@ struct Conn<'a> {
     up: Upload,
 }
 
-async fn run_inner<S>(mut stream: S, known: Option<Handshake>, ctx: &PeerContext) -> End
+async fn run_inner<S>(mut stream: S, how: Setup, ctx: &PeerContext) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let theirs = match handshake(&mut stream, known, ctx).await {
+    let theirs = match handshake(&mut stream, &how, ctx).await {
         Ok(h) => h,
         Err(end) => return end,
     };
@@ -555,6 +572,9 @@ impl Conn<'_> {
                     }
                 }
             }
+            // An encrypting stream may keep the tail of its last write
+            // until flushed (a plain socket's flush is a no-op).
+            writer.flush().await?;
             Ok::<(), std::io::Error>(())
         };
         match tokio::time::timeout(self.ctx.config.write_timeout, write).await {

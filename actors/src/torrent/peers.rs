@@ -72,7 +72,7 @@ impl Torrent {
     /// A connection the remote side opened, taken if the limits allow.
     pub(super) fn incoming(
         &mut self,
-        stream: tokio::net::TcpStream,
+        stream: crate::mse_stream::MseStream<tokio::net::TcpStream>,
         addr: SocketAddr,
         handshake: protocol::wire::Handshake,
     ) {
@@ -166,6 +166,7 @@ impl Torrent {
             storage: self.storage.clone(),
             up_limits: self.up_limits.clone(),
             down_limits: self.down_limits.clone(),
+            conn: self.shared.conn.clone(),
         }
     }
 
