@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command that runs every test. On a fresh machine it first installs
 # what the tests need: the real peers and tools they compare against
-# (libtorrent's Python bindings, opentracker, mktorrent, transmission-create,
-# aria2, ffmpeg for ffprobe)
+# (libtorrent's Python bindings, opentracker, mktorrent, transmission-create
+# and transmission-remote, the Transmission web UI and Chromium, aria2,
+# ffmpeg for ffprobe)
 # and cargo-fuzz for building the fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +14,18 @@ command -v opentracker >/dev/null || need+=(opentracker)
 command -v mktorrent >/dev/null || need+=(mktorrent)
 command -v transmission-create >/dev/null || need+=(transmission-cli)
 command -v aria2c >/dev/null || need+=(aria2)
+# The daemon's tests: transmission-remote drives it (transmission-cli), and
+# headless Chromium loads the Transmission web UI (transmission-common).
+command -v transmission-remote >/dev/null || need+=(transmission-cli)
+ls /usr/share/transmission/*/index.html >/dev/null 2>&1 || need+=(transmission-common)
+command -v chromium >/dev/null || need+=(chromium)
 command -v ffprobe >/dev/null || need+=(ffmpeg)
 # The swarm lab's short run (tests/lab.rs): namespaces, links and tc come
 # with iproute2, the loss rule with nftables.
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
+# tests/disk_full.rs: a small ext2 image on a loop device that fills up.
+command -v mkfs.ext2 >/dev/null || need+=(e2fsprogs)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

@@ -84,8 +84,13 @@ fn parse_slots(s: &str) -> Result<Slots, String> {
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["output", "raw_target"])))]
 pub struct DownloadArgs {
-    /// The .torrent file.
+    /// The .torrent file, or a magnet link (`magnet:?xt=urn:btih:...`):
+    /// the metadata is then fetched from the link's peers and trackers.
     pub torrent: PathBuf,
+    /// With a magnet link: write the .torrent here once the metadata is
+    /// verified.
+    #[arg(long, value_name = "PATH")]
+    pub save_torrent: Option<PathBuf>,
     /// Directory the payload goes into (as `<DIR>/<torrent name>`).
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
@@ -170,7 +175,62 @@ pub fn run(args: &DownloadArgs, config: ClientConfig) -> Result<(), Failure> {
         select: Some(args.select.clone()),
         stream: args.stream,
     };
-    run_torrent(&args.torrent, target, &args.net, plan, config)
+    let mut stats_out = open_stats(&args.net)?;
+    let source = args.torrent.to_string_lossy();
+    if source.starts_with("magnet:") {
+        let resolved = crate::magnet::resolve(
+            &source,
+            &args.net.peers,
+            &config,
+            &mut stats_out,
+            args.save_torrent.as_deref(),
+        )?;
+        let mut net = args.net.clone();
+        for p in resolved.peers {
+            if !net.peers.contains(&p) {
+                net.peers.push(p);
+            }
+        }
+        return run_torrent(
+            Source::Bytes(resolved.torrent),
+            target,
+            &net,
+            plan,
+            config,
+            stats_out,
+        );
+    }
+    if args.save_torrent.is_some() {
+        return Err(Failure::BadInput(anyhow!(
+            "--save-torrent is for magnet links; this is a .torrent file already"
+        )));
+    }
+    run_torrent(
+        Source::File(&args.torrent),
+        target,
+        &args.net,
+        plan,
+        config,
+        stats_out,
+    )
+}
+
+/// Where the torrent comes from: a file, or the metadata phase of a magnet.
+enum Source<'a> {
+    File(&'a Path),
+    Bytes(Vec<u8>),
+}
+
+fn open_stats(net: &NetArgs) -> Result<Option<Box<dyn Write + Send>>, Failure> {
+    Ok(match net.stats_json.as_deref() {
+        None => None,
+        Some("-") => Some(Box::new(std::io::stdout())),
+        Some(path) => Some(Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("creating {path}"))
+                .map_err(Failure::BadInput)?,
+        )),
+    })
 }
 
 pub fn seed(args: &SeedArgs, config: ClientConfig) -> Result<(), Failure> {
@@ -189,20 +249,36 @@ pub fn seed(args: &SeedArgs, config: ClientConfig) -> Result<(), Failure> {
         select: None,
         stream: None,
     };
-    run_torrent(&args.torrent, target, &args.net, plan, config)
+    let stats_out = open_stats(&args.net)?;
+    run_torrent(
+        Source::File(&args.torrent),
+        target,
+        &args.net,
+        plan,
+        config,
+        stats_out,
+    )
 }
 
 fn run_torrent(
-    torrent: &Path,
+    source: Source<'_>,
     target: Target,
     net: &NetArgs,
     plan: Plan,
     mut config: ClientConfig,
+    mut stats_out: Option<Box<dyn Write + Send>>,
 ) -> Result<(), Failure> {
-    let bytes = read_torrent(torrent)?;
-    let meta = Metainfo::from_bytes(&bytes).map_err(|e| {
-        Failure::BadInput(anyhow!("{}: not a valid torrent: {e}", torrent.display()))
-    })?;
+    let meta = match source {
+        Source::File(torrent) => {
+            let bytes = read_torrent(torrent)?;
+            Metainfo::from_bytes(&bytes).map_err(|e| {
+                Failure::BadInput(anyhow!("{}: not a valid torrent: {e}", torrent.display()))
+            })?
+        }
+        // Parsed once already by the metadata phase, which reports errors.
+        Source::Bytes(bytes) => Metainfo::from_bytes(&bytes)
+            .map_err(|e| Failure::BadInput(anyhow!("the fetched metadata: {e}")))?,
+    };
     let priorities = match &plan.select {
         Some(sel) => Some(
             crate::select::priorities(sel, &meta.info)
@@ -227,15 +303,6 @@ fn run_torrent(
         None => {
             default_resume_file(&target, &meta.info_hash.to_hex()).map_err(Failure::BadInput)?
         }
-    };
-    let mut stats_out: Option<Box<dyn Write + Send>> = match net.stats_json.as_deref() {
-        None => None,
-        Some("-") => Some(Box::new(std::io::stdout())),
-        Some(path) => Some(Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("creating {path}"))
-                .map_err(Failure::BadInput)?,
-        )),
     };
     let total_length = meta.info.total_length;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -340,6 +407,7 @@ fn run_torrent(
             let s = stats.borrow().clone();
             match s.state {
                 TorrentState::Complete => event = "complete",
+                TorrentState::Error(_) => event = "error",
                 TorrentState::Seeding if seeding_since.is_none() => {
                     seeding_since = Some(Instant::now());
                     if !plan.seed_only {
@@ -526,6 +594,12 @@ fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Va
         "event": event,
         "listen_port": listen_port,
         "state": s.state.name(),
+        // Why an `error` state stopped the torrent (a full disk, a file
+        // that cannot be opened...), so a script need not read the log.
+        "error": match &s.state {
+            TorrentState::Error(e) => Some(e.as_str()),
+            _ => None,
+        },
         "bytes_down": s.bytes_down,
         "bytes_up": s.bytes_up,
         "rate_down": s.rate_down,

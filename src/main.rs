@@ -2,11 +2,16 @@
 //! and maps failures to exit statuses (2 for bad input, 1 for runtime
 //! failures). All protocol and storage logic lives in the library crates.
 
+// The big `json!` literals of the RPC answers nest deeply.
+#![recursion_limit = "256"]
+
 mod config;
 mod create;
+mod daemon;
 mod demo;
 mod download;
 mod info;
+mod magnet;
 mod metrics;
 mod select;
 mod stream;
@@ -50,6 +55,10 @@ enum Command {
     Seed(download::SeedArgs),
     /// Make a .torrent from a file, a directory, or (--raw) a disk image.
     Create(create::CreateArgs),
+    /// Run many torrents in one process, driven through the Transmission
+    /// RPC (`transmission-remote`, the Transmission web UI) and kept across
+    /// restarts.
+    Daemon(daemon::DaemonArgs),
     /// Print the configuration as TOML.
     Config(config::ConfigArgs),
     /// Seed a temporary payload to N leechers over loopback in this
@@ -83,6 +92,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Download(args) => config::load(file).and_then(|c| download::run(&args, c)),
         Command::Seed(args) => config::load(file).and_then(|c| download::seed(&args, c)),
+        Command::Daemon(args) => config::load(file).and_then(|c| daemon::run(&args, c)),
         Command::Config(args) => config::run(&args, file),
         Command::Demo(args) => config::load(file).and_then(|c| demo::run(&args, c)),
         Command::Create(args) => create::run(&args),

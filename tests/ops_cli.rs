@@ -441,14 +441,17 @@ fn demo_exits_0_having_verified_every_byte_and_cleans_up() {
 }
 
 #[test]
-fn readme_shows_the_current_defaults() {
+fn configuration_doc_shows_the_current_defaults() {
     let (st, defaults, _) = run(&["config", "--print-default"], &[]);
     assert!(st.success());
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     assert!(
-        readme.contains(&format!("```toml\n{defaults}```")),
-        "README's defaults block differs from `actorrent config --print-default`; paste it again"
+        doc.contains(&format!("```toml\n{defaults}```")),
+        "docs/configuration.md's defaults block differs from `actorrent config --print-default`; paste it again"
     );
 }
 

@@ -21,7 +21,7 @@
 //! **Recommended: [`AtomicBudget`].** A reservation happens per request, that
 //! is per 16 KiB block: 65 536 a second at 1 GiB/s. Through a single owner
 //! each would be a mailbox round trip, i.e. a cross-core wake-up costing
-//! microseconds (DESIGN.md "Mailboxes and backpressure"), and the owner would
+//! microseconds (the first design note, "Mailboxes and backpressure"), and the owner would
 //! become the one serial point of the data path. A CAS on one cache line
 //! costs tens of nanoseconds even when contended, needs no task to own it,
 //! and holds no lock. The async shell only has to add a wake-up for paused

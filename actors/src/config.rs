@@ -16,6 +16,7 @@ use storage::{DiskIoConfig, RecheckConfig, ResumePolicy};
 use crate::budget::BudgetConfig;
 use crate::choker::ChokerConfig;
 use crate::dht::DhtConfig;
+use crate::magnet::MetadataConfig;
 use crate::mse_stream::Encryption;
 use crate::picker::PickerConfig;
 use crate::pipeline::PipelineConfig;
@@ -159,6 +160,9 @@ pub struct ClientConfig {
     /// The DHT (BEP 5): bounds of every table and queue, intervals, rate
     /// limits, bootstrap nodes.
     pub dht: DhtConfig,
+    /// The metadata phase of a magnet link (BEP 9): size limit, peers,
+    /// requests and timeouts.
+    pub metadata: MetadataConfig,
     /// Streaming files over HTTP while they download.
     pub stream: StreamConfig,
 }
@@ -206,6 +210,7 @@ impl Default for ClientConfig {
             encryption: Encryption::Prefer,
             tracker: TrackerConfig::default(),
             dht: DhtConfig::default(),
+            metadata: MetadataConfig::default(),
             stream: StreamConfig::default(),
         }
     }

@@ -75,7 +75,7 @@
 //! senders instead of growing queues.
 //!
 //! The budget is shared by reference (atomics plus a `Notify`), not owned by
-//! the session actor as DESIGN.md first sketched: a reservation per request
+//! the session actor as the first design sketched: a reservation per request
 //! through the session's mailbox would put a message hop on the hot path of
 //! every peer for a decision two atomic operations make.
 //!
@@ -92,6 +92,7 @@ pub mod budget;
 pub mod choker;
 pub mod config;
 pub mod dht;
+pub mod magnet;
 pub mod metrics;
 pub mod mse_stream;
 pub mod net;

@@ -15,6 +15,9 @@ pub use storage::metrics::{
 
 /// Time from sending a request to receiving its block, in microseconds.
 pub static REQUEST_RTT_US: Histogram = Histogram::new(LATENCY_US_BOUNDS);
+/// Time from a remote's request arriving to its block written to the
+/// socket (the serving side's turnaround), in microseconds.
+pub static SERVE_TURNAROUND_US: Histogram = Histogram::new(LATENCY_US_BOUNDS);
 /// Pipeline depth (requests a peer may have outstanding) of each unchoked,
 /// interesting connection, sampled every peer tick.
 pub static PIPELINE_DEPTH: Histogram = Histogram::new(COUNT_BOUNDS);

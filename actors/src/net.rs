@@ -161,6 +161,30 @@ impl ConnCounters {
     }
 }
 
+/// Opens the listening socket for `addr`. An IPv6 wildcard (`[::]`) is
+/// made dual-stack (IPV6_V6ONLY off, whatever the system default), so one
+/// socket takes both families; IPv4 peers then arrive as IPv4-mapped
+/// addresses, which [`canonical`] turns back into IPv4.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    tokio::net::TcpListener::from_std(sock.into())
+}
+
+/// An address as the address book keeps it: IPv4-mapped IPv6 addresses
+/// (what a dual-stack socket reports for IPv4 peers) as plain IPv4, so a
+/// peer is one entry however it reached us, and bans by IP hold.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Our BitTorrent handshake: the extension protocol and the fast extension.
 pub fn our_handshake(info_hash: [u8; 20], peer_id: [u8; 20]) -> Handshake {
     let mut ours = Handshake::new([0; 8], info_hash, peer_id);

@@ -14,10 +14,16 @@
 //! - **piece assembly**: received blocks are kept (as `Bytes`, no copy) until
 //!   the piece is complete, then handed back in order for hashing, together
 //!   with the record of which peers sent which blocks.
-//! - **hash failure strikes and bans**, with smart-ban evidence: when a
-//!   failed piece had several contributors, each block's digest is kept so
-//!   the piece's eventual good copy convicts the sender of the bad block and
-//!   clears the others.
+//! - **hash failure strikes and bans**, with smart-ban evidence (as
+//!   libtorrent does): a failed piece that one peer sent alone is a strike
+//!   against it; a failed piece that several peers sent strikes no one
+//!   (an honest peer that shared a piece with a liar must not pay for it):
+//!   each block's digest is kept with its sender, the piece's eventual good
+//!   copy convicts every sender of a block that differs (banned at once),
+//!   and meanwhile every contributor is *on parole*: it gets only whole
+//!   pieces to itself (it starts them, no one else takes their blocks), so
+//!   its next failure is its own. A piece it completes alone that passes
+//!   ends its parole.
 //!
 //! Picking order for one peer: time-critical pieces first (a streaming
 //! reader's window, in the order [`Picker::set_time_critical`] gave), then
@@ -60,6 +66,18 @@ use std::time::Instant;
 use bytes::Bytes;
 use rand::Rng;
 use rand::rngs::SmallRng;
+
+/// The one peer that sent every block of `partial`, if one did.
+fn sole_sender(partial: &Partial) -> Option<PeerId> {
+    let mut only = None;
+    for slot in &partial.slots {
+        match slot {
+            Slot::Received { from, .. } if only.is_none_or(|o| o == *from) => only = Some(*from),
+            _ => return None,
+        }
+    }
+    only
+}
 
 /// SHA-1 of one block, for smart-ban evidence.
 fn sha1_of(block: &Bytes) -> [u8; 20] {
@@ -202,7 +220,8 @@ pub struct CompletePiece {
 /// The outcome of a failed hash check.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HashFailure {
-    /// Every peer that sent a block of the piece; each got one strike.
+    /// Every peer that sent a block of the piece. A sole contributor got a
+    /// strike; several got none and are on parole.
     pub contributors: Vec<PeerId>,
     /// Contributors that reached `max_strikes` with this failure: disconnect
     /// them and never reconnect.
@@ -319,6 +338,8 @@ struct Partial {
     received: u32,
     /// Every block received; handed out for hashing.
     hashing: bool,
+    /// Started by a peer on parole: only it takes its blocks.
+    owner: Option<PeerId>,
 }
 
 /// Marks a piece that is not in any availability bucket.
@@ -371,6 +392,9 @@ pub struct Picker {
     /// Failed pieces that had several contributors: who sent which block,
     /// and its SHA-1, to compare once the piece passes (smart ban).
     evidence: BTreeMap<u32, Vec<(PeerId, u32, [u8; 20])>>,
+    /// Contributors to a failed piece of several contributors, until a
+    /// piece they sent alone passes: they download whole pieces alone.
+    parole: BTreeSet<PeerId>,
 }
 
 impl Picker {
@@ -443,6 +467,7 @@ impl Picker {
             strikes: BTreeMap::new(),
             banned: BTreeSet::new(),
             evidence: BTreeMap::new(),
+            parole: BTreeSet::new(),
         })
     }
 
@@ -593,6 +618,26 @@ impl Picker {
         }
         self.forget_has(peer);
         self.peers.remove(&peer);
+        self.disown(peer);
+    }
+
+    /// Pieces `peer` owned (on parole) are open to everyone again.
+    fn disown(&mut self, peer: PeerId) {
+        for partial in self.partials.values_mut() {
+            if partial.owner == Some(peer) {
+                partial.owner = None;
+            }
+        }
+    }
+
+    /// Whether `peer` may take blocks of the started piece `piece`: its
+    /// own, or nobody's while it is not on parole.
+    fn may_take(&self, peer: PeerId, piece: u32) -> bool {
+        match self.partials.get(&piece).map(|p| p.owner) {
+            Some(Some(owner)) => owner == peer,
+            Some(None) => !self.parole.contains(&peer),
+            None => false,
+        }
     }
 
     // ---- picking --------------------------------------------------------
@@ -632,7 +677,9 @@ impl Picker {
                 if !fresh {
                     continue;
                 }
-                self.start_piece(p);
+                self.start_piece(p, peer);
+            } else if !self.may_take(peer, p) {
+                continue;
             }
             self.take_free(peer, p, max, now, &mut out);
             if out.len() >= max {
@@ -647,7 +694,7 @@ impl Picker {
             .open_partials
             .iter()
             .copied()
-            .filter(|&p| st.has(p))
+            .filter(|&p| st.has(p) && self.may_take(peer, p))
             .collect();
         started.sort_by_key(|&p| std::cmp::Reverse(self.prio[p as usize]));
         for p in started {
@@ -667,7 +714,7 @@ impl Picker {
                     Strategy::Sequential => self.next_sequential(peer, level),
                 };
                 let Some(p) = next else { break };
-                self.start_piece(p);
+                self.start_piece(p, peer);
                 self.take_free(peer, p, max, now, &mut out);
             }
         }
@@ -720,8 +767,10 @@ impl Picker {
         (cursor..self.geo.pieces).find(|&p| fresh_at(p) && st.has(p))
     }
 
-    /// Moves a fresh piece to the partials, all its blocks free.
-    fn start_piece(&mut self, piece: u32) {
+    /// Moves a fresh piece to the partials, all its blocks free; owned by
+    /// `by` if it is on parole.
+    fn start_piece(&mut self, piece: u32, by: PeerId) {
+        let owner = self.parole.contains(&by).then_some(by);
         self.bucket_remove(piece);
         let n = self.geo.blocks_in(piece);
         let slots = (0..n)
@@ -737,6 +786,7 @@ impl Picker {
                 free: n,
                 received: 0,
                 hashing: false,
+                owner,
             },
         );
         self.open_partials.insert(piece);
@@ -781,8 +831,13 @@ impl Picker {
         };
         let limit = 1 + self.config.endgame_extra_requesters as usize;
         let mut candidates = Vec::new();
+        let parole = self.parole.contains(&peer);
         for (&p, partial) in &self.partials {
-            if partial.hashing || !st.has(p) {
+            let allowed = match partial.owner {
+                Some(owner) => owner == peer,
+                None => !parole,
+            };
+            if partial.hashing || !st.has(p) || !allowed {
                 continue;
             }
             for (i, slot) in partial.slots.iter().enumerate() {
@@ -946,6 +1001,8 @@ impl Picker {
             }
             self.unrequest(peer, b);
         }
+        // A choked owner would hold its pieces' free blocks from everyone.
+        self.disown(peer);
         blocks
     }
 
@@ -964,7 +1021,11 @@ impl Picker {
     /// The piece handed out for hashing matched: it is ours. The caller
     /// broadcasts HAVE.
     pub fn piece_verified(&mut self, index: u32) -> Result<(), PickerError> {
-        self.take_hashing(index)?;
+        let partial = self.take_hashing(index)?;
+        if let Some(only) = sole_sender(&partial) {
+            // A whole piece of its own passed: parole is over.
+            self.parole.remove(&only);
+        }
         self.have.set(index, true);
         if self.prio[index as usize] > 0 {
             self.missing_wanted -= 1;
@@ -983,7 +1044,8 @@ impl Picker {
     }
 
     /// The piece handed out for hashing did not match: it goes back to
-    /// missing, and every peer that sent one of its blocks gets a strike.
+    /// missing. A peer that sent all of it gets a strike; several senders
+    /// go on parole (see the module docs).
     pub fn piece_failed(&mut self, index: u32) -> Result<HashFailure, PickerError> {
         self.piece_failed_inner(index, None)
     }
@@ -1003,7 +1065,7 @@ impl Picker {
     /// Smart ban: piece `index` passed its hash check with `blocks`. Every
     /// peer that once sent a block of it in a failed attempt is judged: a
     /// block that differs from the good one convicts its sender (banned at
-    /// once); a block that matches takes back the strike that failure gave.
+    /// once); the others were never struck for it.
     /// Returns the peers newly banned. Call it when the hash passes, before
     /// [`Picker::piece_verified`].
     pub fn piece_passed(&mut self, index: u32, blocks: &[Bytes]) -> Vec<PeerId> {
@@ -1011,23 +1073,12 @@ impl Picker {
             return Vec::new();
         };
         let mut convicted = BTreeSet::new();
-        let mut innocent = Vec::new();
         for (peer, block, digest) in records {
             let Some(good) = blocks.get(block as usize) else {
                 continue;
             };
-            if sha1_of(good) == digest {
-                innocent.push(peer);
-            } else {
+            if sha1_of(good) != digest {
                 convicted.insert(peer);
-            }
-        }
-        for peer in innocent {
-            if !convicted.contains(&peer)
-                && !self.banned.contains(&peer)
-                && let Some(s) = self.strikes.get_mut(&peer)
-            {
-                *s = s.saturating_sub(1);
             }
         }
         let mut newly = Vec::new();
@@ -1055,9 +1106,8 @@ impl Picker {
             })
             .collect();
         let contributors: BTreeSet<PeerId> = senders.iter().flatten().copied().collect();
-        if contributors.len() > 1
-            && let Some(blocks) = blocks
-        {
+        let shared = contributors.len() > 1;
+        if shared && let Some(blocks) = blocks {
             let records = self.evidence.entry(index).or_default();
             // Bounded: a few failed attempts' worth per piece.
             if records.len() < senders.len() * 4 {
@@ -1070,13 +1120,18 @@ impl Picker {
         }
         let mut failure = HashFailure::default();
         for peer in contributors {
+            failure.contributors.push(peer);
+            if shared {
+                // No strike: the good copy will tell who lied.
+                self.parole.insert(peer);
+                continue;
+            }
             let strikes = self.strikes.entry(peer).or_insert(0);
             *strikes += 1;
             let limit = self.config.max_strikes;
             if limit > 0 && *strikes >= limit && self.banned.insert(peer) {
                 failure.newly_banned.push(peer);
             }
-            failure.contributors.push(peer);
         }
         self.bucket_insert(index);
         if self.need.get(index) {
@@ -1137,6 +1192,12 @@ impl Picker {
     /// Peers connected with `index` (0 past the end).
     pub fn availability(&self, index: u32) -> u32 {
         self.avail.get(index as usize).map_or(0, |a| a + self.seeds)
+    }
+
+    /// Whether `peer` is on parole: it shared a failed piece and gets only
+    /// whole pieces to itself until one passes.
+    pub fn on_parole(&self, peer: PeerId) -> bool {
+        self.parole.contains(&peer)
     }
 
     /// Whether `peer` was banned for hash failures.

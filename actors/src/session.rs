@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use protocol::wire::Handshake;
 use storage::{DiskIo, HashPool, HashPoolConfig};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,12 @@ enum Command {
         params: TorrentParams,
         reply: oneshot::Sender<TorrentHandle>,
     },
+    /// Stop one torrent; the reply comes once its task has ended (writes
+    /// flushed, resume data saved, `stopped` announced).
+    StopTorrent {
+        info_hash: [u8; 20],
+        reply: oneshot::Sender<()>,
+    },
     /// A remote peer connected and sent its handshake.
     Incoming {
         stream: MseStream<TcpStream>,
@@ -63,6 +69,7 @@ enum Command {
 /// it; [`Session::shutdown`] does.
 pub struct Session {
     tx: mpsc::Sender<Command>,
+    peer_id: [u8; 20],
     listen_port: Arc<AtomicU16>,
     tracker: crate::tracker::TrackerHandle,
     cancel: CancellationToken,
@@ -129,6 +136,7 @@ impl Session {
         ));
         Ok(Session {
             tx,
+            peer_id,
             listen_port,
             tracker,
             config,
@@ -142,6 +150,11 @@ impl Session {
         })
     }
 
+    /// Our peer id (the same for every torrent).
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.peer_id
+    }
+
     /// Adds a torrent; it starts checking at once.
     pub async fn add_torrent(&self, params: TorrentParams) -> Result<TorrentHandle, SessionError> {
         let (reply, rx) = oneshot::channel();
@@ -152,14 +165,25 @@ impl Session {
         rx.await.map_err(|_| SessionError::Stopped)
     }
 
+    /// Stops one torrent and returns once its task has ended (its resume
+    /// data saved and `stopped` announced). Unknown info-hashes return at
+    /// once. The daemon uses it for `torrent-stop` and `torrent-remove`.
+    pub async fn stop_torrent(&self, info_hash: [u8; 20]) -> Result<(), SessionError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::StopTorrent { info_hash, reply })
+            .await
+            .map_err(|_| SessionError::Stopped)?;
+        rx.await.map_err(|_| SessionError::Stopped)
+    }
+
     /// Accepts peer connections on `addr` (port 0: any free port) and
     /// routes each to its torrent by the info-hash of its handshake, or of
     /// its SKEY for an encrypted one (see [`net::accept`]); unknown
     /// info-hashes are dropped. Returns the bound address.
     pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, SessionError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| SessionError::Listen { addr, source })?;
+        let listener =
+            net::bind_listener(addr).map_err(|source| SessionError::Listen { addr, source })?;
         let local = listener
             .local_addr()
             .map_err(|source| SessionError::Listen { addr, source })?;
@@ -183,6 +207,7 @@ impl Session {
                 let Ok((stream, peer)) = accepted else {
                     continue;
                 };
+                let peer = net::canonical(peer);
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
                     debug!(%peer, "too many handshakes in progress; dropped");
                     continue;
@@ -263,6 +288,14 @@ impl Session {
     }
 }
 
+/// A torrent the session runs.
+struct Running {
+    handle: TorrentHandle,
+    /// Cancels this torrent only.
+    token: CancellationToken,
+    generation: u64,
+}
+
 async fn run(
     mut rx: mpsc::Receiver<Command>,
     shared: Shared,
@@ -273,29 +306,51 @@ async fn run(
     tracker_join: tokio::task::JoinHandle<()>,
 ) {
     let mut torrents = JoinSet::new();
-    let mut by_hash: HashMap<[u8; 20], TorrentHandle> = HashMap::new();
+    // A torrent stopped and added again runs under a new generation, so
+    // the end of the old task does not unregister the new one.
+    let mut by_hash: HashMap<[u8; 20], Running> = HashMap::new();
+    let mut generation: u64 = 0;
+    // Callers of `stop_torrent`, answered when the task has ended.
+    let mut stopping: HashMap<([u8; 20], u64), Vec<oneshot::Sender<()>>> = HashMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             cmd = rx.recv() => match cmd {
                 Some(Command::AddTorrent { params, reply }) => {
                     let hash = params.meta.info_hash.0;
-                    let (handle, join) = torrent::spawn(params, shared.clone(), cancel.child_token());
+                    generation += 1;
+                    let gen_id = generation;
+                    let token = cancel.child_token();
+                    let (handle, join) = torrent::spawn(params, shared.clone(), token.clone());
                     torrents.spawn(async move {
                         let _ = join.await;
-                        hash
+                        (hash, gen_id)
                     });
-                    by_hash.insert(hash, handle.clone());
+                    if let Some(old) = by_hash.insert(hash, Running { handle: handle.clone(), token, generation: gen_id }) {
+                        // Two torrents of one info-hash: the older stops.
+                        old.token.cancel();
+                    }
                     net::skey_insert(&skeys, hash);
                     let _ = reply.send(handle);
+                }
+                Some(Command::StopTorrent { info_hash, reply }) => {
+                    match by_hash.get(&info_hash) {
+                        Some(r) => {
+                            r.token.cancel();
+                            stopping.entry((info_hash, r.generation)).or_default().push(reply);
+                        }
+                        None => {
+                            let _ = reply.send(());
+                        }
+                    }
                 }
                 Some(Command::Incoming { stream, addr, handshake, kind }) => {
                     // Never wait on a torrent here: a busy one loses the
                     // connection rather than stalling every other torrent.
                     match by_hash.get(&handshake.info_hash) {
-                        Some(h) => {
+                        Some(r) => {
                             shared.conn.established(kind, Direction::Incoming);
-                            if !h.incoming(stream, addr, handshake) {
+                            if !r.handle.incoming(stream, addr, handshake) {
                                 debug!(%addr, "torrent busy; incoming connection dropped");
                             }
                         }
@@ -308,9 +363,14 @@ async fn run(
                 None => break,
             },
             Some(done) = torrents.join_next(), if !torrents.is_empty() => {
-                if let Ok(hash) = done {
-                    by_hash.remove(&hash);
-                    net::skey_remove(&skeys, hash);
+                if let Ok((hash, gen_id)) = done {
+                    if by_hash.get(&hash).is_some_and(|r| r.generation == gen_id) {
+                        by_hash.remove(&hash);
+                        net::skey_remove(&skeys, hash);
+                    }
+                    for w in stopping.remove(&(hash, gen_id)).unwrap_or_default() {
+                        let _ = w.send(());
+                    }
                 }
             }
         }

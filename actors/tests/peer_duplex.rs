@@ -98,6 +98,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
         up_limits: Vec::new(),
         down_limits: Vec::new(),
         conn: Default::default(),
+        metadata: None,
     };
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
@@ -117,7 +118,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     remote.write_all(&out).await.unwrap();
 
     let cmds = match next_event(&mut torrent_rx).await {
-        TorrentMsg::PeerConnected { id, cmds } => {
+        TorrentMsg::PeerConnected { id, cmds, .. } => {
             assert_eq!(id, PeerId(7));
             cmds
         }

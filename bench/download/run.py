@@ -7,7 +7,7 @@ A 1 GiB single-file torrent (256 KiB pieces) is seeded by libtorrent on
 alternating order, each from a fresh seed process into a fresh directory on
 the same filesystem as the source:
 
-  libtorrent  tests/support/libtorrent_seed.py `leech` (the seed's settings),
+  libtorrent  tests/support/lt_peer.py `leech --fsync` (the seed's settings),
               told the seed's address
   actorrent   `actorrent download --peer` (the release binary)
   rqbit       `rqbit download --initial-peers` (cargo install rqbit), with
@@ -53,14 +53,34 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-SEED = os.path.join(REPO, "tests", "support", "libtorrent_seed.py")
+SEED = os.path.join(REPO, "tests", "support", "lt_peer.py")
 PYTHON = "/usr/bin/python3"
 MIB = 1 << 20
 GIB = 1 << 30
 CLIENTS = ("libtorrent", "actorrent", "rqbit", "aria2")
+# `--baseline PATH` adds this client: another actorrent binary (e.g. main's
+# release build) measured in the same run, for before/after ratios.
+BASELINE = "actorrent-base"
+# `--encryption`: the seed's (and the libtorrent leecher's) lt_peer.py
+# arguments, and each other client's flags, per mode. `forced` is MSE with
+# RC4 only both ways (libtorrent's out_enc_policy and in_enc_policy forced,
+# allowed_enc_level rc4; actorrent `--encryption require`; aria2
+# --bt-require-crypto with arc4); rqbit has no MSE and is left out.
+ENC_LT = {
+    "default": [],
+    "forced": ["--encryption", "forced", "--enc-level", "rc4"],
+    "disabled": ["--encryption", "disabled"],
+}
+ENC_ACTORRENT = {"default": [], "forced": ["--encryption", "require"], "disabled": ["--encryption", "disable"]}
+ENC_ARIA2 = {
+    "default": [],
+    "forced": ["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"],
+    "disabled": [],
+}
+ENCRYPTION = "default"
 # These fsync the download themselves before they exit; the driver syncs the
 # others' file and counts the time in their wall clock.
-SELF_SYNCING = ("libtorrent", "actorrent")
+SELF_SYNCING = ("libtorrent", "actorrent", BASELINE)
 WRITES = ("write", "pwrite64", "pwritev", "pwritev2", "writev", "sendto", "sendmsg", "sendmmsg")
 READS = ("read", "pread64", "preadv", "preadv2", "readv", "recvfrom", "recvmsg", "recvmmsg")
 # The syscall columns of the table: (header, key); the keys are counted by
@@ -107,7 +127,8 @@ class Seeder:
     def __init__(self, torrent, save_path, log_path):
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [PYTHON, SEED, "seed", "--torrent", torrent, "--save-path", save_path, "--timeout", "3600"],
+            [PYTHON, SEED, "seed", "--torrent", torrent, "--save-path", save_path, "--timeout", "3600"]
+            + ENC_LT[ENCRYPTION],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -181,10 +202,11 @@ def downloader_cmd(client, args, torrent, out_dir, port, tracker):
     peer = f"127.0.0.1:{port}"
     if client == "libtorrent":
         return [PYTHON, SEED, "leech", "--torrent", torrent, "--save-path", out_dir,
-                "--peer", peer, "--timeout", str(args.timeout)]
-    if client == "actorrent":
-        return [args.actorrent, "download", torrent, "--output", out_dir, "--peer", peer,
-                "--stats-json", "-"]
+                "--peer", peer, "--fsync", "--timeout", str(args.timeout)] + ENC_LT[ENCRYPTION]
+    if client in ("actorrent", BASELINE):
+        binary = args.actorrent if client == "actorrent" else args.baseline
+        return [binary, "download", torrent, "--output", out_dir, "--peer", peer,
+                "--stats-json", "-"] + ENC_ACTORRENT[ENCRYPTION]
     if client == "rqbit":
         # Global options first, then the subcommand's. No listening socket,
         # no discovery, no session state: one peer, like the others.
@@ -193,7 +215,7 @@ def downloader_cmd(client, args, torrent, out_dir, port, tracker):
                 "download", "--output-folder", out_dir, "--exit-on-finish", "--disable-http-api",
                 "--initial-peers", peer, torrent]
     tracker.seed_port = port
-    return [args.aria2c, "--no-conf=true", "--dir", out_dir, "--bt-tracker", tracker.url,
+    return [args.aria2c, "--no-conf=true", "--dir", out_dir, "--bt-tracker", tracker.url] + ENC_ARIA2[ENCRYPTION] + [
             "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
             "--enable-peer-exchange=false", "--seed-time=0", "--disable-ipv6=true",
             # falloc: fallocate(2) instead of writing zeros first (the default
@@ -308,9 +330,10 @@ def check_result(client, code, stdout_path, stderr_path, got, want, size):
     lines = [l for l in open(stdout_path, encoding="utf-8", errors="replace").read().splitlines() if l.strip()]
     last = {}
     if client == "libtorrent":
-        if lines != [f"DONE {size}"]:
+        done = [l.split() for l in lines if l.startswith("DONE ")]
+        if len(done) != 1 or done[0][1] != str(size):
             fail(f"unexpected output {lines[-3:]}")
-    elif client == "actorrent":
+    elif client in ("actorrent", BASELINE):
         try:
             last = json.loads(lines[-1])
         except (IndexError, ValueError) as e:
@@ -510,6 +533,8 @@ def main():
     p.add_argument("--piece-kib", type=int, default=256)
     p.add_argument("--actorrent", default=os.path.join(REPO, "target", "release", "actorrent"),
                    help="the binary to measure (build with cargo build --release)")
+    p.add_argument("--baseline", default=None,
+                   help="another actorrent binary measured beside --actorrent as client " + BASELINE)
     p.add_argument("--rqbit", default=default_tool("rqbit", os.path.expanduser("~/.cargo/bin/rqbit")),
                    help="rqbit binary (cargo install rqbit --locked)")
     p.add_argument("--aria2c", default=default_tool("aria2c"), help="aria2c binary (Debian aria2)")
@@ -525,13 +550,23 @@ def main():
     p.add_argument("--timeout", type=int, default=900, help="seconds per download before it is killed")
     p.add_argument("--json", help="also write every number to this file")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--encryption", choices=sorted(ENC_LT), default="default",
+                   help="MSE/PE: forced (RC4 only, every client that has it), disabled, "
+                        "or each client's default")
     args = p.parse_args()
+    global ENCRYPTION
+    ENCRYPTION = args.encryption
 
     clients = [c for c in args.clients.split(",") if c]
     for c in clients:
         if c not in CLIENTS:
             p.error(f"unknown client {c}")
-    binaries = {"actorrent": args.actorrent, "rqbit": args.rqbit, "aria2": args.aria2c}
+    if ENCRYPTION == "forced" and "rqbit" in clients:
+        log("rqbit: no MSE/PE; left out with --encryption forced")
+        clients.remove("rqbit")
+    if args.baseline:
+        clients.insert(clients.index("actorrent") + 1 if "actorrent" in clients else 0, BASELINE)
+    binaries = {"actorrent": args.actorrent, BASELINE: args.baseline, "rqbit": args.rqbit, "aria2": args.aria2c}
     for c in list(clients):
         b = binaries.get(c)
         if b is not None and not (os.access(b, os.X_OK) or shutil.which(b)):
@@ -602,10 +637,12 @@ def main():
             if s:
                 top = ", ".join(f"{k} {v / (size / MIB):.2f}" for k, v in list(s["by_kind"].items())[:8])
                 print(f"\n{c} reads/writes per MiB by fd: {top}")
-    if "actorrent" in clients:
-        peaks = [r.get("budget_peak_mib") for r in results["actorrent"]["runs"] if "budget_peak_mib" in r]
+    for c in ("actorrent", BASELINE):
+        if c not in clients:
+            continue
+        peaks = [r.get("budget_peak_mib") for r in results[c]["runs"] if "budget_peak_mib" in r]
         if peaks:
-            print(f"\nactorrent budget_peak (block bytes in flight) median {statistics.median(peaks):.0f} MiB")
+            print(f"\n{c} budget_peak (block bytes in flight) median {statistics.median(peaks):.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"size": size, "piece_size": args.piece_kib * 1024, "cold": args.cold,

@@ -20,6 +20,8 @@ from labnet import log, sh
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = "/usr/bin/python3"
 PORT = 6881
+# The one libtorrent helper, shared with the tests and the other benchmarks.
+LT_PEER = os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests", "support", "lt_peer.py")
 TRACKER_ADDR = "198.18.1.1"
 TRACKER_PORT = 6969
 SEED_ADDR = "198.18.1.2"
@@ -451,8 +453,8 @@ class Swarm:
                             f.write(src.read(length))
             else:
                 os.link(self.pl["path"], os.path.join(save, self.t.name))
-            argv = [PY, os.path.join(HERE, "lt_peer.py"), "seed", "--torrent", self.pl["torrent"],
-                    "--save-path", save, "--stats", stats, "--timeout", self.lab.args.timeout + 120]
+            argv = [PY, LT_PEER, "seed", "--torrent", self.pl["torrent"],
+                    "--save-path", save, "--stats", stats, "--profile", "default-tcp", "--listen", f"0.0.0.0:{PORT}", "--timeout", self.lab.args.timeout + 120]
         self.seed = Proc(self.lab, "seed", self.net.ns("s"), argv, stats=stats, env=self.env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -487,8 +489,8 @@ class Swarm:
                     "--listen", f"0.0.0.0:{PORT}", "--seed-after", "--stats-json", stats,
                     "--log-level", self.log_level]
         else:
-            argv = [PY, os.path.join(HERE, "lt_peer.py"), "leech", "--torrent", self.pl["torrent"],
-                    "--save-path", where[1], "--stats", stats, "--timeout", self.lab.args.timeout + 120]
+            argv = [PY, LT_PEER, "leech", "--torrent", self.pl["torrent"],
+                    "--save-path", where[1], "--stats", stats, "--profile", "default-tcp", "--listen", f"0.0.0.0:{PORT}", "--stay", "--timeout", self.lab.args.timeout + 120]
         p = Proc(self.lab, f"{name}.{k}", self.net.ns(name), argv, stats=stats, env=e,
                  log_path=os.path.join(d, f"log.{k}"))
         self.leechers[i] = p

@@ -42,7 +42,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-LT_SEED = os.path.join(REPO, "tests", "support", "libtorrent_seed.py")
+LT_SEED = os.path.join(REPO, "tests", "support", "lt_peer.py")
 LT_PEER = os.path.join(REPO, "tests", "support", "lt_peer.py")
 PYTHON = "/usr/bin/python3"
 MIB = 1 << 20

@@ -82,7 +82,7 @@ class Seed:
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if kind == "actorrent" else None,
+            stderr=subprocess.DEVNULL if kind.startswith("actorrent") else None,
             text=True,
         )
         deadline = time.monotonic() + 300
@@ -100,7 +100,7 @@ class Seed:
     def wait_ready(self):
         """actorrent reports its port before checking the data; wait for
         `seeding` so no trial measures the check."""
-        if self.kind != "actorrent":
+        if not self.kind.startswith("actorrent"):
             return
         line = self.first
         while json.loads(line).get("state") != "seeding":
@@ -112,7 +112,7 @@ class Seed:
 
     def stop(self):
         if self.proc.poll() is None:
-            if self.kind == "actorrent":
+            if self.kind.startswith("actorrent"):
                 self.proc.send_signal(2)
             else:
                 self.proc.stdin.close()
@@ -123,12 +123,12 @@ class Seed:
                 self.proc.wait()
 
 
-def start_actorrent(binary, torrent, data):
+def start_actorrent(binary, torrent, data, kind="actorrent"):
     def port_of(line):
         return json.loads(line)["listen_port"] or None
 
     s = Seed(
-        "actorrent",
+        kind,
         [
             binary,
             "seed",
@@ -310,6 +310,8 @@ def main():
         help="comma-separated: libtorrent, actorrent (each kind is a separate set of trials)",
     )
     ap.add_argument("--actorrent", default=os.path.join(ROOT, "target", "release", "actorrent"))
+    ap.add_argument("--baseline", default=None,
+                    help="another actorrent binary (e.g. main's build), served as seed kind actorrent-base")
     ap.add_argument(
         "--lt-profile",
         choices=("tuned", "default", "default-tcp", "tuned-utp"),
@@ -335,6 +337,8 @@ def main():
     if "actorrent" in kinds and not os.access(a.actorrent, os.X_OK):
         log(f"{a.actorrent} missing: measuring libtorrent only (cargo build --release)")
         kinds.remove("actorrent")
+    if a.baseline and "actorrent-base" not in kinds:
+        kinds.insert(1 if "actorrent" in kinds else 0, "actorrent-base")
     counts = [int(c) for c in a.leechers.split(",")]
     leecher_kinds = a.leecher_kinds.split(",")
     if "actorrent" in leecher_kinds and not os.access(a.actorrent, os.X_OK):
@@ -356,6 +360,8 @@ def main():
             seeds.append(
                 start_actorrent(a.actorrent, torrent, data)
                 if kind == "actorrent"
+                else start_actorrent(a.baseline, torrent, data, kind)
+                if kind == "actorrent-base"
                 else start_libtorrent(torrent, data, a.lt_profile)
             )
             log(f"{kind} seed on port {seeds[-1].port}, pid {seeds[-1].pid}")
@@ -417,9 +423,9 @@ def main():
                 lc = statistics.median(x["leechers_cpu_s_per_gib"] for x in rows)
                 busy = statistics.median(x["cpu_busy"] for x in rows)
                 print(f"| {n} {lk} | {kind} | {m[0]:.0f} | {m[1]:.2f} | {lc:.2f} | {100 * busy:.0f} % |")
-            if len(kinds) == 2:
-                (a0, c0), (a1, c1) = med[(kinds[0], n)], med[(kinds[1], n)]
-                print(f"| {n} {lk} | {kinds[0]} / {kinds[1]} | {a0 / a1:.2f} | {c0 / c1:.2f} | | |")
+            for other in kinds[1:]:
+                (a0, c0), (a1, c1) = med[(kinds[0], n)], med[(other, n)]
+                print(f"| {n} {lk} | {kinds[0]} / {other} | {a0 / a1:.2f} | {c0 / c1:.2f} | | |")
 
 
 if __name__ == "__main__":

@@ -12,5 +12,8 @@ pub mod magnet;
 pub mod metainfo;
 pub mod mse;
 pub mod tracker;
+pub mod trpc;
 pub mod udp_tracker;
+pub mod ut_metadata;
+pub mod ut_pex;
 pub mod wire;

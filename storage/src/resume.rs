@@ -29,7 +29,9 @@
 //! anything is allocated, and any defect means "ignore it and recheck",
 //! with the reason reported. Saving writes `<path>.tmp`, fsyncs it, renames
 //! it over `<path>` and fsyncs the directory, so a crash leaves either the
-//! old file or the new one; a leftover `.tmp` is never read.
+//! old file or the new one; a leftover `.tmp` is never read. A spare file
+//! beside it (`.spare`, allocated zeros) takes the save when the disk is
+//! full; see [`save`].
 //!
 //! In raw-disk mode the one stamp is that of the target. For an image file
 //! that works as for any file; for a block device the size reads as 0 and
@@ -327,8 +329,90 @@ fn seal(mut out: Vec<u8>, have: &[bool]) -> Vec<u8> {
 }
 
 /// Saves atomically: temp file, fsync, rename, fsync of the directory.
+///
+/// The save that matters most comes when the disk is full (a torrent
+/// stopped by a failed write records its last verified pieces), and then
+/// the temp file cannot be written. So every successful save also keeps a
+/// *spare* (`<path>.spare`), a file of real (allocated) zero bytes somewhat
+/// larger than the data; when the temp file fails, the data is written
+/// into the spare's blocks in place, fsynced and renamed over `<path>`,
+/// which needs no new blocks. Either way a crash leaves the old file or the
+/// new one. The next successful save makes a new spare.
 pub fn save(path: &Path, data: &ResumeData) -> Result<(), StorageError> {
-    crate::fs::write_atomic(path, &data.encode()).map_err(|(p, e)| StorageError::from_io(&p, 0, e))
+    let bytes = data.encode();
+    match crate::fs::write_atomic(path, &bytes) {
+        Ok(()) => {
+            // Best effort: without room for a spare the next save may still
+            // find room for its temp file.
+            let _ = reserve_spare(path, bytes.len());
+            Ok(())
+        }
+        Err((p, e)) => {
+            // What a failed temp file holds is of no use and takes space.
+            let _ = std::fs::remove_file(with_suffix(path, ".tmp"));
+            save_into_spare(path, &bytes).map_err(|_| StorageError::from_io(&p, 0, e))
+        }
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The spare's size for data of `len` bytes: room for growth (more part
+/// file slots) without being rewritten at every save.
+fn spare_len(len: usize) -> u64 {
+    (len + len / 4 + 4096) as u64
+}
+
+/// Makes sure `<path>.spare` exists with room for `len` bytes, its blocks
+/// allocated (written, not a sparse hole: a hole needs blocks when written).
+fn reserve_spare(path: &Path, len: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let spare = with_suffix(path, ".spare");
+    if std::fs::metadata(&spare).is_ok_and(|m| m.len() >= len as u64) {
+        return Ok(());
+    }
+    let want = spare_len(len);
+    let result = (|| {
+        let mut f = File::create(&spare)?;
+        let zeros = vec![0u8; 64 << 10];
+        let mut left = want;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()
+    })();
+    if result.is_err() {
+        // A short spare would fail when needed; none is clearer.
+        let _ = std::fs::remove_file(&spare);
+    }
+    result
+}
+
+/// Writes `bytes` over the start of the spare (blocks it already holds),
+/// trims it, fsyncs and renames it over `path`.
+fn save_into_spare(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let spare = with_suffix(path, ".spare");
+    let f = std::fs::OpenOptions::new().write(true).open(&spare)?;
+    if f.metadata()?.len() < bytes.len() as u64 {
+        return Err(std::io::Error::other("resume spare too small"));
+    }
+    f.write_all_at(bytes, 0)?;
+    f.set_len(bytes.len() as u64)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&spare, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// Reads a resume file. `Ok(None)` if there is none; a leftover `.tmp`
@@ -705,6 +789,29 @@ mod tests {
             ResumeData::decode(b"short"),
             Err(ResumeError::BadMagic)
         ));
+    }
+
+    #[test]
+    fn a_save_the_temp_file_cannot_take_goes_into_the_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.resume");
+        let mut d = sample();
+        save(&path, &d).unwrap();
+        let spare = dir.path().join("x.resume.spare");
+        let len = std::fs::metadata(&spare).unwrap().len();
+        assert!(len >= d.encode().len() as u64, "spare of {len} bytes");
+        // A directory where the temp file goes: creating it fails, as on a
+        // full disk.
+        std::fs::create_dir(dir.path().join("x.resume.tmp")).unwrap();
+        d.have[1] = true;
+        save(&path, &d).unwrap();
+        assert_eq!(load(&path).unwrap().unwrap(), d);
+        assert!(!spare.exists(), "the spare became the resume file");
+        // No spare left and no temp file: the error names the temp file.
+        d.have[0] = false;
+        let e = save(&path, &d).unwrap_err().to_string();
+        assert!(e.contains("x.resume.tmp"), "{e}");
+        assert!(load(&path).unwrap().unwrap().have[0], "old file kept");
     }
 
     #[test]

@@ -347,7 +347,13 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
             Err((e, at)) => {
                 s.counters.pwritev_calls.fetch_add(1, Ordering::Relaxed);
                 let err = StorageError::from_io(&target.path, at, e);
+                // The run's chunks wholly before `at` are on disk: a piece
+                // written in full before the disk filled is not failed.
                 for k in &keys[start..end] {
+                    let c = chunk_of(k);
+                    if c.offset + c.data.len() as u64 <= at {
+                        continue;
+                    }
                     let slot = &mut failed[k.item as usize];
                     if slot.is_none() {
                         *slot = Some(err.duplicate());

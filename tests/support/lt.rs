@@ -33,14 +33,27 @@ pub struct LtPeer {
 impl LtPeer {
     /// Starts `lt_peer.py <mode> --torrent <t> --save-path <dir> <extra>`.
     pub fn spawn(mode: &str, torrent: &Path, save: &Path, extra: &[String]) -> LtPeer {
+        let mut args: Vec<std::ffi::OsString> =
+            vec![mode.into(), "--torrent".into(), torrent.into()];
+        args.extend(["--save-path".into(), save.into()]);
+        args.extend(extra.iter().map(Into::into));
+        Self::start(&args)
+    }
+
+    /// Starts `lt_peer.py leech --magnet <uri> --save-path <dir> <extra>`:
+    /// libtorrent fetches the metadata from its peers (BEP 9) first.
+    pub fn spawn_magnet(magnet: &str, save: &Path, extra: &[String]) -> LtPeer {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["leech".into(), "--magnet".into(), magnet.into()];
+        args.extend(["--save-path".into(), save.into()]);
+        args.extend(extra.iter().map(Into::into));
+        Self::start(&args)
+    }
+
+    fn start(args: &[std::ffi::OsString]) -> LtPeer {
         let mut child = Command::new("/usr/bin/python3")
             .arg(script())
-            .arg(mode)
-            .arg("--torrent")
-            .arg(torrent)
-            .arg("--save-path")
-            .arg(save)
-            .args(extra)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -329,6 +329,7 @@ pub fn assert_stats_fields(v: &Value) {
     for field in [
         "event",
         "state",
+        "error",
         "bytes_down",
         "bytes_up",
         "rate_down",

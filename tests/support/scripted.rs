@@ -490,10 +490,23 @@ fn accept_loop(
 /// closed unlogged (the client then dials again in plaintext). A silent or
 /// closed connection counts as plaintext, to be logged as before.
 fn speaks_plaintext(stream: &TcpStream) -> bool {
+    use protocol::mse::{Detected, detect};
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut first = [0u8; 1];
-    let plain = !matches!(stream.peek(&mut first), Ok(1) if first[0] != 19);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut first = [0u8; 20];
+    // An MSE key starts with 19 once in 256 tries: look at 20 bytes.
+    let plain = loop {
+        match stream.peek(&mut first) {
+            Ok(0) | Err(_) => break true,
+            Ok(n) => match detect(&first[..n]) {
+                Detected::Plaintext => break true,
+                Detected::Encrypted => break false,
+                Detected::NeedMore(_) if Instant::now() >= deadline => break true,
+                Detected::NeedMore(_) => std::thread::sleep(Duration::from_millis(5)),
+            },
+        }
+    };
     let _ = stream.set_read_timeout(None);
     plain
 }

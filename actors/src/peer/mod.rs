@@ -9,6 +9,15 @@
 //! torrent never waits on a peer, so this cannot deadlock). Blocks travel as
 //! `Bytes` slices of the read buffer: no copy.
 //!
+//! The two directions do not wait for each other: the loop's `select!`
+//! reads whenever the socket has input and writes whenever it has room and
+//! frames are queued, so a large send in progress never leaves the
+//! remote's requests unread, and the served queue is refilled after every
+//! write. What waits to be written is bounded: block frames by
+//! `max_send_queue` (the upload side stops framing there), control
+//! messages by [`CONTROL_BACKLOG`] (reading pauses until the remote takes
+//! them).
+//!
 //! Budget: before asking for `n` blocks the peer reserves `n` full blocks in
 //! the process-wide [`BufferBudget`] and gives back what the torrent did not
 //! hand out. A block's reservation then travels with it to the torrent (which
@@ -52,6 +61,9 @@
 //! | a second extended handshake | read again, updates | updates what it says (`reqq`) |
 //! | an extended handshake that is not a bencoded dictionary | ignored ("invalid extended handshake") | ignored; oddity |
 //! | an extension message with an id we never assigned | disconnect (`invalid_message`: no extension claims it) | protocol |
+//! | a `ut_metadata` message that does not decode (BEP 9) | disconnect | protocol |
+//! | a `ut_metadata` request for a piece out of range, or past our send queue | reject | reject; oddity when out of range |
+//! | `ut_metadata` data or reject we never asked for | dropped | dropped; oddity |
 //! | an unknown message id | disconnect (`invalid_message`) | protocol |
 //! | a fixed-size message of another size | disconnect (`invalid_choke`, ...) | protocol |
 //! | a length prefix over the message limit | disconnect (`packet_too_large`) | refused |
@@ -71,6 +83,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use protocol::ut_metadata::{self, MetadataMsg};
 use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 use storage::{ReadDone, Storage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -80,6 +93,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::budget::BufferBudget;
 use crate::config::ClientConfig;
+use crate::metrics::{self, LocalHistogram};
 use crate::mse_stream::Kind;
 use crate::net::{self, ConnCounters, Direction};
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
@@ -88,6 +102,30 @@ use crate::ratelimit::{self, Limiter};
 use crate::torrent::msg::{ExchangeReply, PeerFault, TorrentMsg};
 use session::{Arrival, PeerSession, SessionConfig};
 use upload::Upload;
+
+/// Control bytes queued past `max_send_queue` at which the loop stops
+/// reading from a remote that does not read what we send (requests it
+/// keeps sending while choked would otherwise queue rejects without end).
+const CONTROL_BACKLOG: usize = 256 * 1024;
+
+/// Most buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// One message queued for the socket: control messages (one or more,
+/// `data` empty) or a block's header and its data, a slice of a read-ahead
+/// buffer (never copied).
+struct Frame {
+    head: Bytes,
+    data: Bytes,
+    /// When the block's request arrived, for the serve turnaround.
+    asked: Option<Instant>,
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        self.head.len() + self.data.len()
+    }
+}
 
 /// Everything a peer task needs from its torrent.
 #[derive(Clone)]
@@ -120,6 +158,17 @@ pub struct PeerContext {
     pub down_limits: Vec<Arc<Limiter>>,
     /// Process-wide connection counters (by kind, MSE failures).
     pub conn: Arc<ConnCounters>,
+    /// The raw info dictionary, served to peers that ask by BEP 9
+    /// (`ut_metadata`) and advertised in our extended handshake; `None`
+    /// rejects every request.
+    pub metadata: Option<Bytes>,
+}
+
+/// The extension message ids we assign in our extended handshake's `m`
+/// (the remote sends us these; we send it the ids it assigned).
+pub mod ext_id {
+    /// BEP 9 `ut_metadata`.
+    pub const UT_METADATA: u8 = 1;
 }
 
 /// Why a connection ended, for the log and the torrent's reconnect policy.
@@ -289,11 +338,23 @@ struct Conn<'a> {
     starved: bool,
     /// Waiting for the budget to resume.
     budget_blocked: bool,
-    /// Block payloads to send after `out`, as `[header, data]` pairs: the
-    /// data is a slice of the read buffer, never copied.
-    frames: VecDeque<Bytes>,
+    /// Frames waiting for the socket, oldest first (control messages go
+    /// before the blocks, behind any frame already partly written).
+    frames: VecDeque<Frame>,
+    /// Bytes in `frames`.
     frames_len: usize,
+    /// The front frame is partly written: nothing may go before it.
+    front_started: bool,
+    /// A write went out since the last flush: an encrypting stream may
+    /// still hold its tail (see [`write_frames`]).
+    unflushed: bool,
+    /// Last write progress, or when `frames` became non-empty: a remote
+    /// that takes nothing for `write_timeout` is dropped.
+    last_write: Instant,
     up: Upload,
+    /// The id the remote assigned to `ut_metadata` (from its extended
+    /// handshake), for our answers to its requests.
+    their_ut_metadata: Option<u8>,
 }
 
 async fn run_inner<S>(mut stream: S, how: Setup, ctx: &PeerContext) -> End
@@ -310,6 +371,7 @@ where
         .send(TorrentMsg::PeerConnected {
             id: ctx.id,
             cmds: cmd_tx,
+            peer_id: theirs.peer_id,
         })
         .await
         .is_err()
@@ -341,10 +403,14 @@ where
         budget_blocked: false,
         frames: VecDeque::new(),
         frames_len: 0,
+        front_started: false,
+        unflushed: false,
+        last_write: now,
         up: Upload {
             am_choking: true,
             peer_interested: false,
             queue: VecDeque::new(),
+            turnaround: LocalHistogram::like(&metrics::SERVE_TURNAROUND_US),
             cache: VecDeque::new(),
             reading: Vec::new(),
             reads_tx,
@@ -354,9 +420,11 @@ where
             last_status: now,
             status_interested: false,
         },
+        their_ut_metadata: None,
     };
     let end = conn.drive(stream, theirs, &mut cmd_rx, &mut reads_rx).await;
     conn.session.flush_metrics();
+    conn.up.turnaround.flush_into(&metrics::SERVE_TURNAROUND_US);
     // Count what was uploaded since the last report.
     if conn.up.bytes_up > conn.up.reported_up || conn.oddities > 0 {
         conn.up.status_interested = !conn.up.peer_interested;
@@ -386,6 +454,44 @@ where
     end
 }
 
+/// What [`write_frames`] did.
+enum Wrote {
+    /// Bytes of the queue's front frames accepted by the stream.
+    Bytes(usize),
+    /// The queue was empty: the stream was flushed.
+    Flushed,
+}
+
+/// One vectored write of the queue's front frames, or, with the queue
+/// empty, a flush: an RC4 stream (`MseStream`) accepts a write before all
+/// of its ciphertext reached the socket, and sends the rest on its next
+/// write or flush. Cancel-safe: a write either happened (and is returned)
+/// or not, and a cancelled flush is resumed by the next one.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &VecDeque<Frame>,
+) -> std::io::Result<Wrote> {
+    if frames.is_empty() {
+        writer.flush().await?;
+        return Ok(Wrote::Flushed);
+    }
+    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+    let mut k = 0;
+    'fill: for f in frames {
+        for b in [&f.head, &f.data] {
+            if b.is_empty() {
+                continue;
+            }
+            if k == MAX_IOVECS {
+                break 'fill;
+            }
+            slices[k] = IoSlice::new(b);
+            k += 1;
+        }
+    }
+    writer.write_vectored(&slices[..k]).await.map(Wrote::Bytes)
+}
+
 impl Conn<'_> {
     fn release(&self, bytes: u64) {
         self.ctx.budget.release(bytes);
@@ -411,11 +517,16 @@ impl Conn<'_> {
         let ctx = self.ctx;
         let (mut reader, mut writer) = tokio::io::split(stream);
         if theirs.supports_extended() {
-            let ext = ExtendedHandshake {
+            let mut ext = ExtendedHandshake {
                 v: Some(concat!("actorrent ", env!("CARGO_PKG_VERSION")).to_string()),
                 reqq: Some(ctx.config.max_upload_queue.min(u32::MAX as usize) as u32),
                 ..Default::default()
             };
+            if let Some(info) = &ctx.metadata {
+                ext.m
+                    .insert(ut_metadata::EXTENSION_NAME.into(), ext_id::UT_METADATA);
+                ext.metadata_size = Some(info.len() as u64);
+            }
             ext.to_message().encode(&mut self.out);
         }
         if self.fast && self.have.none() {
@@ -434,13 +545,26 @@ impl Conn<'_> {
         let mut tick = tokio::time::interval(ctx.config.peer_tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if let Err(end) = self.flush(&mut writer).await {
-                return end;
-            }
+            self.stage_control();
             let budget = ctx.budget.clone();
+            let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG;
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return End::network("dropped by the torrent"),
-                read = reader.read_buf(&mut buf) => {
+                wrote = write_frames(&mut writer, &self.frames), if !self.frames.is_empty() || self.unflushed => {
+                    match wrote {
+                        Ok(Wrote::Bytes(0)) => return End::network("write: wrote zero bytes"),
+                        Ok(Wrote::Bytes(n)) => {
+                            self.unflushed = true;
+                            self.wrote(n);
+                        }
+                        Ok(Wrote::Flushed) => self.unflushed = false,
+                        Err(e) => return End::network(format!("write: {e}")),
+                    }
+                    if let Err(end) = self.pump().await {
+                        return end;
+                    }
+                }
+                read = reader.read_buf(&mut buf), if can_read => {
                     match read {
                         Ok(0) => return End::network("closed by the peer"),
                         Ok(n) => ratelimit::take(&ctx.down_limits, n).await,
@@ -510,6 +634,7 @@ impl Conn<'_> {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.session.flush_metrics();
+                    self.up.turnaround.flush_into(&metrics::SERVE_TURNAROUND_US);
                     if self.session.inactive(now) {
                         return End::network("inactive");
                     }
@@ -520,6 +645,11 @@ impl Conn<'_> {
                         if ctx.torrent.send(TorrentMsg::TimedOut { id: ctx.id, blocks: expired }).await.is_err() {
                             return End::network("torrent stopped");
                         }
+                    }
+                    if !self.frames.is_empty()
+                        && now.saturating_duration_since(self.last_write) > ctx.config.write_timeout
+                    {
+                        return End::network("write timed out");
                     }
                     if self.session.keepalive_due(now) {
                         Message::KeepAlive.encode(&mut self.out);
@@ -539,52 +669,69 @@ impl Conn<'_> {
         }
     }
 
-    /// Writes the control messages, then the block frames, with vectored
-    /// writes: many messages per syscall, block data never copied.
-    async fn flush<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> Result<(), End> {
-        if self.out.is_empty() && self.frames.is_empty() {
-            return Ok(());
+    /// Queues a frame for the socket.
+    fn push_frame(&mut self, frame: Frame) {
+        if self.frames.is_empty() {
+            self.last_write = Instant::now();
         }
-        if !self.out.is_empty() {
-            let control = self.out.split().freeze();
-            self.frames_len += control.len();
-            self.frames.push_front(control);
+        self.frames_len += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Moves the control messages encoded since the last loop turn into
+    /// the send queue: after the frame being written and the control
+    /// frames queued before them, ahead of the blocks.
+    fn stage_control(&mut self) {
+        if self.out.is_empty() {
+            return;
         }
-        let frames = &mut self.frames;
-        let write = async {
-            while !frames.is_empty() {
-                let slices: Vec<IoSlice<'_>> =
-                    frames.iter().take(64).map(|b| IoSlice::new(b)).collect();
-                let mut n = writer.write_vectored(&slices).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
+        let head = self.out.split().freeze();
+        if self.frames.is_empty() {
+            self.last_write = Instant::now();
+        }
+        let mut at = usize::from(self.front_started);
+        while self.frames.get(at).is_some_and(|f| f.data.is_empty()) {
+            at += 1;
+        }
+        self.frames_len += head.len();
+        self.frames.insert(
+            at.min(self.frames.len()),
+            Frame {
+                head,
+                data: Bytes::new(),
+                asked: None,
+            },
+        );
+    }
+
+    /// Takes `n` written bytes off the front of the send queue.
+    fn wrote(&mut self, mut n: usize) {
+        let now = Instant::now();
+        self.last_write = now;
+        self.session.sent(now);
+        self.frames_len -= n.min(self.frames_len);
+        while n > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                break;
+            };
+            let len = front.len();
+            if n >= len {
+                n -= len;
+                if let Some(t) = front.asked {
+                    self.up.turnaround.observe(
+                        u64::try_from(now.saturating_duration_since(t).as_micros())
+                            .unwrap_or(u64::MAX),
+                    );
                 }
-                while n > 0 {
-                    let Some(front) = frames.front_mut() else {
-                        break;
-                    };
-                    if n >= front.len() {
-                        n -= front.len();
-                        frames.pop_front();
-                    } else {
-                        let _ = front.split_to(n);
-                        n = 0;
-                    }
-                }
+                self.frames.pop_front();
+                self.front_started = false;
+            } else {
+                let from_head = n.min(front.head.len());
+                let _ = front.head.split_to(from_head);
+                let _ = front.data.split_to(n - from_head);
+                self.front_started = true;
+                n = 0;
             }
-            // An encrypting stream may keep the tail of its last write
-            // until flushed (a plain socket's flush is a no-op).
-            writer.flush().await?;
-            Ok::<(), std::io::Error>(())
-        };
-        match tokio::time::timeout(self.ctx.config.write_timeout, write).await {
-            Ok(Ok(())) => {
-                self.frames_len = 0;
-                self.session.sent(Instant::now());
-                Ok(())
-            }
-            Ok(Err(e)) => Err(End::network(format!("write: {e}"))),
-            Err(_) => Err(End::network("write timed out")),
         }
     }
 
@@ -612,7 +759,7 @@ impl Conn<'_> {
                         Message::Choke.encode(&mut self.out);
                         // BEP 6: with the fast extension a choke does not
                         // cancel requests by itself; reject each one.
-                        for r in self.up.queue.drain(..) {
+                        for (r, _) in self.up.queue.drain(..) {
                             if self.fast {
                                 Message::Reject(r).encode(&mut self.out);
                             }
@@ -719,7 +866,7 @@ impl Conn<'_> {
             }
             Message::Cancel(r) => {
                 // Unknown cancels (already served, never asked) are harmless.
-                if let Some(pos) = self.up.queue.iter().position(|q| *q == r) {
+                if let Some(pos) = self.up.queue.iter().position(|q| q.0 == r) {
                     self.up.queue.remove(pos);
                 }
             }
@@ -752,17 +899,73 @@ impl Conn<'_> {
                     if let Some(q) = h.reqq {
                         self.session.set_peer_reqq(q);
                     }
+                    // Id 0 withdraws the extension (BEP 10).
+                    self.their_ut_metadata =
+                        h.m.get(ut_metadata::EXTENSION_NAME)
+                            .copied()
+                            .filter(|&id| id != 0);
                 }
                 Err(e) => self.oddity(&format!("extended handshake ignored: {e}")),
             },
-            // We assign no extension message ids (our handshake's `m` is
-            // empty), so no honest peer sends one.
+            Message::Extended {
+                id: ext_id::UT_METADATA,
+                payload,
+            } if ctx.metadata.is_some() => self.on_metadata_msg(&payload)?,
+            // We assign no other extension message ids, so no honest peer
+            // sends one.
             Message::Extended { id, .. } => {
                 return Err(End::protocol(format!(
                     "extension message {id}, an id we never assigned"
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Answers a BEP 9 message: a request with the piece from the info
+    /// dictionary, or a reject when the piece is out of range or our send
+    /// queue is full (so a flood of requests cannot grow memory).
+    fn on_metadata_msg(&mut self, payload: &Bytes) -> Result<(), End> {
+        let Some(info) = self.ctx.metadata.clone() else {
+            return Ok(());
+        };
+        let limits = ut_metadata::Limits::default();
+        let msg = MetadataMsg::decode(payload, &limits)
+            .map_err(|e| End::protocol(format!("bad ut_metadata message: {e}")))?;
+        let MetadataMsg::Request { piece } = msg else {
+            self.oddity("ut_metadata data or reject we never asked for");
+            return Ok(());
+        };
+        let Some(their_id) = self.their_ut_metadata else {
+            self.oddity("ut_metadata request from a peer that did not advertise it");
+            return Ok(());
+        };
+        let size = info.len() as u32;
+        let answer = match ut_metadata::piece_len(size, piece) {
+            Some(len)
+                if self.out.len() + self.frames_len + len as usize
+                    <= self.ctx.config.max_send_queue =>
+            {
+                let start = (piece * ut_metadata::PIECE_SIZE) as usize;
+                MetadataMsg::Data {
+                    piece,
+                    total_size: size,
+                    data: info.slice(start..start + len as usize),
+                }
+            }
+            Some(_) => MetadataMsg::Reject { piece },
+            None => {
+                self.oddity(&format!(
+                    "ut_metadata request for piece {piece} out of range"
+                ));
+                MetadataMsg::Reject { piece }
+            }
+        };
+        Message::Extended {
+            id: their_id,
+            payload: Bytes::from(answer.encode()),
+        }
+        .encode(&mut self.out);
         Ok(())
     }
 

@@ -13,7 +13,8 @@ use storage::{ReadDone, ReadJob};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{Conn, End};
+use super::{Conn, End, Frame};
+use crate::metrics::LocalHistogram;
 use crate::pipeline::RateMeter;
 use crate::ratelimit;
 
@@ -23,8 +24,12 @@ pub(super) struct Upload {
     pub(super) am_choking: bool,
     /// The remote peer is interested in us.
     pub(super) peer_interested: bool,
-    /// Requests accepted and not yet served, oldest first.
-    pub(super) queue: VecDeque<wire::BlockRef>,
+    /// Requests accepted and not yet served, oldest first, with when each
+    /// arrived.
+    pub(super) queue: VecDeque<(wire::BlockRef, Instant)>,
+    /// Request arrival to its block written to the socket, flushed to
+    /// [`crate::metrics::SERVE_TURNAROUND_US`] every tick.
+    pub(super) turnaround: LocalHistogram,
     /// Recently read ranges `(piece, begin, data)`: read-ahead of whole
     /// pieces, each holding its bytes of the buffer budget.
     pub(super) cache: VecDeque<(u32, u32, Bytes)>,
@@ -97,7 +102,7 @@ impl Conn<'_> {
                 self.ctx.config.max_upload_queue
             )));
         }
-        self.up.queue.push_back(r);
+        self.up.queue.push_back((r, Instant::now()));
         Ok(())
     }
 
@@ -107,7 +112,7 @@ impl Conn<'_> {
     /// into memory.
     pub(super) async fn pump(&mut self) -> Result<(), End> {
         let ctx = self.ctx;
-        while let Some(r) = self.up.queue.front().copied() {
+        while let Some(&(r, asked)) = self.up.queue.front() {
             if self.up.am_choking || self.frames_len >= ctx.config.max_send_queue {
                 break;
             }
@@ -129,9 +134,11 @@ impl Conn<'_> {
                     r.length
                 )));
             };
-            self.frames_len += header.len() + data.len();
-            self.frames.push_back(Bytes::copy_from_slice(&header));
-            self.frames.push_back(data);
+            self.push_frame(Frame {
+                head: Bytes::copy_from_slice(&header),
+                data,
+                asked: Some(asked),
+            });
             self.up.bytes_up += u64::from(r.length);
             self.up.meter.record(Instant::now(), u64::from(r.length));
         }
@@ -153,6 +160,7 @@ impl Conn<'_> {
             let Some(next) = up
                 .queue
                 .iter()
+                .map(|q| &q.0)
                 .find(|r| {
                     !up.cache.iter().any(|e| covers(e, r))
                         && !up.reading.iter().any(|p| {
@@ -165,7 +173,7 @@ impl Conn<'_> {
             };
             if up.cache.len() + up.reading.len() >= cap {
                 let in_use = match (up.cache.front(), up.queue.front()) {
-                    (Some(e), Some(front)) => covers(e, front),
+                    (Some(e), Some(front)) => covers(e, &front.0),
                     _ => true,
                 };
                 if in_use {

@@ -26,7 +26,7 @@
 //! verified, written and synced; pieces of skipped files are fetched only
 //! when a stream reads them or when they share bytes with a wanted file.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,8 +52,8 @@ pub mod selection;
 mod streams;
 
 pub use msg::{
-    ExchangeReply, PeerFault, SetPrioritiesError, StreamError, TorrentHandle, TorrentMsg,
-    TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
+    TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
@@ -167,6 +167,8 @@ pub(crate) fn spawn(
 struct Torrent {
     shared: Shared,
     meta: Arc<Metainfo>,
+    /// The raw info dictionary, shared by every peer that serves it (BEP 9).
+    metadata: Bytes,
     storage: Storage,
     picker: Picker,
     resume: ResumeTracker,
@@ -177,7 +179,11 @@ struct Torrent {
     cancel: CancellationToken,
     peers: HashMap<PeerId, PeerEntry>,
     addrs: HashMap<SocketAddr, AddrState>,
-    banned: HashSet<SocketAddr>,
+    banned: peers::Bans,
+    /// When a full torrent last evicted a peer for a newcomer.
+    last_eviction: Option<Instant>,
+    /// Peers evicted so far, for the log.
+    evictions: u64,
     next_peer: u64,
     tasks: JoinSet<()>,
     pending_hash: VecDeque<(u32, Vec<Bytes>)>,
@@ -205,7 +211,7 @@ struct Torrent {
     down_limits: Vec<Arc<Limiter>>,
     /// Addresses of the last connections that ended, for a ban decided
     /// after the peer left.
-    recently_gone: VecDeque<(PeerId, SocketAddr)>,
+    recently_gone: VecDeque<(PeerId, SocketAddr, Option<[u8; 20]>)>,
     /// Announce counters for the tracker session, when registered.
     progress: Option<watch::Sender<AnnounceProgress>>,
     announced_complete: bool,
@@ -291,6 +297,7 @@ async fn run(
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
         shared,
+        metadata: Bytes::copy_from_slice(&meta.info_bytes),
         meta,
         storage,
         picker,
@@ -301,7 +308,9 @@ async fn run(
         cancel: cancel.clone(),
         peers: HashMap::new(),
         addrs: HashMap::new(),
-        banned: HashSet::new(),
+        banned: peers::Bans::default(),
+        last_eviction: None,
+        evictions: 0,
         next_peer: 0,
         tasks: JoinSet::new(),
         pending_hash: VecDeque::new(),
@@ -331,6 +340,12 @@ async fn run(
         relocation: None,
         unpark: Vec::new(),
     };
+    // What the check found, saved now: a crash before the first
+    // checkpoint need not hash again, and the save leaves the spare that a
+    // save on a full disk writes into (see `storage::resume::save`).
+    if let Err(e) = t.save_resume().await {
+        warn!(error = %e, "saving resume data failed");
+    }
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
     t.register_with_trackers(tracker_peers_tx).await;
     for a in params.peers {
@@ -596,8 +611,14 @@ impl Torrent {
 
     fn on_msg(&mut self, msg: TorrentMsg) {
         match msg {
-            TorrentMsg::PeerConnected { id, cmds } => {
+            TorrentMsg::PeerConnected { id, cmds, peer_id } => {
                 if let Some(p) = self.peers.get_mut(&id) {
+                    if self.banned.peer(&p.addr, &peer_id) {
+                        // A banned host, found by its peer id at a new address.
+                        self.drop_peer(id, "banned peer id".into());
+                        return;
+                    }
+                    p.peer_id = Some(peer_id);
                     p.cmds = Some(cmds);
                     if let Some(a) = self.addrs.get_mut(&p.addr) {
                         a.failures = 0;
@@ -664,6 +685,15 @@ impl Torrent {
             TorrentMsg::SetFilePriorities { priorities, reply } => {
                 self.set_priorities(priorities, reply)
             }
+            TorrentMsg::Progress { reply } => {
+                let layout = self.storage.layout();
+                let _ = reply.send(FileProgress {
+                    done: self
+                        .selection
+                        .file_done_bytes(layout, self.picker.have_bitfield()),
+                    priorities: self.selection.priorities().to_vec(),
+                });
+            }
             TorrentMsg::StreamOpen { file, reply } => self.stream_open(file, reply),
             TorrentMsg::StreamWant { id, piece, reply } => self.stream_want(id, piece, reply),
             TorrentMsg::StreamClose { id } => self.stream_close(id),
@@ -684,6 +714,7 @@ impl Torrent {
                 };
                 p.down_rate = down_rate;
                 p.up_rate = up_rate;
+                p.exchanged += uploaded;
                 if p.wants_us != interested {
                     p.wants_us = interested;
                     if interested {
@@ -759,6 +790,14 @@ impl Torrent {
                 .tracker
                 .remove_torrent(self.meta.info_hash)
                 .await;
+        }
+        if let Some(cp) = self.checkpoint.take() {
+            // Its sync's answer is not waited for (the loop above may have
+            // left on a failed write): this stop's own sync covers its
+            // pieces, so they are not lost from the record.
+            for piece in self.resume.abort(cp) {
+                self.resume.written(piece);
+            }
         }
         if !matches!(self.state, TorrentState::Complete) && self.resume.unsynced() > 0 {
             let storage = self.storage.clone();

@@ -120,6 +120,8 @@ pub enum TorrentMsg {
         id: PeerId,
         /// Its command mailbox.
         cmds: mpsc::Sender<PeerCmd>,
+        /// The peer id of its handshake (a ban covers it).
+        peer_id: [u8; 20],
     },
     /// A connection ended (also sent when the connect failed).
     PeerGone {
@@ -204,6 +206,11 @@ pub enum TorrentMsg {
         /// and their parked bytes move into place in the background).
         reply: oneshot::Sender<Result<(), SetPrioritiesError>>,
     },
+    /// What a controller (the daemon's RPC) shows per file.
+    Progress {
+        /// The answer.
+        reply: oneshot::Sender<FileProgress>,
+    },
     /// A stream wants to read a file.
     StreamOpen {
         /// File index, as `info` lists them.
@@ -242,6 +249,16 @@ pub enum TorrentMsg {
         /// Odd but tolerated messages it sent since the last status.
         oddities: u64,
     },
+}
+
+/// Per-file progress and priorities, in the user's file numbering
+/// (padding files left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileProgress {
+    /// Bytes of each file in verified pieces.
+    pub done: Vec<u64>,
+    /// Each file's priority ([`Priority::Skip`]: not wanted).
+    pub priorities: Vec<Priority>,
 }
 
 /// What the torrent gives a new stream (see [`crate::stream`]).
@@ -365,6 +382,16 @@ impl TorrentHandle {
             .await
             .map_err(|_| SetPrioritiesError::Stopped)?;
         rx.await.map_err(|_| SetPrioritiesError::Stopped)?
+    }
+
+    /// Per-file progress and priorities. Fails if the torrent has stopped.
+    pub async fn progress(&self) -> Result<FileProgress, TorrentStopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(TorrentMsg::Progress { reply })
+            .await
+            .map_err(|_| TorrentStopped)?;
+        rx.await.map_err(|_| TorrentStopped)
     }
 
     /// Adds peer addresses to connect to. Fails if the torrent has stopped.

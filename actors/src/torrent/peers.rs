@@ -4,9 +4,10 @@
 //! choker's decisions. Methods of the torrent actor, kept apart from its
 //! data path ([`super::pieces`]).
 
-use std::net::SocketAddr;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,9 @@ use crate::picker::PeerId;
 
 pub(super) struct PeerEntry {
     pub(super) addr: SocketAddr,
+    /// The id from its handshake, when it dialled us (known before the
+    /// connection is taken).
+    pub(super) peer_id: Option<[u8; 20]>,
     pub(super) cmds: Option<mpsc::Sender<PeerCmd>>,
     pub(super) cancel: CancellationToken,
     /// We told it we are interested.
@@ -31,6 +35,12 @@ pub(super) struct PeerEntry {
     pub(super) up_rate: u64,
     /// It has every piece.
     pub(super) is_seed: bool,
+    /// When the connection was registered.
+    pub(super) since: Instant,
+    /// Payload bytes exchanged either way so far.
+    pub(super) exchanged: u64,
+    /// Evicted to make room: cancelled, not counted against the limit.
+    pub(super) leaving: bool,
 }
 
 #[derive(Default)]
@@ -48,6 +58,75 @@ pub(super) struct AddrState {
 /// Ended connections whose address a late ban can still find.
 const RECENTLY_GONE: usize = 1024;
 
+/// A full torrent evicts its least useful peer for a newcomer only if that
+/// peer has had this long to become useful: a burst of new connections
+/// cannot evict each other, nor peers that just arrived.
+const EVICT_MIN_AGE: Duration = Duration::from_secs(5);
+/// At most one eviction per this interval (4 a second): a connection flood
+/// can replace peers only that fast, while real peers, which a full
+/// torrent turned away, get in within a few of their redials.
+const EVICT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Who is banned for bad data. A host, not a connection: by IP address, so
+/// the same host dialling in from a new port is still refused (libtorrent
+/// bans by IP too). On loopback, where every test peer shares one address,
+/// by address and port instead. And by the peer id of its handshake, which
+/// only a liar's own connections share.
+#[derive(Default)]
+pub(super) struct Bans {
+    ips: HashSet<IpAddr>,
+    addrs: HashSet<SocketAddr>,
+    ids: HashSet<[u8; 20]>,
+}
+
+impl Bans {
+    pub(super) fn insert(&mut self, addr: SocketAddr, peer_id: Option<[u8; 20]>) {
+        if by_ip(addr) {
+            self.ips.insert(host(addr));
+        } else {
+            self.addrs.insert(addr);
+        }
+        if let Some(id) = peer_id {
+            self.ids.insert(id);
+        }
+    }
+
+    /// Whether an address (to dial, or dialling in) is banned.
+    pub(super) fn addr(&self, addr: &SocketAddr) -> bool {
+        if by_ip(*addr) {
+            self.ips.contains(&host(*addr))
+        } else {
+            self.addrs.contains(addr)
+        }
+    }
+
+    /// Whether a connection with this address and handshake is banned.
+    pub(super) fn peer(&self, addr: &SocketAddr, peer_id: &[u8; 20]) -> bool {
+        self.addr(addr) || self.ids.contains(peer_id)
+    }
+
+    /// Whether `other` is the same banned host as `addr`.
+    fn same_host(addr: SocketAddr, other: SocketAddr) -> bool {
+        if by_ip(addr) {
+            host(addr) == host(other)
+        } else {
+            addr == other
+        }
+    }
+}
+
+/// The host's address; an IPv4-mapped IPv6 address is the IPv4 one.
+fn host(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    }
+}
+
+fn by_ip(addr: SocketAddr) -> bool {
+    !host(addr).is_loopback()
+}
+
 impl Torrent {
     /// Addresses from the command line, a tracker, the DHT or PEX: known
     /// from now on (ourselves and banned ones aside), and dialled within
@@ -55,9 +134,10 @@ impl Torrent {
     pub(super) fn add_peers(&mut self, addrs: Vec<SocketAddr>) {
         let port = self.shared.listen_port.load(Ordering::Relaxed);
         for a in addrs {
+            let a = crate::net::canonical(a);
             // Ourselves, as a tracker lists us back.
             let own = a.port() == port && (a.ip().is_loopback() || a.ip().is_unspecified());
-            if own || self.banned.contains(&a) {
+            if own || self.banned.addr(&a) {
                 continue;
             }
             let s = self.addrs.entry(a).or_default();
@@ -76,20 +156,73 @@ impl Torrent {
         addr: SocketAddr,
         handshake: protocol::wire::Handshake,
     ) {
-        let full = self.peers.len() >= self.shared.config.max_peers_per_torrent;
+        let staying = self.peers.values().filter(|p| !p.leaving).count();
+        let full = staying >= self.shared.config.max_peers_per_torrent;
         let done = !self.picker.needs_anything() && !self.seed;
-        if full || done || self.banned.contains(&addr) {
+        if self.banned.peer(&addr, &handshake.peer_id) {
+            debug!(%addr, "banned host dialled in; dropped");
+            return;
+        }
+        if done || (full && !self.evict_for_newcomer()) {
             return;
         }
         let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
             debug!(%addr, "process connection limit reached; incoming dropped");
             return;
         };
-        let ctx = self.new_peer(addr);
+        let ctx = self.new_peer(addr, Some(handshake.peer_id));
         self.tasks.spawn(async move {
             let _permit = permit;
             peer::run(stream, Some(handshake), ctx).await;
         });
+    }
+
+    /// Makes room in a full torrent for a peer dialling in, by dropping the
+    /// least useful connection (libtorrent does the same rather than refuse
+    /// every newcomer, which let idle peers that came first lock out real
+    /// ones). Least useful, among peers connected for [`EVICT_MIN_AGE`]:
+    /// first one that neither side is interested in, then one we unchoke
+    /// that takes nothing (stalled), then the lowest rate, the fewest bytes
+    /// exchanged, the oldest. At most one per [`EVICT_INTERVAL`]. Returns
+    /// whether room was made.
+    fn evict_for_newcomer(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last_eviction
+            .is_some_and(|t| now.duration_since(t) < EVICT_INTERVAL)
+        {
+            return false;
+        }
+        let victim = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.cmds.is_some() && !p.leaving && now.duration_since(p.since) >= EVICT_MIN_AGE
+            })
+            .min_by_key(|(id, p)| {
+                let rate = p.down_rate + p.up_rate;
+                let tier = if !p.interested && !p.wants_us {
+                    0
+                } else if rate == 0 && self.choker.is_unchoked(**id) {
+                    1
+                } else {
+                    2
+                };
+                (tier, rate, p.exchanged, p.since)
+            })
+            .map(|(id, _)| *id);
+        let Some(id) = victim else {
+            return false;
+        };
+        self.last_eviction = Some(now);
+        self.evictions += 1;
+        if let Some(p) = self.peers.get_mut(&id) {
+            debug!(peer = id.0, addr = %p.addr, evictions = self.evictions, "evicted for a new peer (torrent full)");
+            p.leaving = true;
+            p.cmds = None;
+            p.cancel.cancel();
+        }
+        true
     }
 
     /// Starts connections to known addresses, within the limit.
@@ -110,7 +243,7 @@ impl Torrent {
             .filter(|(a, s)| {
                 !s.connected
                     && !s.given_up
-                    && !self.banned.contains(*a)
+                    && !self.banned.addr(a)
                     && s.next_try.is_none_or(|t| t <= now)
             })
             .map(|(a, _)| *a)
@@ -126,7 +259,7 @@ impl Torrent {
             if let Some(s) = self.addrs.get_mut(&addr) {
                 s.connected = true;
             }
-            let ctx = self.new_peer(addr);
+            let ctx = self.new_peer(addr, None);
             self.tasks.spawn(async move {
                 let _permit = permit;
                 peer::connect_and_run(ctx).await;
@@ -135,7 +268,7 @@ impl Torrent {
     }
 
     /// Registers a new connection to `addr` and returns what its task needs.
-    pub(super) fn new_peer(&mut self, addr: SocketAddr) -> PeerContext {
+    pub(super) fn new_peer(&mut self, addr: SocketAddr, peer_id: Option<[u8; 20]>) -> PeerContext {
         let id = PeerId(self.next_peer);
         self.next_peer += 1;
         let cancel = self.cancel.child_token();
@@ -143,6 +276,7 @@ impl Torrent {
             id,
             PeerEntry {
                 addr,
+                peer_id,
                 cmds: None,
                 cancel: cancel.clone(),
                 interested: false,
@@ -150,6 +284,9 @@ impl Torrent {
                 down_rate: 0,
                 up_rate: 0,
                 is_seed: false,
+                since: Instant::now(),
+                exchanged: 0,
+                leaving: false,
             },
         );
         PeerContext {
@@ -167,6 +304,7 @@ impl Torrent {
             up_limits: self.up_limits.clone(),
             down_limits: self.down_limits.clone(),
             conn: self.shared.conn.clone(),
+            metadata: Some(self.metadata.clone()),
         }
     }
 
@@ -235,21 +373,40 @@ impl Torrent {
         }
     }
 
-    /// Bans a peer for bad data: dropped now, its address never dialled
-    /// again (also when the verdict comes after it left: smart ban).
+    /// Bans a peer for bad data: dropped now with every other connection
+    /// of its host, which is never dialled or taken again (also when the
+    /// verdict comes after it left: smart ban). See [`Bans`].
     pub(super) fn ban(&mut self, id: PeerId, why: &str) {
         self.banned_peers += 1;
-        let addr = self.peers.get(&id).map(|p| p.addr).or_else(|| {
-            self.recently_gone
-                .iter()
-                .find(|(gone, _)| *gone == id)
-                .map(|(_, a)| *a)
-        });
-        if let Some(addr) = addr {
-            warn!(%addr, why, "banning peer");
-            self.banned.insert(addr);
-        }
+        let who = self
+            .peers
+            .get(&id)
+            .map(|p| (p.addr, p.peer_id))
+            .or_else(|| {
+                self.recently_gone
+                    .iter()
+                    .find(|(gone, _, _)| *gone == id)
+                    .map(|(_, a, pid)| (*a, *pid))
+            });
         self.drop_peer(id, "banned".into());
+        let Some((addr, peer_id)) = who else {
+            return;
+        };
+        warn!(%addr, why, "banning peer");
+        self.banned.insert(addr, peer_id);
+        let same: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(other, p)| {
+                **other != id
+                    && (Bans::same_host(addr, p.addr)
+                        || (peer_id.is_some() && p.peer_id == peer_id))
+            })
+            .map(|(other, _)| *other)
+            .collect();
+        for other in same {
+            self.drop_peer(other, "its host is banned".into());
+        }
     }
 
     pub(super) fn drop_peer(&mut self, id: PeerId, reason: String) {
@@ -268,7 +425,7 @@ impl Torrent {
         if self.recently_gone.len() >= RECENTLY_GONE {
             self.recently_gone.pop_front();
         }
-        self.recently_gone.push_back((id, p.addr));
+        self.recently_gone.push_back((id, p.addr, p.peer_id));
         debug!(peer = id.0, addr = %p.addr, ?fault, %reason, "peer gone");
         let config = &self.shared.config;
         let (max, base, strikes) = (
@@ -314,5 +471,33 @@ impl Torrent {
             }
         }
         self.connect_peers();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ban_covers_the_host_its_port_changes_and_its_peer_id() {
+        let mut b = Bans::default();
+        let bad: SocketAddr = "198.18.2.9:6881".parse().unwrap();
+        b.insert(bad, Some([9; 20]));
+        assert!(b.addr(&"198.18.2.9:40000".parse().unwrap()), "new port");
+        assert!(
+            b.addr(&"[::ffff:198.18.2.9]:1".parse().unwrap()),
+            "v4-mapped"
+        );
+        assert!(!b.addr(&"198.18.2.10:6881".parse().unwrap()));
+        assert!(
+            b.peer(&"198.18.3.1:6881".parse().unwrap(), &[9; 20]),
+            "peer id"
+        );
+        assert!(!b.peer(&"198.18.3.1:6881".parse().unwrap(), &[8; 20]));
+        // Loopback: every local peer shares the address; by port there.
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        b.insert(local, None);
+        assert!(b.addr(&local));
+        assert!(!b.addr(&"127.0.0.1:5001".parse().unwrap()));
     }
 }

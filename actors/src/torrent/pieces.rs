@@ -33,6 +33,7 @@ impl Torrent {
         let now = Instant::now();
         let mut violation = None;
         let mut dropped = 0u64;
+        let mut accepted = 0u64;
         for (block, data) in blocks {
             let len = u64::from(block.length);
             if violation.is_some() {
@@ -42,6 +43,7 @@ impl Torrent {
             match self.picker.block_received(id, block, data) {
                 Received::Accepted { cancel, complete } => {
                     self.bytes_down += len;
+                    accepted += len;
                     self.down.record(now, len);
                     for other in cancel {
                         // Policy: a cancel that finds the peer's mailbox full
@@ -77,6 +79,9 @@ impl Torrent {
         }
         self.release(dropped);
         self.bytes_wasted += dropped;
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.exchanged += accepted;
+        }
         let requests = if violation.is_none() && want > 0 && !self.picker.is_banned(id) {
             if partial_only {
                 self.picker.pick_partial(id, want as usize, now)

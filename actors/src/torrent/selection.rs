@@ -139,22 +139,18 @@ impl Selection {
 
     /// Bytes of the wanted files that lie in pieces of `have`.
     pub fn done_bytes(&self, layout: &Layout, have: &Bitfield) -> u64 {
-        let pl = u64::from(layout.piece_length());
         self.wanted(layout)
-            .map(|f| {
-                let (start, end) = (f.torrent_offset, f.torrent_offset + f.length);
-                let mut done = 0;
-                let first = start / pl;
-                let last = end.div_ceil(pl);
-                for p in first..last {
-                    if have.get(p as u32) {
-                        let (ps, pe) = (p * pl, (p + 1) * pl);
-                        done += pe.min(end) - ps.max(start);
-                    }
-                }
-                done
-            })
+            .map(|f| file_done(layout, f, have))
             .sum()
+    }
+
+    /// Bytes of each user-visible file (wanted or not) that lie in pieces
+    /// of `have`, in the user's numbering.
+    pub fn file_done_bytes(&self, layout: &Layout, have: &Bitfield) -> Vec<u64> {
+        self.files
+            .iter()
+            .map(|&f| file_done(layout, &layout.files()[f], have))
+            .collect()
     }
 
     fn wanted<'a>(&'a self, layout: &'a Layout) -> impl Iterator<Item = &'a storage::FileEntry> {
@@ -164,6 +160,20 @@ impl Selection {
             .filter(|(_, p)| **p != Priority::Skip)
             .map(|(&f, _)| &layout.files()[f])
     }
+}
+
+/// Bytes of file `f` that lie in pieces of `have`.
+fn file_done(layout: &Layout, f: &storage::FileEntry, have: &Bitfield) -> u64 {
+    let pl = u64::from(layout.piece_length());
+    let (start, end) = (f.torrent_offset, f.torrent_offset + f.length);
+    let mut done = 0;
+    for p in start / pl..end.div_ceil(pl) {
+        if have.get(p as u32) {
+            let (ps, pe) = (p * pl, (p + 1) * pl);
+            done += pe.min(end) - ps.max(start);
+        }
+    }
+    done
 }
 
 /// Layout indices of the files a user sees: every file but padding.

@@ -1,0 +1,607 @@
+//! The Transmission RPC methods: a parsed [`Request`] turned into calls on
+//! the daemon actor, and the answers into Transmission's JSON. Holds no
+//! torrent state of its own. Every refusal is a `result` string that says
+//! what was wrong; nothing here panics on input.
+
+use std::path::PathBuf;
+
+use actors::picker::Priority;
+use actors::torrent::{FileProgress, TorrentState};
+use protocol::metainfo::Metainfo;
+use protocol::trpc::{Args, Ids, Request, RpcError};
+use serde_json::{Map, Value, json};
+
+use super::registry::{Action, Change, DaemonHandle, View};
+use super::state::{MAX_TORRENT_FILE, SessionSettings, read_bounded};
+
+/// Transmission 4.0's protocol version, which the tools check.
+pub const RPC_VERSION: i64 = 17;
+/// Transmission's bytes per "kB" in speed limits (`speed-bytes`).
+const SPEED_UNIT: u64 = 1000;
+
+/// What the HTTP layer needs besides the daemon.
+pub struct Context {
+    pub daemon: DaemonHandle,
+    pub session_id: String,
+    /// Fired by `session-close`.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// The response body for `req`: always a JSON object with `result`.
+pub async fn answer(ctx: &Context, req: Request) -> Value {
+    let tag = req.tag;
+    let (result, arguments) = match dispatch(ctx, &req.method, &req.arguments).await {
+        Ok(args) => ("success".to_owned(), args),
+        Err(e) => (e, Value::Object(Map::new())),
+    };
+    let mut out = json!({ "result": result, "arguments": arguments });
+    if let Some(t) = tag {
+        out["tag"] = json!(t);
+    }
+    out
+}
+
+/// The response to a body that did not parse.
+pub fn refusal(e: &RpcError) -> Value {
+    json!({ "result": e.to_string(), "arguments": {} })
+}
+
+fn e(err: RpcError) -> String {
+    err.to_string()
+}
+
+async fn dispatch(ctx: &Context, method: &str, args: &Args) -> Result<Value, String> {
+    let d = &ctx.daemon;
+    match method {
+        "session-get" => session_get(ctx, args).await,
+        "session-set" => session_set(d, args).await,
+        "session-stats" => session_stats(d).await,
+        "session-close" => {
+            ctx.stop.cancel();
+            Ok(json!({}))
+        }
+        "torrent-add" => torrent_add(d, args).await,
+        "torrent-get" => torrent_get(d, args).await,
+        "torrent-start" | "torrent-start-now" => act(d, args, Action::Start).await,
+        "torrent-stop" => act(d, args, Action::Stop).await,
+        "torrent-verify" => act(d, args, Action::Verify).await,
+        "torrent-remove" => {
+            let delete_data = args.bool("delete-local-data").map_err(e)?.unwrap_or(false);
+            act(d, args, Action::Remove { delete_data }).await
+        }
+        "torrent-set" => torrent_set(d, args).await,
+        // Announces are the tracker session's to schedule; queues are not
+        // built (every torrent runs): accepted, nothing to do.
+        "torrent-reannounce" | "queue-move-top" | "queue-move-up" | "queue-move-down"
+        | "queue-move-bottom" => {
+            args.ids().map_err(e)?;
+            Ok(json!({}))
+        }
+        "torrent-set-location" => Err("torrent-set-location is not supported yet".into()),
+        "torrent-rename-path" => Err("torrent-rename-path is not supported".into()),
+        "free-space" => free_space(args),
+        // Reachability cannot be tested from inside: say so honestly.
+        "port-test" => Ok(json!({ "port-is-open": false })),
+        "blocklist-update" => Err("blocklists are not supported".into()),
+        other => Err(format!("method name not recognized: {}", clip(other))),
+    }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn version() -> String {
+    format!("4.0.6 (actorrent {})", env!("CARGO_PKG_VERSION"))
+}
+
+async fn session_get(ctx: &Context, args: &Args) -> Result<Value, String> {
+    let s = ctx.daemon.session().await?;
+    let dir = s.download_dir.display().to_string();
+    let free = free_bytes(&s.download_dir).unwrap_or(-1);
+    let all = json!({
+        "alt-speed-down": 50, "alt-speed-enabled": false, "alt-speed-time-begin": 540,
+        "alt-speed-time-day": 127, "alt-speed-time-enabled": false, "alt-speed-time-end": 1020,
+        "alt-speed-up": 50, "blocklist-enabled": false, "blocklist-size": 0, "blocklist-url": "",
+        "cache-size-mb": 4, "config-dir": s.config_dir.display().to_string(),
+        "dht-enabled": false, "download-dir": dir, "download-dir-free-space": free,
+        "download-queue-enabled": false, "download-queue-size": 5, "encryption": "preferred",
+        "idle-seeding-limit": 30, "idle-seeding-limit-enabled": false,
+        "incomplete-dir": dir, "incomplete-dir-enabled": false, "lpd-enabled": false,
+        "peer-limit-global": 200, "peer-limit-per-torrent": 50, "peer-port": s.peer_port,
+        "peer-port-random-on-start": false, "pex-enabled": false,
+        "port-forwarding-enabled": false, "queue-stalled-enabled": false,
+        "queue-stalled-minutes": 30, "rename-partial-files": false,
+        "rpc-version": RPC_VERSION, "rpc-version-minimum": 14, "rpc-version-semver": "5.3.0",
+        "script-torrent-done-enabled": false, "script-torrent-done-filename": "",
+        "seed-queue-enabled": false, "seed-queue-size": 10, "seedRatioLimit": 2.0,
+        "seedRatioLimited": false, "session-id": ctx.session_id,
+        "speed-limit-down": 100, "speed-limit-down-enabled": false,
+        "speed-limit-up": 100, "speed-limit-up-enabled": false,
+        "start-added-torrents": s.start_added_torrents, "trash-original-torrent-files": false,
+        "units": {
+            "speed-units": ["kB/s", "MB/s", "GB/s", "TB/s"], "speed-bytes": SPEED_UNIT,
+            "size-units": ["kB", "MB", "GB", "TB"], "size-bytes": 1000,
+            "memory-units": ["KiB", "MiB", "GiB", "TiB"], "memory-bytes": 1024
+        },
+        "utp-enabled": false, "version": version(),
+    });
+    // `fields` (rpc-version 16+) narrows the answer.
+    match args.strings("fields").map_err(e)? {
+        Some(fields) if !fields.is_empty() => {
+            let mut out = Map::new();
+            for f in fields {
+                if let Some(v) = all.get(f) {
+                    out.insert(f.to_owned(), v.clone());
+                }
+            }
+            Ok(Value::Object(out))
+        }
+        _ => Ok(all),
+    }
+}
+
+async fn session_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+    let mut s = SessionSettings::default();
+    if let Some(dir) = args.str("download-dir").map_err(e)? {
+        let p = PathBuf::from(dir);
+        if !p.is_absolute() {
+            return Err(format!("download-dir {dir} is not an absolute path"));
+        }
+        s.download_dir = Some(p);
+    }
+    s.start_added_torrents = args.bool("start-added-torrents").map_err(e)?;
+    d.session_set(s).await?;
+    Ok(json!({}))
+}
+
+async fn session_stats(d: &DaemonHandle) -> Result<Value, String> {
+    let s = d.session().await?;
+    let current = json!({
+        "uploadedBytes": s.uploaded, "downloadedBytes": s.downloaded,
+        "filesAdded": 0, "sessionCount": 1, "secondsActive": s.seconds_active,
+    });
+    Ok(json!({
+        "activeTorrentCount": s.active, "pausedTorrentCount": s.paused,
+        "torrentCount": s.torrents, "downloadSpeed": s.rate_down, "uploadSpeed": s.rate_up,
+        "cumulative-stats": current, "current-stats": current,
+    }))
+}
+
+async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+    let bytes = match (
+        args.str("metainfo").map_err(e)?,
+        args.str("filename").map_err(e)?,
+    ) {
+        (Some(b64), _) => protocol::trpc::decode_base64(b64, MAX_TORRENT_FILE).map_err(e)?,
+        (None, Some(name)) if name.starts_with("magnet:") => {
+            return Err("magnet links are not supported yet: add the .torrent".into());
+        }
+        (None, Some(name)) if name.starts_with("http://") || name.starts_with("https://") => {
+            return Err("fetching a .torrent by URL is not supported: pass metainfo".into());
+        }
+        (None, Some(name)) => read_bounded(std::path::Path::new(name), MAX_TORRENT_FILE as u64)
+            .map_err(|err| format!("reading {}: {err}", clip(name)))?,
+        (None, None) => return Err("torrent-add needs \"filename\" or \"metainfo\"".into()),
+    };
+    let meta = Metainfo::from_bytes(&bytes)
+        .map_err(|err| format!("invalid or corrupt torrent file: {err}"))?;
+    let dir = args.str("download-dir").map_err(e)?.map(PathBuf::from);
+    let paused = args.bool("paused").map_err(e)?;
+    let labels = args
+        .strings("labels")
+        .map_err(e)?
+        .map(|l| l.into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let added = d.add(bytes, meta, dir, paused, labels).await?;
+    let key = if added.duplicate {
+        "torrent-duplicate"
+    } else {
+        "torrent-added"
+    };
+    Ok(json!({ key: { "id": added.id, "name": added.name, "hashString": added.hash } }))
+}
+
+async fn act(d: &DaemonHandle, args: &Args, action: Action) -> Result<Value, String> {
+    let ids = args.ids().map_err(e)?;
+    d.act(ids, action).await?;
+    Ok(json!({}))
+}
+
+async fn torrent_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+    let ids = args.ids().map_err(e)?;
+    // File indices are checked against each torrent's file count; the
+    // smallest count among the targets bounds them.
+    let views = d.get(ids.clone()).await?;
+    let files = views
+        .iter()
+        .map(|v| v.meta.info.files.iter().filter(|f| !f.padding).count())
+        .min()
+        .unwrap_or(0);
+    let mut c = Change::default();
+    for (key, want) in [("files-wanted", true), ("files-unwanted", false)] {
+        if let Some(list) = args.file_indices(key, files).map_err(e)? {
+            c.wanted.extend(list.into_iter().map(|i| (i, want)));
+        }
+    }
+    for (key, level) in [
+        ("priority-high", Priority::High),
+        ("priority-normal", Priority::Normal),
+        ("priority-low", Priority::Low),
+    ] {
+        if let Some(list) = args.file_indices(key, files).map_err(e)? {
+            c.priority.extend(list.into_iter().map(|i| (i, level)));
+        }
+    }
+    let limit = |value: &str, flag: &str| -> Result<Option<Option<u64>>, String> {
+        let v = args.int(value).map_err(e)?;
+        let on = args.bool(flag).map_err(e)?;
+        if let Some(n) = v
+            && n < 0
+        {
+            return Err(format!("argument \"{value}\": negative"));
+        }
+        Ok(match (v, on) {
+            (_, Some(false)) => Some(None),
+            (Some(n), _) => Some(Some((n as u64).saturating_mul(SPEED_UNIT)).filter(|b| *b > 0)),
+            (None, _) => None,
+        })
+    };
+    c.upload_limit = limit("uploadLimit", "uploadLimited")?;
+    c.download_limit = limit("downloadLimit", "downloadLimited")?;
+    c.labels = args
+        .strings("labels")
+        .map_err(e)?
+        .map(|l| l.into_iter().map(str::to_owned).collect());
+    c.seed_ratio_limit = args.float("seedRatioLimit").map_err(e)?;
+    c.seed_ratio_mode = args.int("seedRatioMode").map_err(e)?;
+    c.seed_idle_limit = args.int("seedIdleLimit").map_err(e)?;
+    c.seed_idle_mode = args.int("seedIdleMode").map_err(e)?;
+    for unsupported in [
+        "location",
+        "trackerAdd",
+        "trackerRemove",
+        "trackerReplace",
+        "trackerList",
+    ] {
+        if args.has(unsupported) {
+            return Err(format!("torrent-set: \"{unsupported}\" is not supported"));
+        }
+    }
+    d.set(ids, c).await?;
+    Ok(json!({}))
+}
+
+fn free_space(args: &Args) -> Result<Value, String> {
+    let path = args
+        .str("path")
+        .map_err(e)?
+        .ok_or("free-space needs \"path\"")?;
+    let free =
+        free_bytes(std::path::Path::new(path)).map_err(|err| format!("{}: {err}", clip(path)))?;
+    Ok(json!({ "path": path, "size-bytes": free }))
+}
+
+fn free_bytes(path: &std::path::Path) -> Result<i64, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| "NUL in path")?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a writable statvfs.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64) as i64)
+}
+
+/// Fields that need each torrent's per-file progress (a round trip to its
+/// actor).
+const FILE_FIELDS: [&str; 4] = ["files", "fileStats", "priorities", "wanted"];
+
+async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+    let ids = args.ids().map_err(e)?;
+    let fields: Vec<String> = args
+        .strings("fields")
+        .map_err(e)?
+        .ok_or("torrent-get needs \"fields\"")?
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let table = args.str("format").map_err(e)? == Some("table");
+    let recent = ids == Ids::RecentlyActive;
+    let views = d.get(ids).await?;
+    let want_files = fields.iter().any(|f| FILE_FIELDS.contains(&f.as_str()));
+    let mut rows = Vec::with_capacity(views.len());
+    for v in &views {
+        let progress = if want_files {
+            file_progress(v).await
+        } else {
+            None
+        };
+        let obj = render(v, &fields, progress.as_ref());
+        rows.push(obj);
+    }
+    let torrents = if table {
+        let mut t = vec![json!(fields)];
+        for r in rows {
+            t.push(Value::Array(
+                fields
+                    .iter()
+                    .map(|f| r.get(f).cloned().unwrap_or(Value::Null))
+                    .collect(),
+            ));
+        }
+        Value::Array(t)
+    } else {
+        Value::Array(rows.into_iter().map(Value::Object).collect())
+    };
+    let mut out = json!({ "torrents": torrents });
+    if recent {
+        out["removed"] = json!([]);
+    }
+    Ok(out)
+}
+
+/// Per-file progress from the torrent actor, or worked out from the stats
+/// of a stopped torrent (whole files only when complete).
+async fn file_progress(v: &View) -> Option<FileProgress> {
+    if let Some(h) = &v.handle
+        && let Ok(p) = h.progress().await
+    {
+        return Some(p);
+    }
+    let files: Vec<_> = v.meta.info.files.iter().filter(|f| !f.padding).collect();
+    let priorities = v
+        .settings
+        .priorities
+        .clone()
+        .filter(|p| p.len() == files.len())
+        .unwrap_or_else(|| vec![Priority::Normal; files.len()]);
+    let complete = v.stats.pieces_done == v.stats.pieces_total;
+    Some(FileProgress {
+        done: files
+            .iter()
+            .map(|f| if complete { f.length } else { 0 })
+            .collect(),
+        priorities,
+    })
+}
+
+/// Transmission's status numbers.
+fn status(v: &View) -> i64 {
+    if !v.running {
+        return 0;
+    }
+    match v.stats.state {
+        TorrentState::Checking => 2,
+        TorrentState::Downloading => 4,
+        TorrentState::Seeding | TorrentState::Complete => 6,
+        TorrentState::Error(_) => 0,
+    }
+}
+
+fn error_string(v: &View) -> String {
+    match &v.stats.state {
+        TorrentState::Error(e) => e.clone(),
+        _ => String::new(),
+    }
+}
+
+fn file_name(meta: &Metainfo, f: &protocol::metainfo::FileEntry) -> String {
+    if meta.info.multi_file {
+        format!("{}/{}", meta.info.name, f.path.join("/"))
+    } else {
+        meta.info.name.clone()
+    }
+}
+
+fn magnet(v: &View) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let mut m = format!(
+        "magnet:?xt=urn:btih:{}&dn={}",
+        v.hash,
+        enc(&v.meta.info.name)
+    );
+    for t in v.meta.trackers.iter().flatten() {
+        m.push_str("&tr=");
+        m.push_str(&enc(t));
+    }
+    m
+}
+
+fn level(p: Priority) -> i64 {
+    match p {
+        Priority::High => 1,
+        Priority::Low => -1,
+        Priority::Normal | Priority::Skip => 0,
+    }
+}
+
+/// One torrent's object with the `fields` asked for (unknown names are
+/// left out, as Transmission does).
+fn render(v: &View, fields: &[String], progress: Option<&FileProgress>) -> Map<String, Value> {
+    let s = &v.stats;
+    let info = &v.meta.info;
+    let left = s.wanted_bytes.saturating_sub(s.done_bytes);
+    let percent = if s.wanted_bytes == 0 {
+        1.0
+    } else {
+        s.done_bytes as f64 / s.wanted_bytes as f64
+    };
+    let have_valid =
+        (u64::from(s.pieces_done) * u64::from(info.piece_length)).min(info.total_length);
+    let ratio = {
+        let denom = if s.bytes_down > 0 {
+            s.bytes_down
+        } else {
+            have_valid
+        };
+        if denom == 0 {
+            -1.0
+        } else {
+            s.bytes_up as f64 / denom as f64
+        }
+    };
+    let eta = if left == 0 || !v.running {
+        -1
+    } else {
+        left.checked_div(s.rate_down).map_or(-2, |t| t as i64)
+    };
+    let user_files: Vec<_> = info.files.iter().filter(|f| !f.padding).collect();
+    let kb = |b: Option<u64>| b.map_or(100, |b| b / SPEED_UNIT);
+    let mut out = Map::new();
+    for f in fields {
+        let val = match f.as_str() {
+            "id" => json!(v.id),
+            "hashString" => json!(v.hash),
+            "name" => json!(info.name),
+            "downloadDir" => json!(v.settings.download_dir.display().to_string()),
+            "totalSize" => json!(info.total_length),
+            "sizeWhenDone" => json!(s.wanted_bytes),
+            "leftUntilDone" => json!(left),
+            "desiredAvailable" => json!(left),
+            "percentDone" => json!(percent),
+            "percentComplete" => json!(if info.total_length == 0 {
+                1.0
+            } else {
+                have_valid as f64 / info.total_length as f64
+            }),
+            "haveValid" => json!(have_valid),
+            "haveUnchecked" => json!(0),
+            "isFinished" => json!(false),
+            "isStalled" => json!(false),
+            "isPrivate" => json!(info.private),
+            "eta" | "etaIdle" => json!(eta),
+            "status" => json!(status(v)),
+            "error" => json!(if error_string(v).is_empty() { 0 } else { 3 }),
+            "errorString" => json!(error_string(v)),
+            "rateDownload" => json!(s.rate_down),
+            "rateUpload" => json!(s.rate_up),
+            "uploadedEver" => json!(s.bytes_up),
+            "downloadedEver" => json!(s.bytes_down),
+            "corruptEver" => json!(s.hash_failures * u64::from(info.piece_length)),
+            "uploadRatio" => json!(ratio),
+            "secondsDownloading" | "secondsSeeding" => json!(0),
+            "seedRatioLimit" => json!(v.settings.seed_ratio_limit),
+            "seedRatioMode" => json!(v.settings.seed_ratio_mode),
+            "seedIdleLimit" => json!(v.settings.seed_idle_limit),
+            "seedIdleMode" => json!(v.settings.seed_idle_mode),
+            "fileCount" => json!(user_files.len()),
+            "files" => {
+                let done = progress.map(|p| p.done.as_slice()).unwrap_or(&[]);
+                json!(
+                    user_files
+                        .iter()
+                        .enumerate()
+                        .map(|(i, fe)| json!({
+                            "name": file_name(&v.meta, fe),
+                            "length": fe.length,
+                            "bytesCompleted": done.get(i).copied().unwrap_or(0),
+                        }))
+                        .collect::<Vec<_>>()
+                )
+            }
+            "fileStats" => {
+                let (done, prio) = progress.map_or((&[][..], &[][..]), |p| {
+                    (p.done.as_slice(), p.priorities.as_slice())
+                });
+                json!(
+                    (0..user_files.len())
+                        .map(|i| {
+                            let p = prio.get(i).copied().unwrap_or(Priority::Normal);
+                            json!({ "bytesCompleted": done.get(i).copied().unwrap_or(0),
+                            "wanted": p != Priority::Skip, "priority": level(p) })
+                        })
+                        .collect::<Vec<_>>()
+                )
+            }
+            "priorities" => {
+                let prio = progress.map(|p| p.priorities.as_slice()).unwrap_or(&[]);
+                json!(
+                    (0..user_files.len())
+                        .map(|i| level(prio.get(i).copied().unwrap_or(Priority::Normal)))
+                        .collect::<Vec<_>>()
+                )
+            }
+            "wanted" => {
+                let prio = progress.map(|p| p.priorities.as_slice()).unwrap_or(&[]);
+                json!(
+                    (0..user_files.len())
+                        .map(|i| prio.get(i).is_none_or(|p| *p != Priority::Skip))
+                        .collect::<Vec<_>>()
+                )
+            }
+            "peers" => json!([]),
+            "peersConnected" => json!(s.peers),
+            "peersGettingFromUs" => json!(if s.rate_up > 0 { s.peers } else { 0 }),
+            "peersSendingToUs" => json!(if s.rate_down > 0 { s.peers } else { 0 }),
+            "peersFrom" => json!({ "fromCache": 0, "fromDht": 0, "fromIncoming": 0, "fromLpd": 0,
+                                   "fromLtep": 0, "fromPex": 0, "fromTracker": 0 }),
+            "webseedsSendingToUs" => json!(0),
+            "webseeds" => json!(v.meta.url_list),
+            "maxConnectedPeers" => json!(50),
+            "trackers" => json!(
+                v.meta
+                    .trackers
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(tier, urls)| { urls.iter().map(move |u| (tier, u)) })
+                    .enumerate()
+                    .map(|(id, (tier, u))| json!({
+                        "announce": u, "id": id, "scrape": "", "tier": tier,
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+            "trackerStats" => json!(v.meta.trackers.iter().enumerate().flat_map(|(tier, urls)| {
+                urls.iter().map(move |u| (tier, u))
+            }).enumerate().map(|(id, (tier, u))| json!({
+                "announce": u, "id": id, "tier": tier, "host": u, "scrape": "",
+                "announceState": 0, "downloadCount": -1, "hasAnnounced": false, "hasScraped": false,
+                "isBackup": false, "lastAnnouncePeerCount": 0, "lastAnnounceResult": "",
+                "lastAnnounceStartTime": 0, "lastAnnounceSucceeded": false, "lastAnnounceTime": 0,
+                "lastAnnounceTimedOut": false, "lastScrapeResult": "", "lastScrapeStartTime": 0,
+                "lastScrapeSucceeded": false, "lastScrapeTime": 0, "lastScrapeTimedOut": false,
+                "leecherCount": -1, "nextAnnounceTime": 0, "nextScrapeTime": 0, "scrapeState": 0,
+                "seederCount": -1,
+            })).collect::<Vec<_>>()),
+            "labels" => json!(v.settings.labels),
+            "addedDate" => json!(v.settings.added_date),
+            "doneDate" => json!(v.settings.done_date),
+            "activityDate" => json!(v.activity_date),
+            "startDate" | "editDate" | "manualAnnounceTime" => json!(0),
+            "dateCreated" => json!(v.meta.creation_date.unwrap_or(0)),
+            "queuePosition" => json!(v.id - 1),
+            "metadataPercentComplete" => json!(1.0),
+            "magnetLink" => json!(magnet(v)),
+            "comment" => json!(v.meta.comment.clone().unwrap_or_default()),
+            "creator" => json!(v.meta.created_by.clone().unwrap_or_default()),
+            "pieceCount" => json!(info.piece_count()),
+            "pieceSize" => json!(info.piece_length),
+            "recheckProgress" => json!(if matches!(s.state, TorrentState::Checking) {
+                0.0
+            } else {
+                1.0
+            }),
+            "downloadLimit" => json!(kb(v.settings.download_limit)),
+            "downloadLimited" => json!(v.settings.download_limit.is_some()),
+            "uploadLimit" => json!(kb(v.settings.upload_limit)),
+            "uploadLimited" => json!(v.settings.upload_limit.is_some()),
+            "honorsSessionLimits" => json!(true),
+            "bandwidthPriority" => json!(0),
+            "torrentFile" => json!(""),
+            "primary-mime-type" => json!("application/octet-stream"),
+            _ => continue,
+        };
+        out.insert(f.clone(), val);
+    }
+    out
+}

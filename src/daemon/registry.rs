@@ -1,0 +1,856 @@
+//! The daemon actor: owns the session and, per torrent, what the daemon
+//! knows beyond the torrent actor (its RPC id, its settings, whether the
+//! user stopped it). The RPC and the watch directory talk to it through
+//! [`DaemonHandle`], a bounded mailbox with oneshot replies; it awaits only
+//! the session (downstream), never its callers.
+//!
+//! Stopping a torrent ends its actor (resume data saved, `stopped`
+//! announced); starting it again spawns a fresh one that trusts the resume
+//! data. Changes the torrent actor cannot take while running (its own rate
+//! limits) restart it the same way.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actors::picker::{Priority, Strategy};
+use actors::session::Session;
+use actors::torrent::{Target, TorrentHandle, TorrentParams, TorrentState, TorrentStats};
+use protocol::metainfo::Metainfo;
+use protocol::trpc::{IdRef, Ids};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::state::{SessionSettings, StateDir, Stored, TorrentSettings};
+
+/// Requests waiting for the daemon actor. Each RPC connection has at most
+/// one request in flight, and connections are capped, so this only
+/// absorbs a burst.
+pub const DAEMON_MAILBOX: usize = 64;
+
+/// A torrent counts as recently active for this long after it moved data.
+const RECENT: Duration = Duration::from_secs(60);
+
+/// What a torrent-add resulted in.
+#[derive(Debug, Clone)]
+pub struct Added {
+    pub id: i64,
+    pub name: String,
+    pub hash: String,
+    /// It was there already (nothing changed).
+    pub duplicate: bool,
+}
+
+/// Everything the RPC shows of one torrent, copied out of the actor.
+#[derive(Clone)]
+pub struct View {
+    pub id: i64,
+    pub hash: String,
+    pub meta: Arc<Metainfo>,
+    pub settings: TorrentSettings,
+    pub stats: TorrentStats,
+    /// A torrent actor runs for it (false: stopped by the user).
+    pub running: bool,
+    /// Its actor, to ask for per-file progress.
+    pub handle: Option<TorrentHandle>,
+    /// Last time it moved data, seconds since the epoch (0: never).
+    pub activity_date: i64,
+}
+
+/// Session-wide numbers for `session-get` and `session-stats`.
+#[derive(Clone, Debug)]
+pub struct SessionView {
+    pub download_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub peer_port: u16,
+    pub torrents: usize,
+    pub active: usize,
+    pub paused: usize,
+    pub rate_down: u64,
+    pub rate_up: u64,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub seconds_active: u64,
+    pub start_added_torrents: bool,
+}
+
+/// What `torrent-set` changes.
+#[derive(Clone, Debug, Default)]
+pub struct Change {
+    /// New priority per file index (Skip: unwanted); files not named keep
+    /// theirs, and a file made wanted again gets `Normal` unless also named
+    /// with a priority.
+    pub wanted: Vec<(usize, bool)>,
+    pub priority: Vec<(usize, Priority)>,
+    pub upload_limit: Option<Option<u64>>,
+    pub download_limit: Option<Option<u64>>,
+    pub labels: Option<Vec<String>>,
+    pub seed_ratio_limit: Option<f64>,
+    pub seed_ratio_mode: Option<i64>,
+    pub seed_idle_limit: Option<i64>,
+    pub seed_idle_mode: Option<i64>,
+}
+
+/// What to do to a set of torrents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Verify,
+    Remove { delete_data: bool },
+}
+
+enum Cmd {
+    Add {
+        bytes: Vec<u8>,
+        meta: Box<Metainfo>,
+        download_dir: Option<PathBuf>,
+        paused: Option<bool>,
+        labels: Vec<String>,
+        reply: oneshot::Sender<Result<Added, String>>,
+    },
+    Get {
+        ids: Ids,
+        reply: oneshot::Sender<Vec<View>>,
+    },
+    Act {
+        ids: Ids,
+        action: Action,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Set {
+        ids: Ids,
+        change: Box<Change>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Session {
+        reply: oneshot::Sender<SessionView>,
+    },
+    SessionSet {
+        settings: SessionSettings,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The way to the daemon actor.
+#[derive(Clone)]
+pub struct DaemonHandle {
+    tx: mpsc::Sender<Cmd>,
+}
+
+const GONE: &str = "the daemon is shutting down";
+
+impl DaemonHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| GONE.to_owned())?;
+        rx.await.map_err(|_| GONE.to_owned())
+    }
+
+    /// Adds a torrent (its bytes already parsed into `meta`).
+    pub async fn add(
+        &self,
+        bytes: Vec<u8>,
+        meta: Metainfo,
+        download_dir: Option<PathBuf>,
+        paused: Option<bool>,
+        labels: Vec<String>,
+    ) -> Result<Added, String> {
+        self.ask(|reply| Cmd::Add {
+            bytes,
+            meta: Box::new(meta),
+            download_dir,
+            paused,
+            labels,
+            reply,
+        })
+        .await?
+    }
+
+    /// The torrents `ids` names, in id order.
+    pub async fn get(&self, ids: Ids) -> Result<Vec<View>, String> {
+        self.ask(|reply| Cmd::Get { ids, reply }).await
+    }
+
+    /// Starts, stops, verifies or removes torrents.
+    pub async fn act(&self, ids: Ids, action: Action) -> Result<(), String> {
+        self.ask(|reply| Cmd::Act { ids, action, reply }).await?
+    }
+
+    /// Changes torrents' settings.
+    pub async fn set(&self, ids: Ids, change: Change) -> Result<(), String> {
+        self.ask(|reply| Cmd::Set {
+            ids,
+            change: Box::new(change),
+            reply,
+        })
+        .await?
+    }
+
+    /// Session-wide numbers.
+    pub async fn session(&self) -> Result<SessionView, String> {
+        self.ask(|reply| Cmd::Session { reply }).await
+    }
+
+    /// Changes session settings (fields left `None` keep theirs).
+    pub async fn session_set(&self, settings: SessionSettings) -> Result<(), String> {
+        self.ask(|reply| Cmd::SessionSet { settings, reply })
+            .await?
+    }
+}
+
+struct Entry {
+    meta: Arc<Metainfo>,
+    hash: String,
+    settings: TorrentSettings,
+    handle: Option<TorrentHandle>,
+    /// The numbers of the last run, shown while stopped.
+    last: TorrentStats,
+    last_active: Option<SystemTime>,
+}
+
+/// How the daemon starts its torrents.
+pub struct Options {
+    pub default_download_dir: PathBuf,
+    pub strategy: Strategy,
+    pub listen_port: u16,
+}
+
+struct Daemon {
+    session: Session,
+    state: StateDir,
+    opts: Options,
+    session_settings: SessionSettings,
+    torrents: BTreeMap<i64, Entry>,
+    next_id: i64,
+    started: Instant,
+}
+
+/// Starts the daemon actor with the torrents kept in `state`. Returns its
+/// handle and its task, which ends when `stop` fires (or every handle is
+/// gone) with every torrent's settings saved, and yields the session for
+/// [`finish`] to stop.
+pub fn spawn(
+    session: Session,
+    state: StateDir,
+    opts: Options,
+    stop: tokio_util::sync::CancellationToken,
+) -> (DaemonHandle, tokio::task::JoinHandle<Session>) {
+    let (tx, rx) = mpsc::channel(DAEMON_MAILBOX);
+    let session_settings = state.load_session().unwrap_or_else(|e| {
+        warn!(error = %format!("{e:#}"), "session settings unreadable; using defaults");
+        SessionSettings::default()
+    });
+    let mut d = Daemon {
+        session,
+        state,
+        opts,
+        session_settings,
+        torrents: BTreeMap::new(),
+        next_id: 1,
+        started: Instant::now(),
+    };
+    let join = tokio::spawn(async move {
+        d.restore().await;
+        d.run(rx, stop).await;
+        d.session
+    });
+    (DaemonHandle { tx }, join)
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Stats for a torrent that has not run in this process: the verified
+/// pieces its resume data records (not rechecked: a guide for the listing
+/// until it starts).
+fn stats_at_rest(
+    meta: &Metainfo,
+    resume: &std::path::Path,
+    settings: &TorrentSettings,
+) -> TorrentStats {
+    let info = &meta.info;
+    let have = storage::resume::load(resume)
+        .ok()
+        .flatten()
+        .filter(|d| d.info_hash == meta.info_hash.0 && d.have.len() == info.piece_count() as usize)
+        .map(|d| d.have)
+        .unwrap_or_else(|| vec![false; info.piece_count() as usize]);
+    let user: Vec<&protocol::metainfo::FileEntry> =
+        info.files.iter().filter(|f| !f.padding).collect();
+    let wanted = |i: usize| {
+        settings
+            .priorities
+            .as_ref()
+            .and_then(|p| p.get(i))
+            .is_none_or(|p| *p != Priority::Skip)
+    };
+    let pl = u64::from(info.piece_length);
+    let (mut wanted_bytes, mut done_bytes) = (0, 0);
+    for (i, f) in user.iter().enumerate() {
+        if !wanted(i) {
+            continue;
+        }
+        wanted_bytes += f.length;
+        let (start, end) = (f.offset, f.offset + f.length);
+        for p in start / pl..end.div_ceil(pl) {
+            if have.get(p as usize) == Some(&true) {
+                done_bytes += ((p + 1) * pl).min(end) - (p * pl).max(start);
+            }
+        }
+    }
+    TorrentStats {
+        state: TorrentState::Downloading,
+        bytes_down: 0,
+        bytes_up: 0,
+        rate_down: 0,
+        rate_up: 0,
+        peers: 0,
+        pieces_done: have.iter().filter(|h| **h).count() as u32,
+        pieces_total: info.piece_count(),
+        hash_failures: 0,
+        banned_peers: 0,
+        protocol_errors: 0,
+        protocol_oddities: 0,
+        bytes_wasted: 0,
+        budget_in_use: 0,
+        budget_peak: 0,
+        wanted_bytes,
+        done_bytes,
+        stream_readers: 0,
+        mailbox_depth: 0,
+        peer_mailbox_depth: 0,
+    }
+}
+
+impl Daemon {
+    async fn restore(&mut self) {
+        let (stored, skipped) = self.state.load_all();
+        for s in &skipped {
+            // Named so the operator can fix or remove it; the rest loads.
+            warn!(problem = %s, "skipping a torrent in the state directory");
+            eprintln!("actorrent: skipping a torrent in the state directory: {s}");
+        }
+        let mut used = std::collections::HashSet::new();
+        for Stored { meta, mut settings } in stored {
+            let hash = meta.info_hash.to_hex();
+            if settings.id <= 0 || !used.insert(settings.id) {
+                settings.id = 0;
+            }
+            if settings.download_dir.as_os_str().is_empty() {
+                settings.download_dir = self.download_dir();
+            }
+            self.insert(meta, hash, settings, false).await;
+        }
+        info!(
+            torrents = self.torrents.len(),
+            skipped = skipped.len(),
+            "state restored"
+        );
+    }
+
+    fn download_dir(&self) -> PathBuf {
+        self.session_settings
+            .download_dir
+            .clone()
+            .unwrap_or_else(|| self.opts.default_download_dir.clone())
+    }
+
+    /// Registers a torrent (giving it an id if it has none) and starts it
+    /// unless paused. `save`: write its settings now.
+    async fn insert(
+        &mut self,
+        meta: Arc<Metainfo>,
+        hash: String,
+        mut settings: TorrentSettings,
+        save: bool,
+    ) -> i64 {
+        if settings.id <= 0 {
+            settings.id = self
+                .next_id
+                .max(self.torrents.keys().last().map_or(1, |k| k + 1));
+        }
+        self.next_id = self.next_id.max(settings.id + 1);
+        let id = settings.id;
+        if save && let Err(e) = self.state.save_settings(&hash, &settings) {
+            warn!(error = %format!("{e:#}"), "saving torrent settings");
+        }
+        let last = stats_at_rest(&meta, &self.state.resume_path(&hash), &settings);
+        let paused = settings.paused;
+        self.torrents.insert(
+            id,
+            Entry {
+                meta,
+                hash,
+                settings,
+                handle: None,
+                last,
+                last_active: None,
+            },
+        );
+        if !paused {
+            self.start(id).await;
+        }
+        id
+    }
+
+    async fn start(&mut self, id: i64) {
+        let Some(e) = self.torrents.get_mut(&id) else {
+            return;
+        };
+        if e.handle
+            .as_ref()
+            .is_some_and(|h| !matches!(h.stats().borrow().state, TorrentState::Error(_)))
+        {
+            return;
+        }
+        let params = TorrentParams {
+            meta: e.meta.clone(),
+            target: Target::Directory(e.settings.download_dir.clone()),
+            resume_file: self.state.resume_path(&e.hash),
+            peers: Vec::new(),
+            strategy: self.opts.strategy,
+            // A daemon's torrents serve once complete, until stopped.
+            seed: true,
+            upload_limit: e.settings.upload_limit,
+            download_limit: e.settings.download_limit,
+            priorities: e.settings.priorities.clone(),
+        };
+        match self.session.add_torrent(params).await {
+            Ok(h) => e.handle = Some(h),
+            Err(err) => {
+                e.last.state = TorrentState::Error(err.to_string());
+            }
+        }
+    }
+
+    /// Stops a torrent's actor and keeps its last numbers; its run's
+    /// transfer counts go into the totals kept in the settings.
+    async fn stop(&mut self, id: i64) {
+        let Some(e) = self.torrents.get_mut(&id) else {
+            return;
+        };
+        let Some(h) = e.handle.take() else {
+            return;
+        };
+        let _ = self.session.stop_torrent(e.meta.info_hash.0).await;
+        let s = h.stats().borrow().clone();
+        e.settings.uploaded_ever += s.bytes_up;
+        e.settings.downloaded_ever += s.bytes_down;
+        e.last = TorrentStats {
+            bytes_up: 0,
+            bytes_down: 0,
+            rate_down: 0,
+            rate_up: 0,
+            peers: 0,
+            ..s
+        };
+    }
+
+    fn save(&self, id: i64) {
+        if let Some(e) = self.torrents.get(&id)
+            && let Err(err) = self.state.save_settings(&e.hash, &e.settings)
+        {
+            warn!(error = %format!("{err:#}"), "saving torrent settings");
+        }
+    }
+
+    fn resolve(&self, ids: &Ids) -> Vec<i64> {
+        match ids {
+            Ids::All => self.torrents.keys().copied().collect(),
+            Ids::RecentlyActive => {
+                let now = SystemTime::now();
+                self.torrents
+                    .iter()
+                    .filter(|(_, e)| {
+                        e.last_active
+                            .and_then(|t| now.duration_since(t).ok())
+                            .is_some_and(|d| d < RECENT)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect()
+            }
+            Ids::List(list) => {
+                let mut out: Vec<i64> = list
+                    .iter()
+                    .filter_map(|r| match r {
+                        IdRef::Id(id) => self.torrents.contains_key(id).then_some(*id),
+                        IdRef::Hash(h) => self
+                            .torrents
+                            .iter()
+                            .find(|(_, e)| &e.meta.info_hash.0 == h)
+                            .map(|(id, _)| *id),
+                    })
+                    .collect();
+                out.sort_unstable();
+                out.dedup();
+                out
+            }
+        }
+    }
+
+    fn view(&self, id: i64, e: &Entry) -> View {
+        let (stats, running) = match &e.handle {
+            Some(h) => {
+                let mut s = h.stats().borrow().clone();
+                s.bytes_up += e.settings.uploaded_ever;
+                s.bytes_down += e.settings.downloaded_ever;
+                (s, true)
+            }
+            None => {
+                let mut s = e.last.clone();
+                s.bytes_up = e.settings.uploaded_ever;
+                s.bytes_down = e.settings.downloaded_ever;
+                (s, false)
+            }
+        };
+        View {
+            id,
+            hash: e.hash.clone(),
+            meta: e.meta.clone(),
+            settings: e.settings.clone(),
+            stats,
+            running,
+            handle: e.handle.clone(),
+            activity_date: e
+                .last_active
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                cmd = rx.recv() => match cmd {
+                    Some(c) => self.on_cmd(c).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Notes activity and first completion of every running torrent.
+    fn on_tick(&mut self) {
+        let now = SystemTime::now();
+        let mut done = Vec::new();
+        for (id, e) in &mut self.torrents {
+            let Some(h) = &e.handle else { continue };
+            let s = h.stats().borrow().clone();
+            if s.rate_down > 0 || s.rate_up > 0 {
+                e.last_active = Some(now);
+            }
+            if e.settings.done_date == 0
+                && s.wanted_bytes > 0
+                && s.done_bytes >= s.wanted_bytes
+                && matches!(s.state, TorrentState::Seeding | TorrentState::Complete)
+            {
+                e.settings.done_date = now_secs();
+                done.push(*id);
+            }
+        }
+        for id in done {
+            self.save(id);
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        // Totals of this run into the settings, then every torrent stops
+        // at once (each saves its resume data and announces `stopped`).
+        for e in self.torrents.values_mut() {
+            if let Some(h) = &e.handle {
+                let s = h.stats().borrow().clone();
+                e.settings.uploaded_ever += s.bytes_up;
+                e.settings.downloaded_ever += s.bytes_down;
+            }
+        }
+        let ids: Vec<i64> = self.torrents.keys().copied().collect();
+        for id in ids {
+            self.save(id);
+        }
+    }
+
+    async fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Add {
+                bytes,
+                meta,
+                download_dir,
+                paused,
+                labels,
+                reply,
+            } => {
+                let _ = reply.send(self.add(bytes, *meta, download_dir, paused, labels).await);
+            }
+            Cmd::Get { ids, reply } => {
+                let views = self
+                    .resolve(&ids)
+                    .into_iter()
+                    .filter_map(|id| self.torrents.get(&id).map(|e| self.view(id, e)))
+                    .collect();
+                let _ = reply.send(views);
+            }
+            Cmd::Act { ids, action, reply } => {
+                let ids = self.resolve(&ids);
+                let _ = reply.send(self.act(ids, action).await);
+            }
+            Cmd::Set { ids, change, reply } => {
+                let ids = self.resolve(&ids);
+                let _ = reply.send(self.set(ids, &change).await);
+            }
+            Cmd::Session { reply } => {
+                let _ = reply.send(self.session_view());
+            }
+            Cmd::SessionSet { settings, reply } => {
+                if let Some(d) = settings.download_dir {
+                    self.session_settings.download_dir = Some(d);
+                }
+                if let Some(s) = settings.start_added_torrents {
+                    self.session_settings.start_added_torrents = Some(s);
+                }
+                let r = self
+                    .state
+                    .save_session(&self.session_settings)
+                    .map_err(|e| format!("{e:#}"));
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn add(
+        &mut self,
+        bytes: Vec<u8>,
+        meta: Metainfo,
+        download_dir: Option<PathBuf>,
+        paused: Option<bool>,
+        labels: Vec<String>,
+    ) -> Result<Added, String> {
+        let hash = meta.info_hash.to_hex();
+        if let Some((id, e)) = self.torrents.iter().find(|(_, e)| e.hash == hash) {
+            return Ok(Added {
+                id: *id,
+                name: e.meta.info.name.clone(),
+                hash,
+                duplicate: true,
+            });
+        }
+        let dir = download_dir.unwrap_or_else(|| self.download_dir());
+        if !dir.is_absolute() {
+            return Err(format!(
+                "download-dir {} is not an absolute path",
+                dir.display()
+            ));
+        }
+        let paused = paused.unwrap_or(!self.session_settings.start_added_torrents.unwrap_or(true));
+        let settings = TorrentSettings {
+            id: 0,
+            download_dir: dir,
+            paused,
+            added_date: now_secs(),
+            labels,
+            ..TorrentSettings::default()
+        };
+        // The id is fixed before the files are written, so they agree.
+        let id = self
+            .next_id
+            .max(self.torrents.keys().last().map_or(1, |k| k + 1));
+        let settings = TorrentSettings { id, ..settings };
+        self.state
+            .add(&hash, &bytes, &settings)
+            .map_err(|e| format!("{e:#}"))?;
+        let name = meta.info.name.clone();
+        info!(%hash, %name, id, "torrent added");
+        self.insert(Arc::new(meta), hash.clone(), settings, false)
+            .await;
+        Ok(Added {
+            id,
+            name,
+            hash,
+            duplicate: false,
+        })
+    }
+
+    async fn act(&mut self, ids: Vec<i64>, action: Action) -> Result<(), String> {
+        for id in ids {
+            match action {
+                Action::Start => {
+                    if let Some(e) = self.torrents.get_mut(&id) {
+                        e.settings.paused = false;
+                    }
+                    self.start(id).await;
+                    self.save(id);
+                }
+                Action::Stop => {
+                    self.stop(id).await;
+                    if let Some(e) = self.torrents.get_mut(&id) {
+                        e.settings.paused = true;
+                    }
+                    self.save(id);
+                }
+                Action::Verify => {
+                    let was_running = self.torrents.get(&id).is_some_and(|e| e.handle.is_some());
+                    self.stop(id).await;
+                    let Some(e) = self.torrents.get(&id) else {
+                        continue;
+                    };
+                    // Without resume data the next start hashes every piece.
+                    self.state.forget_resume(&e.hash);
+                    if was_running {
+                        self.start(id).await;
+                    } else {
+                        let s =
+                            stats_at_rest(&e.meta, &self.state.resume_path(&e.hash), &e.settings);
+                        if let Some(e) = self.torrents.get_mut(&id) {
+                            e.last = s;
+                        }
+                    }
+                    self.save(id);
+                }
+                Action::Remove { delete_data } => {
+                    self.stop(id).await;
+                    let Some(e) = self.torrents.remove(&id) else {
+                        continue;
+                    };
+                    self.state.remove(&e.hash);
+                    if delete_data {
+                        super::remove::delete_payload(&e.meta.info, &e.settings.download_dir);
+                    }
+                    info!(hash = %e.hash, id, delete_data, "torrent removed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn set(&mut self, ids: Vec<i64>, c: &Change) -> Result<(), String> {
+        for id in ids {
+            let Some(e) = self.torrents.get_mut(&id) else {
+                continue;
+            };
+            let files = e.meta.info.files.iter().filter(|f| !f.padding).count();
+            let mut restart = false;
+            if !c.wanted.is_empty() || !c.priority.is_empty() {
+                let mut prio = match (&e.settings.priorities, &e.handle) {
+                    (Some(p), _) if p.len() == files => p.clone(),
+                    (_, Some(h)) => h.progress().await.map(|p| p.priorities).unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                if prio.len() != files {
+                    prio = vec![Priority::Normal; files];
+                }
+                for &(i, want) in &c.wanted {
+                    if let Some(p) = prio.get_mut(i) {
+                        if !want {
+                            *p = Priority::Skip;
+                        } else if *p == Priority::Skip {
+                            *p = Priority::Normal;
+                        }
+                    }
+                }
+                for &(i, level) in &c.priority {
+                    if let Some(p) = prio.get_mut(i)
+                        && *p != Priority::Skip
+                    {
+                        *p = level;
+                    }
+                }
+                if let Some(h) = &e.handle {
+                    h.set_file_priorities(prio.clone())
+                        .await
+                        .map_err(|err| format!("torrent {id}: {err}"))?;
+                }
+                e.settings.priorities = Some(prio);
+            }
+            if let Some(l) = c.upload_limit {
+                restart |= e.settings.upload_limit != l;
+                e.settings.upload_limit = l;
+            }
+            if let Some(l) = c.download_limit {
+                restart |= e.settings.download_limit != l;
+                e.settings.download_limit = l;
+            }
+            if let Some(l) = &c.labels {
+                e.settings.labels = l.clone();
+            }
+            if let Some(v) = c.seed_ratio_limit {
+                e.settings.seed_ratio_limit = v;
+            }
+            if let Some(v) = c.seed_ratio_mode {
+                e.settings.seed_ratio_mode = v;
+            }
+            if let Some(v) = c.seed_idle_limit {
+                e.settings.seed_idle_limit = v;
+            }
+            if let Some(v) = c.seed_idle_mode {
+                e.settings.seed_idle_mode = v;
+            }
+            let running = e.handle.is_some();
+            self.save(id);
+            // Rate limits are fixed when a torrent actor starts: a new one
+            // takes over from the resume data just saved.
+            if restart && running {
+                self.stop(id).await;
+                self.start(id).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn session_view(&self) -> SessionView {
+        let mut v = SessionView {
+            download_dir: self.download_dir(),
+            config_dir: self.state.root().to_path_buf(),
+            peer_port: self.opts.listen_port,
+            torrents: self.torrents.len(),
+            active: 0,
+            paused: 0,
+            rate_down: 0,
+            rate_up: 0,
+            uploaded: 0,
+            downloaded: 0,
+            seconds_active: self.started.elapsed().as_secs(),
+            start_added_torrents: self.session_settings.start_added_torrents.unwrap_or(true),
+        };
+        for e in self.torrents.values() {
+            match &e.handle {
+                Some(h) => {
+                    let s = h.stats().borrow().clone();
+                    v.rate_down += s.rate_down;
+                    v.rate_up += s.rate_up;
+                    v.uploaded += s.bytes_up;
+                    v.downloaded += s.bytes_down;
+                    if s.rate_down > 0 || s.rate_up > 0 {
+                        v.active += 1;
+                    }
+                }
+                None => v.paused += 1,
+            }
+        }
+        v
+    }
+}
+
+/// Ends the daemon: saves every torrent's settings and then stops the
+/// session, whose torrents save their resume data and announce `stopped`.
+pub async fn finish(join: tokio::task::JoinHandle<Session>) {
+    if let Ok(session) = join.await {
+        session.shutdown().await;
+    }
+}

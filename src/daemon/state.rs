@@ -1,0 +1,268 @@
+//! The daemon's state directory: what it keeps so a restart brings every
+//! torrent back as it was.
+//!
+//! ```text
+//!   <state>/settings.json              session settings (download dir, ...)
+//!   <state>/torrents/<hash>.torrent    the metainfo, as added
+//!   <state>/torrents/<hash>.json       the torrent's settings (TorrentSettings)
+//!   <state>/resume/<hash>.resume       resume data (written by the torrent actor)
+//!   <state>/resume/<hash>.parts        bytes of unselected files (ditto)
+//! ```
+//!
+//! Every file here is written atomically (temp file, fsync, rename, fsync
+//! of the directory). Loading reads each torrent on its own: a file that
+//! does not parse is reported by name and that torrent is skipped, its
+//! files left in place for the operator.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actors::picker::Priority;
+use anyhow::{Context, anyhow};
+use protocol::metainfo::Metainfo;
+use serde::{Deserialize, Serialize};
+
+/// Longest `.torrent` the daemon accepts (from the RPC, the watch directory
+/// or its own state). 16 MiB holds the piece hashes of a 1 TiB torrent
+/// with 1 MiB pieces.
+pub const MAX_TORRENT_FILE: usize = 16 << 20;
+
+/// Longest settings file read back; ours are a few hundred bytes.
+const MAX_SETTINGS_FILE: u64 = 1 << 20;
+
+/// What the daemon keeps about one torrent besides its metainfo and resume
+/// data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TorrentSettings {
+    /// The RPC's number for it (kept across restarts).
+    pub id: i64,
+    /// Where its payload goes (`<dir>/<torrent name>`).
+    pub download_dir: PathBuf,
+    /// Stopped by the user.
+    pub paused: bool,
+    /// When it was added, seconds since the epoch.
+    pub added_date: i64,
+    /// When its wanted files were first complete, 0 if never.
+    pub done_date: i64,
+    /// Free-form labels.
+    pub labels: Vec<String>,
+    /// Its own upload limit, bytes per second, when limited.
+    pub upload_limit: Option<u64>,
+    /// Its own download limit, bytes per second, when limited.
+    pub download_limit: Option<u64>,
+    /// Seed ratio limit and mode (0 global, 1 this one, 2 unlimited), as
+    /// Transmission keeps them. Recorded, not enforced yet.
+    pub seed_ratio_limit: f64,
+    pub seed_ratio_mode: i64,
+    /// Seed idle limit (minutes) and mode. Recorded, not enforced yet.
+    pub seed_idle_limit: i64,
+    pub seed_idle_mode: i64,
+    /// The file selection the user asked for (one per file); `None` keeps
+    /// what the resume data records.
+    pub priorities: Option<Vec<Priority>>,
+    /// Bytes uploaded and downloaded in earlier runs.
+    pub uploaded_ever: u64,
+    pub downloaded_ever: u64,
+}
+
+impl Default for TorrentSettings {
+    fn default() -> Self {
+        TorrentSettings {
+            id: 0,
+            download_dir: PathBuf::new(),
+            paused: false,
+            added_date: 0,
+            done_date: 0,
+            labels: Vec::new(),
+            upload_limit: None,
+            download_limit: None,
+            seed_ratio_limit: 2.0,
+            seed_ratio_mode: 0,
+            seed_idle_limit: 30,
+            seed_idle_mode: 0,
+            priorities: None,
+            uploaded_ever: 0,
+            downloaded_ever: 0,
+        }
+    }
+}
+
+/// Session settings kept across restarts (what `session-set` changed).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionSettings {
+    /// Where new torrents go unless `torrent-add` says otherwise.
+    pub download_dir: Option<PathBuf>,
+    /// Whether new torrents start paused.
+    pub start_added_torrents: Option<bool>,
+}
+
+/// One torrent read back from the state directory.
+pub struct Stored {
+    pub meta: Arc<Metainfo>,
+    pub settings: TorrentSettings,
+}
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Creates the directory and its parts if needed.
+    pub fn open(root: &Path) -> anyhow::Result<StateDir> {
+        for sub in ["torrents", "resume"] {
+            let d = root.join(sub);
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory itself (`config-dir` in `session-get`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn torrent_path(&self, hex: &str) -> PathBuf {
+        self.root.join("torrents").join(format!("{hex}.torrent"))
+    }
+
+    fn settings_path(&self, hex: &str) -> PathBuf {
+        self.root.join("torrents").join(format!("{hex}.json"))
+    }
+
+    /// Where the torrent actor keeps this torrent's resume data.
+    pub fn resume_path(&self, hex: &str) -> PathBuf {
+        self.root.join("resume").join(format!("{hex}.resume"))
+    }
+
+    /// Writes a new torrent's metainfo and settings (metainfo first: a
+    /// crash between the two leaves a torrent that loads with defaults).
+    pub fn add(&self, hex: &str, torrent: &[u8], settings: &TorrentSettings) -> anyhow::Result<()> {
+        write(&self.torrent_path(hex), torrent)?;
+        self.save_settings(hex, settings)
+    }
+
+    /// Rewrites a torrent's settings.
+    pub fn save_settings(&self, hex: &str, settings: &TorrentSettings) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(settings).context("encoding settings")?;
+        write(&self.settings_path(hex), &json)
+    }
+
+    /// Forgets a torrent: its metainfo, settings, resume data and part file.
+    pub fn remove(&self, hex: &str) {
+        let resume = self.resume_path(hex);
+        for p in [
+            self.settings_path(hex),
+            self.torrent_path(hex),
+            resume.with_extension("parts"),
+            resume,
+        ] {
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %p.display(), error = %e, "removing state file");
+            }
+        }
+    }
+
+    /// Drops the resume data so the next start rechecks every piece.
+    pub fn forget_resume(&self, hex: &str) {
+        let _ = std::fs::remove_file(self.resume_path(hex));
+    }
+
+    /// The session settings (defaults when the file is missing).
+    pub fn load_session(&self) -> anyhow::Result<SessionSettings> {
+        let p = self.root.join("settings.json");
+        match read_bounded(&p, MAX_SETTINGS_FILE) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SessionSettings::default()),
+            Err(e) => Err(anyhow!("{}: {e}", p.display())),
+        }
+    }
+
+    /// Saves the session settings.
+    pub fn save_session(&self, s: &SessionSettings) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(s).context("encoding session settings")?;
+        write(&self.root.join("settings.json"), &json)
+    }
+
+    /// Every torrent kept here, and for each one that could not be read,
+    /// the file and why.
+    pub fn load_all(&self) -> (Vec<Stored>, Vec<String>) {
+        let mut stored = Vec::new();
+        let mut skipped = Vec::new();
+        let dir = self.root.join("torrents");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                skipped.push(format!("{}: {e}", dir.display()));
+                return (stored, skipped);
+            }
+        };
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+            .collect();
+        names.sort();
+        for path in names {
+            match self.load_one(&path) {
+                Ok(s) => stored.push(s),
+                Err(e) => skipped.push(format!("{e:#}")),
+            }
+        }
+        stored.sort_by_key(|s| s.settings.id);
+        (stored, skipped)
+    }
+
+    fn load_one(&self, path: &Path) -> anyhow::Result<Stored> {
+        let bytes = read_bounded(path, MAX_TORRENT_FILE as u64)
+            .with_context(|| format!("{}", path.display()))?;
+        let meta = Metainfo::from_bytes(&bytes)
+            .map_err(|e| anyhow!("{}: not a valid torrent: {e}", path.display()))?;
+        let hex = meta.info_hash.to_hex();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if stem != hex {
+            return Err(anyhow!(
+                "{}: holds torrent {hex}, not {stem}",
+                path.display()
+            ));
+        }
+        let sp = self.settings_path(&hex);
+        let settings = match read_bounded(&sp, MAX_SETTINGS_FILE) {
+            Ok(b) => serde_json::from_slice::<TorrentSettings>(&b)
+                .map_err(|e| anyhow!("{}: {e}", sp.display()))?,
+            // Metainfo written, settings not: added just before a crash.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TorrentSettings::default(),
+            Err(e) => return Err(anyhow!("{}: {e}", sp.display())),
+        };
+        Ok(Stored {
+            meta: Arc::new(meta),
+            settings,
+        })
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    storage::write_atomic(path, bytes).map_err(|(p, e)| anyhow!("writing {}: {e}", p.display()))
+}
+
+/// Reads a file of at most `max` bytes (a longer one is an error, never
+/// read whole).
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {max} bytes"),
+        ));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,702 @@
+//! `actorrent daemon` driven as its users drive it: the real
+//! `transmission-remote` (Debian's transmission-cli) adds, lists, shows,
+//! stops, starts, verifies, selects files and removes, while the download
+//! really happens from an `actorrent seed` on 127.0.0.1 that dials the
+//! daemon's listener; raw HTTP checks the RPC's guards against hostile
+//! requests; a SIGTERM and a restart bring every torrent back without a
+//! recheck, skipping only a corrupt state file; the watch directory adds
+//! what is dropped in it.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::process::Actorrent;
+use support::torrent::TestTorrent;
+use support::wait_until;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A running daemon; killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    rpc: SocketAddr,
+    peers: SocketAddr,
+}
+
+impl Daemon {
+    fn start(state: &Path, dl: &Path, extra: &[&str]) -> Daemon {
+        let log = state.with_extension(format!("log{}", rand::random::<u32>()));
+        let err = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_actorrent"))
+            .args(["daemon", "--state-dir"])
+            .arg(state)
+            .arg("--download-dir")
+            .arg(dl)
+            .args(["--rpc", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info,actors::peer=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn actorrent daemon");
+        let mut d = Daemon {
+            child,
+            log,
+            rpc: "0.0.0.0:0".parse().unwrap(),
+            peers: "0.0.0.0:0".parse().unwrap(),
+        };
+        let found = wait_until(WAIT, || {
+            let text = d.log();
+            let grab = |prefix: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .and_then(|r| r.split('/').next())
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            };
+            match (
+                grab("actorrent: RPC at http://"),
+                grab("actorrent: peers on "),
+            ) {
+                (Some(r), Some(p)) => {
+                    d.rpc = r;
+                    d.peers = p;
+                    true
+                }
+                _ => false,
+            }
+        });
+        if !found {
+            d.fail("no RPC address on stderr");
+        }
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!("daemon: {why}\nlog tail:\n{}", tail.join("\n"))
+    }
+
+    /// `transmission-remote <rpc> <args>`: its stdout, asserting it exits 0.
+    fn remote(&self, args: &[&str]) -> String {
+        let out = Command::new("transmission-remote")
+            .arg(self.rpc.to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run transmission-remote (Debian package transmission-cli)");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            self.fail(&format!(
+                "transmission-remote {args:?} failed: {}\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        stdout
+    }
+
+    /// One RPC call through the session-id handshake; the response JSON.
+    fn call(&self, method: &str, arguments: Value) -> Value {
+        let body = json!({ "method": method, "arguments": arguments, "tag": 5 }).to_string();
+        let (code, headers, _) = http(self.rpc, "POST", &[], body.as_bytes());
+        assert_eq!(code, 409, "a request without a session id gets 409");
+        let id = header(&headers, "x-transmission-session-id").expect("409 carries the id");
+        let (code, _, resp) = http(
+            self.rpc,
+            "POST",
+            &[("X-Transmission-Session-Id", &id)],
+            body.as_bytes(),
+        );
+        assert_eq!(code, 200, "{method}: {resp}");
+        let v: Value = serde_json::from_str(&resp).expect("the RPC answers JSON");
+        assert_eq!(v["tag"], 5, "the tag is echoed");
+        v
+    }
+
+    fn torrents(&self, fields: &[&str]) -> Vec<Value> {
+        let v = self.call("torrent-get", json!({ "fields": fields }));
+        assert_eq!(v["result"], "success", "{v}");
+        v["arguments"]["torrents"].as_array().unwrap().clone()
+    }
+
+    fn wait_torrent(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let fields = [
+            "id",
+            "hashString",
+            "name",
+            "status",
+            "percentDone",
+            "error",
+            "errorString",
+            "leftUntilDone",
+            "sizeWhenDone",
+        ];
+        let mut last = Vec::new();
+        if wait_until(WAIT, || {
+            last = self.torrents(&fields);
+            last.iter().any(&cond)
+        }) {
+            return last.into_iter().find(cond).unwrap();
+        }
+        self.fail(&format!("no torrent {what}; last torrent-get: {last:?}"))
+    }
+
+    fn terminate(&mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM");
+        let mut status = None;
+        wait_until(WAIT, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => self.fail(&format!("exited with {s} after SIGTERM")),
+            None => self.fail("did not stop within a minute of SIGTERM"),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn header(headers: &str, name: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// A minimal HTTP/1.1 request: status, header block, body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    http_raw(
+        addr,
+        method,
+        "/transmission/rpc",
+        headers,
+        body,
+        Some(body.len()),
+    )
+}
+
+fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    content_length: Option<usize>,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the RPC");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(n) = content_length {
+        req.push_str(&format!("Content-Length: {n}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) before reading a body it refuses.
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
+    (code, head.to_owned(), body.to_owned())
+}
+
+fn three_files(dir: &Path, name: &str, seed: u64) -> TestTorrent {
+    TestTorrent::multi(
+        dir,
+        name,
+        16 * 1024,
+        &[("a.bin", 200_000), ("sub/b.bin", 70_000), ("c.bin", 40_000)],
+        seed,
+    )
+}
+
+fn seed_for(t: &TestTorrent, data: &Path, daemon: &Daemon) -> Actorrent {
+    t.write_payload(data);
+    let peer = daemon.peers.to_string();
+    Actorrent::seed("seed", &t.path, data, &["--peer", &peer])
+}
+
+#[test]
+fn transmission_remote_drives_a_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, data) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("seed"),
+    );
+    std::fs::create_dir_all(&dl).unwrap();
+    std::fs::write(dl.join("not-ours"), b"keep me").unwrap();
+    let t = three_files(tmp.path(), "payload", 1);
+    let d = Daemon::start(&state, &dl, &[]);
+
+    // Added paused, so the selection below applies before any file is
+    // created.
+    let out = d.remote(&["--start-paused", "-a", t.path.to_str().unwrap()]);
+    assert!(out.contains("success"), "{out}");
+    // The same torrent again: a duplicate, nothing changes.
+    let bytes = std::fs::read(&t.path).unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let again = d.call("torrent-add", json!({ "metainfo": b64 }));
+    assert_eq!(again["result"], "success", "{again}");
+    assert_eq!(again["arguments"]["torrent-duplicate"]["id"], 1, "{again}");
+    let hash = again["arguments"]["torrent-duplicate"]["hashString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // File 2 (c.bin) not wanted, before any data arrives.
+    d.remote(&["-t", "1", "-G", "2"]);
+    assert_eq!(d.torrents(&["status"])[0]["status"], 0, "paused");
+    d.remote(&["-t", "1", "-s"]);
+    let mut seed = seed_for(&t, &data, &d);
+    d.wait_torrent("complete", |v| v["percentDone"] == 1.0);
+    let list = d.remote(&["-l"]);
+    assert!(list.contains("100%") && list.contains("payload"), "{list}");
+    let info = d.remote(&["-t", "1", "-i"]);
+    assert!(info.contains(&format!("Hash: {hash}")), "{info}");
+    assert!(info.contains("Percent Done: 100%"), "{info}");
+    let files = d.remote(&["-t", "1", "-f"]);
+    let c_line = files
+        .lines()
+        .find(|l| l.contains("payload/c.bin"))
+        .unwrap_or_else(|| panic!("{files}"));
+    assert!(c_line.contains(" No "), "c.bin unwanted: {files}");
+    let a_line = files.lines().find(|l| l.contains("payload/a.bin")).unwrap();
+    assert!(
+        a_line.contains("100%") && a_line.contains(" Yes "),
+        "{files}"
+    );
+    // What was wanted is on disk, byte for byte; the unwanted file is not.
+    for (path, want) in &t.files[..2] {
+        let got = std::fs::read(path.iter().fold(dl.join("payload"), |p, c| p.join(c))).unwrap();
+        assert!(got == *want, "{path:?} differs");
+    }
+    assert!(!dl.join("payload/c.bin").exists());
+
+    // Stop, start, a limit, verify.
+    d.remote(&["-t", "1", "-S"]);
+    assert!(d.remote(&["-l"]).contains("Stopped"));
+    assert_eq!(d.torrents(&["status"])[0]["status"], 0);
+    d.remote(&["-t", "1", "-s"]);
+    d.wait_torrent("seeding again", |v| v["status"] == 6);
+    d.remote(&["-t", "1", "-u", "50"]);
+    assert!(
+        d.remote(&["-t", "1", "-i"])
+            .contains("Upload Limit: 50 kB/s")
+    );
+    d.remote(&["-t", "1", "-v"]);
+    d.wait_torrent("verified complete", |v| {
+        v["status"] == 6 && v["percentDone"] == 1.0
+    });
+    // Wanted again: c.bin comes from the seed.
+    d.remote(&["-t", "1", "-g", "2"]);
+    d.wait_torrent("complete with c.bin", |v| {
+        v["percentDone"] == 1.0 && v["sizeWhenDone"] == 310_000
+    });
+    t.assert_downloaded(&dl);
+
+    // Remove with its data: exactly the torrent's files go.
+    d.remote(&["-t", "1", "--remove-and-delete"]);
+    assert!(d.torrents(&["id"]).is_empty());
+    assert!(!dl.join("payload").exists(), "the torrent's tree is gone");
+    assert_eq!(std::fs::read(dl.join("not-ours")).unwrap(), b"keep me");
+    assert!(
+        std::fs::read_dir(state.join("torrents"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    seed.stop(WAIT);
+    let mut d = d;
+    d.terminate();
+}
+
+#[test]
+fn rpc_refuses_hostile_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &tmp.path().join("state"),
+        tmp.path(),
+        &["--rpc-auth", "alice:s3cret"],
+    );
+    use base64::Engine;
+    let enc = |s: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
+    let good = enc("alice:s3cret");
+    let body = br#"{"method":"session-get"}"#;
+    // No or wrong credentials: 401, asking for Basic.
+    let (code, head, _) = http(d.rpc, "POST", &[], body);
+    assert_eq!(code, 401);
+    assert!(header(&head, "www-authenticate").is_some_and(|v| v.starts_with("Basic")));
+    let (code, _, _) = http(
+        d.rpc,
+        "POST",
+        &[("Authorization", &enc("alice:guess"))],
+        body,
+    );
+    assert_eq!(code, 401);
+    // A host name not on the list (DNS rebinding): refused.
+    let (code, _, _) = http(
+        d.rpc,
+        "POST",
+        &[("Host", "evil.example:9091"), ("Authorization", &good)],
+        body,
+    );
+    assert_eq!(code, 421);
+    // Right credentials, no session id: 409 with the id.
+    let (code, head, _) = http(d.rpc, "POST", &[("Authorization", &good)], body);
+    assert_eq!(code, 409);
+    let sid = header(&head, "x-transmission-session-id").unwrap();
+    let auth = [
+        ("Authorization", good.as_str()),
+        ("X-Transmission-Session-Id", sid.as_str()),
+    ];
+    // A stale id is refused the same way.
+    let (code, _, _) = http(
+        d.rpc,
+        "POST",
+        &[
+            ("Authorization", &good),
+            ("X-Transmission-Session-Id", "stale"),
+        ],
+        body,
+    );
+    assert_eq!(code, 409);
+    let (code, _, resp) = http(d.rpc, "POST", &auth, body);
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["result"], "success");
+    assert_eq!(v["arguments"]["rpc-version"], 17);
+    assert!(
+        v["arguments"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("4.0.6 (actorrent")
+    );
+    // A body over the limit: 413 before it is read.
+    let (code, _, _) = http_raw(
+        d.rpc,
+        "POST",
+        "/transmission/rpc",
+        &auth,
+        b"{}",
+        Some(100 << 20),
+    );
+    assert_eq!(code, 413);
+    // Malformed JSON, wrong types, unknown methods and ids: an error
+    // result, and the daemon still answers afterwards.
+    for (body, needle) in [
+        (&b"{not json"[..], "not JSON"),
+        (b"[1,2]", "not a JSON object"),
+        (
+            br#"{"method":"torrent-get","arguments":{"fields":"id"}}"#,
+            "fields",
+        ),
+        (
+            br#"{"method":"torrent-get","arguments":{"fields":["id"],"ids":[{"x":1}]}}"#,
+            "ids",
+        ),
+        (
+            br#"{"method":"torrent-set","arguments":{"ids":[1],"files-wanted":"all"}}"#,
+            "files-wanted",
+        ),
+        (
+            br#"{"method":"torrent-add","arguments":{"metainfo":"bm90IGEgdG9ycmVudA=="}}"#,
+            "torrent",
+        ),
+        (br#"{"method":"torrent-add","arguments":{}}"#, "filename"),
+        (br#"{"method":"no-such-method"}"#, "not recognized"),
+    ] {
+        let (code, _, resp) = http(d.rpc, "POST", &auth, body);
+        assert_eq!(code, 200, "{resp}");
+        let v: Value = serde_json::from_str(&resp).unwrap_or_else(|e| panic!("{e}: {resp}"));
+        let r = v["result"].as_str().unwrap();
+        assert!(
+            r != "success" && r.contains(needle),
+            "{}: {r}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let (_, _, resp) = http(
+        d.rpc,
+        "POST",
+        &auth,
+        br#"{"method":"torrent-stop","arguments":{"ids":[999]}}"#,
+    );
+    assert!(
+        resp.contains("success"),
+        "unknown ids are ignored, as Transmission does: {resp}"
+    );
+    let (_, _, resp) = http(d.rpc, "POST", &auth, br#"{"method":"port-test"}"#);
+    assert!(resp.contains(r#""port-is-open":false"#), "{resp}");
+    // The web UI's files are served, nothing outside its directory.
+    let (code, _, _) = http_raw(
+        d.rpc,
+        "GET",
+        "/transmission/web/../../../etc/passwd",
+        &auth,
+        b"",
+        None,
+    );
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn a_restart_brings_every_torrent_back_without_a_recheck() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, data) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("seed"),
+    );
+    let done = three_files(tmp.path(), "done", 2);
+    let paused = three_files(tmp.path(), "paused", 3);
+    let broken = three_files(tmp.path(), "broken", 4);
+    let mut d = Daemon::start(&state, &dl, &[]);
+    d.remote(&["-a", done.path.to_str().unwrap()]);
+    d.remote(&["--start-paused", "-a", paused.path.to_str().unwrap()]);
+    d.remote(&["--start-paused", "-a", broken.path.to_str().unwrap()]);
+    d.remote(&["-t", "1", "-G", "1"]);
+    let mut seed = seed_for(&done, &data, &d);
+    d.wait_torrent("complete", |v| {
+        v["name"] == "done" && v["percentDone"] == 1.0
+    });
+    seed.stop(WAIT);
+    let before = d.torrents(&[
+        "id",
+        "name",
+        "status",
+        "percentDone",
+        "sizeWhenDone",
+        "wanted",
+        "downloadDir",
+    ]);
+    d.terminate();
+    assert!(d.log().contains("daemon stopped"));
+
+    // One torrent's settings file is damaged while the daemon is down.
+    let broken_hash =
+        protocol::metainfo::Metainfo::from_bytes(&std::fs::read(&broken.path).unwrap())
+            .unwrap()
+            .info_hash
+            .to_hex();
+    let bad = state.join("torrents").join(format!("{broken_hash}.json"));
+    std::fs::write(&bad, b"{ this is not json").unwrap();
+
+    let d = Daemon::start(&state, &dl, &[]);
+    d.wait_torrent("seeding after restart", |v| {
+        v["name"] == "done" && v["status"] == 6
+    });
+    let after = d.torrents(&[
+        "id",
+        "name",
+        "status",
+        "percentDone",
+        "sizeWhenDone",
+        "wanted",
+        "downloadDir",
+    ]);
+    let log = d.log();
+    assert!(
+        log.contains(&bad.display().to_string()),
+        "the corrupt file is named:\n{log}"
+    );
+    assert!(
+        !log.contains("rechecking"),
+        "no piece was rechecked:\n{log}"
+    );
+    assert_eq!(
+        after.len(),
+        2,
+        "only the corrupt torrent is skipped: {after:?}"
+    );
+    let keep: Vec<&Value> = before.iter().filter(|v| v["name"] != "broken").collect();
+    for (b, a) in keep.iter().zip(&after) {
+        assert_eq!(*b, a, "same state after the restart");
+    }
+    assert!(bad.exists(), "the damaged file is left for the operator");
+}
+
+#[test]
+fn the_watch_directory_adds_what_is_dropped_in_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watch = tmp.path().join("watch");
+    std::fs::create_dir_all(&watch).unwrap();
+    let t = three_files(tmp.path(), "watched", 5);
+    let d = Daemon::start(
+        &tmp.path().join("state"),
+        tmp.path(),
+        &["--watch", watch.to_str().unwrap()],
+    );
+    std::fs::copy(&t.path, watch.join("one.torrent")).unwrap();
+    std::fs::write(watch.join("junk.torrent"), b"d4:infoi1ee").unwrap();
+    let added = watch.join("one.torrent.added");
+    let invalid = watch.join("junk.torrent.invalid");
+    assert!(
+        wait_until(WAIT, || added.exists() && invalid.exists()),
+        "{}",
+        d.log()
+    );
+    std::fs::copy(&t.path, watch.join("again.torrent")).unwrap();
+    assert!(wait_until(WAIT, || watch
+        .join("again.torrent.added")
+        .exists()));
+    let names: Vec<Value> = d
+        .torrents(&["name"])
+        .into_iter()
+        .map(|v| v["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![json!("watched")],
+        "the duplicate was not added twice"
+    );
+    assert!(
+        d.log().contains("junk.torrent"),
+        "the invalid file is named in the log"
+    );
+}
+
+/// Where Debian's transmission-common puts the web UI.
+fn web_ui_dir() -> PathBuf {
+    [
+        "/usr/share/transmission/public_html",
+        "/usr/share/transmission/web",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|d| d.join("index.html").is_file())
+    .expect("the Transmission web UI (Debian package transmission-common)")
+}
+
+/// Headless Chromium loads `url`, runs its scripts for a few seconds of
+/// virtual time and prints the DOM (or, with `shot`, saves a screenshot).
+fn chromium(url: &str, profile: &Path, shot: Option<&Path>) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "60",
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+    ])
+    .args([
+        "--disable-background-networking",
+        "--disable-component-update",
+    ])
+    .args([
+        "--disable-sync",
+        "--no-first-run",
+        "--virtual-time-budget=5000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg("--window-size=1000,400");
+    match shot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium (Debian package chromium)");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_transmission_web_ui_lists_the_torrents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, data) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("seed"),
+    );
+    let web = web_ui_dir();
+    let d = Daemon::start(&state, &dl, &["--web-ui", web.to_str().unwrap()]);
+    let done = three_files(tmp.path(), "finished-one", 6);
+    let waiting = three_files(tmp.path(), "waiting-one", 7);
+    d.remote(&["-a", done.path.to_str().unwrap()]);
+    d.remote(&["--start-paused", "-a", waiting.path.to_str().unwrap()]);
+    let mut seed = seed_for(&done, &data, &d);
+    d.wait_torrent("complete", |v| {
+        v["name"] == "finished-one" && v["percentDone"] == 1.0
+    });
+    let url = format!("http://{}/transmission/web/", d.rpc);
+    let dom = chromium(&url, &tmp.path().join("profile"), None);
+    for name in ["finished-one", "waiting-one"] {
+        assert!(
+            dom.contains(&format!("torrent_name\">{name}<")),
+            "{name} listed:\n{dom}"
+        );
+    }
+    // The finished one shows its full size and a ratio, the paused one
+    // none of its bytes.
+    assert!(
+        dom.contains("310.0 kB, uploaded"),
+        "progress of the finished one:\n{dom}"
+    );
+    assert!(
+        dom.contains("0 B of 310.0 kB (0.00%)"),
+        "progress of the paused one:\n{dom}"
+    );
+    // A screenshot for a person to look at, kept with the test build.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon-web-ui.png");
+    chromium(&url, &tmp.path().join("profile2"), Some(&shot));
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
+    seed.stop(WAIT);
+}

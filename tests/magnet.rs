@@ -1,0 +1,323 @@
+//! Magnet links (issue 11) with real peers on 127.0.0.1: libtorrent fetches
+//! the info dictionary from `actorrent seed` by BEP 9 and completes; `actorrent
+//! download 'magnet:...'` fetches it from a libtorrent seed and from
+//! `actorrent seed`, and refuses a corrupt copy from a scripted peer.
+//!
+//! Needs `/usr/bin/python3` with python3-libtorrent (see
+//! `support/lt_peer.py`); a missing module fails the test.
+
+mod support;
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use protocol::ut_metadata::{self, MetadataMsg};
+use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Message};
+use support::lt::LtPeer;
+use support::process::Actorrent;
+use support::torrent::TestTorrent;
+
+/// Bound on the seed checking its data and binding its listener.
+const START: Duration = Duration::from_secs(60);
+/// Bound on a few MiB crossing loopback on a shared machine.
+const DOWNLOAD: Duration = Duration::from_secs(120);
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Several metadata pieces (many files make a long info dictionary) so
+/// the request/data exchange runs more than once.
+fn many_files(dir: &std::path::Path, name: &str) -> TestTorrent {
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("dir{}/a-file-with-a-long-name-{i:04}.bin", i % 7))
+        .collect();
+    let files: Vec<(&str, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), 1000 + i * 37))
+        .collect();
+    TestTorrent::multi(dir, name, 32 * 1024, &files, 11)
+}
+
+#[test]
+fn libtorrent_fetches_the_metadata_from_actorrent_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "lt-magnet");
+    let info_len = protocol::metainfo::Metainfo::from_bytes(&std::fs::read(&t.path).unwrap())
+        .unwrap()
+        .info_bytes
+        .len();
+    assert!(
+        info_len > 16 * 1024,
+        "want several metadata pieces, have {info_len} bytes"
+    );
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &[]);
+    let port = seed.listen_port(START);
+    seed.wait_stats(START, "seeding after the check", |v| {
+        v["state"] == "seeding"
+    });
+    let out = dir.path().join("lt-out");
+    let saved = dir.path().join("lt.torrent");
+    let magnet = format!("magnet:?xt=urn:btih:{}&dn=lt-magnet", hex(&t.info_hash));
+    let extra = vec![
+        "--timeout".to_owned(),
+        DOWNLOAD.as_secs().to_string(),
+        "--peer".into(),
+        format!("127.0.0.1:{port}"),
+        "--save-torrent".into(),
+        saved.display().to_string(),
+    ];
+    let mut lt = LtPeer::spawn_magnet(&magnet, &out, &extra);
+    lt.expect_line("METADATA", DOWNLOAD);
+    lt.expect_line("DONE ", DOWNLOAD);
+    let status = lt.wait(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "libtorrent exited with {status:?}:\n{}",
+        lt.stderr_text()
+    );
+    t.assert_downloaded(&out);
+    let got = protocol::metainfo::Metainfo::from_bytes(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(got.info_hash.0, t.info_hash);
+    seed.stop(Duration::from_secs(30));
+}
+
+fn info_len(t: &TestTorrent) -> usize {
+    protocol::metainfo::Metainfo::from_bytes(&std::fs::read(&t.path).unwrap())
+        .unwrap()
+        .info_bytes
+        .len()
+}
+
+/// `actorrent download <magnet> --output <out> --save-torrent <saved>
+/// <extra>`, waited for; asserts exit 0, the files, the saved torrent's
+/// info-hash and the `metadata` state in the stats.
+fn magnet_download(t: &TestTorrent, dir: &Path, magnet: &str, extra: &[&str]) -> Actorrent {
+    let out = dir.join("out");
+    let saved = dir.join("saved.torrent");
+    let mut args: Vec<&OsStr> = vec![
+        "download".as_ref(),
+        magnet.as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--save-torrent".as_ref(),
+        saved.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    let mut dl = Actorrent::spawn("magnet download", &args);
+    let status = dl.wait_exit(DOWNLOAD);
+    if !status.success() {
+        dl.fail(&format!("exited with {status}"));
+    }
+    t.assert_downloaded(&out);
+    let got = protocol::metainfo::Metainfo::from_bytes(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(got.info_hash.0, t.info_hash);
+    let stats = dl.stats();
+    let meta_line = stats
+        .iter()
+        .find(|v| v["state"] == "metadata" && v["event"] == "metadata")
+        .unwrap_or_else(|| dl.fail("no `metadata` stats line"));
+    assert!(
+        meta_line["metadata_pieces_total"].as_u64().unwrap() >= 1,
+        "{meta_line}"
+    );
+    assert_eq!(stats.last().unwrap()["event"], "complete");
+    dl
+}
+
+#[test]
+fn actorrent_fetches_a_magnet_from_a_libtorrent_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "from-lt");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let (mut seed, port) = LtPeer::seed(&t.path, &data);
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&dn=from-lt&x.pe=127.0.0.1:{port}",
+        hex(&t.info_hash)
+    );
+    magnet_download(&t, dir.path(), &magnet, &[]);
+    seed.finish(Duration::from_secs(30));
+}
+
+#[test]
+fn actorrent_fetches_a_magnet_from_actorrent_seed_given_by_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "from-us");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &[]);
+    let port = seed.listen_port(START);
+    seed.wait_stats(START, "seeding after the check", |v| {
+        v["state"] == "seeding"
+    });
+    let magnet = format!("magnet:?xt=urn:btih:{}", hex(&t.info_hash));
+    let peer = format!("127.0.0.1:{port}");
+    magnet_download(&t, dir.path(), &magnet, &["--peer", &peer]);
+    seed.stop(Duration::from_secs(30));
+}
+
+/// A scripted peer that advertises `ut_metadata` with the right size and
+/// answers every request with bytes of the right length but wrong content.
+/// Returns its port and the count of pieces it served.
+fn corrupt_metadata_peer(
+    info_hash: [u8; 20],
+    size: usize,
+    stop: Arc<AtomicBool>,
+) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let (count, stop) = (count.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let _ = serve_corrupt(s, info_hash, size, &count, &stop);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    (port, served)
+}
+
+fn serve_corrupt(
+    mut s: TcpStream,
+    info_hash: [u8; 20],
+    size: usize,
+    served: &AtomicUsize,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut hs = [0u8; Handshake::LEN];
+    let mut got = 0;
+    while got < hs.len() {
+        match s.read(&mut hs[got..]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => got += n,
+            Err(_) if !stop.load(Ordering::Relaxed) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut ours = Handshake::new([0; 8], info_hash, *b"-SC0001-corruptpeer0");
+    ours.set_extended(true);
+    let mut out = BytesMut::new();
+    ours.encode(&mut out);
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("ut_metadata".to_string(), 3u8);
+    ExtendedHandshake {
+        m,
+        metadata_size: Some(size as u64),
+        ..Default::default()
+    }
+    .to_message()
+    .encode(&mut out);
+    s.write_all(&out)?;
+    let mut buf = BytesMut::new();
+    let mut their_id = None;
+    let mut chunk = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match s.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => continue,
+        }
+        while let Ok(Decoded::Complete(msg)) =
+            wire::decode_message(&mut buf, &wire::Limits::default())
+        {
+            match msg {
+                Message::Extended { id: 0, payload } => {
+                    their_id = ExtendedHandshake::decode(&payload)
+                        .ok()
+                        .and_then(|h| h.m.get("ut_metadata").copied());
+                }
+                Message::Extended { id: 3, payload } => {
+                    let Ok(MetadataMsg::Request { piece }) =
+                        MetadataMsg::decode(&payload, &ut_metadata::Limits::default())
+                    else {
+                        continue;
+                    };
+                    let len = ut_metadata::piece_len(size as u32, piece).unwrap_or(0) as usize;
+                    let answer = MetadataMsg::Data {
+                        piece,
+                        total_size: size as u32,
+                        data: Bytes::from(vec![0x5a; len]),
+                    };
+                    let mut o = BytesMut::new();
+                    Message::Extended {
+                        id: their_id.unwrap_or(1),
+                        payload: Bytes::from(answer.encode()),
+                    }
+                    .encode(&mut o);
+                    s.write_all(&o)?;
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The corrupt peer is dialled first (one metadata connection at a time,
+/// `--peer` before the rest): its copy fails the SHA-1, it is banned, and
+/// the metadata then comes from the honest `actorrent seed`.
+#[test]
+fn a_corrupt_metadata_copy_is_refused_and_the_honest_peer_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "corrupt");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &[]);
+    let port = seed.listen_port(START);
+    seed.wait_stats(START, "seeding after the check", |v| {
+        v["state"] == "seeding"
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (bad_port, served) = corrupt_metadata_peer(t.info_hash, info_len(&t), stop.clone());
+    let config = dir.path().join("one-at-a-time.toml");
+    std::fs::write(&config, "[metadata]\nmax_peers = 1\n").unwrap();
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{port}",
+        hex(&t.info_hash)
+    );
+    let bad = format!("127.0.0.1:{bad_port}");
+    let dl = magnet_download(
+        &t,
+        dir.path(),
+        &magnet,
+        &["--peer", &bad, "--config", config.to_str().unwrap()],
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        served.load(Ordering::Relaxed) >= 1,
+        "the corrupt peer served nothing"
+    );
+    let meta_line = dl
+        .stats()
+        .into_iter()
+        .find(|v| v["event"] == "metadata")
+        .unwrap();
+    assert_eq!(meta_line["metadata_hash_failures"], 1, "{meta_line}");
+    assert_eq!(meta_line["metadata_banned"], 1, "{meta_line}");
+    assert!(
+        dl.log().contains("metadata does not match the info-hash"),
+        "no log line about the bad copy"
+    );
+    seed.stop(Duration::from_secs(30));
+}
