@@ -124,6 +124,8 @@ pub(crate) struct Shared {
     /// Process-wide rate limits.
     pub up_limit: Option<Arc<Limiter>>,
     pub down_limit: Option<Arc<Limiter>>,
+    /// Process-wide connection counters.
+    pub conn: Arc<crate::net::ConnCounters>,
 }
 
 /// Spawns a torrent actor. It stops when `cancel` fires or it fails.
@@ -785,18 +787,18 @@ impl Torrent {
             tokio::select! {
                 Some(d) = done_rx.recv() => match d {
                     Done::Write(WriteDone { piece, result: Ok(()) }, _p) => {
-                        self.release(u64::from(self.picker.piece_size(piece)));
+                        self.release_landed(u64::from(self.picker.piece_size(piece)));
                         self.resume.written(piece);
                     }
                     Done::Write(WriteDone { piece, .. }, _p) => {
-                        self.release(u64::from(self.picker.piece_size(piece)));
+                        self.release_landed(u64::from(self.picker.piece_size(piece)));
                     }
                     Done::Hash(d, _p) => {
                         let bytes = match &d {
                             HashDone::Verified(v) => v.len(),
                             HashDone::Mismatch { blocks, .. } => bytes_of(blocks),
                         };
-                        self.release(bytes);
+                        self.release_landed(bytes);
                     }
                     Done::Sync(_) => {}
                 },
@@ -808,10 +810,10 @@ impl Torrent {
         }
         for (_, blocks) in self.pending_hash.drain(..) {
             let bytes = bytes_of(&blocks);
-            self.shared.budget.release(bytes);
+            self.shared.budget.release_landed(bytes);
         }
         for p in self.pending_write.drain(..) {
-            self.shared.budget.release(p.len());
+            self.shared.budget.release_landed(p.len());
         }
         if self.progress.is_some() {
             // Bounded inside the tracker session by its stop timeout.

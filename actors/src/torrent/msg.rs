@@ -96,9 +96,12 @@ pub enum PeerFault {
     /// The peer broke the protocol: retried with backoff, and refused for
     /// good after `max_protocol_strikes` such ends.
     Protocol,
-    /// Input no honest peer sends (oversized frames, request floods), or a
-    /// connection to ourselves: the address is never dialled again.
+    /// Input no honest peer sends (oversized frames, request floods): the
+    /// address is never dialled again.
     Refused,
+    /// A connection to ourselves (a tracker lists our own address back):
+    /// never dialled again, and nobody's fault.
+    Ourselves,
 }
 
 /// The torrent's answer to an exchange.
@@ -201,7 +204,11 @@ pub enum TorrentMsg {
     /// More peer addresses (from the command line, a tracker, ...).
     AddPeers(Vec<SocketAddr>),
     /// A connection the remote side opened to us, with its handshake.
-    Incoming(tokio::net::TcpStream, SocketAddr, protocol::wire::Handshake),
+    Incoming(
+        crate::mse_stream::MseStream<tokio::net::TcpStream>,
+        SocketAddr,
+        protocol::wire::Handshake,
+    ),
     /// New priorities, one per file (numbered as `info` lists them).
     SetFilePriorities {
         /// The priorities.
@@ -357,7 +364,7 @@ impl TorrentHandle {
     /// (the connection is then dropped).
     pub fn incoming(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: crate::mse_stream::MseStream<tokio::net::TcpStream>,
         addr: SocketAddr,
         handshake: protocol::wire::Handshake,
     ) -> bool {
