@@ -725,3 +725,74 @@ fn the_transmission_web_ui_lists_the_torrents() {
     assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
     seed.stop(WAIT);
 }
+
+#[test]
+fn a_magnet_link_fetches_its_metadata_downloads_and_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, data) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("seed"),
+    );
+    let t = three_files(tmp.path(), "by-magnet", 8);
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("seed", &t.path, &data, &[]);
+    let port = seed.listen_port(WAIT);
+    let hash: String = t.info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    let mut d = Daemon::start(&state, &dl, &[]);
+    let link = format!("magnet:?xt=urn:btih:{hash}&dn=hint&x.pe=127.0.0.1:{port}");
+    assert!(d.remote(&["-a", &link]).contains("success"));
+    // A second magnet, paused, whose metadata nobody has: kept as it is.
+    let lonely = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=lonely";
+    d.remote(&["--start-paused", "-a", lonely]);
+    let done = d.wait_torrent("downloaded by magnet", |v| {
+        v["name"] == "by-magnet" && v["percentDone"] == 1.0
+    });
+    assert_eq!(done["hashString"], hash.as_str());
+    t.assert_downloaded(&dl);
+    let list = d.remote(&["-l"]);
+    assert!(
+        list.contains("by-magnet") && list.contains("lonely"),
+        "{list}"
+    );
+    let lonely_now = d.call(
+        "torrent-get",
+        json!({ "ids": [2], "fields": ["name", "status", "metadataPercentComplete"] }),
+    );
+    assert_eq!(
+        lonely_now["arguments"]["torrents"][0]["status"], 0,
+        "{lonely_now}"
+    );
+    assert_eq!(
+        lonely_now["arguments"]["torrents"][0]["metadataPercentComplete"],
+        0.0
+    );
+    seed.stop(WAIT);
+    d.terminate();
+
+    // After a restart the first is a torrent like any other, the second
+    // still a magnet link waiting for its metadata.
+    let d = Daemon::start(&state, &dl, &[]);
+    d.wait_torrent("seeding after restart", |v| {
+        v["name"] == "by-magnet" && v["status"] == 6
+    });
+    let names: Vec<Value> = d
+        .torrents(&["name"])
+        .into_iter()
+        .map(|v| v["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("by-magnet"), json!("lonely")]);
+    assert!(
+        state
+            .join("torrents")
+            .join(format!("{hash}.torrent"))
+            .exists()
+    );
+    assert!(
+        !state
+            .join("torrents")
+            .join(format!("{hash}.magnet"))
+            .exists()
+    );
+    assert!(!d.log().contains("rechecking"), "{}", d.log());
+}

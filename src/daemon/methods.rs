@@ -175,7 +175,7 @@ async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     ) {
         (Some(b64), _) => protocol::trpc::decode_base64(b64, MAX_TORRENT_FILE).map_err(e)?,
         (None, Some(name)) if name.starts_with("magnet:") => {
-            return Err("magnet links are not supported yet: add the .torrent".into());
+            return torrent_add_magnet(d, args, name).await;
         }
         (None, Some(name)) if name.starts_with("http://") || name.starts_with("https://") => {
             return Err("fetching a .torrent by URL is not supported: pass metainfo".into());
@@ -194,6 +194,33 @@ async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         .map(|l| l.into_iter().map(str::to_owned).collect())
         .unwrap_or_default();
     let added = d.add(bytes, meta, dir, paused, labels).await?;
+    let key = if added.duplicate {
+        "torrent-duplicate"
+    } else {
+        "torrent-added"
+    };
+    Ok(json!({ key: { "id": added.id, "name": added.name, "hashString": added.hash } }))
+}
+
+/// Longest magnet link accepted.
+const MAX_MAGNET: usize = super::state::MAX_MAGNET;
+
+async fn torrent_add_magnet(d: &DaemonHandle, args: &Args, uri: &str) -> Result<Value, String> {
+    if uri.len() > MAX_MAGNET {
+        return Err(format!("magnet link longer than {MAX_MAGNET} bytes"));
+    }
+    let link = protocol::magnet::Magnet::parse(uri)
+        .map_err(|err| format!("invalid magnet link: {err}"))?;
+    let dir = args.str("download-dir").map_err(e)?.map(PathBuf::from);
+    let paused = args.bool("paused").map_err(e)?;
+    let labels = args
+        .strings("labels")
+        .map_err(e)?
+        .map(|l| l.into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let added = d
+        .add_magnet(uri.to_owned(), link, dir, paused, labels)
+        .await?;
     let key = if added.duplicate {
         "torrent-duplicate"
     } else {
@@ -585,7 +612,7 @@ fn render(v: &View, fields: &[String], progress: Option<&FileProgress>) -> Map<S
             "startDate" | "editDate" | "manualAnnounceTime" => json!(0),
             "dateCreated" => json!(v.meta.creation_date.unwrap_or(0)),
             "queuePosition" => json!(v.id - 1),
-            "metadataPercentComplete" => json!(1.0),
+            "metadataPercentComplete" => json!(v.metadata.unwrap_or(1.0)),
             "magnetLink" => json!(magnet(v)),
             "comment" => json!(v.meta.comment.clone().unwrap_or_default()),
             "creator" => json!(v.meta.created_by.clone().unwrap_or_default()),
