@@ -319,6 +319,18 @@ fn transmission_remote_drives_a_download() {
     }
     assert!(!dl.join("payload/c.bin").exists());
 
+    // The table form: field names first, then one row per torrent.
+    let table = d.call(
+        "torrent-get",
+        json!({ "format": "table", "fields": ["id", "name", "no-such-field"] }),
+    );
+    assert_eq!(
+        table["arguments"]["torrents"],
+        json!([["id", "name", "no-such-field"], [1, "payload", null]])
+    );
+    let by_hash = d.call("torrent-get", json!({ "ids": [hash], "fields": ["id"] }));
+    assert_eq!(by_hash["arguments"]["torrents"], json!([{ "id": 1 }]));
+
     // Stop, start, a limit, verify.
     d.remote(&["-t", "1", "-S"]);
     assert!(d.remote(&["-l"]).contains("Stopped"));

@@ -180,9 +180,9 @@ async fn rpc(
     };
     let answer = match protocol::trpc::parse_request(&bytes) {
         Ok(req) => methods::answer(&sh.ctx, req).await,
-        Err(e) => methods::refusal(&e),
+        Err(e) => methods::refusal(&e).to_string().into_bytes(),
     };
-    let mut r = (StatusCode::OK, answer.to_string()).into_response();
+    let mut r = (StatusCode::OK, answer).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=UTF-8"),
