@@ -628,6 +628,14 @@ fn the_watch_directory_adds_what_is_dropped_in_it() {
     assert!(wait_until(WAIT, || watch
         .join("again.torrent.added")
         .exists()));
+    std::fs::write(
+        watch.join("link.magnet"),
+        "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=from-a-link\n",
+    )
+    .unwrap();
+    assert!(wait_until(WAIT, || watch
+        .join("link.magnet.added")
+        .exists()));
     let names: Vec<Value> = d
         .torrents(&["name"])
         .into_iter()
@@ -635,7 +643,7 @@ fn the_watch_directory_adds_what_is_dropped_in_it() {
         .collect();
     assert_eq!(
         names,
-        vec![json!("watched")],
+        vec![json!("watched"), json!("from-a-link")],
         "the duplicate was not added twice"
     );
     assert!(
@@ -807,4 +815,16 @@ fn a_magnet_link_fetches_its_metadata_downloads_and_survives_a_restart() {
             .exists()
     );
     assert!(!d.log().contains("rechecking"), "{}", d.log());
+
+    // Removed without its data: the downloaded files stay, the state goes.
+    d.remote(&["-t", "1", "-r"]);
+    d.remote(&["-t", "2", "-r"]);
+    assert!(d.torrents(&["id"]).is_empty());
+    t.assert_downloaded(&dl);
+    assert!(
+        std::fs::read_dir(state.join("torrents"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
