@@ -295,7 +295,9 @@ fn transmission_remote_drives_a_download() {
     assert_eq!(d.torrents(&["status"])[0]["status"], 0, "paused");
     d.remote(&["-t", "1", "-s"]);
     let mut seed = seed_for(&t, &data, &d);
-    d.wait_torrent("complete", |v| v["percentDone"] == 1.0);
+    // Seeding (status 6) comes once the last piece is written and synced;
+    // percentDone reaches 1 when it is verified.
+    d.wait_torrent("complete", |v| v["percentDone"] == 1.0 && v["status"] == 6);
     let list = d.remote(&["-l"]);
     assert!(list.contains("100%") && list.contains("payload"), "{list}");
     let info = d.remote(&["-t", "1", "-i"]);
@@ -349,8 +351,15 @@ fn transmission_remote_drives_a_download() {
     // Wanted again: c.bin comes from the seed.
     d.remote(&["-t", "1", "-g", "2"]);
     d.wait_torrent("complete with c.bin", |v| {
-        v["percentDone"] == 1.0 && v["sizeWhenDone"] == 310_000
+        v["percentDone"] == 1.0 && v["sizeWhenDone"] == 310_000 && v["status"] == 6
     });
+    // Verified pieces reach the disk through the writer: wait for them.
+    let c = &t.files[2].1;
+    assert!(
+        wait_until(WAIT, || std::fs::read(dl.join("payload/c.bin"))
+            .is_ok_and(|b| b == *c)),
+        "c.bin written"
+    );
     t.assert_downloaded(&dl);
 
     // Remove with its data: exactly the torrent's files go.
@@ -521,7 +530,7 @@ fn a_restart_brings_every_torrent_back_without_a_recheck() {
     d.remote(&["-t", "1", "-G", "1"]);
     let mut seed = seed_for(&done, &data, &d);
     d.wait_torrent("complete", |v| {
-        v["name"] == "done" && v["percentDone"] == 1.0
+        v["name"] == "done" && v["percentDone"] == 1.0 && v["status"] == 6
     });
     seed.stop(WAIT);
     let before = d.torrents(&[
@@ -766,7 +775,7 @@ fn a_magnet_link_fetches_its_metadata_downloads_and_survives_a_restart() {
     let lonely = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=lonely";
     d.remote(&["--start-paused", "-a", lonely]);
     let done = d.wait_torrent("downloaded by magnet", |v| {
-        v["name"] == "by-magnet" && v["percentDone"] == 1.0
+        v["name"] == "by-magnet" && v["percentDone"] == 1.0 && v["status"] == 6
     });
     assert_eq!(done["hashString"], hash.as_str());
     t.assert_downloaded(&dl);

@@ -693,15 +693,20 @@ impl Daemon {
     async fn shutdown(&mut self) {
         // Totals of this run into the settings, then every torrent stops
         // at once (each saves its resume data and announces `stopped`).
-        for e in self.torrents.values_mut() {
+        // Only torrents that moved data have new totals to write: the
+        // rest are on disk as they are (each write costs two fsyncs).
+        let mut changed = Vec::new();
+        for (id, e) in &mut self.torrents {
             if let Some(h) = &e.handle {
                 let s = h.stats().borrow().clone();
-                e.settings.uploaded_ever += s.bytes_up;
-                e.settings.downloaded_ever += s.bytes_down;
+                if s.bytes_up > 0 || s.bytes_down > 0 {
+                    e.settings.uploaded_ever += s.bytes_up;
+                    e.settings.downloaded_ever += s.bytes_down;
+                    changed.push(*id);
+                }
             }
         }
-        let ids: Vec<i64> = self.torrents.keys().copied().collect();
-        for id in ids {
+        for id in changed {
             self.save(id);
         }
     }
