@@ -500,6 +500,19 @@ fn rpc_refuses_hostile_requests() {
     );
     let (_, _, resp) = http(d.rpc, "POST", &auth, br#"{"method":"port-test"}"#);
     assert!(resp.contains(r#""port-is-open":false"#), "{resp}");
+    // Metrics on the same server, behind the same auth.
+    let (code, _, _) = http_raw(d.rpc, "GET", "/metrics", &[], b"", None);
+    assert_eq!(code, 401);
+    let (code, _, text) = http_raw(
+        d.rpc,
+        "GET",
+        "/metrics",
+        &[("Authorization", &good)],
+        b"",
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(text.contains("actorrent_"), "{text}");
     // The web UI's files are served, nothing outside its directory.
     let (code, _, _) = http_raw(
         d.rpc,

@@ -137,6 +137,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         let signals = Signals::new().map_err(|e| Failure::Runtime(e.into()))?;
         let strategy = config.picker.strategy;
         let metadata = config.metadata;
+        let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();
         let session = Session::start(config)
             .context("starting the session")
@@ -163,6 +164,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                 strategy,
                 listen_port: peers.port(),
                 metadata,
+                capacities,
             },
             stop.clone(),
         );

@@ -138,6 +138,9 @@ enum Cmd {
     Session {
         reply: oneshot::Sender<SessionView>,
     },
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
     SessionSet {
         settings: SessionSettings,
         reply: oneshot::Sender<Result<(), String>>,
@@ -227,6 +230,11 @@ impl DaemonHandle {
         self.ask(|reply| Cmd::Session { reply }).await
     }
 
+    /// The Prometheus metrics of the session and every running torrent.
+    pub async fn metrics(&self) -> Result<String, String> {
+        self.ask(|reply| Cmd::Metrics { reply }).await
+    }
+
     /// Changes session settings (fields left `None` keep theirs).
     pub async fn session_set(&self, settings: SessionSettings) -> Result<(), String> {
         self.ask(|reply| Cmd::SessionSet { settings, reply })
@@ -261,6 +269,7 @@ pub struct Options {
     pub strategy: Strategy,
     pub listen_port: u16,
     pub metadata: actors::magnet::MetadataConfig,
+    pub capacities: crate::metrics::Capacities,
 }
 
 struct Daemon {
@@ -792,6 +801,21 @@ impl Daemon {
             }
             Cmd::Session { reply } => {
                 let _ = reply.send(self.session_view());
+            }
+            Cmd::Metrics { reply } => {
+                let stats: Vec<TorrentStats> = self
+                    .torrents
+                    .values()
+                    .filter_map(|e| e.handle.as_ref().map(|h| h.stats().borrow().clone()))
+                    .collect();
+                let trackers = self.session.tracker().stats().await.ok();
+                let text = crate::metrics::render(
+                    &self.session,
+                    &stats,
+                    trackers.as_ref(),
+                    &self.opts.capacities,
+                );
+                let _ = reply.send(text);
             }
             Cmd::SessionSet { settings, reply } => {
                 if let Some(d) = settings.download_dir {
