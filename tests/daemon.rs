@@ -362,6 +362,25 @@ fn transmission_remote_drives_a_download() {
     );
     t.assert_downloaded(&dl);
 
+    // The data moved by hand: --find points the torrent there, and it
+    // seeds from the new place without a recheck.
+    let moved = tmp.path().join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    d.remote(&["-t", "1", "-S"]);
+    std::fs::rename(dl.join("payload"), moved.join("payload")).unwrap();
+    d.remote(&["-t", "1", "--find", moved.to_str().unwrap()]);
+    d.remote(&["-t", "1", "-s"]);
+    d.wait_torrent("seeding from the new place", |v| {
+        v["status"] == 6 && v["percentDone"] == 1.0
+    });
+    assert_eq!(
+        d.torrents(&["downloadDir"])[0]["downloadDir"],
+        moved.to_str().unwrap()
+    );
+    std::fs::rename(moved.join("payload"), dl.join("payload")).unwrap();
+    d.remote(&["-t", "1", "-S"]);
+    d.remote(&["-t", "1", "--find", dl.to_str().unwrap()]);
+
     // Remove with its data: exactly the torrent's files go.
     d.remote(&["-t", "1", "--remove-and-delete"]);
     assert!(d.torrents(&["id"]).is_empty());

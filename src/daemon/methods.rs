@@ -107,7 +107,7 @@ async fn value_method(ctx: &Context, method: &str, args: &Args) -> Result<Value,
             args.ids().map_err(e)?;
             Ok(json!({}))
         }
-        "torrent-set-location" => Err("torrent-set-location is not supported yet".into()),
+        "torrent-set-location" => set_location(d, args).await,
         "torrent-rename-path" => Err("torrent-rename-path is not supported".into()),
         "free-space" => free_space(args),
         // Reachability cannot be tested from inside: say so honestly.
@@ -326,6 +326,36 @@ async fn torrent_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         }
     }
     d.set(ids, c).await?;
+    Ok(json!({}))
+}
+
+/// `torrent-set-location`: with `move: false` (`transmission-remote
+/// --find`), the data is already at the new place; each torrent restarts
+/// there from its resume data. Moving the data is not built.
+async fn set_location(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+    let ids = args.ids().map_err(e)?;
+    let dir = args
+        .str("location")
+        .map_err(e)?
+        .ok_or("torrent-set-location needs \"location\"")?;
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() {
+        return Err(format!(
+            "location {} is not an absolute path",
+            dir.display()
+        ));
+    }
+    if args.bool("move").map_err(e)?.unwrap_or(false) {
+        return Err("moving the data is not supported yet: move it, then set the location with \"move\": false (transmission-remote --find)".into());
+    }
+    d.set(
+        ids,
+        Change {
+            location: Some(dir),
+            ..Change::default()
+        },
+    )
+    .await?;
     Ok(json!({}))
 }
 

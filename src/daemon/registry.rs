@@ -93,6 +93,9 @@ pub struct Change {
     pub seed_ratio_mode: Option<i64>,
     pub seed_idle_limit: Option<i64>,
     pub seed_idle_mode: Option<i64>,
+    /// A new download directory whose data is already in place
+    /// (`torrent-set-location` with `move: false`).
+    pub location: Option<PathBuf>,
 }
 
 /// What to do to a set of torrents.
@@ -1035,6 +1038,10 @@ impl Daemon {
                 }
                 e.settings.priorities = Some(prio);
             }
+            if let Some(dir) = &c.location {
+                restart |= e.settings.download_dir != *dir;
+                e.settings.download_dir = dir.clone();
+            }
             if let Some(l) = c.upload_limit {
                 restart |= e.settings.upload_limit != l;
                 e.settings.upload_limit = l;
@@ -1060,8 +1067,8 @@ impl Daemon {
             }
             let running = e.handle.is_some();
             self.save(id);
-            // Rate limits are fixed when a torrent actor starts: a new one
-            // takes over from the resume data just saved.
+            // Rate limits and the directory are fixed when a torrent actor
+            // starts: a new one takes over from the resume data just saved.
             if restart && running {
                 self.stop(id).await;
                 self.start(id, Vec::new()).await;
