@@ -17,6 +17,7 @@ use crate::budget::BudgetConfig;
 use crate::choker::ChokerConfig;
 use crate::dht::DhtConfig;
 use crate::magnet::MetadataConfig;
+use crate::pex::PexConfig;
 use crate::picker::PickerConfig;
 use crate::pipeline::PipelineConfig;
 use crate::rtt::RttConfig;
@@ -156,6 +157,8 @@ pub struct ClientConfig {
     /// The metadata phase of a magnet link (BEP 9): size limit, peers,
     /// requests and timeouts.
     pub metadata: MetadataConfig,
+    /// Peer exchange (BEP 11): interval and bounds.
+    pub pex: PexConfig,
     /// Streaming files over HTTP while they download.
     pub stream: StreamConfig,
 }
@@ -203,6 +206,7 @@ impl Default for ClientConfig {
             tracker: TrackerConfig::default(),
             dht: DhtConfig::default(),
             metadata: MetadataConfig::default(),
+            pex: PexConfig::default(),
             stream: StreamConfig::default(),
         }
     }

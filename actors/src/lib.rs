@@ -96,6 +96,7 @@ pub mod magnet;
 pub mod metrics;
 pub mod mse_stream;
 pub mod peer;
+pub mod pex;
 pub mod picker;
 pub mod pipeline;
 pub mod ratelimit;

@@ -126,6 +126,14 @@ pub enum TorrentMsg {
         /// The peer id of its handshake (a ban covers it).
         peer_id: [u8; 20],
     },
+    /// Addresses a peer told us of by BEP 11 (`ut_pex` added), checked
+    /// and capped by the peer actor.
+    PexPeers {
+        /// The connection they came from.
+        id: PeerId,
+        /// The addresses.
+        added: Vec<SocketAddr>,
+    },
     /// A connection ended (also sent when the connect failed).
     PeerGone {
         /// The connection.
