@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::config::ClientConfig;
+use actors::mse_stream::Encryption;
 use actors::session::Session;
 use actors::torrent::{Target, TorrentParams, TorrentState, TorrentStats, parse_strategy};
 use anyhow::{Context, anyhow};
@@ -58,6 +59,20 @@ pub struct NetArgs {
     /// to other peers. Private torrents never use it.
     #[arg(long)]
     pub no_pex: bool,
+    /// MSE/PE for peer connections: `prefer` (try encrypted, fall back to
+    /// plaintext, accept both), `require` (RC4 only) or `disable`
+    /// (plaintext only). Default: the config's `encryption` (prefer).
+    #[arg(long, value_name = "prefer|require|disable", value_parser = parse_encryption)]
+    pub encryption: Option<Encryption>,
+}
+
+fn parse_encryption(s: &str) -> Result<Encryption, String> {
+    match s {
+        "prefer" => Ok(Encryption::Prefer),
+        "require" => Ok(Encryption::Require),
+        "disable" => Ok(Encryption::Disable),
+        _ => Err(format!("`{s}` is not prefer, require or disable")),
+    }
 }
 
 /// Upload slots: a count or unlimited.
@@ -323,6 +338,9 @@ fn run_torrent(
         if net.no_pex {
             config.pex.enabled = false;
         }
+        if let Some(e) = net.encryption {
+            config.encryption = e;
+        }
         let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();
         let config_strategy = config.picker.strategy;
@@ -449,6 +467,7 @@ fn run_torrent(
             if let Some(out) = stats_out.as_mut() {
                 let mut line = stats_json(&s, event, listen_port);
                 line["stream_urls"] = json!(stream_urls);
+                line["connections"] = json!(session.connection_stats());
                 if let Ok(t) = session.tracker().stats().await {
                     add_tracker_stats(&mut line, &t);
                 }
@@ -479,6 +498,7 @@ fn run_torrent(
         if let Some(bar) = &bar {
             bar.finish();
         }
+        let connections = session.connection_stats();
         session.shutdown().await;
         if let Some(d) = dht {
             d.stop().await;
@@ -489,6 +509,7 @@ fn run_torrent(
             if s.state != TorrentState::Complete {
                 let mut line = stats_json(&s, "stopped", listen_port);
                 line["stream_urls"] = json!(stream_urls);
+                line["connections"] = json!(connections);
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }

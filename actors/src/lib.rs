@@ -95,6 +95,7 @@ pub mod dht;
 pub mod magnet;
 pub mod metrics;
 pub mod mse_stream;
+pub mod net;
 pub mod peer;
 pub mod pex;
 pub mod picker;

@@ -97,6 +97,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
         storage,
         up_limits: Vec::new(),
         down_limits: Vec::new(),
+        conn: Default::default(),
         metadata: None,
         pex: false,
         dht: None,

@@ -87,7 +87,6 @@ use protocol::ut_metadata::{self, MetadataMsg};
 use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 use storage::{ReadDone, Storage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
@@ -95,6 +94,8 @@ use tracing::{Instrument, debug, info_span};
 use crate::budget::BufferBudget;
 use crate::config::ClientConfig;
 use crate::metrics::{self, LocalHistogram};
+use crate::mse_stream::Kind;
+use crate::net::{self, ConnCounters, Direction};
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
 use crate::pipeline::RateMeter;
 use crate::ratelimit::{self, Limiter};
@@ -155,6 +156,8 @@ pub struct PeerContext {
     pub up_limits: Vec<Arc<Limiter>>,
     /// Download rate limits this connection obeys.
     pub down_limits: Vec<Arc<Limiter>>,
+    /// Process-wide connection counters (by kind, MSE failures).
+    pub conn: Arc<ConnCounters>,
     /// The raw info dictionary, served to peers that ask by BEP 9
     /// (`ut_metadata`) and advertised in our extended handshake; `None`
     /// rejects every request.
@@ -206,14 +209,26 @@ impl End {
     }
 }
 
-/// Connects to `ctx.addr` and runs the connection until it ends. Always
+/// Connects to `ctx.addr` (MSE/PE per the `encryption` setting, see
+/// [`crate::net::dial`]) and runs the connection until it ends. Always
 /// tells the torrent with [`TorrentMsg::PeerGone`].
 pub async fn connect_and_run(ctx: PeerContext) {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
-        let end = match connect(&ctx).await {
-            Ok(stream) => run_inner(stream, None, &ctx).await,
-            Err(e) => End::network(e),
+        let mut ours = net::our_handshake(ctx.info_hash, ctx.our_id);
+        ours.set_dht(ctx.dht.is_some());
+        let dialled = net::dial(ctx.addr, ctx.info_hash, &ours, &ctx.config, &ctx.conn).await;
+        let end = match dialled {
+            Ok(d) => {
+                let how = Setup {
+                    known: None,
+                    ours_sent: d.handshake_sent,
+                    outgoing: Some(d.kind),
+                };
+                run_inner(d.stream, how, &ctx).await
+            }
+            Err(e) if e.protocol => End::protocol(e.reason),
+            Err(e) => End::network(e.reason),
         };
         finish(&ctx, end).await;
     }
@@ -231,11 +246,27 @@ where
 {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
-        let end = run_inner(stream, theirs, &ctx).await;
+        let how = Setup {
+            known: theirs,
+            ours_sent: false,
+            outgoing: None,
+        };
+        let end = run_inner(stream, how, &ctx).await;
         finish(&ctx, end).await;
     }
     .instrument(span)
     .await
+}
+
+/// What connection setup already did before the BitTorrent handshake.
+struct Setup {
+    /// The remote's handshake, when the listener read it.
+    known: Option<Handshake>,
+    /// Ours went out in the MSE initial payload.
+    ours_sent: bool,
+    /// A connection we dialled, and its kind: counted once the handshake
+    /// completes (the listener counts incoming ones).
+    outgoing: Option<Kind>,
 }
 
 async fn finish(ctx: &PeerContext, end: End) {
@@ -251,42 +282,26 @@ async fn finish(ctx: &PeerContext, end: End) {
         .await;
 }
 
-async fn connect(ctx: &PeerContext) -> Result<TcpStream, String> {
-    let stream = tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(ctx.addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let sock = socket2::SockRef::from(&stream);
-    // Failing to tune a socket is not worth losing the peer over.
-    let _ = sock.set_nodelay(true);
-    if let Some(n) = ctx.config.socket_recv_buffer {
-        let _ = sock.set_recv_buffer_size(n);
-    }
-    if let Some(n) = ctx.config.socket_send_buffer {
-        let _ = sock.set_send_buffer_size(n);
-    }
-    Ok(stream)
-}
-
-async fn handshake<S>(
-    stream: &mut S,
-    known: Option<Handshake>,
-    ctx: &PeerContext,
-) -> Result<Handshake, End>
+async fn handshake<S>(stream: &mut S, how: &Setup, ctx: &PeerContext) -> Result<Handshake, End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ours = Handshake::new([0; 8], ctx.info_hash, ctx.our_id);
-    ours.set_extended(true);
-    ours.set_fast(true);
+    let mut ours = net::our_handshake(ctx.info_hash, ctx.our_id);
     ours.set_dht(ctx.dht.is_some());
     let exchange = async {
-        stream
-            .write_all(&ours.to_bytes())
-            .await
-            .map_err(|e| End::network(format!("sending handshake: {e}")))?;
-        if let Some(h) = known {
-            return Ok(h);
+        if !how.ours_sent {
+            stream
+                .write_all(&ours.to_bytes())
+                .await
+                .map_err(|e| End::network(format!("sending handshake: {e}")))?;
+            // An encrypting stream may hold bytes until flushed.
+            stream
+                .flush()
+                .await
+                .map_err(|e| End::network(format!("sending handshake: {e}")))?;
+        }
+        if let Some(h) = &how.known {
+            return Ok(*h);
         }
         let mut buf = [0u8; Handshake::LEN];
         stream
@@ -310,6 +325,9 @@ where
             fault: PeerFault::Ourselves,
             reason: "connected to ourselves".into(),
         });
+    }
+    if let Some(kind) = how.outgoing {
+        ctx.conn.established(kind, Direction::Outgoing);
     }
     Ok(theirs)
 }
@@ -340,6 +358,9 @@ struct Conn<'a> {
     frames_len: usize,
     /// The front frame is partly written: nothing may go before it.
     front_started: bool,
+    /// A write went out since the last flush: an encrypting stream may
+    /// still hold its tail (see [`write_frames`]).
+    unflushed: bool,
     /// Last write progress, or when `frames` became non-empty: a remote
     /// that takes nothing for `write_timeout` is dropped.
     last_write: Instant,
@@ -357,11 +378,11 @@ struct Conn<'a> {
     pex_list: Option<std::sync::Arc<[SocketAddr]>>,
 }
 
-async fn run_inner<S>(mut stream: S, known: Option<Handshake>, ctx: &PeerContext) -> End
+async fn run_inner<S>(mut stream: S, how: Setup, ctx: &PeerContext) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let theirs = match handshake(&mut stream, known, ctx).await {
+    let theirs = match handshake(&mut stream, &how, ctx).await {
         Ok(h) => h,
         Err(end) => return end,
     };
@@ -404,6 +425,7 @@ where
         frames: VecDeque::new(),
         frames_len: 0,
         front_started: false,
+        unflushed: false,
         last_write: now,
         up: Upload {
             am_choking: true,
@@ -457,12 +479,27 @@ where
     end
 }
 
-/// One vectored write of the queue's front frames; returns the bytes
-/// written. Cancel-safe: a write either happened (and is returned) or not.
+/// What [`write_frames`] did.
+enum Wrote {
+    /// Bytes of the queue's front frames accepted by the stream.
+    Bytes(usize),
+    /// The queue was empty: the stream was flushed.
+    Flushed,
+}
+
+/// One vectored write of the queue's front frames, or, with the queue
+/// empty, a flush: an RC4 stream (`MseStream`) accepts a write before all
+/// of its ciphertext reached the socket, and sends the rest on its next
+/// write or flush. Cancel-safe: a write either happened (and is returned)
+/// or not, and a cancelled flush is resumed by the next one.
 async fn write_frames<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frames: &VecDeque<Frame>,
-) -> std::io::Result<usize> {
+) -> std::io::Result<Wrote> {
+    if frames.is_empty() {
+        writer.flush().await?;
+        return Ok(Wrote::Flushed);
+    }
     let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
     let mut k = 0;
     'fill: for f in frames {
@@ -477,7 +514,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             k += 1;
         }
     }
-    writer.write_vectored(&slices[..k]).await
+    writer.write_vectored(&slices[..k]).await.map(Wrote::Bytes)
 }
 
 impl Conn<'_> {
@@ -547,10 +584,14 @@ impl Conn<'_> {
             let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG;
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return End::network("dropped by the torrent"),
-                wrote = write_frames(&mut writer, &self.frames), if !self.frames.is_empty() => {
+                wrote = write_frames(&mut writer, &self.frames), if !self.frames.is_empty() || self.unflushed => {
                     match wrote {
-                        Ok(0) => return End::network("write: wrote zero bytes"),
-                        Ok(n) => self.wrote(n),
+                        Ok(Wrote::Bytes(0)) => return End::network("write: wrote zero bytes"),
+                        Ok(Wrote::Bytes(n)) => {
+                            self.unflushed = true;
+                            self.wrote(n);
+                        }
+                        Ok(Wrote::Flushed) => self.unflushed = false,
                         Err(e) => return End::network(format!("write: {e}")),
                     }
                     if let Err(end) = self.pump().await {

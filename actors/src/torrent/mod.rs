@@ -124,6 +124,8 @@ pub(crate) struct Shared {
     /// Process-wide rate limits.
     pub up_limit: Option<Arc<Limiter>>,
     pub down_limit: Option<Arc<Limiter>>,
+    /// Process-wide connection counters.
+    pub conn: Arc<crate::net::ConnCounters>,
 }
 
 /// Spawns a torrent actor. It stops when `cancel` fires or it fails.

@@ -204,7 +204,11 @@ pub enum TorrentMsg {
     /// More peer addresses (from the command line, a tracker, ...).
     AddPeers(Vec<SocketAddr>),
     /// A connection the remote side opened to us, with its handshake.
-    Incoming(tokio::net::TcpStream, SocketAddr, protocol::wire::Handshake),
+    Incoming(
+        crate::mse_stream::MseStream<tokio::net::TcpStream>,
+        SocketAddr,
+        protocol::wire::Handshake,
+    ),
     /// New priorities, one per file (numbered as `info` lists them).
     SetFilePriorities {
         /// The priorities.
@@ -360,7 +364,7 @@ impl TorrentHandle {
     /// (the connection is then dropped).
     pub fn incoming(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: crate::mse_stream::MseStream<tokio::net::TcpStream>,
         addr: SocketAddr,
         handshake: protocol::wire::Handshake,
     ) -> bool {

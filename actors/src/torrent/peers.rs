@@ -187,6 +187,7 @@ impl Torrent {
     pub(super) fn add_peers(&mut self, addrs: Vec<SocketAddr>) {
         let port = self.shared.listen_port.load(Ordering::Relaxed);
         for a in addrs {
+            let a = crate::net::canonical(a);
             // Ourselves, as a tracker lists us back.
             let own = a.port() == port && (a.ip().is_loopback() || a.ip().is_unspecified());
             if own || self.banned.addr(&a) {
@@ -204,7 +205,7 @@ impl Torrent {
     /// A connection the remote side opened, taken if the limits allow.
     pub(super) fn incoming(
         &mut self,
-        stream: tokio::net::TcpStream,
+        stream: crate::mse_stream::MseStream<tokio::net::TcpStream>,
         addr: SocketAddr,
         handshake: protocol::wire::Handshake,
     ) {
@@ -355,6 +356,7 @@ impl Torrent {
             storage: self.storage.clone(),
             up_limits: self.up_limits.clone(),
             down_limits: self.down_limits.clone(),
+            conn: self.shared.conn.clone(),
             metadata: Some(self.metadata.clone()),
             pex: self.pex_enabled(),
             dht: self.dht.clone().filter(|_| !self.meta.info.private),
