@@ -125,8 +125,9 @@ pub struct PickerConfig {
     /// block. Default 2: enough to route around one stalled peer without
     /// tripling the tail of the download.
     pub endgame_extra_requesters: u32,
-    /// Hash failures a peer may contribute to before it is banned. Default 3.
-    /// 0 disables banning.
+    /// Failed pieces a peer may send alone before it is banned (a failed
+    /// piece of several senders strikes no one; smart ban judges it).
+    /// Default 3. 0 disables banning.
     pub max_strikes: u32,
     /// How many blocks each peer remembers as recently un-requested (timed
     /// out, rejected, choked, cancelled in endgame): such a block arriving
