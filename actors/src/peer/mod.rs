@@ -500,6 +500,14 @@ impl Conn<'_> {
         } else if !self.have.none() {
             Message::Bitfield(Bytes::from(self.have.to_bytes())).encode(&mut self.out);
         }
+        // The opening messages go out before anything is read, as the
+        // handshake did: a connection that ends at once still said them.
+        let opening = self.out.split().freeze();
+        match tokio::time::timeout(ctx.config.write_timeout, writer.write_all(&opening)).await {
+            Ok(Ok(())) => self.session.sent(Instant::now()),
+            Ok(Err(e)) => return End::network(format!("write: {e}")),
+            Err(_) => return End::network("write timed out"),
+        }
         let limits = Limits {
             max_message_len: ctx.config.max_message_len,
             max_request_len: wire::DEFAULT_MAX_REQUEST_LEN,
