@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::config::ClientConfig;
+use actors::mse_stream::Encryption;
 use actors::session::Session;
 use actors::torrent::{Target, TorrentParams, TorrentState, TorrentStats, parse_strategy};
 use anyhow::{Context, anyhow};
@@ -50,6 +51,28 @@ pub struct NetArgs {
     /// any free port, printed on stderr).
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Run no DHT node (BEP 5): peers come from trackers and `--peer` only.
+    /// Private torrents never use the DHT.
+    #[arg(long)]
+    pub no_dht: bool,
+    /// No peer exchange (BEP 11): peers are neither learned from nor told
+    /// to other peers. Private torrents never use it.
+    #[arg(long)]
+    pub no_pex: bool,
+    /// MSE/PE for peer connections: `prefer` (try encrypted, fall back to
+    /// plaintext, accept both), `require` (RC4 only) or `disable`
+    /// (plaintext only). Default: the config's `encryption` (prefer).
+    #[arg(long, value_name = "prefer|require|disable", value_parser = parse_encryption)]
+    pub encryption: Option<Encryption>,
+}
+
+fn parse_encryption(s: &str) -> Result<Encryption, String> {
+    match s {
+        "prefer" => Ok(Encryption::Prefer),
+        "require" => Ok(Encryption::Require),
+        "disable" => Ok(Encryption::Disable),
+        _ => Err(format!("`{s}` is not prefer, require or disable")),
+    }
 }
 
 /// Upload slots: a count or unlimited.
@@ -163,9 +186,15 @@ pub fn run(args: &DownloadArgs, config: ClientConfig) -> Result<(), Failure> {
     let mut stats_out = open_stats(&args.net)?;
     let source = args.torrent.to_string_lossy();
     if source.starts_with("magnet:") {
+        let hex = protocol::magnet::Magnet::parse(&source)
+            .map(|m| m.info_hash.to_hex())
+            .unwrap_or_default();
+        let dht_state = dht_state_file(&args.net, &target, &hex);
         let resolved = crate::magnet::resolve(
             &source,
-            &args.net.peers,
+            &args.net,
+            args.listen,
+            dht_state,
             &config,
             &mut stats_out,
             args.save_torrent.as_deref(),
@@ -306,6 +335,12 @@ fn run_torrent(
         if let Some(limit) = net.download_limit {
             config.download_limit = (limit > 0).then_some(limit);
         }
+        if net.no_pex {
+            config.pex.enabled = false;
+        }
+        if let Some(e) = net.encryption {
+            config.encryption = e;
+        }
         let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();
         let config_strategy = config.picker.strategy;
@@ -313,6 +348,7 @@ fn run_torrent(
             Some(addr) => Some(crate::metrics::start(addr).await.map_err(Failure::Runtime)?),
             None => None,
         };
+        let dht_config = config.clone();
         let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
@@ -333,16 +369,35 @@ fn run_torrent(
             upload_limit: None,
             download_limit: None,
             priorities,
+            dht: None,
         };
+        let mut params = params;
         // Listen first: the torrent announces the port it gets.
         let mut listen_port = 0;
+        let mut listen_addr = None;
         if let Some(addr) = plan.listen {
             let local = session
                 .listen(addr)
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
             listen_port = local.port();
+            listen_addr = Some(local);
         }
+        // BEP 27: a private torrent's peers come from its trackers only.
+        let dht = if meta_for_urls.info.private {
+            None
+        } else {
+            let state = dht_state_file(net, &params.target, &meta_for_urls.info_hash.to_hex());
+            crate::magnet::Dht::start(
+                &dht_config,
+                net.no_dht,
+                listen_addr,
+                state,
+                Some(session.tracker().dns()),
+            )
+            .await
+        };
+        params.dht = dht.as_ref().map(|d| d.handle.clone());
         let handle = session
             .add_torrent(params)
             .await
@@ -412,6 +467,7 @@ fn run_torrent(
             if let Some(out) = stats_out.as_mut() {
                 let mut line = stats_json(&s, event, listen_port);
                 line["stream_urls"] = json!(stream_urls);
+                line["connections"] = json!(session.connection_stats());
                 if let Ok(t) = session.tracker().stats().await {
                     add_tracker_stats(&mut line, &t);
                 }
@@ -442,13 +498,18 @@ fn run_torrent(
         if let Some(bar) = &bar {
             bar.finish();
         }
+        let connections = session.connection_stats();
         session.shutdown().await;
+        if let Some(d) = dht {
+            d.stop().await;
+        }
         if let (Some(out), Ok(())) = (stats_out.as_mut(), &outcome) {
             // The final numbers after the stop (resume data saved).
             let s = stats.borrow().clone();
             if s.state != TorrentState::Complete {
                 let mut line = stats_json(&s, "stopped", listen_port);
                 line["stream_urls"] = json!(stream_urls);
+                line["connections"] = json!(connections);
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
@@ -538,6 +599,16 @@ impl Signals {
             std::process::exit(130);
         });
     }
+}
+
+/// The DHT's routing table is kept next to the resume data (the same
+/// directory every run of this output uses), so a restart rejoins at once.
+fn dht_state_file(net: &NetArgs, target: &Target, hex: &str) -> Option<PathBuf> {
+    let resume = match &net.resume_file {
+        Some(p) => p.clone(),
+        None => default_resume_file(target, hex).ok()?,
+    };
+    Some(resume.parent()?.join("dht.state"))
 }
 
 fn default_resume_file(target: &Target, hex: &str) -> anyhow::Result<PathBuf> {

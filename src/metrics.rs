@@ -244,6 +244,45 @@ pub fn render(
         );
     }
 
+    // Connections by direction and kind, and the ones that failed before
+    // a BitTorrent handshake, by reason.
+    let c = session.connection_stats();
+    let _ = writeln!(
+        out,
+        "# HELP actorrent_connections_total BitTorrent handshakes completed, by direction and kind (plaintext, MSE with plaintext payload, RC4).\n# TYPE actorrent_connections_total counter"
+    );
+    for (dir, k) in [("outgoing", c.outgoing), ("incoming", c.incoming)] {
+        for (kind, v) in [
+            ("plaintext", k.plaintext),
+            ("mse_plaintext", k.mse_plaintext),
+            ("rc4", k.rc4),
+        ] {
+            let _ = writeln!(
+                out,
+                "actorrent_connections_total{{direction=\"{dir}\",kind=\"{kind}\"}} {v}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP actorrent_connection_failures_total Connections dropped before their BitTorrent handshake, by reason.\n# TYPE actorrent_connection_failures_total counter"
+    );
+    for (reason, v) in [
+        ("mse_fallback", c.mse_fallbacks),
+        ("mse_outgoing", c.mse_failures_outgoing),
+        ("refused_plaintext", c.refused_plaintext),
+        ("refused_encrypted", c.refused_encrypted),
+        ("mse_incoming", c.mse_errors_incoming),
+        ("unknown_skey", c.unknown_skey),
+        ("incomplete_incoming", c.incomplete_incoming),
+        ("unknown_torrent", c.unknown_torrent),
+    ] {
+        let _ = writeln!(
+            out,
+            "actorrent_connection_failures_total{{reason=\"{reason}\"}} {v}"
+        );
+    }
+
     let gauges: [(&str, &str, u64); 4] = [
         (
             "actorrent_peers",

@@ -17,6 +17,8 @@ use crate::budget::BudgetConfig;
 use crate::choker::ChokerConfig;
 use crate::dht::DhtConfig;
 use crate::magnet::MetadataConfig;
+use crate::mse_stream::Encryption;
+use crate::pex::PexConfig;
 use crate::picker::PickerConfig;
 use crate::pipeline::PipelineConfig;
 use crate::rtt::RttConfig;
@@ -148,6 +150,12 @@ pub struct ClientConfig {
     /// Incoming connections whose handshake is still being read, at most.
     /// Default 64.
     pub max_pending_handshakes: usize,
+    /// MSE/PE (message stream encryption) for peer connections: `prefer`
+    /// (dial encrypted and retry in plaintext if that fails; accept both),
+    /// `require` (RC4 only, both ways: plaintext peers are refused) or
+    /// `disable` (plaintext only: encrypted peers are refused). Default
+    /// `prefer`.
+    pub encryption: Encryption,
     /// The tracker session: timeouts, breakers, backoff, rate limit, DNS.
     pub tracker: TrackerConfig,
     /// The DHT (BEP 5): bounds of every table and queue, intervals, rate
@@ -156,6 +164,8 @@ pub struct ClientConfig {
     /// The metadata phase of a magnet link (BEP 9): size limit, peers,
     /// requests and timeouts.
     pub metadata: MetadataConfig,
+    /// Peer exchange (BEP 11): interval and bounds.
+    pub pex: PexConfig,
     /// Streaming files over HTTP while they download.
     pub stream: StreamConfig,
 }
@@ -200,9 +210,11 @@ impl Default for ClientConfig {
             upload_limit: None,
             download_limit: None,
             max_pending_handshakes: 64,
+            encryption: Encryption::Prefer,
             tracker: TrackerConfig::default(),
             dht: DhtConfig::default(),
             metadata: MetadataConfig::default(),
+            pex: PexConfig::default(),
             stream: StreamConfig::default(),
         }
     }

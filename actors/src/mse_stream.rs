@@ -135,7 +135,9 @@ pub struct MseStream<S> {
     head: Vec<u8>,
     head_pos: usize,
     /// RC4 both ways, or `None` for plaintext payload.
-    ciphers: Option<Ciphers>,
+    /// Boxed: the two RC4 states are half a KiB, and the stream travels in
+    /// messages (an accepted connection on its way to its torrent).
+    ciphers: Option<Box<Ciphers>>,
     /// Ciphertext accepted from the caller and not yet written to `inner`.
     wbuf: Vec<u8>,
     wpos: usize,
@@ -158,7 +160,7 @@ impl<S> MseStream<S> {
         MseStream::new(inner, Vec::new(), None, Kind::Plaintext)
     }
 
-    fn new(inner: S, head: Vec<u8>, ciphers: Option<Ciphers>, kind: Kind) -> MseStream<S> {
+    fn new(inner: S, head: Vec<u8>, ciphers: Option<Box<Ciphers>>, kind: Kind) -> MseStream<S> {
         MseStream {
             inner,
             head,
@@ -311,7 +313,7 @@ fn established<S>(inner: S, est: Established, mut rest: Vec<u8>) -> MseStream<S>
         c.decrypt.apply(&mut rest);
     }
     head.append(&mut rest);
-    MseStream::new(inner, head, ciphers, Kind::of(crypto))
+    MseStream::new(inner, head, ciphers.map(Box::new), Kind::of(crypto))
 }
 
 async fn read_some<S: AsyncRead + Unpin>(

@@ -8,17 +8,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use protocol::wire::{Decoded, Handshake};
+use protocol::wire::Handshake;
 use storage::{DiskIo, HashPool, HashPoolConfig};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::budget::{BudgetConfigError, BufferBudget};
 use crate::config::ClientConfig;
+use crate::mse_stream::{Kind, MseStream};
+use crate::net::{self, ConnCounters, ConnStats, Direction, SkeyMap};
 use crate::torrent::{self, Shared, TorrentHandle, TorrentParams};
 
 /// Why the session could not start or serve a command.
@@ -57,9 +58,10 @@ enum Command {
     },
     /// A remote peer connected and sent its handshake.
     Incoming {
-        stream: TcpStream,
+        stream: MseStream<TcpStream>,
         addr: SocketAddr,
         handshake: Handshake,
+        kind: Kind,
     },
 }
 
@@ -71,8 +73,10 @@ pub struct Session {
     listen_port: Arc<AtomicU16>,
     tracker: crate::tracker::TrackerHandle,
     cancel: CancellationToken,
-    handshake_timeout: std::time::Duration,
-    max_pending_handshakes: usize,
+    config: Arc<ClientConfig>,
+    /// The SKEY map the session keeps for the listener (see [`SkeyMap`]).
+    skeys: watch::Receiver<SkeyMap>,
+    conn: Arc<ConnCounters>,
     join: tokio::task::JoinHandle<()>,
     budget: Arc<BufferBudget>,
     disk: DiskIo,
@@ -101,6 +105,8 @@ impl Session {
         let (tracker, tracker_join) =
             crate::tracker::spawn(config.tracker.clone(), tracker_stop.clone());
         let config = Arc::new(config);
+        let conn = Arc::new(ConnCounters::default());
+        let (skeys_tx, skeys) = watch::channel(SkeyMap::default());
         let shared = Shared {
             hash: pool.handle(),
             hash_permits: Arc::new(Semaphore::new(pool.handle().capacity())),
@@ -113,6 +119,7 @@ impl Session {
             listen_port: Arc::new(AtomicU16::new(0)),
             up_limit: config.upload_limit.map(crate::ratelimit::limiter),
             down_limit: config.download_limit.map(crate::ratelimit::limiter),
+            conn: conn.clone(),
         };
         let (tx, rx) = mpsc::channel(config.session_mailbox);
         let cancel = CancellationToken::new();
@@ -123,6 +130,7 @@ impl Session {
             shared,
             pool,
             cancel.clone(),
+            skeys_tx,
             tracker_stop,
             tracker_join,
         ));
@@ -131,8 +139,9 @@ impl Session {
             peer_id,
             listen_port,
             tracker,
-            handshake_timeout: config.handshake_timeout,
-            max_pending_handshakes: config.max_pending_handshakes,
+            config,
+            skeys,
+            conn,
             cancel,
             join,
             budget,
@@ -169,61 +178,65 @@ impl Session {
     }
 
     /// Accepts peer connections on `addr` (port 0: any free port) and
-    /// routes each to its torrent by the info-hash of its handshake;
-    /// unknown info-hashes are dropped. Returns the bound address.
+    /// routes each to its torrent by the info-hash of its handshake, or of
+    /// its SKEY for an encrypted one (see [`net::accept`]); unknown
+    /// info-hashes are dropped. Returns the bound address.
     pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, SessionError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| SessionError::Listen { addr, source })?;
+        let listener =
+            net::bind_listener(addr).map_err(|source| SessionError::Listen { addr, source })?;
         let local = listener
             .local_addr()
             .map_err(|source| SessionError::Listen { addr, source })?;
-        info!(%local, "listening");
+        info!(%local, encryption = ?self.config.encryption, "listening");
         // Torrents announce this port from now on.
         self.listen_port.store(local.port(), Ordering::Relaxed);
         let tx = self.tx.clone();
         let cancel = self.cancel.clone();
-        let timeout = self.handshake_timeout;
+        let config = self.config.clone();
+        let skeys = self.skeys.clone();
+        let conn = self.conn.clone();
         // Handshakes being read at once, so a flood of idle sockets costs
         // bounded memory and tasks.
-        let pending = Arc::new(Semaphore::new(self.max_pending_handshakes));
+        let pending = Arc::new(Semaphore::new(self.config.max_pending_handshakes));
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     _ = cancel.cancelled() => break,
                     a = listener.accept() => a,
                 };
-                let Ok((mut stream, peer)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     continue;
                 };
+                let peer = net::canonical(peer);
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
                     debug!(%peer, "too many handshakes in progress; dropped");
                     continue;
                 };
                 let tx = tx.clone();
+                let (config, skeys, conn) = (config.clone(), skeys.clone(), conn.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let mut buf = [0u8; Handshake::LEN];
-                    let read = tokio::time::timeout(timeout, stream.read_exact(&mut buf)).await;
-                    if !matches!(read, Ok(Ok(_))) {
-                        return;
-                    }
-                    let Ok(Decoded::Complete(handshake)) = Handshake::decode(&buf) else {
-                        debug!(%peer, "not a BitTorrent handshake; dropped");
+                    let Some(a) = net::accept(stream, peer, &skeys, &config, &conn).await else {
                         return;
                     };
-                    let _ = socket2::SockRef::from(&stream).set_nodelay(true);
                     let _ = tx
                         .send(Command::Incoming {
-                            stream,
+                            stream: a.stream,
                             addr: peer,
-                            handshake,
+                            handshake: a.handshake,
+                            kind: a.kind,
                         })
                         .await;
                 });
             }
         });
         Ok(local)
+    }
+
+    /// Connection counters: handshakes by kind and direction, MSE
+    /// failures and refusals.
+    pub fn connection_stats(&self) -> ConnStats {
+        self.conn.snapshot()
     }
 
     /// The process-wide tracker session.
@@ -288,6 +301,7 @@ async fn run(
     shared: Shared,
     pool: HashPool,
     cancel: CancellationToken,
+    skeys: watch::Sender<SkeyMap>,
     tracker_stop: CancellationToken,
     tracker_join: tokio::task::JoinHandle<()>,
 ) {
@@ -316,6 +330,7 @@ async fn run(
                         // Two torrents of one info-hash: the older stops.
                         old.token.cancel();
                     }
+                    net::skey_insert(&skeys, hash);
                     let _ = reply.send(handle);
                 }
                 Some(Command::StopTorrent { info_hash, reply }) => {
@@ -329,16 +344,20 @@ async fn run(
                         }
                     }
                 }
-                Some(Command::Incoming { stream, addr, handshake }) => {
+                Some(Command::Incoming { stream, addr, handshake, kind }) => {
                     // Never wait on a torrent here: a busy one loses the
                     // connection rather than stalling every other torrent.
                     match by_hash.get(&handshake.info_hash) {
                         Some(r) => {
+                            shared.conn.established(kind, Direction::Incoming);
                             if !r.handle.incoming(stream, addr, handshake) {
                                 debug!(%addr, "torrent busy; incoming connection dropped");
                             }
                         }
-                        None => debug!(%addr, "unknown info-hash; dropped"),
+                        None => {
+                            shared.conn.unknown_torrent();
+                            debug!(%addr, "unknown info-hash; dropped");
+                        }
                     }
                 }
                 None => break,
@@ -347,6 +366,7 @@ async fn run(
                 if let Ok((hash, gen_id)) = done {
                     if by_hash.get(&hash).is_some_and(|r| r.generation == gen_id) {
                         by_hash.remove(&hash);
+                        net::skey_remove(&skeys, hash);
                     }
                     for w in stopping.remove(&(hash, gen_id)).unwrap_or_default() {
                         let _ = w.send(());

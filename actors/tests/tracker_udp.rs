@@ -2,7 +2,9 @@
 //! 127.0.0.1: datagrams from the wrong address or with the wrong
 //! transaction id are ignored; the wrong action or size, and error
 //! responses, fail the announce; lost requests are retransmitted; the
-//! connection id is reused.
+//! connection id is reused. Over IPv6 (a tracker on `[::1]`) the announce
+//! goes out from an IPv6 socket and the answer's 18-byte peers are read
+//! (BEP 15's IPv6 format).
 
 mod tracker_support;
 
@@ -238,6 +240,42 @@ async fn a_silent_tracker_times_out_after_the_retransmission_cap() {
         connects >= 2 && connects <= 2 * attempts,
         "{connects} for {attempts}"
     );
+    cancel.cancel();
+    join.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announce_over_ipv6_reads_18_byte_peers() {
+    let v6 = |port: u16| {
+        std::net::SocketAddr::from((
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7),
+            port,
+        ))
+    };
+    let tracker = FakeUdp::start_on("[::1]:0", move |req, _| match req {
+        UdpRequest::Connect(c) => vec![UdpReply::Main(connect_ok(c.transaction_id))],
+        UdpRequest::Announce(a) => vec![UdpReply::Main(
+            AnnounceResponse {
+                transaction_id: a.transaction_id,
+                interval: 1800,
+                leechers: 1,
+                seeders: 1,
+                peers: vec![v6(6881), v6(6882)],
+            }
+            .encode(true),
+        )],
+        UdpRequest::Scrape(_) => vec![],
+    })
+    .await;
+    let url = tracker.url();
+    assert!(url.starts_with("udp://[::1]:"), "{url}");
+    let cancel = CancellationToken::new();
+    let (h, join) = spawn(fast_config(), cancel.clone());
+    let (reg, mut r) = registration(info_hash(6), vec![vec![url.clone()]], 6999);
+    h.add_torrent(reg).await.unwrap();
+    assert_eq!(next_peers(&mut r, LIMIT).await, vec![v6(6881), v6(6882)]);
+    let s = h.stats().await.unwrap();
+    assert_eq!(url_stats(&s, &url).announces_failed, 0);
     cancel.cancel();
     join.await.unwrap();
 }

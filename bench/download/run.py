@@ -61,6 +61,23 @@ CLIENTS = ("libtorrent", "actorrent", "rqbit", "aria2")
 # `--baseline PATH` adds this client: another actorrent binary (e.g. main's
 # release build) measured in the same run, for before/after ratios.
 BASELINE = "actorrent-base"
+# `--encryption`: the seed's (and the libtorrent leecher's) lt_peer.py
+# arguments, and each other client's flags, per mode. `forced` is MSE with
+# RC4 only both ways (libtorrent's out_enc_policy and in_enc_policy forced,
+# allowed_enc_level rc4; actorrent `--encryption require`; aria2
+# --bt-require-crypto with arc4); rqbit has no MSE and is left out.
+ENC_LT = {
+    "default": [],
+    "forced": ["--encryption", "forced", "--enc-level", "rc4"],
+    "disabled": ["--encryption", "disabled"],
+}
+ENC_ACTORRENT = {"default": [], "forced": ["--encryption", "require"], "disabled": ["--encryption", "disable"]}
+ENC_ARIA2 = {
+    "default": [],
+    "forced": ["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"],
+    "disabled": [],
+}
+ENCRYPTION = "default"
 # These fsync the download themselves before they exit; the driver syncs the
 # others' file and counts the time in their wall clock.
 SELF_SYNCING = ("libtorrent", "actorrent", BASELINE)
@@ -110,7 +127,8 @@ class Seeder:
     def __init__(self, torrent, save_path, log_path):
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [PYTHON, SEED, "seed", "--torrent", torrent, "--save-path", save_path, "--timeout", "3600"],
+            [PYTHON, SEED, "seed", "--torrent", torrent, "--save-path", save_path, "--timeout", "3600"]
+            + ENC_LT[ENCRYPTION],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -184,11 +202,11 @@ def downloader_cmd(client, args, torrent, out_dir, port, tracker):
     peer = f"127.0.0.1:{port}"
     if client == "libtorrent":
         return [PYTHON, SEED, "leech", "--torrent", torrent, "--save-path", out_dir,
-                "--peer", peer, "--fsync", "--timeout", str(args.timeout)]
+                "--peer", peer, "--fsync", "--timeout", str(args.timeout)] + ENC_LT[ENCRYPTION]
     if client in ("actorrent", BASELINE):
         binary = args.actorrent if client == "actorrent" else args.baseline
         return [binary, "download", torrent, "--output", out_dir, "--peer", peer,
-                "--stats-json", "-"]
+                "--stats-json", "-"] + ENC_ACTORRENT[ENCRYPTION]
     if client == "rqbit":
         # Global options first, then the subcommand's. No listening socket,
         # no discovery, no session state: one peer, like the others.
@@ -197,7 +215,7 @@ def downloader_cmd(client, args, torrent, out_dir, port, tracker):
                 "download", "--output-folder", out_dir, "--exit-on-finish", "--disable-http-api",
                 "--initial-peers", peer, torrent]
     tracker.seed_port = port
-    return [args.aria2c, "--no-conf=true", "--dir", out_dir, "--bt-tracker", tracker.url,
+    return [args.aria2c, "--no-conf=true", "--dir", out_dir, "--bt-tracker", tracker.url] + ENC_ARIA2[ENCRYPTION] + [
             "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
             "--enable-peer-exchange=false", "--seed-time=0", "--disable-ipv6=true",
             # falloc: fallocate(2) instead of writing zeros first (the default
@@ -532,12 +550,20 @@ def main():
     p.add_argument("--timeout", type=int, default=900, help="seconds per download before it is killed")
     p.add_argument("--json", help="also write every number to this file")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--encryption", choices=sorted(ENC_LT), default="default",
+                   help="MSE/PE: forced (RC4 only, every client that has it), disabled, "
+                        "or each client's default")
     args = p.parse_args()
+    global ENCRYPTION
+    ENCRYPTION = args.encryption
 
     clients = [c for c in args.clients.split(",") if c]
     for c in clients:
         if c not in CLIENTS:
             p.error(f"unknown client {c}")
+    if ENCRYPTION == "forced" and "rqbit" in clients:
+        log("rqbit: no MSE/PE; left out with --encryption forced")
+        clients.remove("rqbit")
     if args.baseline:
         clients.insert(clients.index("actorrent") + 1 if "actorrent" in clients else 0, BASELINE)
     binaries = {"actorrent": args.actorrent, BASELINE: args.baseline, "rqbit": args.rqbit, "aria2": args.aria2c}

@@ -253,7 +253,8 @@ def add(ses, a):
 
 def peer_addr(text):
     host, _, port = text.rpartition(":")
-    return host, int(port)
+    # "[::1]:6881" -> ("::1", 6881)
+    return host.strip("[]"), int(port)
 
 
 def cmd_seed(a):

@@ -37,8 +37,20 @@ fn bin() -> std::ffi::OsString {
 impl Actorrent {
     /// Starts `actorrent <args> --stats-json -`.
     pub fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Actorrent {
+        Self::spawn_env(name, args, &[])
+    }
+
+    /// [`Actorrent::spawn`] with environment variables. The DHT is off
+    /// (`ACTORRENT_DHT_ENABLED=false`: tests stay on 127.0.0.1 and its
+    /// default bootstrap routers are on the internet) unless `env` turns it
+    /// on.
+    pub fn spawn_env(name: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Actorrent {
         let mut cmd = Command::new(bin());
         cmd.args(args).args(["--stats-json", "-"]);
+        cmd.env("ACTORRENT_DHT_ENABLED", "false");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             // Disconnect reasons are logged at debug or info; keep them so a
             // failing test shows why (and a test can match on them).

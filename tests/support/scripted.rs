@@ -450,6 +450,9 @@ fn accept_loop(
     while !shared.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
+                if !speaks_plaintext(&stream) {
+                    continue;
+                }
                 let slot = {
                     let mut logs = shared.logs.lock().unwrap();
                     logs.push(ConnLog::new());
@@ -480,6 +483,45 @@ fn accept_loop(
     for c in conns {
         let _ = c.join();
     }
+}
+
+/// These seeds speak no MSE/PE, like a plaintext-only client: a connection
+/// whose first byte is not the handshake's 19 is an encrypted attempt,
+/// closed unlogged (the client then dials again in plaintext). A silent or
+/// closed connection counts as plaintext, to be logged as before.
+fn speaks_plaintext(stream: &TcpStream) -> bool {
+    use protocol::mse::{Detected, detect};
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut first = [0u8; 20];
+    // An MSE key starts with 19 once in 256 tries: look at 20 bytes.
+    let plain = loop {
+        match stream.peek(&mut first) {
+            Ok(0) | Err(_) => break true,
+            Ok(n) => match detect(&first[..n]) {
+                Detected::Plaintext => break true,
+                Detected::Encrypted => break false,
+                Detected::NeedMore(_) if Instant::now() >= deadline => break true,
+                Detected::NeedMore(_) => std::thread::sleep(Duration::from_millis(5)),
+            },
+        }
+    };
+    let _ = stream.set_read_timeout(None);
+    plain
+}
+
+/// Accepts on `listener` until a connection opens in plaintext, closing
+/// the MSE attempts before it (a client with `encryption = "prefer"` dials
+/// again in plaintext after one). At most 8 connections are tried.
+pub fn accept_plaintext(listener: &TcpListener) -> TcpStream {
+    for _ in 0..8 {
+        let (stream, _) = listener.accept().expect("accept");
+        if speaks_plaintext(&stream) {
+            return stream;
+        }
+    }
+    panic!("8 connections in a row opened with an MSE handshake");
 }
 
 /// A step of a connection's loop; `Err` ends the connection that way.

@@ -57,7 +57,7 @@
 //! | CANCEL, REJECT, SUGGEST, ALLOWED FAST naming no valid block or piece | ignored, logged | ignored; oddity |
 //! | REJECT for a block we did not request | ignored, logged | ignored; oddity |
 //! | keep-alives in bursts | ignored | ignored |
-//! | PORT without the DHT bit | accepted (`incoming_dht_port`) | accepted (no DHT yet) |
+//! | PORT without the DHT bit | accepted (`incoming_dht_port`) | accepted: the node goes to our DHT (`try_add_node`) |
 //! | a second extended handshake | read again, updates | updates what it says (`reqq`) |
 //! | an extended handshake that is not a bencoded dictionary | ignored ("invalid extended handshake") | ignored; oddity |
 //! | an extension message with an id we never assigned | disconnect (`invalid_message`: no extension claims it) | protocol |
@@ -68,7 +68,7 @@
 //! | a fixed-size message of another size | disconnect (`invalid_choke`, ...) | protocol |
 //! | a length prefix over the message limit | disconnect (`packet_too_large`) | refused |
 //! | a handshake for another torrent | disconnect (`invalid_info_hash`) | protocol |
-//! | a connection to ourselves | disconnect (`self_connection`) | refused |
+//! | a connection to ourselves | disconnect (`self_connection`) | never dialled again; not counted as a protocol error |
 
 pub mod msg;
 pub mod session;
@@ -87,7 +87,6 @@ use protocol::ut_metadata::{self, MetadataMsg};
 use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 use storage::{ReadDone, Storage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
@@ -95,6 +94,8 @@ use tracing::{Instrument, debug, info_span};
 use crate::budget::BufferBudget;
 use crate::config::ClientConfig;
 use crate::metrics::{self, LocalHistogram};
+use crate::mse_stream::Kind;
+use crate::net::{self, ConnCounters, Direction};
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
 use crate::pipeline::RateMeter;
 use crate::ratelimit::{self, Limiter};
@@ -155,10 +156,18 @@ pub struct PeerContext {
     pub up_limits: Vec<Arc<Limiter>>,
     /// Download rate limits this connection obeys.
     pub down_limits: Vec<Arc<Limiter>>,
+    /// Process-wide connection counters (by kind, MSE failures).
+    pub conn: Arc<ConnCounters>,
     /// The raw info dictionary, served to peers that ask by BEP 9
     /// (`ut_metadata`) and advertised in our extended handshake; `None`
     /// rejects every request.
     pub metadata: Option<Bytes>,
+    /// Exchange peers by BEP 11 (`ut_pex`): on unless `[pex] enabled` is
+    /// off or the torrent is private.
+    pub pex: bool,
+    /// The process's DHT node, for public torrents: our handshake sets the
+    /// DHT bit, and a remote's BEP 5 `port` message gives it a node.
+    pub dht: Option<crate::dht::DhtHandle>,
 }
 
 /// The extension message ids we assign in our extended handshake's `m`
@@ -166,6 +175,8 @@ pub struct PeerContext {
 pub mod ext_id {
     /// BEP 9 `ut_metadata`.
     pub const UT_METADATA: u8 = 1;
+    /// BEP 11 `ut_pex`.
+    pub const UT_PEX: u8 = 2;
 }
 
 /// Why a connection ended, for the log and the torrent's reconnect policy.
@@ -188,8 +199,8 @@ impl End {
             reason: reason.into(),
         }
     }
-    /// Input no honest peer sends (an oversized frame, a request flood), or
-    /// a connection to ourselves: the address is not dialled again.
+    /// Input no honest peer sends (an oversized frame, a request flood):
+    /// the address is not dialled again.
     fn refused(reason: impl Into<String>) -> End {
         End {
             fault: PeerFault::Refused,
@@ -198,14 +209,26 @@ impl End {
     }
 }
 
-/// Connects to `ctx.addr` and runs the connection until it ends. Always
+/// Connects to `ctx.addr` (MSE/PE per the `encryption` setting, see
+/// [`crate::net::dial`]) and runs the connection until it ends. Always
 /// tells the torrent with [`TorrentMsg::PeerGone`].
 pub async fn connect_and_run(ctx: PeerContext) {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
-        let end = match connect(&ctx).await {
-            Ok(stream) => run_inner(stream, None, &ctx).await,
-            Err(e) => End::network(e),
+        let mut ours = net::our_handshake(ctx.info_hash, ctx.our_id);
+        ours.set_dht(ctx.dht.is_some());
+        let dialled = net::dial(ctx.addr, ctx.info_hash, &ours, &ctx.config, &ctx.conn).await;
+        let end = match dialled {
+            Ok(d) => {
+                let how = Setup {
+                    known: None,
+                    ours_sent: d.handshake_sent,
+                    outgoing: Some(d.kind),
+                };
+                run_inner(d.stream, how, &ctx).await
+            }
+            Err(e) if e.protocol => End::protocol(e.reason),
+            Err(e) => End::network(e.reason),
         };
         finish(&ctx, end).await;
     }
@@ -223,11 +246,27 @@ where
 {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
-        let end = run_inner(stream, theirs, &ctx).await;
+        let how = Setup {
+            known: theirs,
+            ours_sent: false,
+            outgoing: None,
+        };
+        let end = run_inner(stream, how, &ctx).await;
         finish(&ctx, end).await;
     }
     .instrument(span)
     .await
+}
+
+/// What connection setup already did before the BitTorrent handshake.
+struct Setup {
+    /// The remote's handshake, when the listener read it.
+    known: Option<Handshake>,
+    /// Ours went out in the MSE initial payload.
+    ours_sent: bool,
+    /// A connection we dialled, and its kind: counted once the handshake
+    /// completes (the listener counts incoming ones).
+    outgoing: Option<Kind>,
 }
 
 async fn finish(ctx: &PeerContext, end: End) {
@@ -243,41 +282,26 @@ async fn finish(ctx: &PeerContext, end: End) {
         .await;
 }
 
-async fn connect(ctx: &PeerContext) -> Result<TcpStream, String> {
-    let stream = tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(ctx.addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let sock = socket2::SockRef::from(&stream);
-    // Failing to tune a socket is not worth losing the peer over.
-    let _ = sock.set_nodelay(true);
-    if let Some(n) = ctx.config.socket_recv_buffer {
-        let _ = sock.set_recv_buffer_size(n);
-    }
-    if let Some(n) = ctx.config.socket_send_buffer {
-        let _ = sock.set_send_buffer_size(n);
-    }
-    Ok(stream)
-}
-
-async fn handshake<S>(
-    stream: &mut S,
-    known: Option<Handshake>,
-    ctx: &PeerContext,
-) -> Result<Handshake, End>
+async fn handshake<S>(stream: &mut S, how: &Setup, ctx: &PeerContext) -> Result<Handshake, End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ours = Handshake::new([0; 8], ctx.info_hash, ctx.our_id);
-    ours.set_extended(true);
-    ours.set_fast(true);
+    let mut ours = net::our_handshake(ctx.info_hash, ctx.our_id);
+    ours.set_dht(ctx.dht.is_some());
     let exchange = async {
-        stream
-            .write_all(&ours.to_bytes())
-            .await
-            .map_err(|e| End::network(format!("sending handshake: {e}")))?;
-        if let Some(h) = known {
-            return Ok(h);
+        if !how.ours_sent {
+            stream
+                .write_all(&ours.to_bytes())
+                .await
+                .map_err(|e| End::network(format!("sending handshake: {e}")))?;
+            // An encrypting stream may hold bytes until flushed.
+            stream
+                .flush()
+                .await
+                .map_err(|e| End::network(format!("sending handshake: {e}")))?;
+        }
+        if let Some(h) = &how.known {
+            return Ok(*h);
         }
         let mut buf = [0u8; Handshake::LEN];
         stream
@@ -297,7 +321,13 @@ where
         return Err(End::protocol("handshake for another torrent"));
     }
     if theirs.peer_id == ctx.our_id {
-        return Err(End::refused("connected to ourselves"));
+        return Err(End {
+            fault: PeerFault::Ourselves,
+            reason: "connected to ourselves".into(),
+        });
+    }
+    if let Some(kind) = how.outgoing {
+        ctx.conn.established(kind, Direction::Outgoing);
     }
     Ok(theirs)
 }
@@ -328,6 +358,9 @@ struct Conn<'a> {
     frames_len: usize,
     /// The front frame is partly written: nothing may go before it.
     front_started: bool,
+    /// A write went out since the last flush: an encrypting stream may
+    /// still hold its tail (see [`write_frames`]).
+    unflushed: bool,
     /// Last write progress, or when `frames` became non-empty: a remote
     /// that takes nothing for `write_timeout` is dropped.
     last_write: Instant,
@@ -335,13 +368,21 @@ struct Conn<'a> {
     /// The id the remote assigned to `ut_metadata` (from its extended
     /// handshake), for our answers to its requests.
     their_ut_metadata: Option<u8>,
+    /// The id the remote assigned to `ut_pex`.
+    their_ut_pex: Option<u8>,
+    pex: crate::pex::PexSender,
+    /// When the remote's last `ut_pex` message was taken.
+    pex_received: Option<Instant>,
+    /// The torrent's latest list, kept for when the remote's extended
+    /// handshake (and its `ut_pex` id) arrives after it.
+    pex_list: Option<std::sync::Arc<[SocketAddr]>>,
 }
 
-async fn run_inner<S>(mut stream: S, known: Option<Handshake>, ctx: &PeerContext) -> End
+async fn run_inner<S>(mut stream: S, how: Setup, ctx: &PeerContext) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let theirs = match handshake(&mut stream, known, ctx).await {
+    let theirs = match handshake(&mut stream, &how, ctx).await {
         Ok(h) => h,
         Err(end) => return end,
     };
@@ -384,6 +425,7 @@ where
         frames: VecDeque::new(),
         frames_len: 0,
         front_started: false,
+        unflushed: false,
         last_write: now,
         up: Upload {
             am_choking: true,
@@ -400,6 +442,10 @@ where
             status_interested: false,
         },
         their_ut_metadata: None,
+        their_ut_pex: None,
+        pex: crate::pex::PexSender::default(),
+        pex_received: None,
+        pex_list: None,
     };
     let end = conn.drive(stream, theirs, &mut cmd_rx, &mut reads_rx).await;
     conn.session.flush_metrics();
@@ -433,12 +479,27 @@ where
     end
 }
 
-/// One vectored write of the queue's front frames; returns the bytes
-/// written. Cancel-safe: a write either happened (and is returned) or not.
+/// What [`write_frames`] did.
+enum Wrote {
+    /// Bytes of the queue's front frames accepted by the stream.
+    Bytes(usize),
+    /// The queue was empty: the stream was flushed.
+    Flushed,
+}
+
+/// One vectored write of the queue's front frames, or, with the queue
+/// empty, a flush: an RC4 stream (`MseStream`) accepts a write before all
+/// of its ciphertext reached the socket, and sends the rest on its next
+/// write or flush. Cancel-safe: a write either happened (and is returned)
+/// or not, and a cancelled flush is resumed by the next one.
 async fn write_frames<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frames: &VecDeque<Frame>,
-) -> std::io::Result<usize> {
+) -> std::io::Result<Wrote> {
+    if frames.is_empty() {
+        writer.flush().await?;
+        return Ok(Wrote::Flushed);
+    }
     let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
     let mut k = 0;
     'fill: for f in frames {
@@ -453,7 +514,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             k += 1;
         }
     }
-    writer.write_vectored(&slices[..k]).await
+    writer.write_vectored(&slices[..k]).await.map(Wrote::Bytes)
 }
 
 impl Conn<'_> {
@@ -491,6 +552,10 @@ impl Conn<'_> {
                     .insert(ut_metadata::EXTENSION_NAME.into(), ext_id::UT_METADATA);
                 ext.metadata_size = Some(info.len() as u64);
             }
+            if ctx.pex {
+                ext.m
+                    .insert(protocol::ut_pex::EXTENSION_NAME.into(), ext_id::UT_PEX);
+            }
             ext.to_message().encode(&mut self.out);
         }
         if self.fast && self.have.none() {
@@ -500,10 +565,20 @@ impl Conn<'_> {
         } else if !self.have.none() {
             Message::Bitfield(Bytes::from(self.have.to_bytes())).encode(&mut self.out);
         }
+        // BEP 5: a peer that sets the DHT bit is told our DHT port (after
+        // the piece set, which some clients want first).
+        if let Some(dht) = ctx.dht.as_ref().filter(|_| theirs.supports_dht()) {
+            Message::Port(dht.local_addr().port()).encode(&mut self.out);
+        }
         // The opening messages go out before anything is read, as the
         // handshake did: a connection that ends at once still said them.
+        // Flushed too: an encrypting stream may hold the tail of a write.
         let opening = self.out.split().freeze();
-        match tokio::time::timeout(ctx.config.write_timeout, writer.write_all(&opening)).await {
+        let say = async {
+            writer.write_all(&opening).await?;
+            writer.flush().await
+        };
+        match tokio::time::timeout(ctx.config.write_timeout, say).await {
             Ok(Ok(())) => self.session.sent(Instant::now()),
             Ok(Err(e)) => return End::network(format!("write: {e}")),
             Err(_) => return End::network("write timed out"),
@@ -522,10 +597,14 @@ impl Conn<'_> {
             let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG;
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return End::network("dropped by the torrent"),
-                wrote = write_frames(&mut writer, &self.frames), if !self.frames.is_empty() => {
+                wrote = write_frames(&mut writer, &self.frames), if !self.frames.is_empty() || self.unflushed => {
                     match wrote {
-                        Ok(0) => return End::network("write: wrote zero bytes"),
-                        Ok(n) => self.wrote(n),
+                        Ok(Wrote::Bytes(0)) => return End::network("write: wrote zero bytes"),
+                        Ok(Wrote::Bytes(n)) => {
+                            self.unflushed = true;
+                            self.wrote(n);
+                        }
+                        Ok(Wrote::Flushed) => self.unflushed = false,
                         Err(e) => return End::network(format!("write: {e}")),
                     }
                     if let Err(end) = self.pump().await {
@@ -737,6 +816,10 @@ impl Conn<'_> {
                     }
                 }
             }
+            PeerCmd::Pex(current) => {
+                self.send_pex(&current);
+                self.pex_list = Some(current);
+            }
             PeerCmd::Interested(on) => {
                 if on != self.session.am_interested {
                     self.session.am_interested = on;
@@ -838,9 +921,17 @@ impl Conn<'_> {
                     self.up.queue.remove(pos);
                 }
             }
-            // PORT is taken with or without the DHT bit, as libtorrent does;
-            // we keep no DHT yet. Suggestions are advice we do not take.
-            Message::Port(_) | Message::Suggest(_) => {}
+            // PORT is taken with or without the DHT bit, as libtorrent does:
+            // the node is offered to the DHT without waiting (a full mailbox
+            // drops the hint). Suggestions are advice we do not take.
+            Message::Port(port) => {
+                if let Some(dht) = &ctx.dht
+                    && port != 0
+                {
+                    dht.try_add_node(SocketAddr::new(ctx.addr.ip(), port));
+                }
+            }
+            Message::Suggest(_) => {}
             Message::AllowedFast(_) if !self.fast => {
                 return Err(End::protocol("allowed-fast without the fast bit"));
             }
@@ -872,6 +963,13 @@ impl Conn<'_> {
                         h.m.get(ut_metadata::EXTENSION_NAME)
                             .copied()
                             .filter(|&id| id != 0);
+                    self.their_ut_pex =
+                        h.m.get(protocol::ut_pex::EXTENSION_NAME)
+                            .copied()
+                            .filter(|&id| id != 0);
+                    if let Some(list) = self.pex_list.clone() {
+                        self.send_pex(&list);
+                    }
                 }
                 Err(e) => self.oddity(&format!("extended handshake ignored: {e}")),
             },
@@ -879,6 +977,10 @@ impl Conn<'_> {
                 id: ext_id::UT_METADATA,
                 payload,
             } if ctx.metadata.is_some() => self.on_metadata_msg(&payload)?,
+            Message::Extended {
+                id: ext_id::UT_PEX,
+                payload,
+            } if ctx.pex => self.on_pex(&payload, now).await?,
             // We assign no other extension message ids, so no honest peer
             // sends one.
             Message::Extended { id, .. } => {
@@ -935,6 +1037,67 @@ impl Conn<'_> {
         }
         .encode(&mut self.out);
         Ok(())
+    }
+
+    /// Takes a BEP 11 message: the added peers go to the torrent (capped,
+    /// port 0 and our own address skipped there). One message per half
+    /// interval is taken; more often is an oddity and ignored, as is a
+    /// message that does not decode.
+    async fn on_pex(&mut self, payload: &[u8], now: Instant) -> Result<(), End> {
+        let cfg = &self.ctx.config.pex;
+        if self
+            .pex_received
+            .is_some_and(|t| now.saturating_duration_since(t) < cfg.interval / 2)
+        {
+            self.oddity("ut_pex messages more often than BEP 11 allows");
+            return Ok(());
+        }
+        let limits = protocol::ut_pex::Limits {
+            max_peers: cfg.max_peers_per_message,
+        };
+        let pex = match protocol::ut_pex::Pex::decode(payload, &limits) {
+            Ok(p) => p,
+            Err(e) => {
+                self.oddity(&format!("ut_pex message ignored: {e}"));
+                return Ok(());
+            }
+        };
+        self.pex_received = Some(now);
+        if pex.truncated > 0 {
+            self.oddity(&format!(
+                "ut_pex: {} peers past the cap skipped",
+                pex.truncated
+            ));
+        }
+        let added: Vec<SocketAddr> = pex.added.into_iter().map(|(a, _)| a).collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        debug!(count = added.len(), "peers learned by PEX");
+        self.ctx
+            .torrent
+            .send(TorrentMsg::PexPeers {
+                id: self.ctx.id,
+                added,
+            })
+            .await
+            .map_err(|_| End::network("torrent stopped"))
+    }
+
+    /// Sends a BEP 11 message if the remote takes them and the interval
+    /// allows.
+    fn send_pex(&mut self, current: &[SocketAddr]) {
+        let Some(id) = self.their_ut_pex.filter(|_| self.ctx.pex) else {
+            return;
+        };
+        let cfg = self.ctx.config.pex;
+        if let Some(msg) = self.pex.next(current, self.ctx.addr, Instant::now(), &cfg) {
+            Message::Extended {
+                id,
+                payload: Bytes::from(msg.encode()),
+            }
+            .encode(&mut self.out);
+        }
     }
 
     /// Counts an odd message we tolerate, and logs it at debug.

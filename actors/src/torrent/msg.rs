@@ -96,9 +96,12 @@ pub enum PeerFault {
     /// The peer broke the protocol: retried with backoff, and refused for
     /// good after `max_protocol_strikes` such ends.
     Protocol,
-    /// Input no honest peer sends (oversized frames, request floods), or a
-    /// connection to ourselves: the address is never dialled again.
+    /// Input no honest peer sends (oversized frames, request floods): the
+    /// address is never dialled again.
     Refused,
+    /// A connection to ourselves (a tracker lists our own address back):
+    /// never dialled again, and nobody's fault.
+    Ourselves,
 }
 
 /// The torrent's answer to an exchange.
@@ -122,6 +125,14 @@ pub enum TorrentMsg {
         cmds: mpsc::Sender<PeerCmd>,
         /// The peer id of its handshake (a ban covers it).
         peer_id: [u8; 20],
+    },
+    /// Addresses a peer told us of by BEP 11 (`ut_pex` added), checked
+    /// and capped by the peer actor.
+    PexPeers {
+        /// The connection they came from.
+        id: PeerId,
+        /// The addresses.
+        added: Vec<SocketAddr>,
     },
     /// A connection ended (also sent when the connect failed).
     PeerGone {
@@ -193,7 +204,11 @@ pub enum TorrentMsg {
     /// More peer addresses (from the command line, a tracker, ...).
     AddPeers(Vec<SocketAddr>),
     /// A connection the remote side opened to us, with its handshake.
-    Incoming(tokio::net::TcpStream, SocketAddr, protocol::wire::Handshake),
+    Incoming(
+        crate::mse_stream::MseStream<tokio::net::TcpStream>,
+        SocketAddr,
+        protocol::wire::Handshake,
+    ),
     /// New priorities, one per file (numbered as `info` lists them).
     SetFilePriorities {
         /// The priorities.
@@ -349,7 +364,7 @@ impl TorrentHandle {
     /// (the connection is then dropped).
     pub fn incoming(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: crate::mse_stream::MseStream<tokio::net::TcpStream>,
         addr: SocketAddr,
         handshake: protocol::wire::Handshake,
     ) -> bool {

@@ -419,8 +419,16 @@ impl FakeUdp {
     pub async fn start(
         script: impl Fn(&UdpRequest, usize) -> Vec<UdpReply> + Send + Sync + 'static,
     ) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0", script).await
+    }
+
+    /// As [`start`](Self::start), on `bind` (`[::1]:0` for IPv6).
+    pub async fn start_on(
+        bind: &str,
+        script: impl Fn(&UdpRequest, usize) -> Vec<UdpReply> + Send + Sync + 'static,
+    ) -> Self {
+        let socket = UdpSocket::bind(bind).await.unwrap();
+        let other = UdpSocket::bind(bind).await.unwrap();
         let addr = socket.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<UdpScript> = Arc::new(script);
