@@ -13,7 +13,10 @@
 //! reads whenever the socket has input and writes whenever it has room and
 //! frames are queued, so a large send in progress never leaves the
 //! remote's requests unread, and the served queue is refilled after every
-//! write. What waits to be written is bounded: block frames by
+//! write. The `select!` is biased: a ready read first, then a ready
+//! write, then commands and disk reads, the tick last, so a timer never
+//! runs (and waits on the torrent) ahead of frames that could go out.
+//! What waits to be written is bounded: block frames by
 //! `max_send_queue` (the upload side stops framing there), control
 //! messages by [`CONTROL_BACKLOG`] (reading pauses until the remote takes
 //! them).
