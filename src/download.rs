@@ -56,6 +56,15 @@ pub struct NetArgs {
     /// (plaintext only). Default: the config's `encryption` (prefer).
     #[arg(long, value_name = "prefer|require|disable", value_parser = parse_encryption)]
     pub encryption: Option<Encryption>,
+    /// Bind every socket (peers, listener, trackers) to this network
+    /// interface (SO_BINDTODEVICE): while it is down or missing nothing
+    /// goes out, by any route. Default: the config's `bind_interface`.
+    #[arg(long, value_name = "NAME")]
+    pub bind_interface: Option<String>,
+    /// Local address of outgoing peer and tracker connections. Default: the
+    /// config's `bind_address` (the OS chooses).
+    #[arg(long, value_name = "IP")]
+    pub bind_address: Option<std::net::IpAddr>,
 }
 
 fn parse_encryption(s: &str) -> Result<Encryption, String> {
@@ -323,6 +332,12 @@ fn run_torrent(
         }
         if let Some(e) = net.encryption {
             config.encryption = e;
+        }
+        if let Some(name) = &net.bind_interface {
+            config.bind_interface = name.clone();
+        }
+        if let Some(ip) = net.bind_address {
+            config.bind_address = ip.to_string();
         }
         let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();

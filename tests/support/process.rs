@@ -37,7 +37,18 @@ fn bin() -> std::ffi::OsString {
 impl Actorrent {
     /// Starts `actorrent <args> --stats-json -`.
     pub fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Actorrent {
-        let mut cmd = Command::new(bin());
+        Self::spawn_cmd(name, Command::new(bin()), args)
+    }
+
+    /// As [`spawn`](Self::spawn), inside network namespace `netns` (`ip
+    /// netns exec` execs the client, so the guard's process is the client).
+    pub fn spawn_in(netns: &str, name: &str, args: &[&std::ffi::OsStr]) -> Actorrent {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(bin());
+        Self::spawn_cmd(name, cmd, args)
+    }
+
+    fn spawn_cmd(name: &str, mut cmd: Command, args: &[&std::ffi::OsStr]) -> Actorrent {
         cmd.args(args).args(["--stats-json", "-"]);
         if std::env::var_os("RUST_LOG").is_none() {
             // Disconnect reasons are logged at debug or info; keep them so a

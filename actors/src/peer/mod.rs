@@ -208,7 +208,17 @@ pub async fn connect_and_run(ctx: PeerContext) {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
         let ours = net::our_handshake(ctx.info_hash, ctx.our_id);
-        let dialled = net::dial(ctx.addr, ctx.info_hash, &ours, &ctx.config, &ctx.conn).await;
+        // Checked when the session started; a bad one cannot get here.
+        let binding = net::Binding::from_config(&ctx.config).unwrap_or_default();
+        let dialled = net::dial(
+            ctx.addr,
+            ctx.info_hash,
+            &ours,
+            &ctx.config,
+            &ctx.conn,
+            &binding,
+        )
+        .await;
         let end = match dialled {
             Ok(d) => {
                 let how = Setup {
