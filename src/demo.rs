@@ -198,6 +198,7 @@ fn params(
         upload_limit: None,
         download_limit: None,
         priorities: None,
+        dht: None,
     }
 }
 

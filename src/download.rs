@@ -51,6 +51,14 @@ pub struct NetArgs {
     /// any free port, printed on stderr).
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Run no DHT node (BEP 5): peers come from trackers and `--peer` only.
+    /// Private torrents never use the DHT.
+    #[arg(long)]
+    pub no_dht: bool,
+    /// No peer exchange (BEP 11): peers are neither learned from nor told
+    /// to other peers. Private torrents never use it.
+    #[arg(long)]
+    pub no_pex: bool,
     /// MSE/PE for peer connections: `prefer` (try encrypted, fall back to
     /// plaintext, accept both), `require` (RC4 only) or `disable`
     /// (plaintext only). Default: the config's `encryption` (prefer).
@@ -187,9 +195,15 @@ pub fn run(args: &DownloadArgs, config: ClientConfig) -> Result<(), Failure> {
     let mut stats_out = open_stats(&args.net)?;
     let source = args.torrent.to_string_lossy();
     if source.starts_with("magnet:") {
+        let hex = protocol::magnet::Magnet::parse(&source)
+            .map(|m| m.info_hash.to_hex())
+            .unwrap_or_default();
+        let dht_state = dht_state_file(&args.net, &target, &hex);
         let resolved = crate::magnet::resolve(
             &source,
-            &args.net.peers,
+            &args.net,
+            args.listen,
+            dht_state,
             &config,
             &mut stats_out,
             args.save_torrent.as_deref(),
@@ -330,6 +344,9 @@ fn run_torrent(
         if let Some(limit) = net.download_limit {
             config.download_limit = (limit > 0).then_some(limit);
         }
+        if net.no_pex {
+            config.pex.enabled = false;
+        }
         if let Some(e) = net.encryption {
             config.encryption = e;
         }
@@ -346,6 +363,7 @@ fn run_torrent(
             Some(addr) => Some(crate::metrics::start(addr).await.map_err(Failure::Runtime)?),
             None => None,
         };
+        let dht_config = config.clone();
         let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
@@ -366,16 +384,35 @@ fn run_torrent(
             upload_limit: None,
             download_limit: None,
             priorities,
+            dht: None,
         };
+        let mut params = params;
         // Listen first: the torrent announces the port it gets.
         let mut listen_port = 0;
+        let mut listen_addr = None;
         if let Some(addr) = plan.listen {
             let local = session
                 .listen(addr)
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
             listen_port = local.port();
+            listen_addr = Some(local);
         }
+        // BEP 27: a private torrent's peers come from its trackers only.
+        let dht = if meta_for_urls.info.private {
+            None
+        } else {
+            let state = dht_state_file(net, &params.target, &meta_for_urls.info_hash.to_hex());
+            crate::magnet::Dht::start(
+                &dht_config,
+                net.no_dht,
+                listen_addr,
+                state,
+                Some(session.tracker().dns()),
+            )
+            .await
+        };
+        params.dht = dht.as_ref().map(|d| d.handle.clone());
         let handle = session
             .add_torrent(params)
             .await
@@ -478,6 +515,9 @@ fn run_torrent(
         }
         let connections = session.connection_stats();
         session.shutdown().await;
+        if let Some(d) = dht {
+            d.stop().await;
+        }
         if let (Some(out), Ok(())) = (stats_out.as_mut(), &outcome) {
             // The final numbers after the stop (resume data saved).
             let s = stats.borrow().clone();
@@ -574,6 +614,16 @@ impl Signals {
             std::process::exit(130);
         });
     }
+}
+
+/// The DHT's routing table is kept next to the resume data (the same
+/// directory every run of this output uses), so a restart rejoins at once.
+fn dht_state_file(net: &NetArgs, target: &Target, hex: &str) -> Option<PathBuf> {
+    let resume = match &net.resume_file {
+        Some(p) => p.clone(),
+        None => default_resume_file(target, hex).ok()?,
+    };
+    Some(resume.parent()?.join("dht.state"))
 }
 
 fn default_resume_file(target: &Target, hex: &str) -> anyhow::Result<PathBuf> {

@@ -70,7 +70,9 @@ fn progress_json(p: &MetadataProgress, event: &str) -> serde_json::Value {
 /// metadata` lines to `stats_out` each second.
 pub fn resolve(
     uri: &str,
-    extra_peers: &[SocketAddr],
+    net: &crate::download::NetArgs,
+    listen: Option<SocketAddr>,
+    dht_state: Option<std::path::PathBuf>,
     config: &ClientConfig,
     stats_out: &mut Option<Box<dyn Write + Send>>,
     save_torrent: Option<&Path>,
@@ -86,7 +88,7 @@ pub fn resolve(
         .context("starting the async runtime")
         .map_err(Failure::Runtime)?;
     let resolved = runtime.block_on(async {
-        let mut peers: Vec<SocketAddr> = extra_peers.to_vec();
+        let mut peers: Vec<SocketAddr> = net.peers.clone();
         for p in &magnet.peers {
             // x.pe may name a host; a name that does not resolve is skipped.
             match tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(p)).await {
@@ -126,6 +128,19 @@ pub fn resolve(
             }
             Some((handle, join, _progress_tx))
         };
+        // The DHT: get_peers only (we do not listen yet, so no announce).
+        let dns_stop = CancellationToken::new();
+        let (dns, dns_join) = actors::tracker::dns::spawn(config.tracker.dns, dns_stop.clone());
+        let dht = Dht::start(config, net.no_dht, listen, dht_state, Some(dns)).await;
+        if let Some(d) = &dht {
+            if let Err(e) = d
+                .handle
+                .register(magnet.info_hash, None, more_tx.clone())
+                .await
+            {
+                tracing::warn!(error = %e, "not looking the magnet up in the DHT");
+            }
+        }
         drop(more_tx);
         let (progress_tx, progress) = watch::channel(MetadataProgress::default());
         let cancel = CancellationToken::new();
@@ -161,6 +176,11 @@ pub fn resolve(
             tracker_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), join).await;
         }
+        if let Some(d) = dht {
+            d.stop().await;
+        }
+        dns_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), dns_join).await;
         if let Some(out) = stats_out.as_mut() {
             let _ = writeln!(out, "{}", progress_json(&progress.borrow(), "metadata"));
             let _ = out.flush();
@@ -185,4 +205,61 @@ pub fn resolve(
         torrent,
         peers: resolved.peers,
     })
+}
+
+/// A DHT node of this process, stopped (and its table saved) by [`Dht::stop`].
+pub struct Dht {
+    pub handle: actors::dht::DhtHandle,
+    join: tokio::task::JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl Dht {
+    /// Starts the node unless `[dht] enabled` is off or `--no-dht` was
+    /// given. It binds the listen address's IP (all interfaces when not
+    /// listening) and `[dht] port`, or the listen port when that is 0.
+    /// A node that cannot start is logged and left out.
+    pub async fn start(
+        config: &ClientConfig,
+        no_dht: bool,
+        listen: Option<SocketAddr>,
+        state_file: Option<std::path::PathBuf>,
+        dns: Option<actors::tracker::dns::DnsHandle>,
+    ) -> Option<Dht> {
+        if no_dht || !config.dht.enabled {
+            return None;
+        }
+        let ip = listen.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let port = match config.dht.port {
+            0 => listen.map_or(0, |a| a.port()),
+            p => p,
+        };
+        let cancel = CancellationToken::new();
+        let start = actors::dht::DhtStart {
+            bind: SocketAddr::new(ip, port),
+            state_file,
+            dns,
+            seed: None,
+        };
+        match actors::dht::spawn(config.dht.clone(), start, cancel.clone()).await {
+            Ok((handle, join)) => {
+                tracing::info!(addr = %handle.local_addr(), "DHT node running");
+                Some(Dht {
+                    handle,
+                    join,
+                    cancel,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, port, "the DHT node did not start; going on without it");
+                None
+            }
+        }
+    }
+
+    /// Stops the node and waits (bounded) for it to save its table.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.join).await;
+    }
 }

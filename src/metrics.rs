@@ -19,7 +19,7 @@ use std::time::Duration;
 use actors::config::ClientConfig;
 use actors::metrics::{
     BLOCKS_PER_PWRITEV, HASH_LATENCY_US, HistogramSnapshot, PIPELINE_DEPTH, REQUEST_RTT_US,
-    WRITE_LATENCY_US,
+    SERVE_TURNAROUND_US, WRITE_LATENCY_US,
 };
 use actors::session::Session;
 use actors::torrent::TorrentStats;
@@ -354,6 +354,12 @@ pub fn render(
             "actorrent_request_rtt_seconds",
             "Time from a request to its block.",
             REQUEST_RTT_US.snapshot(),
+            Unit::Micros,
+        ),
+        (
+            "actorrent_serve_turnaround_seconds",
+            "Time from a remote's request arriving to its block written to the socket.",
+            SERVE_TURNAROUND_US.snapshot(),
             Unit::Micros,
         ),
         (

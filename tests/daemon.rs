@@ -565,6 +565,31 @@ fn a_restart_brings_every_torrent_back_without_a_recheck() {
         assert_eq!(*b, a, "same state after the restart");
     }
     assert!(bad.exists(), "the damaged file is left for the operator");
+
+    // Killed outright: the state written so far is enough to come back,
+    // the finished torrent seeding again from its resume data.
+    let mut d = d;
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let d = Daemon::start(&state, &dl, &[]);
+    d.wait_torrent("seeding after kill -9", |v| {
+        v["name"] == "done" && v["status"] == 6
+    });
+    let again = d.torrents(&[
+        "id",
+        "name",
+        "status",
+        "percentDone",
+        "sizeWhenDone",
+        "wanted",
+        "downloadDir",
+    ]);
+    assert_eq!(again, after, "same state after kill -9");
+    assert!(
+        !d.log().contains("rechecking"),
+        "no recheck after kill -9:\n{}",
+        d.log()
+    );
 }
 
 #[test]

@@ -302,6 +302,7 @@ fn actorrent_downloads_multi_file_torrent_from_libtorrent() {
 
     let stderr_log = fx.tmp.path().join("actorrent.stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_actorrent"))
+        .env("ACTORRENT_DHT_ENABLED", "false")
         .arg("download")
         .arg(&fx.torrent)
         .arg("--output")

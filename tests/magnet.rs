@@ -22,6 +22,7 @@ use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Message};
 use support::lt::LtPeer;
 use support::process::Actorrent;
 use support::torrent::TestTorrent;
+use support::tracker::Tracker;
 
 /// Bound on the seed checking its data and binding its listener.
 const START: Duration = Duration::from_secs(60);
@@ -320,4 +321,160 @@ fn a_corrupt_metadata_copy_is_refused_and_the_honest_peer_completes() {
         "no log line about the bad copy"
     );
     seed.stop(Duration::from_secs(30));
+}
+
+/// A config for actorrent DHT nodes on 127.0.0.1 bootstrapped from `router`:
+/// many nodes per address and no per-address rate limit (everyone here
+/// shares 127.0.0.1), quick retries.
+fn loopback_dht_config(dir: &Path, router: std::net::SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("dht.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[dht]\nbootstrap_nodes = [\"{router}\"]\nmax_nodes_per_ip = 1000\n\
+             queries_per_second_per_ip = 100000\nquery_burst_per_ip = 100000\n\
+             retry_interval_ms = 500\nquery_timeout_ms = 1000\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// No tracker, no `x.pe`, no `--peer`: `actorrent seed` announces itself in
+/// a loopback DHT (a router node run by the test, plus the two processes'
+/// own nodes) and `actorrent download` finds it there with `get_peers`,
+/// fetches the metadata and completes.
+#[test]
+fn a_trackerless_magnet_is_found_through_the_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "dht-only");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut router_cfg = actors::dht::DhtConfig {
+        bootstrap_nodes: Vec::new(),
+        max_nodes_per_ip: 1000,
+        ..actors::dht::DhtConfig::default()
+    };
+    let many = std::num::NonZeroU32::new(100_000).unwrap();
+    router_cfg.queries_per_second_per_ip = many;
+    router_cfg.query_burst_per_ip = many;
+    let (router, join) = rt
+        .block_on(actors::dht::spawn(
+            router_cfg,
+            actors::dht::DhtStart {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                state_file: None,
+                dns: None,
+                seed: Some(11),
+            },
+            stop.clone(),
+        ))
+        .unwrap();
+    let config = loopback_dht_config(dir.path(), router.local_addr());
+    let dht_on = [("ACTORRENT_DHT_ENABLED", "true")];
+    let cfg = config.to_str().unwrap();
+    let seed_args: Vec<&OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--config".as_ref(),
+        cfg.as_ref(),
+    ];
+    let mut seed = Actorrent::spawn_env("actorrent seed", &seed_args, &dht_on);
+    seed.listen_port(START);
+    // The seed's announce_peer reaches the router (the one node it knows).
+    let announced = support::wait_until(START, || {
+        rt.block_on(router.stats())
+            .is_ok_and(|s| s.stored_peers >= 1)
+    });
+    if !announced {
+        seed.fail("the seed never announced itself to the router");
+    }
+    let magnet = format!("magnet:?xt=urn:btih:{}", hex(&t.info_hash));
+    let out = dir.path().join("out");
+    let dl_args: Vec<&OsStr> = vec![
+        "download".as_ref(),
+        magnet.as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--config".as_ref(),
+        cfg.as_ref(),
+    ];
+    let mut dl = Actorrent::spawn_env("magnet download via the DHT", &dl_args, &dht_on);
+    let status = dl.wait_exit(DOWNLOAD);
+    if !status.success() {
+        dl.fail(&format!("exited with {status}"));
+    }
+    t.assert_downloaded(&out);
+    assert!(
+        dl.stats().iter().any(|v| v["event"] == "metadata"),
+        "no metadata phase"
+    );
+    seed.stop(Duration::from_secs(30));
+    stop.cancel();
+    let _ = rt.block_on(join);
+}
+
+/// A magnet link with one `tr` and nothing else: opentracker lists the
+/// libtorrent seed, which gives the metadata and the data.
+#[test]
+fn a_magnet_with_only_a_tracker_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "tr-only");
+    let tracker = Tracker::start(&[t.info_hash]);
+    let url = tracker.http_url();
+    t.set_announce(&url);
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let (mut seed, _port) = LtPeer::seed(&t.path, &data);
+    // Wait until the tracker lists the seed, or our announce may find nobody.
+    let listed = support::wait_until(Duration::from_secs(30), || {
+        seeds_known(&tracker, &t.info_hash) >= 1
+    });
+    assert!(listed, "opentracker never heard of the libtorrent seed");
+    let enc: String = url
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let magnet = format!("magnet:?xt=urn:btih:{}&tr={enc}", hex(&t.info_hash));
+    magnet_download(&t, dir.path(), &magnet, &[]);
+    seed.finish(Duration::from_secs(30));
+}
+
+/// Seeds opentracker knows for `info_hash`, from its HTTP scrape.
+fn seeds_known(tracker: &Tracker, info_hash: &[u8; 20]) -> u64 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", tracker.port)) else {
+        return 0;
+    };
+    let ih: String = info_hash.iter().map(|b| format!("%{b:02X}")).collect();
+    let req = format!("GET /scrape?info_hash={ih} HTTP/1.0\r\n\r\n");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut body = Vec::new();
+    let _ = s.read_to_end(&mut body);
+    let Some(start) = body.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return 0;
+    };
+    protocol::tracker::parse_scrape_response(&body[start + 4..])
+        .ok()
+        .and_then(|r| r.files.into_iter().find(|(h, _)| h == info_hash))
+        .map_or(0, |(_, f)| u64::from(f.complete))
 }

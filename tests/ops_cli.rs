@@ -33,6 +33,8 @@ impl Proc {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .env_remove("RUST_LOG")
+            // No DHT: its default routers are on the internet.
+            .env("ACTORRENT_DHT_ENABLED", "false")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap());

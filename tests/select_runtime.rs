@@ -101,6 +101,7 @@ async fn priorities_change_while_running_and_streams_open_on_the_handle() {
             upload_limit: None,
             download_limit: None,
             priorities: Some(vec![Skip, Normal, Skip, Skip, Skip]),
+            dht: None,
         })
         .await
         .unwrap();

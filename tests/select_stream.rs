@@ -525,6 +525,7 @@ fn selections_that_name_no_file_are_refused() {
     let out = dir.path().join("out");
     let run = |extra: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_actorrent"))
+            .env("ACTORRENT_DHT_ENABLED", "false")
             .arg("download")
             .arg(&t.path)
             .arg("--output")

@@ -29,6 +29,17 @@
 //! for the caller whose release crossed the low watermark, which can then
 //! `notify_waiters()` a `tokio::sync::Notify`.
 //!
+//! **The backlog bound.** Bytes in use are of two kinds: requests in the
+//! network (their sum follows the rate and the round trip, which the
+//! pipelines size) and blocks landed but not yet written (waiting for the
+//! rest of their piece, for a hash worker or for the disk writer). Only the
+//! second grows when a hash worker or the writer loses the CPU, and with a
+//! 256 MiB capacity it used to fill most of it on a loaded machine (RSS
+//! tracks the bytes in use). So [`BufferBudget`] also counts landed bytes
+//! and refuses new reservations while they reach `backlog` bytes, resuming
+//! at half of it: memory follows the work (rate x latency in the network,
+//! plus a bounded backlog), with `capacity` the ceiling.
+//!
 //! A reservation that crosses the high watermark still succeeds (as long as
 //! it stays within capacity) and pauses the budget for the next ones; one
 //! that would exceed the capacity fails without changing anything.
@@ -52,6 +63,10 @@ pub struct BudgetConfig {
     /// resuming lets a burst of requests out before the next pause instead of
     /// one request per block written.
     pub low_watermark_percent: u8,
+    /// Landed bytes (received, not yet written) at which new reservations
+    /// are refused until half of them are written; 0 for no such bound.
+    /// Default 8 MiB: a few pieces per hash worker plus a write batch.
+    pub backlog: u64,
 }
 
 impl Default for BudgetConfig {
@@ -60,6 +75,7 @@ impl Default for BudgetConfig {
             capacity: 256 * 1024 * 1024,
             high_watermark_percent: 90,
             low_watermark_percent: 70,
+            backlog: 8 * 1024 * 1024,
         }
     }
 }
@@ -347,6 +363,14 @@ impl AtomicBudget {
 pub struct BufferBudget {
     budget: AtomicBudget,
     resumed: Notify,
+    /// Bytes of blocks the torrents took and have not yet written (or
+    /// dropped after a failed hash).
+    landed: AtomicU64,
+    /// See [`BudgetConfig::backlog`]; 0 for none.
+    backlog: u64,
+    /// A reservation was refused for the backlog: the release that brings
+    /// it down to half wakes the peers.
+    backlog_paused: std::sync::atomic::AtomicBool,
 }
 
 impl BufferBudget {
@@ -355,12 +379,64 @@ impl BufferBudget {
         Ok(BufferBudget {
             budget: AtomicBudget::new(config)?,
             resumed: Notify::new(),
+            landed: AtomicU64::new(0),
+            backlog: config.backlog,
+            backlog_paused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Takes `bytes` unless the budget is paused or full.
+    /// Takes `bytes` unless the budget is paused or full, or the landed
+    /// backlog is at its bound.
     pub fn try_reserve(&self, bytes: u64) -> bool {
+        if self.backlog > 0 {
+            let landed = self.landed.load(Ordering::Acquire);
+            if landed >= self.backlog {
+                self.backlog_paused.store(true, Ordering::Release);
+                // A release may have crossed half before the flag was set.
+                if self.landed.load(Ordering::Acquire) > self.backlog / 2 {
+                    return false;
+                }
+                self.backlog_paused.store(false, Ordering::Release);
+            } else if landed > self.backlog / 2 && self.backlog_paused.load(Ordering::Acquire) {
+                return false;
+            }
+        }
         self.budget.try_reserve(bytes)
+    }
+
+    /// Moves `bytes` already reserved to the landed backlog: blocks a
+    /// torrent took, to be given back with [`Self::release_landed`].
+    pub fn land(&self, bytes: u64) {
+        if bytes > 0 {
+            self.landed.fetch_add(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Gives back landed bytes (written, or dropped after their piece
+    /// failed its hash); wakes the peers waiting if this resumed the budget
+    /// or brought the backlog down to half its bound.
+    pub fn release_landed(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let prev = self
+            .landed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                Some(l.saturating_sub(bytes))
+            })
+            .unwrap_or_else(|l| l);
+        debug_assert!(bytes <= prev, "landed {prev} bytes, released {bytes}");
+        let now = prev.saturating_sub(bytes);
+        let resumed = self.budget.release(bytes);
+        let drained = now <= self.backlog / 2 && self.backlog_paused.swap(false, Ordering::AcqRel);
+        if resumed || drained {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    /// Landed bytes not yet written.
+    pub fn landed(&self) -> u64 {
+        self.landed.load(Ordering::Acquire)
     }
 
     /// Takes `bytes` whatever the state; see [`AtomicBudget::force_reserve`]
@@ -412,6 +488,7 @@ mod tests {
             capacity: 1000,
             high_watermark_percent: 90,
             low_watermark_percent: 70,
+            backlog: 0,
         }
     }
 
@@ -434,6 +511,7 @@ mod tests {
             capacity,
             high_watermark_percent: high,
             low_watermark_percent: low,
+            backlog: 0,
         };
         assert_eq!(
             Budget::new(bad(0, 90, 70)).unwrap_err(),
@@ -607,6 +685,7 @@ mod tests {
             capacity: 100,
             high_watermark_percent: 90,
             low_watermark_percent: 70,
+            backlog: 0,
         })
         .unwrap();
         assert!(b.try_reserve(95));
@@ -621,5 +700,33 @@ mod tests {
         assert!(!b.is_paused());
         b.force_reserve(1);
         assert!(!b.is_paused(), "71 is below the high watermark");
+    }
+
+    #[test]
+    fn backlog_refuses_until_half_is_written() {
+        let b = BufferBudget::new(BudgetConfig {
+            capacity: 1000,
+            backlog: 100,
+            ..BudgetConfig::default()
+        })
+        .unwrap();
+        assert!(b.try_reserve(120));
+        b.land(120);
+        assert!(!b.try_reserve(10), "landed 120 of a 100 backlog");
+        assert!(
+            !b.is_paused(),
+            "the budget itself is far from its watermark"
+        );
+        b.release_landed(60);
+        assert!(
+            !b.try_reserve(10),
+            "60 landed: above half the bound, still refused"
+        );
+        b.release_landed(20);
+        assert_eq!(b.landed(), 40);
+        assert!(b.try_reserve(10), "40 landed: at most half, resumed");
+        b.release(10);
+        b.release_landed(40);
+        assert_eq!((b.in_use(), b.landed()), (0, 0));
     }
 }

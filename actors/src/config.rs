@@ -18,6 +18,7 @@ use crate::choker::ChokerConfig;
 use crate::dht::DhtConfig;
 use crate::magnet::MetadataConfig;
 use crate::mse_stream::Encryption;
+use crate::pex::PexConfig;
 use crate::picker::PickerConfig;
 use crate::pipeline::PipelineConfig;
 use crate::rtt::RttConfig;
@@ -171,6 +172,8 @@ pub struct ClientConfig {
     /// The metadata phase of a magnet link (BEP 9): size limit, peers,
     /// requests and timeouts.
     pub metadata: MetadataConfig,
+    /// Peer exchange (BEP 11): interval and bounds.
+    pub pex: PexConfig,
     /// Streaming files over HTTP while they download.
     pub stream: StreamConfig,
 }
@@ -221,6 +224,7 @@ impl Default for ClientConfig {
             tracker: TrackerConfig::default(),
             dht: DhtConfig::default(),
             metadata: MetadataConfig::default(),
+            pex: PexConfig::default(),
             stream: StreamConfig::default(),
         }
     }

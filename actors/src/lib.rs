@@ -97,6 +97,7 @@ pub mod metrics;
 pub mod mse_stream;
 pub mod net;
 pub mod peer;
+pub mod pex;
 pub mod picker;
 pub mod pipeline;
 pub mod ratelimit;

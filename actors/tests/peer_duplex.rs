@@ -99,6 +99,8 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
         down_limits: Vec::new(),
         conn: Default::default(),
         metadata: None,
+        pex: false,
+        dht: None,
     };
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));

@@ -157,6 +157,7 @@ async fn slow_disk_pauses_requests_and_memory_stays_flat() {
             upload_limit: None,
             download_limit: None,
             priorities: None,
+            dht: None,
         })
         .await
         .unwrap();

@@ -129,7 +129,8 @@ def verified_pieces(torrent, paths):
 
 def read_resume(path):
     """The pieces an actorrent resume file claims (a set), or None when it
-    is missing or malformed (format: storage/src/resume.rs)."""
+    is missing or malformed (format: storage/src/resume.rs, versions 1 and
+    2)."""
     try:
         b = open(path, "rb").read()
     except FileNotFoundError:
@@ -139,8 +140,21 @@ def read_resume(path):
         return None
     if hashlib.sha1(b[:-20]).digest() != b[-20:]:
         return None
+    (version,) = struct.unpack_from("<I", b, 8)
     pieces, targets = struct.unpack_from("<II", b, 32)
-    bits = b[header + targets * 20 : -20]
+    if version == 1:
+        bits = b[header + targets * 20 : -20]
+    elif version == 2:
+        # Then files, slots, refs; an optional stamp (present byte + 20) per
+        # target and for the part file; a priority byte per file; 12 bytes
+        # per slot and 4 per file index the slots name.
+        if len(b) < header + 12 + 20:
+            return None
+        files, slots, refs = struct.unpack_from("<III", b, header)
+        start = header + 12 + (targets + 1) * 21 + files + slots * 12 + refs * 4
+        bits = b[start:-20]
+    else:
+        return None
     if len(bits) != (pieces + 7) // 8:
         return None
     return {i for i in range(pieces) if bits[i // 8] & (0x80 >> (i % 8))}

@@ -432,10 +432,12 @@ fn render(v: &View, fields: &[String], progress: Option<&FileProgress>) -> Map<S
     let s = &v.stats;
     let info = &v.meta.info;
     let left = s.wanted_bytes.saturating_sub(s.done_bytes);
-    // Until a torrent's first report its stats are all zero, which is not
-    // "nothing wanted" (Transmission's 100 %): a client waiting for 1.0
-    // would see a torrent that has not started as done.
-    let percent = if s.pieces_total == 0 {
+    // Before a torrent has read its resume data and selection (no report
+    // yet, or still checking) `wanted_bytes` is 0, which is not "nothing
+    // wanted" (Transmission's 100 %): a client waiting for 1.0 would see a
+    // torrent that has not started as done.
+    let known = s.pieces_total != 0 && !matches!(s.state, TorrentState::Checking);
+    let percent = if !known {
         0.0
     } else if s.wanted_bytes == 0 {
         1.0

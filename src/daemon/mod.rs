@@ -125,6 +125,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             .find(|d| d.join("index.html").is_file())
     });
     let state = state::StateDir::open(&state_dir).map_err(Failure::Runtime)?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -213,6 +214,32 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         eprintln!("actorrent: daemon stopped");
         Ok(())
     })
+}
+
+/// Thousands of torrents keep files open: the soft descriptor limit goes
+/// up to the hard one, as servers do (systemd's default soft limit is
+/// 1024).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                tracing::info!(
+                    from = lim.rlim_cur,
+                    to = lim.rlim_max,
+                    "raised the open file limit"
+                );
+            }
+        }
+    }
 }
 
 /// SIGINT and SIGTERM; a second one exits at once.

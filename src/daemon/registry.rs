@@ -423,6 +423,8 @@ impl Daemon {
             upload_limit: e.settings.upload_limit,
             download_limit: e.settings.download_limit,
             priorities: e.settings.priorities.clone(),
+            // The daemon runs no DHT node yet.
+            dht: None,
         };
         match self.session.add_torrent(params).await {
             Ok(h) => e.handle = Some(h),

@@ -324,9 +324,28 @@ pub(crate) fn pwritev_all<B: AsRef<[u8]>>(
 
 /// Reads exactly `buf.len()` bytes at `offset`, retrying EINTR and short
 /// reads. Reading past the end of the file is an `UnexpectedEof` error.
-pub(crate) fn pread_exact(fd: RawFd, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+pub(crate) fn pread_exact(fd: RawFd, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    // SAFETY: an initialised buffer viewed as possibly uninitialised bytes
+    // of the same length; only ever written through.
+    let uninit = unsafe {
+        std::slice::from_raw_parts_mut(
+            buf.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
+            buf.len(),
+        )
+    };
+    pread_exact_uninit(fd, offset, uninit)
+}
+
+/// [`pread_exact`] into memory not yet initialised (a buffer's spare
+/// capacity), so a read never pays for zero-filling what it overwrites.
+pub(crate) fn pread_exact_uninit(
+    fd: RawFd,
+    mut offset: u64,
+    mut buf: &mut [std::mem::MaybeUninit<u8>],
+) -> io::Result<()> {
     while !buf.is_empty() {
-        // SAFETY: `buf` is a valid writable slice for its length.
+        // SAFETY: `buf` is valid for writes of its length; the kernel only
+        // writes into it, never reads it.
         let n = unsafe {
             libc::pread(
                 fd,

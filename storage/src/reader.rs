@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::fs::{Target, pread_exact};
+use crate::fs::{Target, pread_exact_uninit};
 use crate::hash::Reply;
 use crate::queue::WorkQueue;
 
@@ -65,19 +65,28 @@ pub(crate) struct ReadItem {
     pub reply: Reply<ReadDone>,
 }
 
-/// Reads the parts into one buffer on the calling thread.
+/// Reads the parts into one buffer on the calling thread. The buffer is
+/// not zero-filled first: every byte is either read or padding (zeroed
+/// here), and it is exposed only once all of it is written.
 pub(crate) fn read_parts(parts: &[ReadPart]) -> Result<Bytes, StorageError> {
-    let total: u64 = parts.iter().map(|p| p.length).sum();
-    let mut buf = vec![0u8; total as usize];
+    // A read is at most a piece (u32 lengths): it fits in usize.
+    let total = parts.iter().map(|p| p.length).sum::<u64>() as usize;
+    let mut buf: Vec<u8> = Vec::with_capacity(total);
+    let spare = &mut buf.spare_capacity_mut()[..total];
     let mut at = 0usize;
     for p in parts {
         let n = p.length as usize;
-        if let Some(t) = &p.target {
-            pread_exact(t.fd(), p.offset, &mut buf[at..at + n])
-                .map_err(|e| StorageError::from_io(&t.path, p.offset, e))?;
+        let dst = &mut spare[at..at + n];
+        match &p.target {
+            Some(t) => pread_exact_uninit(t.fd(), p.offset, dst)
+                .map_err(|e| StorageError::from_io(&t.path, p.offset, e))?,
+            None => dst.fill(std::mem::MaybeUninit::new(0)),
         }
         at += n;
     }
+    // SAFETY: the loop above initialised all `total` bytes (the parts'
+    // lengths sum to `total`; a failed read returned early).
+    unsafe { buf.set_len(total) };
     Ok(Bytes::from(buf))
 }
 

@@ -52,6 +52,8 @@ impl Client {
         let bin = std::env::var_os("ACTORRENT_TEST_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_actorrent").into());
         let mut cmd = Command::new(bin);
+        // No DHT: its default routers are on the internet.
+        cmd.env("ACTORRENT_DHT_ENABLED", "false");
         cmd.arg("download")
             .arg(torrent)
             .arg("--output")

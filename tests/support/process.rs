@@ -37,7 +37,15 @@ fn bin() -> std::ffi::OsString {
 impl Actorrent {
     /// Starts `actorrent <args> --stats-json -`.
     pub fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Actorrent {
-        Self::spawn_cmd(name, Command::new(bin()), args)
+        Self::spawn_env(name, args, &[])
+    }
+
+    /// [`Actorrent::spawn`] with environment variables. The DHT is off
+    /// (`ACTORRENT_DHT_ENABLED=false`: tests stay on 127.0.0.1 and its
+    /// default bootstrap routers are on the internet) unless `env` turns it
+    /// on.
+    pub fn spawn_env(name: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Actorrent {
+        Self::spawn_cmd(name, Command::new(bin()), args, env)
     }
 
     /// As [`spawn`](Self::spawn), inside network namespace `netns` (`ip
@@ -45,11 +53,20 @@ impl Actorrent {
     pub fn spawn_in(netns: &str, name: &str, args: &[&std::ffi::OsStr]) -> Actorrent {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns]).arg(bin());
-        Self::spawn_cmd(name, cmd, args)
+        Self::spawn_cmd(name, cmd, args, &[])
     }
 
-    fn spawn_cmd(name: &str, mut cmd: Command, args: &[&std::ffi::OsStr]) -> Actorrent {
+    fn spawn_cmd(
+        name: &str,
+        mut cmd: Command,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Actorrent {
         cmd.args(args).args(["--stats-json", "-"]);
+        cmd.env("ACTORRENT_DHT_ENABLED", "false");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             // Disconnect reasons are logged at debug or info; keep them so a
             // failing test shows why (and a test can match on them).

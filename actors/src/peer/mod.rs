@@ -57,7 +57,7 @@
 //! | CANCEL, REJECT, SUGGEST, ALLOWED FAST naming no valid block or piece | ignored, logged | ignored; oddity |
 //! | REJECT for a block we did not request | ignored, logged | ignored; oddity |
 //! | keep-alives in bursts | ignored | ignored |
-//! | PORT without the DHT bit | accepted (`incoming_dht_port`) | accepted (no DHT yet) |
+//! | PORT without the DHT bit | accepted (`incoming_dht_port`) | accepted: the node goes to our DHT (`try_add_node`) |
 //! | a second extended handshake | read again, updates | updates what it says (`reqq`) |
 //! | an extended handshake that is not a bencoded dictionary | ignored ("invalid extended handshake") | ignored; oddity |
 //! | an extension message with an id we never assigned | disconnect (`invalid_message`: no extension claims it) | protocol |
@@ -68,7 +68,7 @@
 //! | a fixed-size message of another size | disconnect (`invalid_choke`, ...) | protocol |
 //! | a length prefix over the message limit | disconnect (`packet_too_large`) | refused |
 //! | a handshake for another torrent | disconnect (`invalid_info_hash`) | protocol |
-//! | a connection to ourselves | disconnect (`self_connection`) | refused |
+//! | a connection to ourselves | disconnect (`self_connection`) | never dialled again; not counted as a protocol error |
 
 pub mod msg;
 pub mod session;
@@ -162,6 +162,12 @@ pub struct PeerContext {
     /// (`ut_metadata`) and advertised in our extended handshake; `None`
     /// rejects every request.
     pub metadata: Option<Bytes>,
+    /// Exchange peers by BEP 11 (`ut_pex`): on unless `[pex] enabled` is
+    /// off or the torrent is private.
+    pub pex: bool,
+    /// The process's DHT node, for public torrents: our handshake sets the
+    /// DHT bit, and a remote's BEP 5 `port` message gives it a node.
+    pub dht: Option<crate::dht::DhtHandle>,
 }
 
 /// The extension message ids we assign in our extended handshake's `m`
@@ -169,6 +175,8 @@ pub struct PeerContext {
 pub mod ext_id {
     /// BEP 9 `ut_metadata`.
     pub const UT_METADATA: u8 = 1;
+    /// BEP 11 `ut_pex`.
+    pub const UT_PEX: u8 = 2;
 }
 
 /// Why a connection ended, for the log and the torrent's reconnect policy.
@@ -191,8 +199,8 @@ impl End {
             reason: reason.into(),
         }
     }
-    /// Input no honest peer sends (an oversized frame, a request flood), or
-    /// a connection to ourselves: the address is not dialled again.
+    /// Input no honest peer sends (an oversized frame, a request flood):
+    /// the address is not dialled again.
     fn refused(reason: impl Into<String>) -> End {
         End {
             fault: PeerFault::Refused,
@@ -207,7 +215,8 @@ impl End {
 pub async fn connect_and_run(ctx: PeerContext) {
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
-        let ours = net::our_handshake(ctx.info_hash, ctx.our_id);
+        let mut ours = net::our_handshake(ctx.info_hash, ctx.our_id);
+        ours.set_dht(ctx.dht.is_some());
         // Checked when the session started; a bad one cannot get here.
         let binding = net::Binding::from_config(&ctx.config).unwrap_or_default();
         let dialled = net::dial(
@@ -287,7 +296,8 @@ async fn handshake<S>(stream: &mut S, how: &Setup, ctx: &PeerContext) -> Result<
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let ours = net::our_handshake(ctx.info_hash, ctx.our_id);
+    let mut ours = net::our_handshake(ctx.info_hash, ctx.our_id);
+    ours.set_dht(ctx.dht.is_some());
     let exchange = async {
         if !how.ours_sent {
             stream
@@ -321,7 +331,10 @@ where
         return Err(End::protocol("handshake for another torrent"));
     }
     if theirs.peer_id == ctx.our_id {
-        return Err(End::refused("connected to ourselves"));
+        return Err(End {
+            fault: PeerFault::Ourselves,
+            reason: "connected to ourselves".into(),
+        });
     }
     if let Some(kind) = how.outgoing {
         ctx.conn.established(kind, Direction::Outgoing);
@@ -365,6 +378,14 @@ struct Conn<'a> {
     /// The id the remote assigned to `ut_metadata` (from its extended
     /// handshake), for our answers to its requests.
     their_ut_metadata: Option<u8>,
+    /// The id the remote assigned to `ut_pex`.
+    their_ut_pex: Option<u8>,
+    pex: crate::pex::PexSender,
+    /// When the remote's last `ut_pex` message was taken.
+    pex_received: Option<Instant>,
+    /// The torrent's latest list, kept for when the remote's extended
+    /// handshake (and its `ut_pex` id) arrives after it.
+    pex_list: Option<std::sync::Arc<[SocketAddr]>>,
 }
 
 async fn run_inner<S>(mut stream: S, how: Setup, ctx: &PeerContext) -> End
@@ -431,6 +452,10 @@ where
             status_interested: false,
         },
         their_ut_metadata: None,
+        their_ut_pex: None,
+        pex: crate::pex::PexSender::default(),
+        pex_received: None,
+        pex_list: None,
     };
     let end = conn.drive(stream, theirs, &mut cmd_rx, &mut reads_rx).await;
     conn.session.flush_metrics();
@@ -537,6 +562,10 @@ impl Conn<'_> {
                     .insert(ut_metadata::EXTENSION_NAME.into(), ext_id::UT_METADATA);
                 ext.metadata_size = Some(info.len() as u64);
             }
+            if ctx.pex {
+                ext.m
+                    .insert(protocol::ut_pex::EXTENSION_NAME.into(), ext_id::UT_PEX);
+            }
             ext.to_message().encode(&mut self.out);
         }
         if self.fast && self.have.none() {
@@ -545,6 +574,11 @@ impl Conn<'_> {
             Message::HaveAll.encode(&mut self.out);
         } else if !self.have.none() {
             Message::Bitfield(Bytes::from(self.have.to_bytes())).encode(&mut self.out);
+        }
+        // BEP 5: a peer that sets the DHT bit is told our DHT port (after
+        // the piece set, which some clients want first).
+        if let Some(dht) = ctx.dht.as_ref().filter(|_| theirs.supports_dht()) {
+            Message::Port(dht.local_addr().port()).encode(&mut self.out);
         }
         let limits = Limits {
             max_message_len: ctx.config.max_message_len,
@@ -779,6 +813,10 @@ impl Conn<'_> {
                     }
                 }
             }
+            PeerCmd::Pex(current) => {
+                self.send_pex(&current);
+                self.pex_list = Some(current);
+            }
             PeerCmd::Interested(on) => {
                 if on != self.session.am_interested {
                     self.session.am_interested = on;
@@ -880,9 +918,17 @@ impl Conn<'_> {
                     self.up.queue.remove(pos);
                 }
             }
-            // PORT is taken with or without the DHT bit, as libtorrent does;
-            // we keep no DHT yet. Suggestions are advice we do not take.
-            Message::Port(_) | Message::Suggest(_) => {}
+            // PORT is taken with or without the DHT bit, as libtorrent does:
+            // the node is offered to the DHT without waiting (a full mailbox
+            // drops the hint). Suggestions are advice we do not take.
+            Message::Port(port) => {
+                if let Some(dht) = &ctx.dht
+                    && port != 0
+                {
+                    dht.try_add_node(SocketAddr::new(ctx.addr.ip(), port));
+                }
+            }
+            Message::Suggest(_) => {}
             Message::AllowedFast(_) if !self.fast => {
                 return Err(End::protocol("allowed-fast without the fast bit"));
             }
@@ -914,6 +960,13 @@ impl Conn<'_> {
                         h.m.get(ut_metadata::EXTENSION_NAME)
                             .copied()
                             .filter(|&id| id != 0);
+                    self.their_ut_pex =
+                        h.m.get(protocol::ut_pex::EXTENSION_NAME)
+                            .copied()
+                            .filter(|&id| id != 0);
+                    if let Some(list) = self.pex_list.clone() {
+                        self.send_pex(&list);
+                    }
                 }
                 Err(e) => self.oddity(&format!("extended handshake ignored: {e}")),
             },
@@ -921,6 +974,10 @@ impl Conn<'_> {
                 id: ext_id::UT_METADATA,
                 payload,
             } if ctx.metadata.is_some() => self.on_metadata_msg(&payload)?,
+            Message::Extended {
+                id: ext_id::UT_PEX,
+                payload,
+            } if ctx.pex => self.on_pex(&payload, now).await?,
             // We assign no other extension message ids, so no honest peer
             // sends one.
             Message::Extended { id, .. } => {
@@ -977,6 +1034,67 @@ impl Conn<'_> {
         }
         .encode(&mut self.out);
         Ok(())
+    }
+
+    /// Takes a BEP 11 message: the added peers go to the torrent (capped,
+    /// port 0 and our own address skipped there). One message per half
+    /// interval is taken; more often is an oddity and ignored, as is a
+    /// message that does not decode.
+    async fn on_pex(&mut self, payload: &[u8], now: Instant) -> Result<(), End> {
+        let cfg = &self.ctx.config.pex;
+        if self
+            .pex_received
+            .is_some_and(|t| now.saturating_duration_since(t) < cfg.interval / 2)
+        {
+            self.oddity("ut_pex messages more often than BEP 11 allows");
+            return Ok(());
+        }
+        let limits = protocol::ut_pex::Limits {
+            max_peers: cfg.max_peers_per_message,
+        };
+        let pex = match protocol::ut_pex::Pex::decode(payload, &limits) {
+            Ok(p) => p,
+            Err(e) => {
+                self.oddity(&format!("ut_pex message ignored: {e}"));
+                return Ok(());
+            }
+        };
+        self.pex_received = Some(now);
+        if pex.truncated > 0 {
+            self.oddity(&format!(
+                "ut_pex: {} peers past the cap skipped",
+                pex.truncated
+            ));
+        }
+        let added: Vec<SocketAddr> = pex.added.into_iter().map(|(a, _)| a).collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        debug!(count = added.len(), "peers learned by PEX");
+        self.ctx
+            .torrent
+            .send(TorrentMsg::PexPeers {
+                id: self.ctx.id,
+                added,
+            })
+            .await
+            .map_err(|_| End::network("torrent stopped"))
+    }
+
+    /// Sends a BEP 11 message if the remote takes them and the interval
+    /// allows.
+    fn send_pex(&mut self, current: &[SocketAddr]) {
+        let Some(id) = self.their_ut_pex.filter(|_| self.ctx.pex) else {
+            return;
+        };
+        let cfg = self.ctx.config.pex;
+        if let Some(msg) = self.pex.next(current, self.ctx.addr, Instant::now(), &cfg) {
+            Message::Extended {
+                id,
+                payload: Bytes::from(msg.encode()),
+            }
+            .encode(&mut self.out);
+        }
     }
 
     /// Counts an odd message we tolerate, and logs it at debug.

@@ -2,6 +2,9 @@
 //! torrent actor and the torrent's message types name it without importing
 //! the peer actor.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use crate::picker::Block;
 
 /// What a torrent tells one of its peers. Sent with `try_send`: the torrent
@@ -16,4 +19,8 @@ pub enum PeerCmd {
     Interested(bool),
     /// The choker's decision: `true` chokes the remote peer.
     Choke(bool),
+    /// The torrent's connected (dialled) peers, for a BEP 11 message when
+    /// the interval allows. Dropped when the mailbox is full: the next
+    /// refresh brings the list again.
+    Pex(Arc<[SocketAddr]>),
 }

@@ -148,8 +148,11 @@ impl Conn<'_> {
 
     /// Keeps reads going for the pieces the queue will need next, so a
     /// piece boundary does not wait on the disk: up to `read_cache_pieces`
-    /// pieces cached or in flight. Never evicts the piece the queue's front
-    /// still needs.
+    /// pieces cached or in flight. A full cache gives up the entry needed
+    /// last (by the queue's order), and only if the read it makes room for
+    /// is needed sooner: reads complete out of order with several reader
+    /// threads, so evicting by arrival would throw out pieces the queue
+    /// still needs and read them again.
     pub(super) fn prefetch(&mut self) {
         if self.up.am_choking {
             return;
@@ -157,30 +160,33 @@ impl Conn<'_> {
         let cap = self.ctx.config.read_cache_pieces.max(1);
         while self.up.reading.len() < cap {
             let up = &self.up;
-            let Some(next) = up
-                .queue
-                .iter()
-                .map(|q| &q.0)
-                .find(|r| {
-                    !up.cache.iter().any(|e| covers(e, r))
-                        && !up.reading.iter().any(|p| {
-                            p.0 == r.index && p.1 <= r.begin && r.begin + r.length <= p.1 + p.2
-                        })
-                })
-                .copied()
-            else {
+            let Some((next_at, next)) = up.queue.iter().map(|q| q.0).enumerate().find(|(_, r)| {
+                !up.cache.iter().any(|e| covers(e, r))
+                    && !up.reading.iter().any(|p| {
+                        p.0 == r.index && p.1 <= r.begin && r.begin + r.length <= p.1 + p.2
+                    })
+            }) else {
                 return;
             };
             if up.cache.len() + up.reading.len() >= cap {
-                let in_use = match (up.cache.front(), up.queue.front()) {
-                    (Some(e), Some(front)) => covers(e, &front.0),
-                    _ => true,
-                };
-                if in_use {
-                    return;
+                let mut victim: Option<(usize, usize)> = None;
+                for (i, e) in up.cache.iter().enumerate() {
+                    let need = up
+                        .queue
+                        .iter()
+                        .position(|q| covers(e, &q.0))
+                        .unwrap_or(usize::MAX);
+                    if victim.is_none_or(|(_, n)| need > n) {
+                        victim = Some((i, need));
+                    }
                 }
-                if let Some((_, _, d)) = self.up.cache.pop_front() {
-                    self.release(d.len() as u64);
+                match victim {
+                    Some((i, need)) if need > next_at => {
+                        if let Some((_, _, d)) = self.up.cache.remove(i) {
+                            self.release(d.len() as u64);
+                        }
+                    }
+                    _ => return,
                 }
             }
             if !self.start_read(next) {

@@ -98,6 +98,11 @@ pub struct TorrentParams {
     /// One priority per file (numbered as `info` lists them). `None`: the
     /// selection recorded in the resume data, or every file normal.
     pub priorities: Option<Vec<Priority>>,
+    /// The process's DHT node: the torrent registers with it (`get_peers`
+    /// now and every re-announce interval, `announce_peer` on our listen
+    /// port), its peers joining the trackers' in the address book. Never
+    /// used for a private torrent (BEP 27).
+    pub dht: Option<crate::dht::DhtHandle>,
 }
 
 /// Process-wide resources a torrent uses.
@@ -169,6 +174,8 @@ struct Torrent {
     meta: Arc<Metainfo>,
     /// The raw info dictionary, shared by every peer that serves it (BEP 9).
     metadata: Bytes,
+    /// The process's DHT node (`port` messages from peers go to it).
+    dht: Option<crate::dht::DhtHandle>,
     storage: Storage,
     picker: Picker,
     resume: ResumeTracker,
@@ -298,6 +305,7 @@ async fn run(
         write_permits: Arc::new(Semaphore::new(write_cap)),
         shared,
         metadata: Bytes::copy_from_slice(&meta.info_bytes),
+        dht: params.dht.clone(),
         meta,
         storage,
         picker,
@@ -347,6 +355,19 @@ async fn run(
         warn!(error = %e, "saving resume data failed");
     }
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
+    if let Some(dht) = params.dht.as_ref().filter(|_| !t.meta.info.private) {
+        // The DHT shares the trackers' channel: one address book, and a
+        // full channel drops a batch either way (the next lookup brings it).
+        let port = t.shared.listen_port.load(Ordering::Relaxed);
+        let announce = (port != 0).then_some(port);
+        match dht
+            .register(t.meta.info_hash, announce, tracker_peers_tx.clone())
+            .await
+        {
+            Ok(()) => info!(announce_port = ?announce, "registered with the DHT"),
+            Err(e) => warn!(error = %e, "not using the DHT"),
+        }
+    }
     t.register_with_trackers(tracker_peers_tx).await;
     for a in params.peers {
         t.addrs.entry(a).or_default();
@@ -357,6 +378,9 @@ async fn run(
     let mut tick =
         tokio::time::interval(t.shared.config.stats_interval.min(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pex_tick =
+        tokio::time::interval(t.shared.config.pex.interval.max(Duration::from_secs(1)));
+    pex_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if matches!(t.state, TorrentState::Complete | TorrentState::Error(_)) {
             break;
@@ -389,6 +413,7 @@ async fn run(
                 t.publish();
             }
             Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
+            _ = pex_tick.tick() => t.pex_refresh(None),
             Some(addrs) = tracker_peers.recv() => t.on_msg(TorrentMsg::AddPeers(addrs)),
         }
         t.announce_completion().await;
@@ -624,9 +649,16 @@ impl Torrent {
                         a.failures = 0;
                     }
                     debug!(peer = id.0, addr = %p.addr, "connected");
+                    self.pex_refresh(Some(id));
                 }
             }
             TorrentMsg::PeerGone { id, fault, reason } => self.peer_gone(id, fault, reason),
+            TorrentMsg::PexPeers { id, added } => {
+                if self.pex_enabled() {
+                    debug!(peer = id.0, count = added.len(), "addresses from PEX");
+                    self.pex_peers(added);
+                }
+            }
             TorrentMsg::Bitfield { id, bits } => {
                 let n = self.picker.num_pieces();
                 match Bitfield::from_bytes(&bits, n) {
@@ -755,18 +787,18 @@ impl Torrent {
             tokio::select! {
                 Some(d) = done_rx.recv() => match d {
                     Done::Write(WriteDone { piece, result: Ok(()) }, _p) => {
-                        self.release(u64::from(self.picker.piece_size(piece)));
+                        self.release_landed(u64::from(self.picker.piece_size(piece)));
                         self.resume.written(piece);
                     }
                     Done::Write(WriteDone { piece, .. }, _p) => {
-                        self.release(u64::from(self.picker.piece_size(piece)));
+                        self.release_landed(u64::from(self.picker.piece_size(piece)));
                     }
                     Done::Hash(d, _p) => {
                         let bytes = match &d {
                             HashDone::Verified(v) => v.len(),
                             HashDone::Mismatch { blocks, .. } => bytes_of(blocks),
                         };
-                        self.release(bytes);
+                        self.release_landed(bytes);
                     }
                     Done::Sync(_) => {}
                 },
@@ -778,10 +810,10 @@ impl Torrent {
         }
         for (_, blocks) in self.pending_hash.drain(..) {
             let bytes = bytes_of(&blocks);
-            self.shared.budget.release(bytes);
+            self.shared.budget.release_landed(bytes);
         }
         for p in self.pending_write.drain(..) {
-            self.shared.budget.release(p.len());
+            self.shared.budget.release_landed(p.len());
         }
         if self.progress.is_some() {
             // Bounded inside the tracker session by its stop timeout.

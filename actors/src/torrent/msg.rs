@@ -96,9 +96,12 @@ pub enum PeerFault {
     /// The peer broke the protocol: retried with backoff, and refused for
     /// good after `max_protocol_strikes` such ends.
     Protocol,
-    /// Input no honest peer sends (oversized frames, request floods), or a
-    /// connection to ourselves: the address is never dialled again.
+    /// Input no honest peer sends (oversized frames, request floods): the
+    /// address is never dialled again.
     Refused,
+    /// A connection to ourselves (a tracker lists our own address back):
+    /// never dialled again, and nobody's fault.
+    Ourselves,
 }
 
 /// The torrent's answer to an exchange.
@@ -122,6 +125,14 @@ pub enum TorrentMsg {
         cmds: mpsc::Sender<PeerCmd>,
         /// The peer id of its handshake (a ban covers it).
         peer_id: [u8; 20],
+    },
+    /// Addresses a peer told us of by BEP 11 (`ut_pex` added), checked
+    /// and capped by the peer actor.
+    PexPeers {
+        /// The connection they came from.
+        id: PeerId,
+        /// The addresses.
+        added: Vec<SocketAddr>,
     },
     /// A connection ended (also sent when the connect failed).
     PeerGone {

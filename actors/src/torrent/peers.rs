@@ -128,6 +128,59 @@ fn by_ip(addr: SocketAddr) -> bool {
 }
 
 impl Torrent {
+    /// Whether this torrent exchanges peers (BEP 11; never when private).
+    pub(super) fn pex_enabled(&self) -> bool {
+        self.shared.config.pex.enabled && !self.meta.info.private
+    }
+
+    /// The peers to tell others of: connected ones (handshake done) that
+    /// we dialled, so their address is where they listen.
+    fn pex_list(&self) -> std::sync::Arc<[SocketAddr]> {
+        self.peers
+            .values()
+            .filter(|p| p.cmds.is_some() && !p.leaving && self.addrs.contains_key(&p.addr))
+            .map(|p| p.addr)
+            .collect()
+    }
+
+    /// Sends the list to one peer (its first message) or to all (the
+    /// interval's refresh), with `try_send`: a full mailbox loses it until
+    /// the next refresh.
+    pub(super) fn pex_refresh(&mut self, only: Option<PeerId>) {
+        if !self.pex_enabled() {
+            return;
+        }
+        let list = self.pex_list();
+        for (id, p) in &self.peers {
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
+            if let Some(tx) = &p.cmds {
+                let _ = tx.try_send(PeerCmd::Pex(list.clone()));
+            }
+        }
+    }
+
+    /// Addresses a peer learned by PEX: into the address book like a
+    /// tracker's, while the book is below `[pex] max_known_addrs` (banned
+    /// and our own are skipped by `add_peers`).
+    pub(super) fn pex_peers(&mut self, added: Vec<SocketAddr>) {
+        let room = self
+            .shared
+            .config
+            .pex
+            .max_known_addrs
+            .saturating_sub(self.addrs.len());
+        let fresh: Vec<SocketAddr> = added
+            .into_iter()
+            .filter(|a| a.port() != 0 && !self.addrs.contains_key(a))
+            .take(room)
+            .collect();
+        if !fresh.is_empty() {
+            self.add_peers(fresh);
+        }
+    }
+
     /// Addresses from the command line, a tracker, the DHT or PEX: known
     /// from now on (ourselves and banned ones aside), and dialled within
     /// the limits.
@@ -305,6 +358,8 @@ impl Torrent {
             down_limits: self.down_limits.clone(),
             conn: self.shared.conn.clone(),
             metadata: Some(self.metadata.clone()),
+            pex: self.pex_enabled(),
+            dht: self.dht.clone().filter(|_| !self.meta.info.private),
         }
     }
 
@@ -433,7 +488,7 @@ impl Torrent {
             config.reconnect_backoff,
             config.max_protocol_strikes,
         );
-        if fault != PeerFault::Network {
+        if !matches!(fault, PeerFault::Network | PeerFault::Ourselves) {
             self.protocol_errors += 1;
         }
         let a = self.addrs.get_mut(&p.addr);
@@ -456,6 +511,12 @@ impl Torrent {
             }
             (PeerFault::Protocol, None) => {
                 warn!(addr = %p.addr, %reason, "peer broke the protocol");
+            }
+            (PeerFault::Ourselves, a) => {
+                debug!(addr = %p.addr, "this address is ourselves; not dialled again");
+                if let Some(a) = a {
+                    a.refused = true;
+                }
             }
             (PeerFault::Network, _) => {}
         }

@@ -42,6 +42,7 @@ impl Torrent {
             }
             match self.picker.block_received(id, block, data) {
                 Received::Accepted { cancel, complete } => {
+                    self.shared.budget.land(len);
                     self.bytes_down += len;
                     accepted += len;
                     self.down.record(now, len);
@@ -103,6 +104,12 @@ impl Torrent {
         }
     }
 
+    /// Gives back blocks taken by `exchange` (written, or failed their
+    /// hash).
+    pub(super) fn release_landed(&self, bytes: u64) {
+        self.shared.budget.release_landed(bytes);
+    }
+
     pub(super) fn submit_hash(&mut self, permit: OwnedSemaphorePermit) {
         let Some((index, blocks)) = self.pending_hash.pop_front() else {
             return;
@@ -158,7 +165,7 @@ impl Torrent {
             }
             Done::Hash(HashDone::Mismatch { piece, blocks }, _permit) => {
                 let bytes = bytes_of(&blocks);
-                self.release(bytes);
+                self.release_landed(bytes);
                 self.hash_failures += 1;
                 match self.picker.piece_failed_blocks(piece, &blocks) {
                     Ok(f) => {
@@ -176,7 +183,7 @@ impl Torrent {
             }
             Done::Write(WriteDone { piece, result }, _permit) => {
                 let size = u64::from(self.picker.piece_size(piece));
-                self.release(size);
+                self.release_landed(size);
                 match result {
                     Ok(()) => {
                         if let Err(e) = self.picker.piece_verified(piece) {
