@@ -295,7 +295,9 @@ fn transmission_remote_drives_a_download() {
     assert_eq!(d.torrents(&["status"])[0]["status"], 0, "paused");
     d.remote(&["-t", "1", "-s"]);
     let mut seed = seed_for(&t, &data, &d);
-    d.wait_torrent("complete", |v| v["percentDone"] == 1.0);
+    // Seeding (status 6) comes once the last piece is written and synced;
+    // percentDone reaches 1 when it is verified.
+    d.wait_torrent("complete", |v| v["percentDone"] == 1.0 && v["status"] == 6);
     let list = d.remote(&["-l"]);
     assert!(list.contains("100%") && list.contains("payload"), "{list}");
     let info = d.remote(&["-t", "1", "-i"]);
@@ -319,6 +321,18 @@ fn transmission_remote_drives_a_download() {
     }
     assert!(!dl.join("payload/c.bin").exists());
 
+    // The table form: field names first, then one row per torrent.
+    let table = d.call(
+        "torrent-get",
+        json!({ "format": "table", "fields": ["id", "name", "no-such-field"] }),
+    );
+    assert_eq!(
+        table["arguments"]["torrents"],
+        json!([["id", "name", "no-such-field"], [1, "payload", null]])
+    );
+    let by_hash = d.call("torrent-get", json!({ "ids": [hash], "fields": ["id"] }));
+    assert_eq!(by_hash["arguments"]["torrents"], json!([{ "id": 1 }]));
+
     // Stop, start, a limit, verify.
     d.remote(&["-t", "1", "-S"]);
     assert!(d.remote(&["-l"]).contains("Stopped"));
@@ -337,9 +351,35 @@ fn transmission_remote_drives_a_download() {
     // Wanted again: c.bin comes from the seed.
     d.remote(&["-t", "1", "-g", "2"]);
     d.wait_torrent("complete with c.bin", |v| {
-        v["percentDone"] == 1.0 && v["sizeWhenDone"] == 310_000
+        v["percentDone"] == 1.0 && v["sizeWhenDone"] == 310_000 && v["status"] == 6
     });
+    // Verified pieces reach the disk through the writer: wait for them.
+    let c = &t.files[2].1;
+    assert!(
+        wait_until(WAIT, || std::fs::read(dl.join("payload/c.bin"))
+            .is_ok_and(|b| b == *c)),
+        "c.bin written"
+    );
     t.assert_downloaded(&dl);
+
+    // The data moved by hand: --find points the torrent there, and it
+    // seeds from the new place without a recheck.
+    let moved = tmp.path().join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    d.remote(&["-t", "1", "-S"]);
+    std::fs::rename(dl.join("payload"), moved.join("payload")).unwrap();
+    d.remote(&["-t", "1", "--find", moved.to_str().unwrap()]);
+    d.remote(&["-t", "1", "-s"]);
+    d.wait_torrent("seeding from the new place", |v| {
+        v["status"] == 6 && v["percentDone"] == 1.0
+    });
+    assert_eq!(
+        d.torrents(&["downloadDir"])[0]["downloadDir"],
+        moved.to_str().unwrap()
+    );
+    std::fs::rename(moved.join("payload"), dl.join("payload")).unwrap();
+    d.remote(&["-t", "1", "-S"]);
+    d.remote(&["-t", "1", "--find", dl.to_str().unwrap()]);
 
     // Remove with its data: exactly the torrent's files go.
     d.remote(&["-t", "1", "--remove-and-delete"]);
@@ -479,6 +519,19 @@ fn rpc_refuses_hostile_requests() {
     );
     let (_, _, resp) = http(d.rpc, "POST", &auth, br#"{"method":"port-test"}"#);
     assert!(resp.contains(r#""port-is-open":false"#), "{resp}");
+    // Metrics on the same server, behind the same auth.
+    let (code, _, _) = http_raw(d.rpc, "GET", "/metrics", &[], b"", None);
+    assert_eq!(code, 401);
+    let (code, _, text) = http_raw(
+        d.rpc,
+        "GET",
+        "/metrics",
+        &[("Authorization", &good)],
+        b"",
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(text.contains("actorrent_"), "{text}");
     // The web UI's files are served, nothing outside its directory.
     let (code, _, _) = http_raw(
         d.rpc,
@@ -509,7 +562,7 @@ fn a_restart_brings_every_torrent_back_without_a_recheck() {
     d.remote(&["-t", "1", "-G", "1"]);
     let mut seed = seed_for(&done, &data, &d);
     d.wait_torrent("complete", |v| {
-        v["name"] == "done" && v["percentDone"] == 1.0
+        v["name"] == "done" && v["percentDone"] == 1.0 && v["status"] == 6
     });
     seed.stop(WAIT);
     let before = d.torrents(&[
@@ -616,6 +669,14 @@ fn the_watch_directory_adds_what_is_dropped_in_it() {
     assert!(wait_until(WAIT, || watch
         .join("again.torrent.added")
         .exists()));
+    std::fs::write(
+        watch.join("link.magnet"),
+        "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=from-a-link\n",
+    )
+    .unwrap();
+    assert!(wait_until(WAIT, || watch
+        .join("link.magnet.added")
+        .exists()));
     let names: Vec<Value> = d
         .torrents(&["name"])
         .into_iter()
@@ -623,7 +684,7 @@ fn the_watch_directory_adds_what_is_dropped_in_it() {
         .collect();
     assert_eq!(
         names,
-        vec![json!("watched")],
+        vec![json!("watched"), json!("from-a-link")],
         "the duplicate was not added twice"
     );
     assert!(
@@ -724,4 +785,87 @@ fn the_transmission_web_ui_lists_the_torrents() {
     chromium(&url, &tmp.path().join("profile2"), Some(&shot));
     assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
     seed.stop(WAIT);
+}
+
+#[test]
+fn a_magnet_link_fetches_its_metadata_downloads_and_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, data) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("seed"),
+    );
+    let t = three_files(tmp.path(), "by-magnet", 8);
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("seed", &t.path, &data, &[]);
+    let port = seed.listen_port(WAIT);
+    let hash: String = t.info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    let mut d = Daemon::start(&state, &dl, &[]);
+    let link = format!("magnet:?xt=urn:btih:{hash}&dn=hint&x.pe=127.0.0.1:{port}");
+    assert!(d.remote(&["-a", &link]).contains("success"));
+    // A second magnet, paused, whose metadata nobody has: kept as it is.
+    let lonely = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=lonely";
+    d.remote(&["--start-paused", "-a", lonely]);
+    let done = d.wait_torrent("downloaded by magnet", |v| {
+        v["name"] == "by-magnet" && v["percentDone"] == 1.0 && v["status"] == 6
+    });
+    assert_eq!(done["hashString"], hash.as_str());
+    t.assert_downloaded(&dl);
+    let list = d.remote(&["-l"]);
+    assert!(
+        list.contains("by-magnet") && list.contains("lonely"),
+        "{list}"
+    );
+    let lonely_now = d.call(
+        "torrent-get",
+        json!({ "ids": [2], "fields": ["name", "status", "metadataPercentComplete"] }),
+    );
+    assert_eq!(
+        lonely_now["arguments"]["torrents"][0]["status"], 0,
+        "{lonely_now}"
+    );
+    assert_eq!(
+        lonely_now["arguments"]["torrents"][0]["metadataPercentComplete"],
+        0.0
+    );
+    seed.stop(WAIT);
+    d.terminate();
+
+    // After a restart the first is a torrent like any other, the second
+    // still a magnet link waiting for its metadata.
+    let d = Daemon::start(&state, &dl, &[]);
+    d.wait_torrent("seeding after restart", |v| {
+        v["name"] == "by-magnet" && v["status"] == 6
+    });
+    let names: Vec<Value> = d
+        .torrents(&["name"])
+        .into_iter()
+        .map(|v| v["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("by-magnet"), json!("lonely")]);
+    assert!(
+        state
+            .join("torrents")
+            .join(format!("{hash}.torrent"))
+            .exists()
+    );
+    assert!(
+        !state
+            .join("torrents")
+            .join(format!("{hash}.magnet"))
+            .exists()
+    );
+    assert!(!d.log().contains("rechecking"), "{}", d.log());
+
+    // Removed without its data: the downloaded files stay, the state goes.
+    d.remote(&["-t", "1", "-r"]);
+    d.remote(&["-t", "2", "-r"]);
+    assert!(d.torrents(&["id"]).is_empty());
+    t.assert_downloaded(&dl);
+    assert!(
+        std::fs::read_dir(state.join("torrents"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }

@@ -98,7 +98,7 @@ fn a_leecher_learns_the_seed_by_pex_and_completes() {
     let relay_port = listener.local_addr().unwrap().port();
     let info_hash = t.info_hash;
     let relay = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
+        let mut s = support::scripted::accept_plaintext(&listener);
         open(&mut s, info_hash, b"-SC0001-pexrelay0000");
         let id = read_until(&mut s, DOWNLOAD, |m| their_pex_id(&m)).expect("our ut_pex id");
         let pex = Pex {
@@ -164,7 +164,7 @@ fn the_seed_tells_a_newcomer_about_the_peer_it_dialled() {
     let b_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let b_addr = b_listener.local_addr().unwrap();
     let b = std::thread::spawn(move || {
-        let (mut s, _) = b_listener.accept().unwrap();
+        let mut s = support::scripted::accept_plaintext(&b_listener);
         open(&mut s, info_hash, b"-SC0001-pexdialled00");
         read_until(&mut s, DOWNLOAD, |_| None::<()>);
     });

@@ -125,8 +125,9 @@ pub struct PickerConfig {
     /// block. Default 2: enough to route around one stalled peer without
     /// tripling the tail of the download.
     pub endgame_extra_requesters: u32,
-    /// Hash failures a peer may contribute to before it is banned. Default 3.
-    /// 0 disables banning.
+    /// Failed pieces a peer may send alone before it is banned (a failed
+    /// piece of several senders strikes no one; smart ban judges it).
+    /// Default 3. 0 disables banning.
     pub max_strikes: u32,
     /// How many blocks each peer remembers as recently un-requested (timed
     /// out, rejected, choked, cancelled in endgame): such a block arriving
@@ -395,6 +396,8 @@ pub struct Picker {
     /// Contributors to a failed piece of several contributors, until a
     /// piece they sent alone passes: they download whole pieces alone.
     parole: BTreeSet<PeerId>,
+    /// Set during a pick that ignores parole (see `pick_with`).
+    relaxed: bool,
 }
 
 impl Picker {
@@ -468,6 +471,7 @@ impl Picker {
             banned: BTreeSet::new(),
             evidence: BTreeMap::new(),
             parole: BTreeSet::new(),
+            relaxed: false,
         })
     }
 
@@ -633,6 +637,9 @@ impl Picker {
     /// Whether `peer` may take blocks of the started piece `piece`: its
     /// own, or nobody's while it is not on parole.
     fn may_take(&self, peer: PeerId, piece: u32) -> bool {
+        if self.relaxed {
+            return self.partials.contains_key(&piece);
+        }
         match self.partials.get(&piece).map(|p| p.owner) {
             Some(Some(owner)) => owner == peer,
             Some(None) => !self.parole.contains(&peer),
@@ -656,6 +663,21 @@ impl Picker {
     }
 
     fn pick_with(&mut self, peer: PeerId, max: usize, now: Instant, fresh: bool) -> Vec<Block> {
+        let out = self.pick_inner(peer, max, now, fresh);
+        if out.is_empty() && !self.parole.is_empty() {
+            // Parole is a preference, not a lock-out: a peer that finds
+            // nothing else (near the end, every missing piece started, some
+            // by a peer on parole) may share any piece, or a download whose
+            // only peers are on parole would stall.
+            self.relaxed = true;
+            let shared = self.pick_inner(peer, max, now, fresh);
+            self.relaxed = false;
+            return shared;
+        }
+        out
+    }
+
+    fn pick_inner(&mut self, peer: PeerId, max: usize, now: Instant, fresh: bool) -> Vec<Block> {
         let mut out = Vec::new();
         if max == 0 || self.banned.contains(&peer) {
             return out;
@@ -770,7 +792,7 @@ impl Picker {
     /// Moves a fresh piece to the partials, all its blocks free; owned by
     /// `by` if it is on parole.
     fn start_piece(&mut self, piece: u32, by: PeerId) {
-        let owner = self.parole.contains(&by).then_some(by);
+        let owner = (!self.relaxed && self.parole.contains(&by)).then_some(by);
         self.bucket_remove(piece);
         let n = self.geo.blocks_in(piece);
         let slots = (0..n)
@@ -834,6 +856,7 @@ impl Picker {
         let parole = self.parole.contains(&peer);
         for (&p, partial) in &self.partials {
             let allowed = match partial.owner {
+                _ if self.relaxed => true,
                 Some(owner) => owner == peer,
                 None => !parole,
             };

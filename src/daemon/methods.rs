@@ -27,17 +27,41 @@ pub struct Context {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
+/// A method's arguments: a JSON value, or JSON text written directly
+/// (`torrent-get`, whose answer for thousands of torrents would otherwise
+/// be built as a tree of values first).
+pub enum Reply {
+    Value(Value),
+    Raw(Vec<u8>),
+}
+
+impl From<Value> for Reply {
+    fn from(v: Value) -> Reply {
+        Reply::Value(v)
+    }
+}
+
 /// The response body for `req`: always a JSON object with `result`.
-pub async fn answer(ctx: &Context, req: Request) -> Value {
+pub async fn answer(ctx: &Context, req: Request) -> Vec<u8> {
     let tag = req.tag;
     let (result, arguments) = match dispatch(ctx, &req.method, &req.arguments).await {
         Ok(args) => ("success".to_owned(), args),
-        Err(e) => (e, Value::Object(Map::new())),
+        Err(e) => (e, Reply::Value(Value::Object(Map::new()))),
     };
-    let mut out = json!({ "result": result, "arguments": arguments });
-    if let Some(t) = tag {
-        out["tag"] = json!(t);
+    let mut out = Vec::new();
+    out.extend_from_slice(b"{\"arguments\":");
+    match arguments {
+        Reply::Value(v) => {
+            let _ = serde_json::to_writer(&mut out, &v);
+        }
+        Reply::Raw(raw) => out.extend_from_slice(&raw),
     }
+    out.extend_from_slice(b",\"result\":");
+    let _ = serde_json::to_writer(&mut out, &result);
+    if let Some(t) = tag {
+        out.extend_from_slice(format!(",\"tag\":{t}").as_bytes());
+    }
+    out.push(b'}');
     out
 }
 
@@ -50,7 +74,14 @@ fn e(err: RpcError) -> String {
     err.to_string()
 }
 
-async fn dispatch(ctx: &Context, method: &str, args: &Args) -> Result<Value, String> {
+async fn dispatch(ctx: &Context, method: &str, args: &Args) -> Result<Reply, String> {
+    if method == "torrent-get" {
+        return torrent_get(&ctx.daemon, args).await.map(Reply::Raw);
+    }
+    value_method(ctx, method, args).await.map(Reply::Value)
+}
+
+async fn value_method(ctx: &Context, method: &str, args: &Args) -> Result<Value, String> {
     let d = &ctx.daemon;
     match method {
         "session-get" => session_get(ctx, args).await,
@@ -61,7 +92,6 @@ async fn dispatch(ctx: &Context, method: &str, args: &Args) -> Result<Value, Str
             Ok(json!({}))
         }
         "torrent-add" => torrent_add(d, args).await,
-        "torrent-get" => torrent_get(d, args).await,
         "torrent-start" | "torrent-start-now" => act(d, args, Action::Start).await,
         "torrent-stop" => act(d, args, Action::Stop).await,
         "torrent-verify" => act(d, args, Action::Verify).await,
@@ -77,7 +107,7 @@ async fn dispatch(ctx: &Context, method: &str, args: &Args) -> Result<Value, Str
             args.ids().map_err(e)?;
             Ok(json!({}))
         }
-        "torrent-set-location" => Err("torrent-set-location is not supported yet".into()),
+        "torrent-set-location" => set_location(d, args).await,
         "torrent-rename-path" => Err("torrent-rename-path is not supported".into()),
         "free-space" => free_space(args),
         // Reachability cannot be tested from inside: say so honestly.
@@ -175,7 +205,7 @@ async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     ) {
         (Some(b64), _) => protocol::trpc::decode_base64(b64, MAX_TORRENT_FILE).map_err(e)?,
         (None, Some(name)) if name.starts_with("magnet:") => {
-            return Err("magnet links are not supported yet: add the .torrent".into());
+            return torrent_add_magnet(d, args, name).await;
         }
         (None, Some(name)) if name.starts_with("http://") || name.starts_with("https://") => {
             return Err("fetching a .torrent by URL is not supported: pass metainfo".into());
@@ -194,6 +224,33 @@ async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         .map(|l| l.into_iter().map(str::to_owned).collect())
         .unwrap_or_default();
     let added = d.add(bytes, meta, dir, paused, labels).await?;
+    let key = if added.duplicate {
+        "torrent-duplicate"
+    } else {
+        "torrent-added"
+    };
+    Ok(json!({ key: { "id": added.id, "name": added.name, "hashString": added.hash } }))
+}
+
+/// Longest magnet link accepted.
+const MAX_MAGNET: usize = super::state::MAX_MAGNET;
+
+async fn torrent_add_magnet(d: &DaemonHandle, args: &Args, uri: &str) -> Result<Value, String> {
+    if uri.len() > MAX_MAGNET {
+        return Err(format!("magnet link longer than {MAX_MAGNET} bytes"));
+    }
+    let link = protocol::magnet::Magnet::parse(uri)
+        .map_err(|err| format!("invalid magnet link: {err}"))?;
+    let dir = args.str("download-dir").map_err(e)?.map(PathBuf::from);
+    let paused = args.bool("paused").map_err(e)?;
+    let labels = args
+        .strings("labels")
+        .map_err(e)?
+        .map(|l| l.into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let added = d
+        .add_magnet(uri.to_owned(), link, dir, paused, labels)
+        .await?;
     let key = if added.duplicate {
         "torrent-duplicate"
     } else {
@@ -272,6 +329,36 @@ async fn torrent_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     Ok(json!({}))
 }
 
+/// `torrent-set-location`: with `move: false` (`transmission-remote
+/// --find`), the data is already at the new place; each torrent restarts
+/// there from its resume data. Moving the data is not built.
+async fn set_location(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+    let ids = args.ids().map_err(e)?;
+    let dir = args
+        .str("location")
+        .map_err(e)?
+        .ok_or("torrent-set-location needs \"location\"")?;
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() {
+        return Err(format!(
+            "location {} is not an absolute path",
+            dir.display()
+        ));
+    }
+    if args.bool("move").map_err(e)?.unwrap_or(false) {
+        return Err("moving the data is not supported yet: move it, then set the location with \"move\": false (transmission-remote --find)".into());
+    }
+    d.set(
+        ids,
+        Change {
+            location: Some(dir),
+            ..Change::default()
+        },
+    )
+    .await?;
+    Ok(json!({}))
+}
+
 fn free_space(args: &Args) -> Result<Value, String> {
     let path = args
         .str("path")
@@ -298,7 +385,7 @@ fn free_bytes(path: &std::path::Path) -> Result<i64, String> {
 /// actor).
 const FILE_FIELDS: [&str; 4] = ["files", "fileStats", "priorities", "wanted"];
 
-async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Vec<u8>, String> {
     let ids = args.ids().map_err(e)?;
     let fields: Vec<String> = args
         .strings("fields")
@@ -311,34 +398,34 @@ async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     let recent = ids == Ids::RecentlyActive;
     let views = d.get(ids).await?;
     let want_files = fields.iter().any(|f| FILE_FIELDS.contains(&f.as_str()));
-    let mut rows = Vec::with_capacity(views.len());
-    for v in &views {
+    // Each field's name written once, escaped, for the object form.
+    let keys: Vec<Vec<u8>> = fields
+        .iter()
+        .map(|f| serde_json::to_vec(f).unwrap_or_default())
+        .collect();
+    let mut out = Vec::with_capacity(256 + views.len() * 64 * fields.len().max(1));
+    out.extend_from_slice(b"{\"torrents\":[");
+    if table {
+        let _ = serde_json::to_writer(&mut out, &fields);
+    }
+    for (i, v) in views.iter().enumerate() {
         let progress = if want_files {
             file_progress(v).await
         } else {
             None
         };
-        let obj = render(v, &fields, progress.as_ref());
-        rows.push(obj);
-    }
-    let torrents = if table {
-        let mut t = vec![json!(fields)];
-        for r in rows {
-            t.push(Value::Array(
-                fields
-                    .iter()
-                    .map(|f| r.get(f).cloned().unwrap_or(Value::Null))
-                    .collect(),
-            ));
+        if i > 0 || table {
+            out.push(b',');
         }
-        Value::Array(t)
-    } else {
-        Value::Array(rows.into_iter().map(Value::Object).collect())
-    };
-    let mut out = json!({ "torrents": torrents });
-    if recent {
-        out["removed"] = json!([]);
+        out.push(if table { b'[' } else { b'{' });
+        render(v, &fields, &keys, table, progress.as_ref(), &mut out);
+        out.push(if table { b']' } else { b'}' });
     }
+    out.push(b']');
+    if recent {
+        out.extend_from_slice(b",\"removed\":[]");
+    }
+    out.push(b'}');
     Ok(out)
 }
 
@@ -426,9 +513,17 @@ fn level(p: Priority) -> i64 {
     }
 }
 
-/// One torrent's object with the `fields` asked for (unknown names are
-/// left out, as Transmission does).
-fn render(v: &View, fields: &[String], progress: Option<&FileProgress>) -> Map<String, Value> {
+/// Writes one torrent's `fields` into `out`: as `"key":value` pairs
+/// (unknown names left out, as Transmission does) or, for the table form,
+/// as values in order (`null` for unknown names).
+fn render(
+    v: &View,
+    fields: &[String],
+    keys: &[Vec<u8>],
+    table: bool,
+    progress: Option<&FileProgress>,
+    out: &mut Vec<u8>,
+) {
     let s = &v.stats;
     let info = &v.meta.info;
     let left = s.wanted_bytes.saturating_sub(s.done_bytes);
@@ -465,8 +560,8 @@ fn render(v: &View, fields: &[String], progress: Option<&FileProgress>) -> Map<S
     };
     let user_files: Vec<_> = info.files.iter().filter(|f| !f.padding).collect();
     let kb = |b: Option<u64>| b.map_or(100, |b| b / SPEED_UNIT);
-    let mut out = Map::new();
-    for f in fields {
+    let mut first = true;
+    for (f, key) in fields.iter().zip(keys) {
         let val = match f.as_str() {
             "id" => json!(v.id),
             "hashString" => json!(v.hash),
@@ -587,7 +682,7 @@ fn render(v: &View, fields: &[String], progress: Option<&FileProgress>) -> Map<S
             "startDate" | "editDate" | "manualAnnounceTime" => json!(0),
             "dateCreated" => json!(v.meta.creation_date.unwrap_or(0)),
             "queuePosition" => json!(v.id - 1),
-            "metadataPercentComplete" => json!(1.0),
+            "metadataPercentComplete" => json!(v.metadata.unwrap_or(1.0)),
             "magnetLink" => json!(magnet(v)),
             "comment" => json!(v.meta.comment.clone().unwrap_or_default()),
             "creator" => json!(v.meta.created_by.clone().unwrap_or_default()),
@@ -606,9 +701,17 @@ fn render(v: &View, fields: &[String], progress: Option<&FileProgress>) -> Map<S
             "bandwidthPriority" => json!(0),
             "torrentFile" => json!(""),
             "primary-mime-type" => json!("application/octet-stream"),
+            _ if table => Value::Null,
             _ => continue,
         };
-        out.insert(f.clone(), val);
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        if !table {
+            out.extend_from_slice(key);
+            out.push(b':');
+        }
+        let _ = serde_json::to_writer(&mut *out, &val);
     }
-    out
 }

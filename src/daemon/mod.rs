@@ -10,6 +10,7 @@
 //! - [`remove`]: deleting a torrent's own files.
 //! - [`watch`]: the watch directory.
 
+pub mod magnet;
 pub mod methods;
 pub mod registry;
 pub mod remove;
@@ -135,6 +136,8 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         // Handlers first: a SIGTERM from now on is a clean stop.
         let signals = Signals::new().map_err(|e| Failure::Runtime(e.into()))?;
         let strategy = config.picker.strategy;
+        let metadata = config.metadata;
+        let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();
         let session = Session::start(config)
             .context("starting the session")
@@ -160,6 +163,8 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                 default_download_dir: download_dir,
                 strategy,
                 listen_port: peers.port(),
+                metadata,
+                capacities,
             },
             stop.clone(),
         );

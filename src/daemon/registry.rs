@@ -22,6 +22,7 @@ use protocol::trpc::{IdRef, Ids};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use super::magnet::{self as magnet_phase, FetchCtx};
 use super::state::{SessionSettings, StateDir, Stored, TorrentSettings};
 
 /// Requests waiting for the daemon actor. Each RPC connection has at most
@@ -56,6 +57,8 @@ pub struct View {
     pub handle: Option<TorrentHandle>,
     /// Last time it moved data, seconds since the epoch (0: never).
     pub activity_date: i64,
+    /// A magnet link's metadata phase: the fraction fetched.
+    pub metadata: Option<f64>,
 }
 
 /// Session-wide numbers for `session-get` and `session-stats`.
@@ -90,6 +93,9 @@ pub struct Change {
     pub seed_ratio_mode: Option<i64>,
     pub seed_idle_limit: Option<i64>,
     pub seed_idle_mode: Option<i64>,
+    /// A new download directory whose data is already in place
+    /// (`torrent-set-location` with `move: false`).
+    pub location: Option<PathBuf>,
 }
 
 /// What to do to a set of torrents.
@@ -105,6 +111,14 @@ enum Cmd {
     Add {
         bytes: Vec<u8>,
         meta: Box<Metainfo>,
+        download_dir: Option<PathBuf>,
+        paused: Option<bool>,
+        labels: Vec<String>,
+        reply: oneshot::Sender<Result<Added, String>>,
+    },
+    AddMagnet {
+        uri: String,
+        magnet: Box<protocol::magnet::Magnet>,
         download_dir: Option<PathBuf>,
         paused: Option<bool>,
         labels: Vec<String>,
@@ -126,6 +140,9 @@ enum Cmd {
     },
     Session {
         reply: oneshot::Sender<SessionView>,
+    },
+    Metrics {
+        reply: oneshot::Sender<String>,
     },
     SessionSet {
         settings: SessionSettings,
@@ -171,6 +188,26 @@ impl DaemonHandle {
         .await?
     }
 
+    /// Adds a magnet link: its metadata is fetched, then it downloads.
+    pub async fn add_magnet(
+        &self,
+        uri: String,
+        magnet: protocol::magnet::Magnet,
+        download_dir: Option<PathBuf>,
+        paused: Option<bool>,
+        labels: Vec<String>,
+    ) -> Result<Added, String> {
+        self.ask(|reply| Cmd::AddMagnet {
+            uri,
+            magnet: Box::new(magnet),
+            download_dir,
+            paused,
+            labels,
+            reply,
+        })
+        .await?
+    }
+
     /// The torrents `ids` names, in id order.
     pub async fn get(&self, ids: Ids) -> Result<Vec<View>, String> {
         self.ask(|reply| Cmd::Get { ids, reply }).await
@@ -196,6 +233,11 @@ impl DaemonHandle {
         self.ask(|reply| Cmd::Session { reply }).await
     }
 
+    /// The Prometheus metrics of the session and every running torrent.
+    pub async fn metrics(&self) -> Result<String, String> {
+        self.ask(|reply| Cmd::Metrics { reply }).await
+    }
+
     /// Changes session settings (fields left `None` keep theirs).
     pub async fn session_set(&self, settings: SessionSettings) -> Result<(), String> {
         self.ask(|reply| Cmd::SessionSet { settings, reply })
@@ -211,6 +253,17 @@ struct Entry {
     /// The numbers of the last run, shown while stopped.
     last: TorrentStats,
     last_active: Option<SystemTime>,
+    /// A magnet link whose metadata is not known yet (`meta` is then a
+    /// placeholder).
+    magnet: Option<MagnetState>,
+}
+
+struct MagnetState {
+    link: protocol::magnet::Magnet,
+    /// Set while its metadata phase runs.
+    cancel: Option<tokio_util::sync::CancellationToken>,
+    progress: Option<tokio::sync::watch::Receiver<actors::magnet::MetadataProgress>>,
+    error: Option<String>,
 }
 
 /// How the daemon starts its torrents.
@@ -218,6 +271,8 @@ pub struct Options {
     pub default_download_dir: PathBuf,
     pub strategy: Strategy,
     pub listen_port: u16,
+    pub metadata: actors::magnet::MetadataConfig,
+    pub capacities: crate::metrics::Capacities,
 }
 
 struct Daemon {
@@ -228,6 +283,7 @@ struct Daemon {
     torrents: BTreeMap<i64, Entry>,
     next_id: i64,
     started: Instant,
+    fetch: FetchCtx,
 }
 
 /// Starts the daemon actor with the torrents kept in `state`. Returns its
@@ -245,7 +301,16 @@ pub fn spawn(
         warn!(error = %format!("{e:#}"), "session settings unreadable; using defaults");
         SessionSettings::default()
     });
+    let (done_tx, done_rx) = mpsc::channel(magnet_phase::DONE_CHANNEL);
+    let fetch = FetchCtx {
+        tracker: session.tracker().clone(),
+        peer_id: session.peer_id(),
+        port: opts.listen_port,
+        config: opts.metadata,
+        done: done_tx,
+    };
     let mut d = Daemon {
+        fetch,
         session,
         state,
         opts,
@@ -256,7 +321,7 @@ pub fn spawn(
     };
     let join = tokio::spawn(async move {
         d.restore().await;
-        d.run(rx, stop).await;
+        d.run(rx, done_rx, stop).await;
         d.session
     });
     (DaemonHandle { tx }, join)
@@ -340,15 +405,41 @@ impl Daemon {
             eprintln!("actorrent: skipping a torrent in the state directory: {s}");
         }
         let mut used = std::collections::HashSet::new();
-        for Stored { meta, mut settings } in stored {
-            let hash = meta.info_hash.to_hex();
+        for Stored {
+            meta,
+            magnet,
+            mut settings,
+        } in stored
+        {
             if settings.id <= 0 || !used.insert(settings.id) {
                 settings.id = 0;
             }
             if settings.download_dir.as_os_str().is_empty() {
                 settings.download_dir = self.download_dir();
             }
-            self.insert(meta, hash, settings, false).await;
+            match (meta, magnet) {
+                (Some(meta), _) => {
+                    let hash = meta.info_hash.to_hex();
+                    self.insert(meta, hash, settings, None).await;
+                }
+                (None, Some(link)) => {
+                    let hash = link.info_hash.to_hex();
+                    let state = MagnetState {
+                        cancel: None,
+                        progress: None,
+                        error: None,
+                        link: link.clone(),
+                    };
+                    self.insert(
+                        magnet_phase::placeholder(&link),
+                        hash,
+                        settings,
+                        Some(state),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
         }
         info!(
             torrents = self.torrents.len(),
@@ -371,7 +462,7 @@ impl Daemon {
         meta: Arc<Metainfo>,
         hash: String,
         mut settings: TorrentSettings,
-        save: bool,
+        magnet: Option<MagnetState>,
     ) -> i64 {
         if settings.id <= 0 {
             settings.id = self
@@ -380,9 +471,7 @@ impl Daemon {
         }
         self.next_id = self.next_id.max(settings.id + 1);
         let id = settings.id;
-        if save && let Err(e) = self.state.save_settings(&hash, &settings) {
-            warn!(error = %format!("{e:#}"), "saving torrent settings");
-        }
+
         let last = stats_at_rest(&meta, &self.state.resume_path(&hash), &settings);
         let paused = settings.paused;
         self.torrents.insert(
@@ -394,18 +483,33 @@ impl Daemon {
                 handle: None,
                 last,
                 last_active: None,
+                magnet,
             },
         );
         if !paused {
-            self.start(id).await;
+            self.start(id, Vec::new()).await;
         }
         id
     }
 
-    async fn start(&mut self, id: i64) {
+    async fn start(&mut self, id: i64, peers: Vec<std::net::SocketAddr>) {
         let Some(e) = self.torrents.get_mut(&id) else {
             return;
         };
+        if let Some(m) = &mut e.magnet {
+            if m.cancel.is_none() {
+                let cancel = tokio_util::sync::CancellationToken::new();
+                m.progress = Some(magnet_phase::spawn(
+                    id,
+                    m.link.clone(),
+                    &self.fetch,
+                    cancel.clone(),
+                ));
+                m.cancel = Some(cancel);
+                m.error = None;
+            }
+            return;
+        }
         if e.handle
             .as_ref()
             .is_some_and(|h| !matches!(h.stats().borrow().state, TorrentState::Error(_)))
@@ -416,7 +520,7 @@ impl Daemon {
             meta: e.meta.clone(),
             target: Target::Directory(e.settings.download_dir.clone()),
             resume_file: self.state.resume_path(&e.hash),
-            peers: Vec::new(),
+            peers,
             strategy: self.opts.strategy,
             // A daemon's torrents serve once complete, until stopped.
             seed: true,
@@ -440,6 +544,11 @@ impl Daemon {
         let Some(e) = self.torrents.get_mut(&id) else {
             return;
         };
+        if let Some(m) = &mut e.magnet
+            && let Some(c) = m.cancel.take()
+        {
+            c.cancel();
+        }
         let Some(h) = e.handle.take() else {
             return;
         };
@@ -511,9 +620,23 @@ impl Daemon {
                 let mut s = e.last.clone();
                 s.bytes_up = e.settings.uploaded_ever;
                 s.bytes_down = e.settings.downloaded_ever;
-                (s, false)
+                let fetching = e.magnet.as_ref().is_some_and(|m| m.cancel.is_some());
+                if let Some(err) = e.magnet.as_ref().and_then(|m| m.error.clone()) {
+                    s.state = TorrentState::Error(err);
+                }
+                (s, fetching)
             }
         };
+        let metadata = e.magnet.as_ref().map(|m| {
+            m.progress.as_ref().map_or(0.0, |p| {
+                let p = p.borrow();
+                if p.pieces_total == 0 {
+                    0.0
+                } else {
+                    f64::from(p.pieces_done) / f64::from(p.pieces_total)
+                }
+            })
+        });
         View {
             id,
             hash: e.hash.clone(),
@@ -526,12 +649,14 @@ impl Daemon {
                 .last_active
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() as i64),
+            metadata,
         }
     }
 
     async fn run(
         &mut self,
         mut rx: mpsc::Receiver<Cmd>,
+        mut magnets: mpsc::Receiver<magnet_phase::Done>,
         stop: tokio_util::sync::CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -544,6 +669,12 @@ impl Daemon {
                     None => break,
                 },
                 _ = tick.tick() => self.on_tick(),
+                Some(done) = magnets.recv() => self.metadata_done(done).await,
+            }
+        }
+        for e in self.torrents.values_mut() {
+            if let Some(c) = e.magnet.as_mut().and_then(|m| m.cancel.take()) {
+                c.cancel();
             }
         }
         self.shutdown().await;
@@ -576,21 +707,77 @@ impl Daemon {
     async fn shutdown(&mut self) {
         // Totals of this run into the settings, then every torrent stops
         // at once (each saves its resume data and announces `stopped`).
-        for e in self.torrents.values_mut() {
+        // Only torrents that moved data have new totals to write: the
+        // rest are on disk as they are (each write costs two fsyncs).
+        let mut changed = Vec::new();
+        for (id, e) in &mut self.torrents {
             if let Some(h) = &e.handle {
                 let s = h.stats().borrow().clone();
-                e.settings.uploaded_ever += s.bytes_up;
-                e.settings.downloaded_ever += s.bytes_down;
+                if s.bytes_up > 0 || s.bytes_down > 0 {
+                    e.settings.uploaded_ever += s.bytes_up;
+                    e.settings.downloaded_ever += s.bytes_down;
+                    changed.push(*id);
+                }
             }
         }
-        let ids: Vec<i64> = self.torrents.keys().copied().collect();
-        for id in ids {
+        for id in changed {
             self.save(id);
         }
     }
 
+    /// A magnet's metadata phase ended: with the .torrent, it becomes a
+    /// torrent like any other (same id and settings) and starts.
+    async fn metadata_done(&mut self, done: magnet_phase::Done) {
+        let Some(e) = self.torrents.get_mut(&done.id) else {
+            return;
+        };
+        let Some(m) = &mut e.magnet else { return };
+        if m.link.info_hash != done.info_hash || m.cancel.is_none() {
+            return;
+        }
+        m.cancel = None;
+        let (bytes, peers) = match done.result {
+            Ok(x) => x,
+            Err(err) => {
+                m.error = Some(err);
+                return;
+            }
+        };
+        let meta = match Metainfo::from_bytes(&bytes) {
+            Ok(meta) => meta,
+            Err(err) => {
+                m.error = Some(format!(
+                    "the fetched metadata is not a valid torrent: {err}"
+                ));
+                return;
+            }
+        };
+        if let Err(err) = self.state.magnet_resolved(&e.hash, &bytes) {
+            m.error = Some(format!("{err:#}"));
+            return;
+        }
+        info!(hash = %e.hash, name = %meta.info.name, id = done.id, "metadata fetched");
+        e.magnet = None;
+        e.meta = Arc::new(meta);
+        e.last = stats_at_rest(&e.meta, &self.state.resume_path(&e.hash), &e.settings);
+        self.start(done.id, peers).await;
+    }
+
     async fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
+            Cmd::AddMagnet {
+                uri,
+                magnet,
+                download_dir,
+                paused,
+                labels,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.add_magnet(uri, *magnet, download_dir, paused, labels)
+                        .await,
+                );
+            }
             Cmd::Add {
                 bytes,
                 meta,
@@ -620,6 +807,21 @@ impl Daemon {
             Cmd::Session { reply } => {
                 let _ = reply.send(self.session_view());
             }
+            Cmd::Metrics { reply } => {
+                let stats: Vec<TorrentStats> = self
+                    .torrents
+                    .values()
+                    .filter_map(|e| e.handle.as_ref().map(|h| h.stats().borrow().clone()))
+                    .collect();
+                let trackers = self.session.tracker().stats().await.ok();
+                let text = crate::metrics::render(
+                    &self.session,
+                    &stats,
+                    trackers.as_ref(),
+                    &self.opts.capacities,
+                );
+                let _ = reply.send(text);
+            }
             Cmd::SessionSet { settings, reply } => {
                 if let Some(d) = settings.download_dir {
                     self.session_settings.download_dir = Some(d);
@@ -636,6 +838,81 @@ impl Daemon {
         }
     }
 
+    /// The settings of a new torrent (its id fixed before its files are
+    /// written, so they agree), or why it cannot be added.
+    fn new_settings(
+        &self,
+        download_dir: Option<PathBuf>,
+        paused: Option<bool>,
+        labels: Vec<String>,
+    ) -> Result<TorrentSettings, String> {
+        let dir = download_dir.unwrap_or_else(|| self.download_dir());
+        if !dir.is_absolute() {
+            return Err(format!(
+                "download-dir {} is not an absolute path",
+                dir.display()
+            ));
+        }
+        let paused = paused.unwrap_or(!self.session_settings.start_added_torrents.unwrap_or(true));
+        Ok(TorrentSettings {
+            id: self
+                .next_id
+                .max(self.torrents.keys().last().map_or(1, |k| k + 1)),
+            download_dir: dir,
+            paused,
+            added_date: now_secs(),
+            labels,
+            ..TorrentSettings::default()
+        })
+    }
+
+    fn duplicate(&self, hash: &str) -> Option<Added> {
+        self.torrents
+            .iter()
+            .find(|(_, e)| e.hash == hash)
+            .map(|(id, e)| Added {
+                id: *id,
+                name: e.meta.info.name.clone(),
+                hash: hash.to_owned(),
+                duplicate: true,
+            })
+    }
+
+    async fn add_magnet(
+        &mut self,
+        uri: String,
+        link: protocol::magnet::Magnet,
+        download_dir: Option<PathBuf>,
+        paused: Option<bool>,
+        labels: Vec<String>,
+    ) -> Result<Added, String> {
+        let hash = link.info_hash.to_hex();
+        if let Some(d) = self.duplicate(&hash) {
+            return Ok(d);
+        }
+        let settings = self.new_settings(download_dir, paused, labels)?;
+        let id = settings.id;
+        self.state
+            .add_magnet(&hash, &uri, &settings)
+            .map_err(|e| format!("{e:#}"))?;
+        let meta = magnet_phase::placeholder(&link);
+        let name = meta.info.name.clone();
+        info!(%hash, %name, id, "magnet added");
+        let state = MagnetState {
+            link,
+            cancel: None,
+            progress: None,
+            error: None,
+        };
+        self.insert(meta, hash.clone(), settings, Some(state)).await;
+        Ok(Added {
+            id,
+            name,
+            hash,
+            duplicate: false,
+        })
+    }
+
     async fn add(
         &mut self,
         bytes: Vec<u8>,
@@ -645,41 +922,17 @@ impl Daemon {
         labels: Vec<String>,
     ) -> Result<Added, String> {
         let hash = meta.info_hash.to_hex();
-        if let Some((id, e)) = self.torrents.iter().find(|(_, e)| e.hash == hash) {
-            return Ok(Added {
-                id: *id,
-                name: e.meta.info.name.clone(),
-                hash,
-                duplicate: true,
-            });
+        if let Some(d) = self.duplicate(&hash) {
+            return Ok(d);
         }
-        let dir = download_dir.unwrap_or_else(|| self.download_dir());
-        if !dir.is_absolute() {
-            return Err(format!(
-                "download-dir {} is not an absolute path",
-                dir.display()
-            ));
-        }
-        let paused = paused.unwrap_or(!self.session_settings.start_added_torrents.unwrap_or(true));
-        let settings = TorrentSettings {
-            id: 0,
-            download_dir: dir,
-            paused,
-            added_date: now_secs(),
-            labels,
-            ..TorrentSettings::default()
-        };
-        // The id is fixed before the files are written, so they agree.
-        let id = self
-            .next_id
-            .max(self.torrents.keys().last().map_or(1, |k| k + 1));
-        let settings = TorrentSettings { id, ..settings };
+        let settings = self.new_settings(download_dir, paused, labels)?;
+        let id = settings.id;
         self.state
             .add(&hash, &bytes, &settings)
             .map_err(|e| format!("{e:#}"))?;
         let name = meta.info.name.clone();
         info!(%hash, %name, id, "torrent added");
-        self.insert(Arc::new(meta), hash.clone(), settings, false)
+        self.insert(Arc::new(meta), hash.clone(), settings, None)
             .await;
         Ok(Added {
             id,
@@ -696,7 +949,7 @@ impl Daemon {
                     if let Some(e) = self.torrents.get_mut(&id) {
                         e.settings.paused = false;
                     }
-                    self.start(id).await;
+                    self.start(id, Vec::new()).await;
                     self.save(id);
                 }
                 Action::Stop => {
@@ -707,6 +960,11 @@ impl Daemon {
                     self.save(id);
                 }
                 Action::Verify => {
+                    let magnet = self.torrents.get(&id).is_some_and(|e| e.magnet.is_some());
+                    if magnet {
+                        // Nothing to verify before the metadata is known.
+                        continue;
+                    }
                     let was_running = self.torrents.get(&id).is_some_and(|e| e.handle.is_some());
                     self.stop(id).await;
                     let Some(e) = self.torrents.get(&id) else {
@@ -715,7 +973,7 @@ impl Daemon {
                     // Without resume data the next start hashes every piece.
                     self.state.forget_resume(&e.hash);
                     if was_running {
-                        self.start(id).await;
+                        self.start(id, Vec::new()).await;
                     } else {
                         let s =
                             stats_at_rest(&e.meta, &self.state.resume_path(&e.hash), &e.settings);
@@ -780,6 +1038,10 @@ impl Daemon {
                 }
                 e.settings.priorities = Some(prio);
             }
+            if let Some(dir) = &c.location {
+                restart |= e.settings.download_dir != *dir;
+                e.settings.download_dir = dir.clone();
+            }
             if let Some(l) = c.upload_limit {
                 restart |= e.settings.upload_limit != l;
                 e.settings.upload_limit = l;
@@ -805,11 +1067,11 @@ impl Daemon {
             }
             let running = e.handle.is_some();
             self.save(id);
-            // Rate limits are fixed when a torrent actor starts: a new one
-            // takes over from the resume data just saved.
+            // Rate limits and the directory are fixed when a torrent actor
+            // starts: a new one takes over from the resume data just saved.
             if restart && running {
                 self.stop(id).await;
-                self.start(id).await;
+                self.start(id, Vec::new()).await;
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
-//! The daemon's HTTP server: `/transmission/rpc` and, when a web UI
-//! directory is given, its static files at `/transmission/web/`.
+//! The daemon's HTTP server: `/transmission/rpc`, Prometheus `/metrics`
+//! and, when a web UI directory is given, its static files at
+//! `/transmission/web/`.
 //!
 //! A request passes, in order: the Host allow-list (421: a DNS-rebinding
 //! page names our address under its own host name), Basic auth when set
@@ -58,6 +59,7 @@ pub fn router(ctx: Context, guard: Guard) -> Router {
     Router::new()
         .route("/transmission/rpc", any(rpc))
         .route("/transmission/rpc/", any(rpc))
+        .route("/metrics", any(metrics))
         .route("/", any(web))
         .route("/transmission/web", any(web))
         .route("/transmission/web/", any(web))
@@ -180,14 +182,33 @@ async fn rpc(
     };
     let answer = match protocol::trpc::parse_request(&bytes) {
         Ok(req) => methods::answer(&sh.ctx, req).await,
-        Err(e) => methods::refusal(&e),
+        Err(e) => methods::refusal(&e).to_string().into_bytes(),
     };
-    let mut r = (StatusCode::OK, answer.to_string()).into_response();
+    let mut r = (StatusCode::OK, answer).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=UTF-8"),
     );
     r
+}
+
+/// Prometheus metrics: the same host and auth checks, no session id (a
+/// scraper cannot do the handshake, and a GET changes nothing).
+async fn metrics(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admit(&sh.guard, &headers).await {
+        return r;
+    }
+    match sh.ctx.daemon.metrics().await {
+        Ok(text) => {
+            let mut r = (StatusCode::OK, text).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
 }
 
 /// The web UI's files; `/` and `/transmission/web` lead to its index.

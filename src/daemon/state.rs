@@ -4,6 +4,7 @@
 //! ```text
 //!   <state>/settings.json              session settings (download dir, ...)
 //!   <state>/torrents/<hash>.torrent    the metainfo, as added
+//!   <state>/torrents/<hash>.magnet     a magnet link until its metadata is known
 //!   <state>/torrents/<hash>.json       the torrent's settings (TorrentSettings)
 //!   <state>/resume/<hash>.resume       resume data (written by the torrent actor)
 //!   <state>/resume/<hash>.parts        bytes of unselected files (ditto)
@@ -100,9 +101,15 @@ pub struct SessionSettings {
 
 /// One torrent read back from the state directory.
 pub struct Stored {
-    pub meta: Arc<Metainfo>,
+    /// The metainfo, or `None` for a magnet link still without metadata.
+    pub meta: Option<Arc<Metainfo>>,
+    /// The magnet link, while its metadata is not known.
+    pub magnet: Option<protocol::magnet::Magnet>,
     pub settings: TorrentSettings,
 }
+
+/// Longest magnet link kept.
+pub const MAX_MAGNET: usize = 64 * 1024;
 
 /// The state directory.
 #[derive(Clone, Debug)]
@@ -129,6 +136,28 @@ impl StateDir {
 
     fn torrent_path(&self, hex: &str) -> PathBuf {
         self.root.join("torrents").join(format!("{hex}.torrent"))
+    }
+
+    fn magnet_path(&self, hex: &str) -> PathBuf {
+        self.root.join("torrents").join(format!("{hex}.magnet"))
+    }
+
+    /// Writes a new magnet link and its settings.
+    pub fn add_magnet(
+        &self,
+        hex: &str,
+        uri: &str,
+        settings: &TorrentSettings,
+    ) -> anyhow::Result<()> {
+        write(&self.magnet_path(hex), uri.as_bytes())?;
+        self.save_settings(hex, settings)
+    }
+
+    /// The metadata of a magnet is known: the .torrent replaces the link.
+    pub fn magnet_resolved(&self, hex: &str, torrent: &[u8]) -> anyhow::Result<()> {
+        write(&self.torrent_path(hex), torrent)?;
+        let _ = std::fs::remove_file(self.magnet_path(hex));
+        Ok(())
     }
 
     fn settings_path(&self, hex: &str) -> PathBuf {
@@ -159,6 +188,7 @@ impl StateDir {
         for p in [
             self.settings_path(hex),
             self.torrent_path(hex),
+            self.magnet_path(hex),
             resume.with_extension("parts"),
             resume,
         ] {
@@ -206,9 +236,23 @@ impl StateDir {
         };
         let mut names: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x == "torrent" || x == "magnet")
+            })
             .collect();
         names.sort();
+        // A magnet whose .torrent was written (resolved before a crash
+        // removed the link) loads as the torrent.
+        let torrents: std::collections::HashSet<PathBuf> = names
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+            .map(|p| p.with_extension(""))
+            .collect();
+        names.retain(|p| {
+            p.extension().is_some_and(|x| x == "torrent")
+                || !torrents.contains(&p.with_extension(""))
+        });
         for path in names {
             match self.load_one(&path) {
                 Ok(s) => stored.push(s),
@@ -220,11 +264,28 @@ impl StateDir {
     }
 
     fn load_one(&self, path: &Path) -> anyhow::Result<Stored> {
-        let bytes = read_bounded(path, MAX_TORRENT_FILE as u64)
-            .with_context(|| format!("{}", path.display()))?;
-        let meta = Metainfo::from_bytes(&bytes)
-            .map_err(|e| anyhow!("{}: not a valid torrent: {e}", path.display()))?;
-        let hex = meta.info_hash.to_hex();
+        let is_magnet = path.extension().is_some_and(|x| x == "magnet");
+        let max = if is_magnet {
+            MAX_MAGNET
+        } else {
+            MAX_TORRENT_FILE
+        };
+        let bytes =
+            read_bounded(path, max as u64).with_context(|| format!("{}", path.display()))?;
+        let (meta, magnet, hex) = if is_magnet {
+            let uri =
+                String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8", path.display()))?;
+            let uri = uri.trim().to_owned();
+            let m = protocol::magnet::Magnet::parse(&uri)
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let hex = m.info_hash.to_hex();
+            (None, Some(m), hex)
+        } else {
+            let meta = Metainfo::from_bytes(&bytes)
+                .map_err(|e| anyhow!("{}: not a valid torrent: {e}", path.display()))?;
+            let hex = meta.info_hash.to_hex();
+            (Some(Arc::new(meta)), None, hex)
+        };
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if stem != hex {
             return Err(anyhow!(
@@ -241,7 +302,8 @@ impl StateDir {
             Err(e) => return Err(anyhow!("{}: {e}", sp.display())),
         };
         Ok(Stored {
-            meta: Arc::new(meta),
+            meta,
+            magnet,
             settings,
         })
     }

@@ -1,6 +1,6 @@
-//! The watch directory: every `*.torrent` that appears in it is added, then
-//! renamed to `*.torrent.added`, or to `*.torrent.invalid` with the reason
-//! logged. The directory is rescanned every [`RESCAN`] (no inotify yet: a
+//! The watch directory: every `*.torrent` (or `*.magnet`, a text file
+//! holding a magnet link) that appears in it is added, then renamed to
+//! `*.added`, or to `*.invalid` with the reason logged. The directory is rescanned every [`RESCAN`] (no inotify yet: a
 //! scan of a directory of a few files costs microseconds).
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::registry::DaemonHandle;
-use super::state::{MAX_TORRENT_FILE, read_bounded};
+use super::state::{MAX_MAGNET, MAX_TORRENT_FILE, read_bounded};
 
 /// How often the directory is scanned.
 pub const RESCAN: Duration = Duration::from_secs(1);
@@ -65,7 +65,10 @@ fn scan(dir: &Path) -> Vec<PathBuf> {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "torrent" || x == "magnet")
+        })
         .collect();
     out.sort();
     out.truncate(PER_SCAN);
@@ -73,9 +76,18 @@ fn scan(dir: &Path) -> Vec<PathBuf> {
 }
 
 async fn add(daemon: &DaemonHandle, path: &Path) -> Result<String, String> {
-    let bytes = read_bounded(path, MAX_TORRENT_FILE as u64).map_err(|e| e.to_string())?;
-    let meta = Metainfo::from_bytes(&bytes).map_err(|e| format!("not a valid torrent: {e}"))?;
-    let added = daemon.add(bytes, meta, None, None, Vec::new()).await?;
+    let added = if path.extension().is_some_and(|x| x == "magnet") {
+        let bytes = read_bounded(path, MAX_MAGNET as u64).map_err(|e| e.to_string())?;
+        let uri = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+        let uri = uri.trim().to_owned();
+        let link = protocol::magnet::Magnet::parse(&uri)
+            .map_err(|e| format!("invalid magnet link: {e}"))?;
+        daemon.add_magnet(uri, link, None, None, Vec::new()).await?
+    } else {
+        let bytes = read_bounded(path, MAX_TORRENT_FILE as u64).map_err(|e| e.to_string())?;
+        let meta = Metainfo::from_bytes(&bytes).map_err(|e| format!("not a valid torrent: {e}"))?;
+        daemon.add(bytes, meta, None, None, Vec::new()).await?
+    };
     Ok(if added.duplicate {
         format!("duplicate of torrent {}", added.id)
     } else {

@@ -511,6 +511,19 @@ fn speaks_plaintext(stream: &TcpStream) -> bool {
     plain
 }
 
+/// Accepts on `listener` until a connection opens in plaintext, closing
+/// the MSE attempts before it (a client with `encryption = "prefer"` dials
+/// again in plaintext after one). At most 8 connections are tried.
+pub fn accept_plaintext(listener: &TcpListener) -> TcpStream {
+    for _ in 0..8 {
+        let (stream, _) = listener.accept().expect("accept");
+        if speaks_plaintext(&stream) {
+            return stream;
+        }
+    }
+    panic!("8 connections in a row opened with an MSE handshake");
+}
+
 /// A step of a connection's loop; `Err` ends the connection that way.
 type Step<T> = Result<T, End>;
 

@@ -580,6 +580,19 @@ impl Conn<'_> {
         if let Some(dht) = ctx.dht.as_ref().filter(|_| theirs.supports_dht()) {
             Message::Port(dht.local_addr().port()).encode(&mut self.out);
         }
+        // The opening messages go out before anything is read, as the
+        // handshake did: a connection that ends at once still said them.
+        // Flushed too: an encrypting stream may hold the tail of a write.
+        let opening = self.out.split().freeze();
+        let say = async {
+            writer.write_all(&opening).await?;
+            writer.flush().await
+        };
+        match tokio::time::timeout(ctx.config.write_timeout, say).await {
+            Ok(Ok(())) => self.session.sent(Instant::now()),
+            Ok(Err(e)) => return End::network(format!("write: {e}")),
+            Err(_) => return End::network("write timed out"),
+        }
         let limits = Limits {
             max_message_len: ctx.config.max_message_len,
             max_request_len: wire::DEFAULT_MAX_REQUEST_LEN,

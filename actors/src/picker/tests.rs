@@ -771,8 +771,38 @@ fn departed_sole_contributor_still_gets_strike() {
 }
 
 #[test]
+fn a_peer_on_parole_shares_pieces_when_it_has_nothing_of_its_own() {
+    let mut p = uniform(1, 4, PickerConfig::default());
+    for peer in [A, P2] {
+        p.peer_have_all(peer);
+    }
+    // The only piece fails with blocks of both: both on parole.
+    let a = p.pick(A, 2, now());
+    let b = p.pick(P2, 2, now());
+    for (who, blocks) in [(A, &a), (P2, &b)] {
+        for blk in blocks.iter() {
+            let _ = p.block_received(who, *blk, content(*blk));
+        }
+    }
+    let done = p.partials.get(&0).is_some_and(|x| x.hashing);
+    assert!(done, "the piece is complete");
+    p.piece_failed(0).unwrap();
+    assert!(p.on_parole(A) && p.on_parole(P2));
+    // A starts it again alone; P2 has nothing of its own left, so it
+    // shares rather than stall.
+    assert_eq!(p.pick(A, 2, now()).len(), 2);
+    assert_eq!(
+        p.pick(P2, 2, now()).len(),
+        2,
+        "a peer on parole was starved"
+    );
+    assert!(p.on_parole(P2), "still on parole");
+    p.check_invariants();
+}
+
+#[test]
 fn a_peer_on_parole_gets_whole_pieces_to_itself() {
-    let mut p = uniform(4, 2, PickerConfig::default());
+    let mut p = uniform(16, 2, PickerConfig::default());
     for peer in [A, P2, P3] {
         p.peer_have_all(peer);
     }
@@ -791,7 +821,8 @@ fn a_peer_on_parole_gets_whole_pieces_to_itself() {
     assert_eq!(mine.len(), 1);
     let own = mine[0].piece;
     for other in [P2, P3] {
-        let got = p.pick(other, 8, now());
+        // Fresh pieces are left: no one needs A's.
+        let got = p.pick(other, 4, now());
         assert!(got.iter().all(|b| b.piece != own), "{other:?} took {got:?}");
     }
     // A finishes it alone and it passes: parole over.

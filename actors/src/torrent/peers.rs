@@ -216,13 +216,18 @@ impl Torrent {
             debug!(%addr, "banned host dialled in; dropped");
             return;
         }
-        if done || (full && !self.evict_for_newcomer()) {
+        if done {
             return;
         }
+        // The permit first: a peer evicted for a newcomer the process
+        // limit then turns away would be lost for nothing.
         let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
             debug!(%addr, "process connection limit reached; incoming dropped");
             return;
         };
+        if full && !self.evict_for_newcomer() {
+            return;
+        }
         let ctx = self.new_peer(addr, Some(handshake.peer_id));
         self.tasks.spawn(async move {
             let _permit = permit;
