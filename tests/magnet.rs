@@ -275,9 +275,10 @@ fn serve_corrupt(
     Ok(())
 }
 
-/// The corrupt peer is dialled first (one metadata connection at a time,
-/// `--peer` before the rest): its copy fails the SHA-1, it is banned, and
-/// the metadata then comes from the honest `actorrent seed`.
+/// The bad peers are dialled first (one metadata connection at a time,
+/// `--peer` before the rest): one advertises a `metadata_size` over the
+/// limit and is left at once, the other sends a copy that fails the SHA-1
+/// and is banned; the metadata then comes from the honest `actorrent seed`.
 #[test]
 fn a_corrupt_metadata_copy_is_refused_and_the_honest_peer_completes() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,6 +292,8 @@ fn a_corrupt_metadata_copy_is_refused_and_the_honest_peer_completes() {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (bad_port, served) = corrupt_metadata_peer(t.info_hash, info_len(&t), stop.clone());
+    // And one that claims an info dictionary of 100 MiB: never asked.
+    let (huge_port, huge_served) = corrupt_metadata_peer(t.info_hash, 100 << 20, stop.clone());
     let config = dir.path().join("one-at-a-time.toml");
     std::fs::write(&config, "[metadata]\nmax_peers = 1\n").unwrap();
     let magnet = format!(
@@ -298,16 +301,33 @@ fn a_corrupt_metadata_copy_is_refused_and_the_honest_peer_completes() {
         hex(&t.info_hash)
     );
     let bad = format!("127.0.0.1:{bad_port}");
+    let huge = format!("127.0.0.1:{huge_port}");
     let dl = magnet_download(
         &t,
         dir.path(),
         &magnet,
-        &["--peer", &bad, "--config", config.to_str().unwrap()],
+        &[
+            "--peer",
+            &huge,
+            "--peer",
+            &bad,
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     stop.store(true, Ordering::Relaxed);
     assert!(
         served.load(Ordering::Relaxed) >= 1,
         "the corrupt peer served nothing"
+    );
+    assert_eq!(
+        huge_served.load(Ordering::Relaxed),
+        0,
+        "a 100 MiB size was used"
+    );
+    assert!(
+        dl.log().contains("metadata_size not used"),
+        "no log line about the oversized metadata_size"
     );
     let meta_line = dl
         .stats()

@@ -132,6 +132,9 @@ fn a_leecher_learns_the_seed_by_pex_and_completes() {
         out.as_os_str(),
         "--peer".as_ref(),
         peer.as_ref(),
+        // The scripted relay speaks plaintext only.
+        "--encryption".as_ref(),
+        "disable".as_ref(),
     ];
     let mut dl = Actorrent::spawn("download learning by PEX", &args);
     let status = dl.wait_exit(DOWNLOAD);
@@ -169,7 +172,12 @@ fn the_seed_tells_a_newcomer_about_the_peer_it_dialled() {
         read_until(&mut s, DOWNLOAD, |_| None::<()>);
     });
     let b_peer = b_addr.to_string();
-    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &["--peer", &b_peer]);
+    let mut seed = Actorrent::seed(
+        "actorrent seed",
+        &t.path,
+        &data,
+        &["--peer", &b_peer, "--encryption", "disable"],
+    );
     let port = seed.listen_port(START);
     seed.wait_stats(START, "seeding with B connected", |v| {
         v["state"] == "seeding" && v["peers"].as_u64().unwrap_or(0) >= 1

@@ -605,22 +605,13 @@ impl Conn<'_> {
             self.stage_control();
             let budget = ctx.budget.clone();
             let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG;
+            // Biased, in this order: a ready read, then a ready write, then
+            // the rest; the tick last. Random choice let the tick win over a
+            // pending write, and the tick's exchange then waited on the
+            // torrent with frames (an Interested, a Request) unsent.
             tokio::select! {
+                biased;
                 _ = ctx.cancel.cancelled() => return End::network("dropped by the torrent"),
-                wrote = write_frames(&mut writer, &self.frames), if !self.frames.is_empty() || self.unflushed => {
-                    match wrote {
-                        Ok(Wrote::Bytes(0)) => return End::network("write: wrote zero bytes"),
-                        Ok(Wrote::Bytes(n)) => {
-                            self.unflushed = true;
-                            self.wrote(n);
-                        }
-                        Ok(Wrote::Flushed) => self.unflushed = false,
-                        Err(e) => return End::network(format!("write: {e}")),
-                    }
-                    if let Err(end) = self.pump().await {
-                        return end;
-                    }
-                }
                 read = reader.read_buf(&mut buf), if can_read => {
                     match read {
                         Ok(0) => return End::network("closed by the peer"),
@@ -655,6 +646,20 @@ impl Conn<'_> {
                     }
                     if let Err(end) = self.report(false).await {
                         return end;
+                    }
+                    if let Err(end) = self.pump().await {
+                        return end;
+                    }
+                }
+                wrote = write_frames(&mut writer, &self.frames), if !self.frames.is_empty() || self.unflushed => {
+                    match wrote {
+                        Ok(Wrote::Bytes(0)) => return End::network("write: wrote zero bytes"),
+                        Ok(Wrote::Bytes(n)) => {
+                            self.unflushed = true;
+                            self.wrote(n);
+                        }
+                        Ok(Wrote::Flushed) => self.unflushed = false,
+                        Err(e) => return End::network(format!("write: {e}")),
                     }
                     if let Err(end) = self.pump().await {
                         return end;
