@@ -64,6 +64,31 @@ pub struct NetArgs {
     /// (plaintext only). Default: the config's `encryption` (prefer).
     #[arg(long, value_name = "prefer|require|disable", value_parser = parse_encryption)]
     pub encryption: Option<Encryption>,
+    /// Bind every socket (peers, listener, trackers) to this network
+    /// interface (SO_BINDTODEVICE): while it is down or missing nothing
+    /// goes out, by any route. Default: the config's `bind_interface`.
+    #[arg(long, value_name = "NAME")]
+    pub bind_interface: Option<String>,
+    /// Local address of outgoing peer and tracker connections. Default: the
+    /// config's `bind_address` (the OS chooses).
+    #[arg(long, value_name = "IP")]
+    pub bind_address: Option<std::net::IpAddr>,
+}
+
+/// `--bind-interface` / `--bind-address` over the config's keys, copied to
+/// the tracker and DHT configs, which open sockets of their own.
+fn apply_binding(net: &NetArgs, config: &mut ClientConfig) -> Result<(), Failure> {
+    if let Some(name) = &net.bind_interface {
+        config.bind_interface = name.clone();
+    }
+    if let Some(ip) = net.bind_address {
+        config.bind_address = ip.to_string();
+    }
+    let binding =
+        actors::net::Binding::from_config(config).map_err(|e| Failure::BadInput(anyhow!(e)))?;
+    config.dht.bind_interface = binding.interface.clone();
+    config.tracker.binding = binding;
+    Ok(())
 }
 
 fn parse_encryption(s: &str) -> Result<Encryption, String> {
@@ -167,7 +192,9 @@ struct Plan {
     stream: Option<SocketAddr>,
 }
 
-pub fn run(args: &DownloadArgs, config: ClientConfig) -> Result<(), Failure> {
+pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure> {
+    // Before anything opens a socket (a magnet's metadata fetch included).
+    apply_binding(&args.net, &mut config)?;
     let target = match (&args.output, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),
@@ -247,7 +274,8 @@ fn open_stats(net: &NetArgs) -> Result<Option<Box<dyn Write + Send>>, Failure> {
     })
 }
 
-pub fn seed(args: &SeedArgs, config: ClientConfig) -> Result<(), Failure> {
+pub fn seed(args: &SeedArgs, mut config: ClientConfig) -> Result<(), Failure> {
+    apply_binding(&args.net, &mut config)?;
     let target = match (&args.data, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),

@@ -268,6 +268,7 @@ pub fn render(
         "# HELP actorrent_connection_failures_total Connections dropped before their BitTorrent handshake, by reason.\n# TYPE actorrent_connection_failures_total counter"
     );
     for (reason, v) in [
+        ("connect", c.connect_failures),
         ("mse_fallback", c.mse_fallbacks),
         ("mse_outgoing", c.mse_failures_outgoing),
         ("refused_plaintext", c.refused_plaintext),

@@ -156,6 +156,14 @@ pub struct ClientConfig {
     /// `disable` (plaintext only: encrypted peers are refused). Default
     /// `prefer`.
     pub encryption: Encryption,
+    /// Network interface every socket is bound to (SO_BINDTODEVICE: peers,
+    /// the listener, HTTP and UDP trackers); `""` for none. While it is
+    /// down or missing nothing goes out (connections fail and are
+    /// retried), never by another route. Default `""`.
+    pub bind_interface: String,
+    /// Local address of outgoing peer and tracker connections; `""` lets
+    /// the OS choose. Default `""`.
+    pub bind_address: String,
     /// The tracker session: timeouts, breakers, backoff, rate limit, DNS.
     pub tracker: TrackerConfig,
     /// The DHT (BEP 5): bounds of every table and queue, intervals, rate
@@ -211,6 +219,8 @@ impl Default for ClientConfig {
             download_limit: None,
             max_pending_handshakes: 64,
             encryption: Encryption::Prefer,
+            bind_interface: String::new(),
+            bind_address: String::new(),
             tracker: TrackerConfig::default(),
             dht: DhtConfig::default(),
             metadata: MetadataConfig::default(),

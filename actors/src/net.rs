@@ -59,6 +59,7 @@ pub enum Direction {
 #[derive(Debug, Default)]
 pub struct ConnCounters {
     established: [[AtomicU64; 3]; 2],
+    connect_failures: AtomicU64,
     mse_fallbacks: AtomicU64,
     mse_failures_outgoing: AtomicU64,
     refused_plaintext: AtomicU64,
@@ -76,6 +77,9 @@ pub struct ConnStats {
     pub outgoing: KindCounts,
     /// BitTorrent handshakes completed on connections we accepted, by kind.
     pub incoming: KindCounts,
+    /// Dials whose TCP connect failed (refused, unreachable, timed out, or
+    /// the bound interface down or missing).
+    pub connect_failures: u64,
     /// Dials whose MSE handshake failed and that were retried in plaintext
     /// (`encryption = "prefer"`).
     pub mse_fallbacks: u64,
@@ -144,6 +148,7 @@ impl ConnCounters {
         ConnStats {
             outgoing: kinds(&self.established[0]),
             incoming: kinds(&self.established[1]),
+            connect_failures: load(&self.connect_failures),
             mse_fallbacks: load(&self.mse_fallbacks),
             mse_failures_outgoing: load(&self.mse_failures_outgoing),
             refused_plaintext: load(&self.refused_plaintext),
@@ -161,14 +166,141 @@ impl ConnCounters {
     }
 }
 
+/// Where every socket of the process is bound (`bind_interface`,
+/// `bind_address`): peers, the listener, HTTP and UDP trackers. With an
+/// interface, SO_BINDTODEVICE ties each socket to it, so when the interface
+/// is down or gone a connection fails (and is retried later) instead of
+/// leaving by another route: the kill switch VPN users rely on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// The interface name (SO_BINDTODEVICE), or any.
+    pub interface: Option<String>,
+    /// The local address of outgoing sockets, or the OS's choice.
+    pub address: Option<std::net::IpAddr>,
+}
+
+/// A binding that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// `bind_address` is not an IP address.
+    #[error("bind_address `{0}` is not an IP address")]
+    BadAddress(String),
+    /// `bind_interface` is longer than an interface name can be.
+    #[error("bind_interface `{0}` is not an interface name (1 to 15 bytes)")]
+    BadInterface(String),
+}
+
+impl Binding {
+    /// The binding of a config (`""` for either key means none).
+    pub fn from_config(config: &ClientConfig) -> Result<Binding, BindError> {
+        let interface = match config.bind_interface.as_str() {
+            "" => None,
+            name if name.len() > 15 || name.contains(['/', ' ', '\0']) => {
+                return Err(BindError::BadInterface(name.into()));
+            }
+            name => Some(name.to_owned()),
+        };
+        let address = match config.bind_address.as_str() {
+            "" => None,
+            a => Some(a.parse().map_err(|_| BindError::BadAddress(a.to_owned()))?),
+        };
+        Ok(Binding { interface, address })
+    }
+
+    /// Whether anything is bound.
+    pub fn is_set(&self) -> bool {
+        self.interface.is_some() || self.address.is_some()
+    }
+
+    /// Applies the binding to a fresh socket that is to reach (or, for a
+    /// listener, serve) `peer`'s family. Errors name the interface or
+    /// address, so a log line says why nothing went out.
+    fn apply(&self, sock: &socket2::Socket, v6: bool, listen: bool) -> std::io::Result<()> {
+        if let Some(name) = &self.interface {
+            sock.bind_device(Some(name.as_bytes())).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("binding to interface {name}: {e}"))
+            })?;
+        }
+        if let (Some(ip), false) = (self.address, listen) {
+            if ip.is_ipv6() != v6 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    format!(
+                        "bind_address {ip} cannot reach an IPv{} address",
+                        if v6 { 6 } else { 4 }
+                    ),
+                ));
+            }
+            sock.bind(&SocketAddr::new(ip, 0).into()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("binding to address {ip}: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A TCP connection to `addr` from the bound interface and address.
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        if !self.is_set() {
+            return TcpStream::connect(addr).await;
+        }
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
+        self.apply(&sock, addr.is_ipv6(), false)?;
+        let sock = tokio::net::TcpSocket::from_std_stream(sock.into());
+        sock.connect(addr).await.map_err(|e| match &self.interface {
+            Some(name) => std::io::Error::new(e.kind(), format!("{e} (bound to interface {name})")),
+            None => e,
+        })
+    }
+
+    /// A UDP socket for talking to `remote`, bound per the binding.
+    pub fn udp_for(&self, remote: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(
+            Domain::for_address(remote),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )?;
+        sock.set_nonblocking(true)?;
+        self.apply(&sock, remote.is_ipv6(), false)?;
+        if self.address.is_none() {
+            let any: SocketAddr = if remote.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            sock.bind(&any.into())?;
+        }
+        tokio::net::UdpSocket::from_std(sock.into())
+    }
+
+    /// The HTTP client builder, bound the same way (reqwest's
+    /// `local_address` and `interface`).
+    pub fn http(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        let mut b = builder;
+        if let Some(ip) = self.address {
+            b = b.local_address(ip);
+        }
+        if let Some(name) = &self.interface {
+            b = b.interface(name);
+        }
+        b
+    }
+}
+
 /// Opens the listening socket for `addr`. An IPv6 wildcard (`[::]`) is
 /// made dual-stack (IPV6_V6ONLY off, whatever the system default), so one
 /// socket takes both families; IPv4 peers then arrive as IPv4-mapped
 /// addresses, which [`canonical`] turns back into IPv4.
-pub fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub fn bind_listener(
+    addr: SocketAddr,
+    binding: &Binding,
+) -> std::io::Result<tokio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
+    binding.apply(&sock, addr.is_ipv6(), true)?;
     if addr.is_ipv6() {
         sock.set_only_v6(false)?;
     }
@@ -193,10 +325,15 @@ pub fn our_handshake(info_hash: [u8; 20], peer_id: [u8; 20]) -> Handshake {
     ours
 }
 
-/// Opens a TCP connection to `addr` within `connect_timeout`, with
-/// TCP_NODELAY and the configured socket buffers.
-pub async fn tcp_connect(addr: SocketAddr, config: &ClientConfig) -> Result<TcpStream, String> {
-    let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+/// Opens a TCP connection to `addr` within `connect_timeout`, from the
+/// bound interface and address, with TCP_NODELAY and the configured socket
+/// buffers.
+pub async fn tcp_connect(
+    addr: SocketAddr,
+    config: &ClientConfig,
+    binding: &Binding,
+) -> Result<TcpStream, String> {
+    let stream = tokio::time::timeout(config.connect_timeout, binding.connect(addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
@@ -253,11 +390,16 @@ pub async fn dial(
     ours: &Handshake,
     config: &ClientConfig,
     counters: &ConnCounters,
+    binding: &Binding,
 ) -> Result<Dialled, DialError> {
     let policy = config.encryption;
-    let tcp = tcp_connect(addr, config)
-        .await
-        .map_err(DialError::network)?;
+    let tcp = match tcp_connect(addr, config, binding).await {
+        Ok(t) => t,
+        Err(e) => {
+            ConnCounters::bump(&counters.connect_failures);
+            return Err(DialError::network(e));
+        }
+    };
     if policy == Encryption::Disable {
         return Ok(Dialled {
             stream: MseStream::plaintext(tcp),
@@ -295,7 +437,7 @@ pub async fn dial(
     }
     debug!(%addr, error = %err, "encrypted handshake failed; retrying in plaintext");
     ConnCounters::bump(&counters.mse_fallbacks);
-    let tcp = tcp_connect(addr, config)
+    let tcp = tcp_connect(addr, config, binding)
         .await
         .map_err(DialError::network)?;
     Ok(Dialled {

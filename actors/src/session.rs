@@ -34,6 +34,9 @@ pub enum SessionError {
     /// The session has stopped.
     #[error("the session has stopped")]
     Stopped,
+    /// `bind_interface` or `bind_address` is unusable.
+    #[error("{0}")]
+    Bind(#[from] net::BindError),
     /// The listening socket could not be opened.
     #[error("listening on {addr}: {source}")]
     Listen {
@@ -86,7 +89,9 @@ pub struct Session {
 impl Session {
     /// Starts the session actor (on the current tokio runtime) and the hash
     /// worker threads.
-    pub fn start(config: ClientConfig) -> Result<Session, SessionError> {
+    pub fn start(mut config: ClientConfig) -> Result<Session, SessionError> {
+        let binding = net::Binding::from_config(&config)?;
+        config.tracker.binding = binding.clone();
         let budget = Arc::new(BufferBudget::new(config.budget)?);
         let pool = HashPool::new(HashPoolConfig {
             workers: config.hash_workers,
@@ -182,8 +187,8 @@ impl Session {
     /// its SKEY for an encrypted one (see [`net::accept`]); unknown
     /// info-hashes are dropped. Returns the bound address.
     pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, SessionError> {
-        let listener =
-            net::bind_listener(addr).map_err(|source| SessionError::Listen { addr, source })?;
+        let listener = net::bind_listener(addr, &net::Binding::from_config(&self.config)?)
+            .map_err(|source| SessionError::Listen { addr, source })?;
         let local = listener
             .local_addr()
             .map_err(|source| SessionError::Listen { addr, source })?;

@@ -45,7 +45,23 @@ impl Actorrent {
     /// default bootstrap routers are on the internet) unless `env` turns it
     /// on.
     pub fn spawn_env(name: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Actorrent {
-        let mut cmd = Command::new(bin());
+        Self::spawn_cmd(name, Command::new(bin()), args, env)
+    }
+
+    /// As [`spawn`](Self::spawn), inside network namespace `netns` (`ip
+    /// netns exec` execs the client, so the guard's process is the client).
+    pub fn spawn_in(netns: &str, name: &str, args: &[&std::ffi::OsStr]) -> Actorrent {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(bin());
+        Self::spawn_cmd(name, cmd, args, &[])
+    }
+
+    fn spawn_cmd(
+        name: &str,
+        mut cmd: Command,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Actorrent {
         cmd.args(args).args(["--stats-json", "-"]);
         cmd.env("ACTORRENT_DHT_ENABLED", "false");
         for (k, v) in env {

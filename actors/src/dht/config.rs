@@ -14,6 +14,11 @@ pub struct DhtConfig {
     /// Whether the process runs a DHT node at all (`--no-dht` clears it).
     /// Private torrents never use it either way. Default true.
     pub enabled: bool,
+    /// The interface the UDP socket is bound to (SO_BINDTODEVICE): the
+    /// command copies the top-level `bind_interface` here (not a key of its
+    /// own).
+    #[serde(skip)]
+    pub bind_interface: Option<String>,
     /// UDP port of the DHT; 0 means the same number as the TCP listen port
     /// (what the session binds is its decision). Default 0.
     pub port: u16,
@@ -128,6 +133,7 @@ impl Default for DhtConfig {
     fn default() -> Self {
         DhtConfig {
             enabled: true,
+            bind_interface: None,
             port: 0,
             mailbox_capacity: 256,
             bootstrap_nodes: vec![

@@ -268,7 +268,23 @@ pub async fn spawn(
     start: DhtStart,
     cancel: CancellationToken,
 ) -> std::io::Result<(DhtHandle, tokio::task::JoinHandle<()>)> {
-    let socket = UdpSocket::bind(start.bind).await?;
+    let socket = match &config.bind_interface {
+        None => UdpSocket::bind(start.bind).await?,
+        Some(name) => {
+            // Bound to the interface before the address, so no datagram
+            // ever leaves by another route (`bind_interface`).
+            use socket2::{Domain, Protocol, Socket, Type};
+            let sock = Socket::new(
+                Domain::for_address(start.bind),
+                Type::DGRAM,
+                Some(Protocol::UDP),
+            )?;
+            sock.bind_device(Some(name.as_bytes()))?;
+            sock.set_nonblocking(true)?;
+            sock.bind(&start.bind.into())?;
+            UdpSocket::from_std(sock.into())?
+        }
+    };
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(config.mailbox_capacity.max(1));
     let now = Instant::now().into_std();

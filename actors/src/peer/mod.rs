@@ -220,7 +220,17 @@ pub async fn connect_and_run(ctx: PeerContext) {
     async move {
         let mut ours = net::our_handshake(ctx.info_hash, ctx.our_id);
         ours.set_dht(ctx.dht.is_some());
-        let dialled = net::dial(ctx.addr, ctx.info_hash, &ours, &ctx.config, &ctx.conn).await;
+        // Checked when the session started; a bad one cannot get here.
+        let binding = net::Binding::from_config(&ctx.config).unwrap_or_default();
+        let dialled = net::dial(
+            ctx.addr,
+            ctx.info_hash,
+            &ours,
+            &ctx.config,
+            &ctx.conn,
+            &binding,
+        )
+        .await;
         let end = match dialled {
             Ok(d) => {
                 let how = Setup {

@@ -19,6 +19,8 @@ pub struct Transport {
     pub dns: DnsHandle,
     /// Limits.
     pub config: TransportConfig,
+    /// Where UDP announces are sent from.
+    pub binding: crate::net::Binding,
 }
 
 /// Announces to `url` once (with UDP retransmissions).
@@ -42,6 +44,7 @@ pub async fn announce(
                 params,
                 udp_connection,
                 &transport.config,
+                &transport.binding,
             )
             .await
         }

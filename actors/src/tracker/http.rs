@@ -17,13 +17,15 @@ use super::request::{AnnounceError, AnnounceParams, Announced};
 
 /// Builds the one HTTP client every HTTP announce shares.
 pub fn client(
+    binding: &crate::net::Binding,
     dns: DnsHandle,
     timeout: Duration,
     connect_timeout: Duration,
     max_redirects: usize,
     user_agent: &str,
 ) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    binding
+        .http(reqwest::Client::builder())
         .dns_resolver(Arc::new(dns))
         .timeout(timeout)
         .connect_timeout(connect_timeout)

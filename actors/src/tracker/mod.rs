@@ -76,6 +76,11 @@ use self::tiers::{Cursor, Tiers};
 pub struct TrackerConfig {
     /// Capacity of the actor's mailbox. Default 256.
     pub mailbox_capacity: usize,
+    /// Where HTTP and UDP announces are sent from: the session copies the
+    /// top-level `bind_interface` / `bind_address` here (not a key of its
+    /// own).
+    #[serde(skip)]
+    pub binding: crate::net::Binding,
     /// Most announces in flight at once across all torrents; `stopped`
     /// announces have their own pool of this many, so a removal never waits
     /// behind regular announces (and shutdown cannot open a socket per
@@ -163,6 +168,7 @@ impl Default for TrackerConfig {
     fn default() -> Self {
         Self {
             mailbox_capacity: 256,
+            binding: Default::default(),
             max_concurrent_announces: 64,
             max_in_flight_per_tracker: 16,
             http_timeout: Duration::from_secs(30),
@@ -371,6 +377,7 @@ pub fn spawn(
         dns: dns.clone(),
     };
     let http = http::client(
+        &config.binding,
         dns.clone(),
         config.http_timeout,
         config.http_connect_timeout,
@@ -384,6 +391,7 @@ pub fn spawn(
                     let transport = Transport {
                         http,
                         dns,
+                        binding: config.binding.clone(),
                         config: TransportConfig {
                             max_body_size: config.max_body_size,
                             udp_base_timeout: config.udp_base_timeout,

@@ -15,7 +15,7 @@
 //! Each announce binds its own ephemeral socket, so concurrent announces
 //! never read each other's answers and need no demultiplexer.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use protocol::udp_tracker::{
     AnnounceRequest, ConnectRequest, UdpResponse, parse_response, peers_are_ipv6,
@@ -55,9 +55,10 @@ pub async fn announce(
     params: &AnnounceParams,
     cached: Option<UdpConnection>,
     config: &TransportConfig,
+    binding: &crate::net::Binding,
 ) -> (Result<Announced, AnnounceError>, TaskExtras) {
     let mut extras = TaskExtras::default();
-    let result = run(dns, url, params, cached, config, &mut extras).await;
+    let result = run(dns, url, params, cached, config, binding, &mut extras).await;
     (result, extras)
 }
 
@@ -67,6 +68,7 @@ async fn run(
     params: &AnnounceParams,
     cached: Option<UdpConnection>,
     config: &TransportConfig,
+    binding: &crate::net::Binding,
     extras: &mut TaskExtras,
 ) -> Result<Announced, AnnounceError> {
     let (host, port) = host_port(url)?;
@@ -74,12 +76,10 @@ async fn run(
     // IPv4 sorts first; one address is enough for UDP (no happy eyeballs).
     let ip = addrs[0];
     let tracker = SocketAddr::new(ip, port);
-    let local: SocketAddr = match ip {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local)
-        .await
+    // Bound to `bind_interface` / `bind_address` when set (else the
+    // family's wildcard).
+    let socket = binding
+        .udp_for(tracker)
         .map_err(|e| AnnounceError::Io(e.to_string()))?;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let ipv6 = peers_are_ipv6(&tracker);

@@ -1,0 +1,321 @@
+//! `--bind-interface` and its kill switch (issue 15), in two network
+//! namespaces this test creates and removes, with addresses from
+//! 198.18.0.0/15 only:
+//!
+//! ```text
+//!   client ns: c1 198.18.1.1/24 ──veth── s1 198.18.1.2/24 :seed ns
+//!              c2 198.18.2.1/24 ──veth── s2 198.18.2.2/24
+//!   seed on 198.19.0.1 (lo of the seed ns); in the client ns the route to
+//!   it via c2 has metric 10, via c1 metric 100.
+//! ```
+//!
+//! An unbound download takes the preferred route (c2: the control). Bound
+//! to c1 it leaves only through c1 (c2's transmit counter does not move).
+//! With c1 down, the bound client sends nothing through c2 and downloads
+//! nothing (its connects fail and are counted); once c1 is up again with
+//! its route, it finishes. IPv6 is off in both namespaces, so no neighbour
+//! discovery moves the counters.
+//!
+//! It needs root and `ip netns`; where a namespace cannot be created it
+//! prints why and passes (as `tests/lab.rs`).
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::process::Actorrent;
+use support::torrent::TestTorrent;
+
+const START: Duration = Duration::from_secs(60);
+const DONE: Duration = Duration::from_secs(120);
+const SEED_IP: &str = "198.19.0.1";
+
+/// Runs `ip <args>`, panicking with its stderr on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn in_ns(ns: &str, cmd: &[&str]) {
+    let mut args = vec!["netns", "exec", ns];
+    args.extend_from_slice(cmd);
+    ip(&args);
+}
+
+/// The two namespaces; removed (with their veths) when dropped.
+struct Net {
+    client: String,
+    seed: String,
+}
+
+impl Net {
+    fn create() -> Option<Net> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: not root (network namespaces need CAP_SYS_ADMIN)");
+            return None;
+        }
+        let pid = std::process::id();
+        let net = Net {
+            client: format!("arb{pid}c"),
+            seed: format!("arb{pid}s"),
+        };
+        for ns in [&net.client, &net.seed] {
+            let out = Command::new("ip").args(["netns", "add", ns]).output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => {
+                    eprintln!(
+                        "skipped: `ip netns add` failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    eprintln!("skipped: no `ip` command: {e}");
+                    return None;
+                }
+            }
+            in_ns(
+                ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            );
+            in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        let (c, s) = (net.client.as_str(), net.seed.as_str());
+        for (i, (cdev, sdev)) in [("c1", "s1"), ("c2", "s2")].into_iter().enumerate() {
+            ip(&[
+                "link", "add", cdev, "netns", c, "type", "veth", "peer", "name", sdev, "netns", s,
+            ]);
+            let n = i + 1;
+            in_ns(
+                c,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("198.18.{n}.1/24"),
+                    "dev",
+                    cdev,
+                ],
+            );
+            in_ns(
+                s,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("198.18.{n}.2/24"),
+                    "dev",
+                    sdev,
+                ],
+            );
+            in_ns(c, &["ip", "link", "set", cdev, "up"]);
+            in_ns(s, &["ip", "link", "set", sdev, "up"]);
+        }
+        in_ns(
+            s,
+            &["ip", "addr", "add", &format!("{SEED_IP}/32"), "dev", "lo"],
+        );
+        in_ns(
+            c,
+            &[
+                "ip",
+                "route",
+                "add",
+                SEED_IP,
+                "via",
+                "198.18.2.2",
+                "dev",
+                "c2",
+                "metric",
+                "10",
+            ],
+        );
+        net.route_c1();
+        Some(net)
+    }
+
+    /// The route to the seed through c1 (the kernel drops it when c1 goes
+    /// down, as a VPN's routes go with its tunnel).
+    fn route_c1(&self) {
+        in_ns(
+            &self.client,
+            &[
+                "ip",
+                "route",
+                "add",
+                SEED_IP,
+                "via",
+                "198.18.1.2",
+                "dev",
+                "c1",
+                "metric",
+                "100",
+            ],
+        );
+    }
+
+    fn link(&self, dev: &str, state: &str) {
+        in_ns(&self.client, &["ip", "link", "set", dev, state]);
+    }
+
+    /// Packets the client namespace sent through `dev`.
+    fn tx_packets(&self, dev: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client, "cat"])
+            .arg(format!("/sys/class/net/{dev}/statistics/tx_packets"))
+            .output()
+            .expect("read tx_packets");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("tx_packets of {dev}: {out:?}"))
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.seed] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn download_args<'a>(
+    t: &'a TestTorrent,
+    out: &'a std::path::Path,
+    extra: &'a [&'a str],
+) -> Vec<&'a std::ffi::OsStr> {
+    let mut a: Vec<&std::ffi::OsStr> = vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--peer".as_ref(),
+        "198.19.0.1:6881".as_ref(),
+    ];
+    a.extend(extra.iter().map(std::ffi::OsStr::new));
+    a
+}
+
+/// Runs a download in the client namespace to completion.
+fn download(net: &Net, t: &TestTorrent, out: &std::path::Path, extra: &[&str]) {
+    let mut d = Actorrent::spawn_in(&net.client, "leecher", &download_args(t, out, extra));
+    let status = d.wait_exit(DONE);
+    if !status.success() {
+        d.fail(&format!("exited with {status}"));
+    }
+    t.assert_downloaded(out);
+}
+
+#[test]
+fn bound_traffic_leaves_only_through_the_interface_and_stops_when_it_is_down() {
+    let Some(net) = Net::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTorrent::multi(
+        dir.path(),
+        "bind",
+        64 * 1024,
+        &[("a.bin", 3 << 20), ("b.bin", 77_777)],
+        171,
+    );
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let seed_args: Vec<&std::ffi::OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "198.19.0.1:6881".as_ref(),
+    ];
+    let mut seed = Actorrent::spawn_in(&net.seed, "seed", &seed_args);
+    seed.listen_port(START);
+    seed.wait_stats(START, "seeding", |v| v["state"] == "seeding");
+
+    // Control: unbound, the preferred route is c2.
+    let (c1, c2) = (net.tx_packets("c1"), net.tx_packets("c2"));
+    download(&net, &t, &dir.path().join("out-unbound"), &[]);
+    assert!(
+        net.tx_packets("c2") > c2 + 50,
+        "the unbound download did not use c2"
+    );
+    assert_eq!(net.tx_packets("c1"), c1, "the unbound download used c1");
+
+    // Bound to c1: only c1.
+    let (c1, c2) = (net.tx_packets("c1"), net.tx_packets("c2"));
+    download(
+        &net,
+        &t,
+        &dir.path().join("out-bound"),
+        &["--bind-interface", "c1"],
+    );
+    assert!(
+        net.tx_packets("c1") > c1 + 50,
+        "the bound download did not use c1"
+    );
+    assert_eq!(
+        net.tx_packets("c2"),
+        c2,
+        "the bound download leaked through c2"
+    );
+
+    // Kill switch: c1 down, nothing leaves by c2 and nothing arrives.
+    let config = dir.path().join("retry.toml");
+    std::fs::write(
+        &config,
+        "reconnect_backoff_ms = 200\nreconnect_attempts = 50\n",
+    )
+    .unwrap();
+    net.link("c1", "down");
+    let c2 = net.tx_packets("c2");
+    let out = dir.path().join("out-killswitch");
+    let cfg = config.to_str().unwrap();
+    let mut d = Actorrent::spawn_in(
+        &net.client,
+        "bound leecher, c1 down",
+        &download_args(&t, &out, &["--bind-interface", "c1", "--config", cfg]),
+    );
+    let s = d.wait_stats(START, "two failed connects", |v| {
+        v["connections"]["connect_failures"]
+            .as_u64()
+            .is_some_and(|n| n >= 2)
+    });
+    assert_eq!(s["bytes_down"], 0, "{s}");
+    assert_eq!(
+        net.tx_packets("c2"),
+        c2,
+        "traffic left through c2 while c1 was down"
+    );
+    assert!(
+        d.log().contains("bound to interface c1"),
+        "the failed connects do not name the interface:\n{}",
+        d.log_tail(30)
+    );
+    // c1 comes back: the retries get through.
+    net.link("c1", "up");
+    net.route_c1();
+    let status = d.wait_exit(DONE);
+    if !status.success() {
+        d.fail(&format!("exited with {status}"));
+    }
+    t.assert_downloaded(&out);
+    assert_eq!(
+        net.tx_packets("c2"),
+        c2,
+        "the resumed download leaked through c2"
+    );
+    seed.stop(Duration::from_secs(30));
+}
