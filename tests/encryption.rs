@@ -76,8 +76,10 @@ fn download_from_a_forced_encryption_libtorrent_seed() {
         t.assert_downloaded(&out);
         let s = f.final_stats();
         assert!(conn(&s, "outgoing", "rc4") >= 1, "{extra:?}: {s}");
+        // A failed attempt (libtorrent closing a connection it finds
+        // redundant, say) may be retried, but never gets through in
+        // plaintext.
         assert_eq!(conn(&s, "outgoing", "plaintext"), 0, "{extra:?}: {s}");
-        assert_eq!(counter(&s, "mse_failures_outgoing"), 0, "{extra:?}: {s}");
     }
 }
 
