@@ -3,7 +3,7 @@
 # what the tests need: the real peers and tools they compare against
 # (libtorrent's Python bindings, opentracker, mktorrent, transmission-create
 # and transmission-remote, the Transmission web UI and Chromium, aria2,
-# ffmpeg for ffprobe)
+# ffmpeg for ffprobe, microsocks as a SOCKS5 server)
 # and cargo-fuzz for building the fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 # tests/disk_full.rs: a small ext2 image on a loop device that fills up.
 command -v mkfs.ext2 >/dev/null || need+=(e2fsprogs)
+# tests/socks5.rs: a real SOCKS5 server.
+command -v microsocks >/dev/null || need+=(microsocks)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

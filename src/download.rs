@@ -73,6 +73,12 @@ pub struct NetArgs {
     /// config's `bind_address` (the OS chooses).
     #[arg(long, value_name = "IP")]
     pub bind_address: Option<std::net::IpAddr>,
+    /// SOCKS5 proxy for outgoing peer connections and HTTP trackers
+    /// (`socks5://[user:password@]host:port`). While set, UDP trackers and
+    /// the DHT are not used: their traffic would bypass the proxy.
+    /// Default: the config's `proxy` (none).
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
 }
 
 /// `--bind-interface` / `--bind-address` over the config's keys, copied to
@@ -83,6 +89,9 @@ fn apply_binding(net: &NetArgs, config: &mut ClientConfig) -> Result<(), Failure
     }
     if let Some(ip) = net.bind_address {
         config.bind_address = ip.to_string();
+    }
+    if let Some(p) = &net.proxy {
+        config.proxy = p.clone();
     }
     let binding =
         actors::net::Binding::from_config(config).map_err(|e| Failure::BadInput(anyhow!(e)))?;

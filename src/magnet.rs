@@ -151,6 +151,13 @@ pub fn resolve(
                 peers,
                 more_peers: more_rx,
                 config: config.metadata,
+                // Counted apart: the session (and its counters) starts
+                // once the metadata is known.
+                dialer: actors::net::Dialer::new(
+                    std::sync::Arc::new(config.clone()),
+                    Default::default(),
+                )
+                .map_err(|e| Failure::BadInput(anyhow!(e)))?,
                 progress: progress_tx,
             },
             cancel.clone(),
@@ -227,6 +234,11 @@ impl Dht {
         dns: Option<actors::tracker::dns::DnsHandle>,
     ) -> Option<Dht> {
         if no_dht || !config.dht.enabled {
+            return None;
+        }
+        if !config.proxy.is_empty() {
+            // The DHT is UDP, which the SOCKS5 proxy does not carry here.
+            tracing::warn!("DHT off: a SOCKS5 proxy is set and DHT traffic would bypass it");
             return None;
         }
         let ip = listen.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());

@@ -150,6 +150,44 @@ fn actorrent_fetches_a_magnet_from_a_libtorrent_seed() {
     seed.finish(Duration::from_secs(30));
 }
 
+/// The metadata phase dials like every other connection: against a
+/// libtorrent seed that refuses plaintext, `--encryption require` fetches
+/// the metadata (and then the files) over RC4.
+#[test]
+fn the_metadata_phase_speaks_mse_to_a_seed_that_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "forced");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let args: Vec<String> = [
+        "--timeout",
+        "300",
+        "--encryption",
+        "forced",
+        "--enc-level",
+        "rc4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut seed = LtPeer::spawn("seed", &t.path, &data, &args);
+    let port: u16 = seed
+        .expect_line("PORT ", Duration::from_secs(60))
+        .parse()
+        .expect("PORT line");
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&dn=forced&x.pe=127.0.0.1:{port}",
+        hex(&t.info_hash)
+    );
+    let dl = magnet_download(&t, dir.path(), &magnet, &["--encryption", "require"]);
+    let last = dl.last_stats().unwrap();
+    assert!(
+        last["connections"]["outgoing"]["rc4"].as_u64().unwrap_or(0) >= 1,
+        "{last}"
+    );
+    seed.finish(Duration::from_secs(30));
+}
+
 #[test]
 fn actorrent_fetches_a_magnet_from_actorrent_seed_given_by_peer() {
     let dir = tempfile::tempdir().unwrap();

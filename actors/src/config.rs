@@ -164,6 +164,11 @@ pub struct ClientConfig {
     /// Local address of outgoing peer and tracker connections; `""` lets
     /// the OS choose. Default `""`.
     pub bind_address: String,
+    /// SOCKS5 proxy for outgoing peer connections and HTTP trackers,
+    /// `socks5://[user:password@]host:port`; `""` for none. While set, UDP
+    /// trackers and the DHT are not used (their UDP would bypass the
+    /// proxy) and tracker names are resolved by the proxy. Default `""`.
+    pub proxy: String,
     /// The tracker session: timeouts, breakers, backoff, rate limit, DNS.
     pub tracker: TrackerConfig,
     /// The DHT (BEP 5): bounds of every table and queue, intervals, rate
@@ -221,6 +226,7 @@ impl Default for ClientConfig {
             encryption: Encryption::Prefer,
             bind_interface: String::new(),
             bind_address: String::new(),
+            proxy: String::new(),
             tracker: TrackerConfig::default(),
             dht: DhtConfig::default(),
             metadata: MetadataConfig::default(),

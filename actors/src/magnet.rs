@@ -107,6 +107,9 @@ pub struct FetchParams {
     pub more_peers: mpsc::Receiver<Vec<SocketAddr>>,
     /// Bounds.
     pub config: MetadataConfig,
+    /// How to connect: the encryption policy, binding and proxy of every
+    /// other peer connection.
+    pub dialer: crate::net::Dialer,
     /// Progress, replaced as it changes.
     pub progress: watch::Sender<MetadataProgress>,
 }
@@ -160,12 +163,14 @@ pub async fn fetch(params: FetchParams, cancel: CancellationToken) -> Result<Fet
         peers,
         mut more_peers,
         config,
+        dialer,
         progress,
     } = params;
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let mut c = Coordinator {
         info_hash,
         config,
+        dialer,
         assembler: None,
         solo: None,
         one_source: false,
@@ -209,6 +214,7 @@ pub async fn fetch(params: FetchParams, cancel: CancellationToken) -> Result<Fet
 struct Coordinator {
     info_hash: InfoHash,
     config: MetadataConfig,
+    dialer: crate::net::Dialer,
     assembler: Option<Assembler>,
     /// After a bad copy: the one peer pieces are asked of.
     solo: Option<PeerTag>,
@@ -269,6 +275,7 @@ impl Coordinator {
                 info_hash: self.info_hash,
                 peer_id,
                 config: self.config,
+                dialer: self.dialer.clone(),
                 tx: tx.clone(),
             };
             tokio::spawn(async move {
@@ -441,6 +448,7 @@ struct PeerConn {
     info_hash: InfoHash,
     peer_id: [u8; 20],
     config: MetadataConfig,
+    dialer: crate::net::Dialer,
     tx: mpsc::Sender<Event>,
 }
 
@@ -470,16 +478,21 @@ impl PeerConn {
 
     async fn session(&self) -> Result<(), String> {
         let cfg = &self.config;
-        let mut stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let mut ours = Handshake::new([0; 8], self.info_hash.0, self.peer_id);
-        ours.set_extended(true);
-        ours.set_fast(true);
+        let ours = crate::net::our_handshake(self.info_hash.0, self.peer_id);
+        // The same dial as a torrent's peers: encryption policy, binding,
+        // proxy. Our handshake may have gone out in MSE's initial payload.
+        let dialled = tokio::time::timeout(
+            cfg.connect_timeout + cfg.handshake_timeout,
+            self.dialer.dial(self.addr, self.info_hash.0, &ours),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.reason)?;
+        let mut stream = dialled.stream;
         let mut out = BytesMut::new();
-        ours.encode(&mut out);
+        if !dialled.handshake_sent {
+            ours.encode(&mut out);
+        }
         let mut m = std::collections::BTreeMap::new();
         m.insert(ut_metadata::EXTENSION_NAME.to_string(), OUR_UT_METADATA);
         ExtendedHandshake {
@@ -660,7 +673,7 @@ impl PeerConn {
     /// Sends the requests the coordinator handed out (`None`: leave).
     async fn request(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut crate::mse_stream::MseStream<TcpStream>,
         their_id: Option<u8>,
         pieces: Option<Vec<u32>>,
         outstanding: &mut Vec<u32>,

@@ -177,6 +177,99 @@ pub struct Binding {
     pub interface: Option<String>,
     /// The local address of outgoing sockets, or the OS's choice.
     pub address: Option<std::net::IpAddr>,
+    /// The SOCKS5 proxy every outgoing peer connection and HTTP announce
+    /// goes through, or none.
+    pub proxy: Option<Proxy>,
+}
+
+/// A SOCKS5 proxy (RFC 1928, with RFC 1929 username/password when given),
+/// from `proxy = "socks5://[user:password@]host:port"`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// The proxy's host name or IP address.
+    pub host: String,
+    /// The proxy's port.
+    pub port: u16,
+    /// Username and password (percent-decoded), or none.
+    pub auth: Option<(String, String)>,
+}
+
+// The password stays out of logs and panics.
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Proxy {
+    /// Parses `socks5://[user:password@]host:port` (`socks5h://` is the
+    /// same: names are always resolved by the proxy).
+    pub fn parse(s: &str) -> Result<Proxy, BindError> {
+        let bad = |why: &str| BindError::BadProxy(format!("{why} (in `{}`)", redact_url(s)));
+        let url = reqwest::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "socks5" | "socks5h") {
+            return Err(bad("only socks5:// proxies are supported"));
+        }
+        let host = match url.host_str() {
+            Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            _ => return Err(bad("no host")),
+        };
+        let port = url.port().ok_or_else(|| bad("no port"))?;
+        if url.path() != "" && url.path() != "/" || url.query().is_some() {
+            return Err(bad("a path or query after host:port"));
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| bad("username or password is not UTF-8"))
+        };
+        let auth = match (url.username(), url.password()) {
+            ("", None) => None,
+            (u, p) => {
+                let (u, p) = (decode(u)?, decode(p.unwrap_or(""))?);
+                // RFC 1929: each is 1 to 255 bytes.
+                if u.is_empty() || u.len() > 255 || p.is_empty() || p.len() > 255 {
+                    return Err(bad("username and password must be 1 to 255 bytes each"));
+                }
+                Some((u, p))
+            }
+        };
+        Ok(Proxy { host, port, auth })
+    }
+
+    /// `socks5://host:port`, without the credentials: for logs and stats.
+    pub fn redacted(&self) -> String {
+        format!("socks5://{}", self.host_port())
+    }
+
+    fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The URL for reqwest: `socks5h`, so tracker names are resolved by
+    /// the proxy and no DNS query leaves outside it.
+    fn reqwest_url(&self) -> String {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        match &self.auth {
+            Some((u, p)) => format!("socks5h://{}:{}@{}", enc(u), enc(p), self.host_port()),
+            None => format!("socks5h://{}", self.host_port()),
+        }
+    }
+}
+
+/// A proxy URL with any password replaced, for error messages.
+fn redact_url(s: &str) -> String {
+    match (s.find("://"), s.rfind('@')) {
+        (Some(i), Some(j)) if j > i => format!("{}://***@{}", &s[..i], &s[j + 1..]),
+        _ => s.to_owned(),
+    }
 }
 
 /// A binding that cannot be used.
@@ -188,6 +281,9 @@ pub enum BindError {
     /// `bind_interface` is longer than an interface name can be.
     #[error("bind_interface `{0}` is not an interface name (1 to 15 bytes)")]
     BadInterface(String),
+    /// `proxy` is not a usable SOCKS5 URL.
+    #[error("proxy: {0}")]
+    BadProxy(String),
 }
 
 impl Binding {
@@ -204,12 +300,32 @@ impl Binding {
             "" => None,
             a => Some(a.parse().map_err(|_| BindError::BadAddress(a.to_owned()))?),
         };
-        Ok(Binding { interface, address })
+        let proxy = match config.proxy.as_str() {
+            "" => None,
+            p => Some(Proxy::parse(p)?),
+        };
+        Ok(Binding {
+            interface,
+            address,
+            proxy,
+        })
     }
 
-    /// Whether anything is bound.
+    /// Whether anything is bound or proxied.
     pub fn is_set(&self) -> bool {
-        self.interface.is_some() || self.address.is_some()
+        self.interface.is_some() || self.address.is_some() || self.proxy.is_some()
+    }
+
+    /// Why UDP (trackers, the DHT) must not be used, if it must not: with
+    /// a SOCKS5 proxy every datagram would leave outside it (we do not use
+    /// UDP ASSOCIATE), so UDP is refused rather than leaked.
+    pub fn udp_refused(&self) -> Option<String> {
+        self.proxy.as_ref().map(|p| {
+            format!(
+                "not sent: a SOCKS5 proxy ({}) is set and UDP would bypass it",
+                p.redacted()
+            )
+        })
     }
 
     /// Applies the binding to a fresh socket that is to reach (or, for a
@@ -238,9 +354,46 @@ impl Binding {
         Ok(())
     }
 
-    /// A TCP connection to `addr` from the bound interface and address.
+    /// A TCP connection to `addr` from the bound interface and address,
+    /// through the proxy when one is set (the connection to the proxy is
+    /// the bound one).
     pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        if !self.is_set() {
+        let Some(proxy) = &self.proxy else {
+            return self.connect_direct(addr).await;
+        };
+        let io = |kind: std::io::ErrorKind, e: String| {
+            std::io::Error::new(kind, format!("SOCKS5 proxy {}: {e}", proxy.redacted()))
+        };
+        let proxy_addr = tokio::net::lookup_host((proxy.host.as_str(), proxy.port))
+            .await
+            .map_err(|e| io(e.kind(), format!("resolving the proxy: {e}")))?
+            .next()
+            .ok_or_else(|| io(std::io::ErrorKind::NotFound, "no address".into()))?;
+        let tcp = self
+            .connect_direct(proxy_addr)
+            .await
+            .map_err(|e| io(e.kind(), e.to_string()))?;
+        let socks = match &proxy.auth {
+            Some((user, pass)) => {
+                tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(
+                    tcp, addr, user, pass,
+                )
+                .await
+            }
+            None => tokio_socks::tcp::Socks5Stream::connect_with_socket(tcp, addr).await,
+        }
+        .map_err(|e| {
+            let kind = match &e {
+                tokio_socks::Error::Io(e) => e.kind(),
+                _ => std::io::ErrorKind::ConnectionRefused,
+            };
+            io(kind, format!("to {addr}: {e}"))
+        })?;
+        Ok(socks.into_inner())
+    }
+
+    async fn connect_direct(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        if self.interface.is_none() && self.address.is_none() {
             return TcpStream::connect(addr).await;
         }
         use socket2::{Domain, Protocol, Socket, Type};
@@ -276,16 +429,24 @@ impl Binding {
     }
 
     /// The HTTP client builder, bound the same way (reqwest's
-    /// `local_address` and `interface`).
-    pub fn http(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    /// `local_address` and `interface`) and proxied through the SOCKS5
+    /// proxy (names resolved by the proxy). Call it after `no_proxy`,
+    /// which would clear the proxy.
+    pub fn http(
+        &self,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, reqwest::Error> {
         let mut b = builder;
+        if let Some(p) = &self.proxy {
+            b = b.proxy(reqwest::Proxy::all(p.reqwest_url())?);
+        }
         if let Some(ip) = self.address {
             b = b.local_address(ip);
         }
         if let Some(name) = &self.interface {
             b = b.interface(name);
         }
-        b
+        Ok(b)
     }
 }
 
@@ -447,6 +608,49 @@ pub async fn dial(
     })
 }
 
+/// Everything a dial needs, for connections made outside a torrent (the
+/// metadata phase of a magnet link), so they follow the same encryption
+/// policy, binding and proxy as the torrent's own.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    config: Arc<ClientConfig>,
+    binding: Binding,
+    counters: Arc<ConnCounters>,
+}
+
+impl Dialer {
+    /// A dialer for `config`, counting into `counters`.
+    pub fn new(
+        config: Arc<ClientConfig>,
+        counters: Arc<ConnCounters>,
+    ) -> Result<Dialer, BindError> {
+        let binding = Binding::from_config(&config)?;
+        Ok(Dialer {
+            config,
+            binding,
+            counters,
+        })
+    }
+
+    /// [`dial`] with this dialer's config, binding and counters.
+    pub async fn dial(
+        &self,
+        addr: SocketAddr,
+        info_hash: [u8; 20],
+        ours: &Handshake,
+    ) -> Result<Dialled, DialError> {
+        dial(
+            addr,
+            info_hash,
+            ours,
+            &self.config,
+            &self.counters,
+            &self.binding,
+        )
+        .await
+    }
+}
+
 /// An accepted connection whose BitTorrent handshake has been read.
 #[derive(Debug)]
 pub struct Arrived {
@@ -519,5 +723,56 @@ pub async fn accept(
             debug!(%peer, %reason, "incoming connection dropped");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_urls_parse_with_and_without_credentials() {
+        let p = Proxy::parse("socks5://127.0.0.1:1080").unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.auth), ("127.0.0.1", 1080, None));
+        let p = Proxy::parse("socks5h://al%40ice:p%3Ass@proxy.example:9050").unwrap();
+        assert_eq!(p.host, "proxy.example");
+        assert_eq!(p.auth, Some(("al@ice".into(), "p:ss".into())));
+        assert_eq!(p.redacted(), "socks5://proxy.example:9050");
+        assert!(!format!("{p:?}").contains("p:ss"));
+        let p = Proxy::parse("socks5://[::1]:1080").unwrap();
+        assert_eq!(p.host, "::1");
+        assert_eq!(p.redacted(), "socks5://[::1]:1080");
+        assert!(p.reqwest_url().starts_with("socks5h://[::1]:1080"));
+    }
+
+    #[test]
+    fn bad_proxy_urls_are_refused_without_showing_the_password() {
+        for bad in [
+            "http://127.0.0.1:8080",
+            "socks4://127.0.0.1:1080",
+            "socks5://127.0.0.1",
+            "socks5://user:secret@127.0.0.1",
+            "socks5://127.0.0.1:1080/path",
+            "socks5://user@127.0.0.1:1080",
+            "not a url",
+        ] {
+            let e = Proxy::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("proxy: "), "{bad}: {e}");
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
+        let long = format!("socks5://{}:p@h:1", "u".repeat(256));
+        assert!(Proxy::parse(&long).is_err());
+    }
+
+    #[test]
+    fn a_proxy_refuses_udp() {
+        let config = ClientConfig {
+            proxy: "socks5://127.0.0.1:1080".into(),
+            ..ClientConfig::default()
+        };
+        let b = Binding::from_config(&config).unwrap();
+        assert!(b.is_set());
+        assert!(b.udp_refused().unwrap().contains("socks5://127.0.0.1:1080"));
+        assert!(Binding::default().udp_refused().is_none());
     }
 }

@@ -238,6 +238,13 @@ impl Session {
         Ok(local)
     }
 
+    /// A dialer with the session's config and counters (for the metadata
+    /// phase of a magnet link).
+    pub fn dialer(&self) -> net::Dialer {
+        net::Dialer::new(self.config.clone(), self.conn.clone())
+            .expect("the binding was checked when the session started")
+    }
+
     /// Connection counters: handshakes by kind and direction, MSE
     /// failures and refusals.
     pub fn connection_stats(&self) -> ConnStats {

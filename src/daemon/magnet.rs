@@ -36,6 +36,7 @@ pub struct FetchCtx {
     pub peer_id: [u8; 20],
     pub port: u16,
     pub config: MetadataConfig,
+    pub dialer: actors::net::Dialer,
     pub done: mpsc::Sender<Done>,
 }
 
@@ -77,6 +78,7 @@ pub fn spawn(
     let (progress_tx, progress) = watch::channel(MetadataProgress::default());
     let tracker = ctx.tracker.clone();
     let (peer_id, port, config, done) = (ctx.peer_id, ctx.port, ctx.config, ctx.done.clone());
+    let dialer = ctx.dialer.clone();
     tokio::spawn(async move {
         let mut peers: Vec<SocketAddr> = Vec::new();
         for p in &m.peers {
@@ -112,6 +114,7 @@ pub fn spawn(
                 peers,
                 more_peers: more_rx,
                 config,
+                dialer,
                 progress: progress_tx,
             },
             cancel.clone(),

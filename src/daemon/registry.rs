@@ -307,6 +307,7 @@ pub fn spawn(
         peer_id: session.peer_id(),
         port: opts.listen_port,
         config: opts.metadata,
+        dialer: session.dialer(),
         done: done_tx,
     };
     let mut d = Daemon {

@@ -51,9 +51,19 @@ impl Actorrent {
     /// As [`spawn`](Self::spawn), inside network namespace `netns` (`ip
     /// netns exec` execs the client, so the guard's process is the client).
     pub fn spawn_in(netns: &str, name: &str, args: &[&std::ffi::OsStr]) -> Actorrent {
+        Self::spawn_in_env(netns, name, args, &[])
+    }
+
+    /// [`spawn_in`](Self::spawn_in) with environment variables.
+    pub fn spawn_in_env(
+        netns: &str,
+        name: &str,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Actorrent {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns]).arg(bin());
-        Self::spawn_cmd(name, cmd, args, &[])
+        Self::spawn_cmd(name, cmd, args, env)
     }
 
     fn spawn_cmd(

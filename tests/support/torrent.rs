@@ -219,4 +219,21 @@ impl TestTorrent {
         root.insert(b"announce".to_vec(), Bencode::from(url));
         std::fs::write(&self.path, Bencode::Dict(root).encode()).expect("write .torrent");
     }
+
+    /// Rewrites the `.torrent` with `tiers` as its `announce-list` (and the
+    /// first URL as `announce`).
+    pub fn set_announce_list(&self, tiers: &[&[&str]]) {
+        self.set_announce(tiers[0][0]);
+        let bytes = std::fs::read(&self.path).expect("read .torrent");
+        let root = protocol::bencode::decode(&bytes).expect("our .torrent decodes");
+        let Bencode::Dict(mut root) = root.to_owned_value() else {
+            panic!("the .torrent is not a dictionary");
+        };
+        let list = tiers
+            .iter()
+            .map(|t| Bencode::List(t.iter().map(|u| Bencode::from(*u)).collect()))
+            .collect();
+        root.insert(b"announce-list".to_vec(), Bencode::List(list));
+        std::fs::write(&self.path, Bencode::Dict(root).encode()).expect("write .torrent");
+    }
 }

@@ -24,8 +24,11 @@ pub fn client(
     max_redirects: usize,
     user_agent: &str,
 ) -> Result<reqwest::Client, reqwest::Error> {
+    // Trackers are reached directly or through our own proxy: a proxy from
+    // the environment would bypass our resolver and surprise the user.
+    // (`no_proxy` first: it would clear the proxy `http` sets.)
     binding
-        .http(reqwest::Client::builder())
+        .http(reqwest::Client::builder().no_proxy())?
         .dns_resolver(Arc::new(dns))
         .timeout(timeout)
         .connect_timeout(connect_timeout)
@@ -33,9 +36,6 @@ pub fn client(
         // limit and fails like any too-long chain.
         .redirect(reqwest::redirect::Policy::limited(max_redirects))
         .user_agent(user_agent)
-        // Trackers are reached directly: a proxy from the environment would
-        // bypass our resolver and surprise the user.
-        .no_proxy()
         .build()
 }
 

@@ -87,6 +87,10 @@ pub enum AnnounceError {
     /// or has the wrong action.
     #[error("bad UDP response: {0}")]
     Udp(String),
+    /// Not sent by our own policy (a UDP tracker while a SOCKS5 proxy is
+    /// set).
+    #[error("{0}")]
+    Refused(String),
     /// No UDP answer after every retransmission.
     #[error("no UDP answer after {0} attempts")]
     UdpTimeout(u32),

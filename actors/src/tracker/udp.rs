@@ -71,6 +71,10 @@ async fn run(
     binding: &crate::net::Binding,
     extras: &mut TaskExtras,
 ) -> Result<Announced, AnnounceError> {
+    // Before the name lookup: with a proxy, not even DNS may leave.
+    if let Some(why) = binding.udp_refused() {
+        return Err(AnnounceError::Refused(why));
+    }
     let (host, port) = host_port(url)?;
     let addrs = dns.lookup(&host).await?;
     // IPv4 sorts first; one address is enough for UDP (no happy eyeballs).
