@@ -13,7 +13,8 @@
 //! to c1 it leaves only through c1 (c2's transmit counter does not move).
 //! With c1 down, the bound client sends nothing through c2 and downloads
 //! nothing (its connects fail and are counted); once c1 is up again with
-//! its route, it finishes. IPv6 is off in both namespaces, so no neighbour
+//! its route, it finishes. `--bind-address` with a secondary address of
+//! c2 makes the seed see connections from that address. IPv6 is off in both namespaces, so no neighbour
 //! discovery moves the counters.
 //!
 //! It needs root and `ip netns`; where a namespace cannot be created it
@@ -270,6 +271,28 @@ fn bound_traffic_leaves_only_through_the_interface_and_stops_when_it_is_down() {
         net.tx_packets("c2"),
         c2,
         "the bound download leaked through c2"
+    );
+
+    // --bind-address: a second address on c2, which the OS would not pick
+    // (the first one is primary); the seed sees connections from it.
+    in_ns(
+        &net.client,
+        &["ip", "addr", "add", "198.18.2.3/24", "dev", "c2"],
+    );
+    assert!(
+        !seed.log().contains("198.18.2.3:"),
+        "198.18.2.3 was used before it was bound"
+    );
+    download(
+        &net,
+        &t,
+        &dir.path().join("out-bound-address"),
+        &["--bind-address", "198.18.2.3"],
+    );
+    assert!(
+        seed.log().contains("198.18.2.3:"),
+        "the seed saw no connection from the bound address:\n{}",
+        seed.log_tail(40)
     );
 
     // Kill switch: c1 down, nothing leaves by c2 and nothing arrives.
