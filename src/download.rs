@@ -140,7 +140,9 @@ pub struct DownloadArgs {
     /// device or image file.
     #[arg(long, value_name = "PATH")]
     pub raw_target: Option<PathBuf>,
-    /// Accept incoming connections on this address (port 0: any free port).
+    /// Accept incoming connections on this address (port 0: any free
+    /// port). Default: 0.0.0.0 (or `--bind-address`) port 6881, else the
+    /// next free port up to 6889, else one the OS picks.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
     /// Fetch pieces in order instead of rarest first.
@@ -188,6 +190,38 @@ pub struct SeedArgs {
     pub net: NetArgs,
 }
 
+/// The ports `download` tries, in order, when `--listen` is not given
+/// (then one the OS picks), as other clients do.
+const DEFAULT_LISTEN_PORTS: std::ops::RangeInclusive<u16> = 6881..=6889;
+
+/// Binds `download`'s listener: `--listen` exactly, or the first free port
+/// of [`DEFAULT_LISTEN_PORTS`] on all interfaces (the bound address when
+/// `--bind-address` is set), or any free port.
+fn bind_download_listener(
+    listen: Option<SocketAddr>,
+    config: &ClientConfig,
+) -> Result<std::net::TcpListener, Failure> {
+    let binding =
+        actors::net::Binding::from_config(config).map_err(|e| Failure::BadInput(anyhow!(e)))?;
+    if let Some(addr) = listen {
+        return actors::net::bind_listener_std(addr, &binding)
+            .with_context(|| format!("--listen: binding {addr}"))
+            .map_err(Failure::Runtime);
+    }
+    let ip = binding
+        .address
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    for port in DEFAULT_LISTEN_PORTS {
+        match actors::net::bind_listener_std(SocketAddr::new(ip, port), &binding) {
+            Ok(l) => return Ok(l),
+            Err(e) => tracing::debug!(port, error = %e, "listen port taken"),
+        }
+    }
+    actors::net::bind_listener_std(SocketAddr::new(ip, 0), &binding)
+        .with_context(|| format!("listening on {ip} (any port)"))
+        .map_err(Failure::Runtime)
+}
+
 /// What the run loop should do once the torrent is complete.
 struct Plan {
     seed: bool,
@@ -195,6 +229,9 @@ struct Plan {
     seed_ratio: Option<f64>,
     seed_time: Option<Duration>,
     listen: Option<SocketAddr>,
+    /// A listener bound before the torrent starts (`download`), so every
+    /// announce, the metadata phase's included, names the port it has.
+    bound: Option<std::net::TcpListener>,
     sequential: bool,
     /// The selection flags (`download` only; `seed` keeps the recorded one).
     select: Option<SelectArgs>,
@@ -209,12 +246,19 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
         (None, Some(path)) => Target::Raw(path.clone()),
         _ => return Err(Failure::BadInput(anyhow!("give --output or --raw-target"))),
     };
+    let bound = bind_download_listener(args.listen, &config)?;
+    let local = bound
+        .local_addr()
+        .context("reading the listen address")
+        .map_err(Failure::Runtime)?;
+    tracing::info!(%local, "listening");
     let plan = Plan {
         seed: args.seed_after || args.stream.is_some(),
         seed_only: false,
         seed_ratio: args.seed_ratio,
         seed_time: args.seed_time.map(Duration::from_secs),
-        listen: args.listen,
+        listen: None,
+        bound: Some(bound),
         sequential: args.sequential,
         select: Some(args.select.clone()),
         stream: args.stream,
@@ -229,7 +273,7 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
         let resolved = crate::magnet::resolve(
             &source,
             &args.net,
-            args.listen,
+            Some(local),
             dht_state,
             &config,
             &mut stats_out,
@@ -296,6 +340,7 @@ pub fn seed(args: &SeedArgs, mut config: ClientConfig) -> Result<(), Failure> {
         seed_ratio: None,
         seed_time: None,
         listen: Some(args.listen),
+        bound: None,
         sequential: false,
         select: None,
         stream: None,
@@ -315,7 +360,7 @@ fn run_torrent(
     source: Source<'_>,
     target: Target,
     net: &NetArgs,
-    plan: Plan,
+    mut plan: Plan,
     mut config: ClientConfig,
     mut stats_out: Option<Box<dyn Write + Send>>,
 ) -> Result<(), Failure> {
@@ -412,11 +457,13 @@ fn run_torrent(
         // Listen first: the torrent announces the port it gets.
         let mut listen_port = 0;
         let mut listen_addr = None;
-        if let Some(addr) = plan.listen {
-            let local = session
-                .listen(addr)
-                .await
-                .map_err(|e| Failure::Runtime(e.into()))?;
+        let local = match (plan.bound.take(), plan.listen) {
+            (Some(bound), _) => Some(session.listen_on(bound).await),
+            (None, Some(addr)) => Some(session.listen(addr).await),
+            (None, None) => None,
+        };
+        if let Some(local) = local {
+            let local = local.map_err(|e| Failure::Runtime(e.into()))?;
             listen_port = local.port();
             listen_addr = Some(local);
         }
