@@ -141,8 +141,8 @@ pub struct DownloadArgs {
     #[arg(long, value_name = "PATH")]
     pub raw_target: Option<PathBuf>,
     /// Accept incoming connections on this address (port 0: any free
-    /// port). Default: 0.0.0.0 (or `--bind-address`) port 6881, else the
-    /// next free port up to 6889, else one the OS picks.
+    /// port). Default: `[::]:6881` (both families), or the next free port
+    /// up to 6889, or any free port; 0.0.0.0 where IPv6 is off.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
     /// Fetch pieces in order instead of rarest first.
@@ -195,7 +195,7 @@ pub struct SeedArgs {
 const DEFAULT_LISTEN_PORTS: std::ops::RangeInclusive<u16> = 6881..=6889;
 
 /// Binds `download`'s listener: `--listen` exactly, or the first free port
-/// of [`DEFAULT_LISTEN_PORTS`] on all interfaces (the bound address when
+/// of [`DEFAULT_LISTEN_PORTS`] on `[::]`/0.0.0.0 (the bound address when
 /// `--bind-address` is set), or any free port.
 fn bind_download_listener(
     listen: Option<SocketAddr>,
@@ -208,18 +208,30 @@ fn bind_download_listener(
             .with_context(|| format!("--listen: binding {addr}"))
             .map_err(Failure::Runtime);
     }
-    let ip = binding
-        .address
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    for port in DEFAULT_LISTEN_PORTS {
-        match actors::net::bind_listener_std(SocketAddr::new(ip, port), &binding) {
-            Ok(l) => return Ok(l),
-            Err(e) => tracing::debug!(port, error = %e, "listen port taken"),
+    // `[::]` is one socket for both families; 0.0.0.0 where IPv6 is off.
+    let ips = match binding.address {
+        Some(ip) => vec![ip],
+        None => vec![
+            std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+            std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        ],
+    };
+    let mut last = None;
+    for port in DEFAULT_LISTEN_PORTS.chain([0]) {
+        for &ip in &ips {
+            match actors::net::bind_listener_std(SocketAddr::new(ip, port), &binding) {
+                Ok(l) => return Ok(l),
+                Err(e) => {
+                    tracing::debug!(%ip, port, error = %e, "cannot listen there");
+                    last = Some(e);
+                }
+            }
         }
     }
-    actors::net::bind_listener_std(SocketAddr::new(ip, 0), &binding)
-        .with_context(|| format!("listening on {ip} (any port)"))
-        .map_err(Failure::Runtime)
+    Err(Failure::Runtime(
+        anyhow!(last.map_or_else(|| "no address to try".to_string(), |e| e.to_string()))
+            .context("listening for peers"),
+    ))
 }
 
 /// What the run loop should do once the torrent is complete.
@@ -482,6 +494,11 @@ fn run_torrent(
             .await
         };
         params.dht = dht.as_ref().map(|d| d.handle.clone());
+        let network = crate::metrics::Network {
+            listen: listen_addr,
+            dht: dht.as_ref().map(|d| d.handle.local_addr()),
+            binding: dht_config.tracker.binding.clone(),
+        };
         let handle = session
             .add_torrent(params)
             .await
@@ -521,7 +538,7 @@ fn run_torrent(
                 Some(reply) = recv_scrape(&mut scrapes) => {
                     let s = stats.borrow().clone();
                     let trackers = session.tracker().stats().await.ok();
-                    let _ = reply.send(crate::metrics::render(&session, &[s], trackers.as_ref(), &capacities));
+                    let _ = reply.send(crate::metrics::render(&session, &[s], trackers.as_ref(), &capacities, &network));
                     continue;
                 }
             }
@@ -550,6 +567,7 @@ fn run_torrent(
             }
             if let Some(out) = stats_out.as_mut() {
                 let mut line = stats_json(&s, event, listen_port);
+                line["network"] = network.to_json();
                 line["stream_urls"] = json!(stream_urls);
                 line["connections"] = json!(session.connection_stats());
                 if let Ok(t) = session.tracker().stats().await {
