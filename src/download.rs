@@ -190,6 +190,50 @@ pub struct SeedArgs {
     pub net: NetArgs,
 }
 
+/// The ports `download` tries, in order, when `--listen` is not given
+/// (then one the OS picks), as other clients do.
+const DEFAULT_LISTEN_PORTS: std::ops::RangeInclusive<u16> = 6881..=6889;
+
+/// Binds `download`'s listener: `--listen` exactly, or the first free port
+/// of [`DEFAULT_LISTEN_PORTS`] on `[::]`/0.0.0.0 (the bound address when
+/// `--bind-address` is set), or any free port.
+fn bind_download_listener(
+    listen: Option<SocketAddr>,
+    config: &ClientConfig,
+) -> Result<std::net::TcpListener, Failure> {
+    let binding =
+        actors::net::Binding::from_config(config).map_err(|e| Failure::BadInput(anyhow!(e)))?;
+    if let Some(addr) = listen {
+        return actors::net::bind_listener_std(addr, &binding)
+            .with_context(|| format!("--listen: binding {addr}"))
+            .map_err(Failure::Runtime);
+    }
+    // `[::]` is one socket for both families; 0.0.0.0 where IPv6 is off.
+    let ips = match binding.address {
+        Some(ip) => vec![ip],
+        None => vec![
+            std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+            std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        ],
+    };
+    let mut last = None;
+    for port in DEFAULT_LISTEN_PORTS.chain([0]) {
+        for &ip in &ips {
+            match actors::net::bind_listener_std(SocketAddr::new(ip, port), &binding) {
+                Ok(l) => return Ok(l),
+                Err(e) => {
+                    tracing::debug!(%ip, port, error = %e, "cannot listen there");
+                    last = Some(e);
+                }
+            }
+        }
+    }
+    Err(Failure::Runtime(
+        anyhow!(last.map_or_else(|| "no address to try".to_string(), |e| e.to_string()))
+            .context("listening for peers"),
+    ))
+}
+
 /// What the run loop should do once the torrent is complete.
 struct Plan {
     seed: bool,
@@ -197,6 +241,9 @@ struct Plan {
     seed_ratio: Option<f64>,
     seed_time: Option<Duration>,
     listen: Option<SocketAddr>,
+    /// A listener bound before the torrent starts (`download`), so every
+    /// announce, the metadata phase's included, names the port it has.
+    bound: Option<std::net::TcpListener>,
     sequential: bool,
     /// The selection flags (`download` only; `seed` keeps the recorded one).
     select: Option<SelectArgs>,
@@ -211,12 +258,19 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
         (None, Some(path)) => Target::Raw(path.clone()),
         _ => return Err(Failure::BadInput(anyhow!("give --output or --raw-target"))),
     };
+    let bound = bind_download_listener(args.listen, &config)?;
+    let local = bound
+        .local_addr()
+        .context("reading the listen address")
+        .map_err(Failure::Runtime)?;
+    tracing::info!(%local, "listening");
     let plan = Plan {
         seed: args.seed_after || args.stream.is_some(),
         seed_only: false,
         seed_ratio: args.seed_ratio,
         seed_time: args.seed_time.map(Duration::from_secs),
-        listen: args.listen,
+        listen: None,
+        bound: Some(bound),
         sequential: args.sequential,
         select: Some(args.select.clone()),
         stream: args.stream,
@@ -231,7 +285,7 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
         let resolved = crate::magnet::resolve(
             &source,
             &args.net,
-            args.listen,
+            Some(local),
             dht_state,
             &config,
             &mut stats_out,
@@ -298,6 +352,7 @@ pub fn seed(args: &SeedArgs, mut config: ClientConfig) -> Result<(), Failure> {
         seed_ratio: None,
         seed_time: None,
         listen: Some(args.listen),
+        bound: None,
         sequential: false,
         select: None,
         stream: None,
@@ -317,7 +372,7 @@ fn run_torrent(
     source: Source<'_>,
     target: Target,
     net: &NetArgs,
-    plan: Plan,
+    mut plan: Plan,
     mut config: ClientConfig,
     mut stats_out: Option<Box<dyn Write + Send>>,
 ) -> Result<(), Failure> {
@@ -412,15 +467,18 @@ fn run_torrent(
         };
         let mut params = params;
         // Listen first: the torrent announces the port it gets.
-        let local = match plan.listen {
-            Some(addr) => session
-                .listen(addr)
-                .await
-                .map_err(|e| Failure::Runtime(e.into()))?,
-            None => listen_default(&session).await?,
+        let mut listen_port = 0;
+        let mut listen_addr = None;
+        let local = match (plan.bound.take(), plan.listen) {
+            (Some(bound), _) => Some(session.listen_on(bound).await),
+            (None, Some(addr)) => Some(session.listen(addr).await),
+            (None, None) => None,
         };
-        let listen_port = local.port();
-        let listen_addr = Some(local);
+        if let Some(local) = local {
+            let local = local.map_err(|e| Failure::Runtime(e.into()))?;
+            listen_port = local.port();
+            listen_addr = Some(local);
+        }
         // BEP 27: a private torrent's peers come from its trackers only.
         let dht = if meta_for_urls.info.private {
             None
@@ -681,27 +739,6 @@ fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| m.file_type().is_block_device())
         .unwrap_or(false)
-}
-
-/// Listens as every client does when no `--listen` is given: 6881, else the
-/// next free port up to 6889, else any free port; on `[::]` (one socket for
-/// both families) or, where IPv6 is off, 0.0.0.0.
-async fn listen_default(session: &Session) -> Result<SocketAddr, Failure> {
-    let mut last = None;
-    for port in (6881..=6889).chain([0]) {
-        for ip in [
-            std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
-            std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
-        ] {
-            match session.listen(SocketAddr::new(ip, port)).await {
-                Ok(local) => return Ok(local),
-                Err(e) => last = Some(e),
-            }
-        }
-    }
-    Err(Failure::Runtime(
-        anyhow!(last.expect("tried at least once")).context("listening for peers"),
-    ))
 }
 
 fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Value {

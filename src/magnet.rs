@@ -52,7 +52,7 @@ pub fn torrent_bytes(info: &[u8], trackers: &[String]) -> Vec<u8> {
     out
 }
 
-fn progress_json(p: &MetadataProgress, event: &str) -> serde_json::Value {
+fn progress_json(p: &MetadataProgress, event: &str, listen_port: u16) -> serde_json::Value {
     json!({
         "event": event,
         "state": "metadata",
@@ -62,7 +62,7 @@ fn progress_json(p: &MetadataProgress, event: &str) -> serde_json::Value {
         "metadata_pieces_total": p.pieces_total,
         "metadata_hash_failures": p.hash_failures,
         "metadata_banned": p.banned,
-        "listen_port": 0,
+        "listen_port": listen_port,
     })
 }
 
@@ -82,6 +82,7 @@ pub fn resolve(
     if uri.contains("&ws=") || uri.contains("?ws=") {
         tracing::info!("web seeds (ws=) are not used");
     }
+    let listen_port = listen.map_or(0, |a| a.port());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,8 +119,9 @@ pub fn resolve(
                 info_hash: magnet.info_hash,
                 tiers: magnet.trackers.iter().map(|t| vec![t.clone()]).collect(),
                 peer_id,
-                // Not listening yet: the torrent announces its real port.
-                port: 6881,
+                // Bound already (connections wait in the backlog until the
+                // session accepts them), so peers learn the real port.
+                port: listen_port,
                 progress,
                 peers: more_tx.clone(),
             };
@@ -174,7 +176,11 @@ pub fn resolve(
                 _ = tick.tick() => {}
             }
             if let Some(out) = stats_out.as_mut() {
-                let _ = writeln!(out, "{}", progress_json(&progress.borrow(), "progress"));
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    progress_json(&progress.borrow(), "progress", listen_port)
+                );
                 let _ = out.flush();
             }
         };
@@ -189,7 +195,11 @@ pub fn resolve(
         dns_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), dns_join).await;
         if let Some(out) = stats_out.as_mut() {
-            let _ = writeln!(out, "{}", progress_json(&progress.borrow(), "metadata"));
+            let _ = writeln!(
+                out,
+                "{}",
+                progress_json(&progress.borrow(), "metadata", listen_port)
+            );
             let _ = out.flush();
         }
         outcome
@@ -247,13 +257,20 @@ impl Dht {
             p => p,
         };
         let cancel = CancellationToken::new();
-        let start = actors::dht::DhtStart {
+        let start = |port| actors::dht::DhtStart {
             bind: SocketAddr::new(ip, port),
-            state_file,
-            dns,
+            state_file: state_file.clone(),
+            dns: dns.clone(),
             seed: None,
         };
-        match actors::dht::spawn(config.dht.clone(), start, cancel.clone()).await {
+        let mut spawned = actors::dht::spawn(config.dht.clone(), start(port), cancel.clone()).await;
+        // The listen port's UDP twin may be taken (another client's DHT):
+        // unless `[dht] port` names one, any port does.
+        if spawned.is_err() && config.dht.port == 0 && port != 0 {
+            tracing::info!(port, "the DHT port is taken; using any free port");
+            spawned = actors::dht::spawn(config.dht.clone(), start(0), cancel.clone()).await;
+        }
+        match spawned {
             Ok((handle, join)) => {
                 tracing::info!(addr = %handle.local_addr(), "DHT node running");
                 Some(Dht {

@@ -132,7 +132,56 @@ fn magnet_download(t: &TestTorrent, dir: &Path, magnet: &str, extra: &[&str]) ->
         "{meta_line}"
     );
     assert_eq!(stats.last().unwrap()["event"], "complete");
+    // `download` listens by default, from the metadata phase on: the port
+    // announced then is the one the session accepts on.
+    let port = meta_line["listen_port"].as_u64().unwrap();
+    assert_ne!(port, 0, "{meta_line}");
+    assert_eq!(stats.last().unwrap()["listen_port"], port);
     dl
+}
+
+/// Without `--listen`, `download` accepts connections on the port its
+/// stats name (6881-6889 when free, else any), the same port in the
+/// metadata phase and after it.
+#[test]
+fn download_listens_by_default_on_the_port_it_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "listens");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let (mut seed, port) = LtPeer::seed(&t.path, &data);
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{port}",
+        hex(&t.info_hash)
+    );
+    let out = dir.path().join("out");
+    let args: Vec<&OsStr> = vec![
+        "download".as_ref(),
+        magnet.as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--seed-after".as_ref(),
+    ];
+    let mut dl = Actorrent::spawn("listening download", &args);
+    let first = dl.wait_stats(START, "a metadata line", |v| v["state"] == "metadata");
+    let listen = first["listen_port"].as_u64().unwrap();
+    assert_ne!(listen, 0, "{first}");
+    let done = dl.wait_stats(DOWNLOAD, "completion", |v| v["event"] == "complete");
+    assert_eq!(done["listen_port"], listen);
+    t.assert_downloaded(&out);
+    // Something accepts there, and it speaks BitTorrent: our handshake for
+    // this torrent is answered with one for the same info-hash.
+    let mut s = TcpStream::connect(("127.0.0.1", listen as u16))
+        .unwrap_or_else(|e| dl.fail(&format!("nothing listens on {listen}: {e}")));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let hs = Handshake::new([0; 8], t.info_hash, *b"-TT0001-000000000000");
+    s.write_all(&hs.to_bytes()).unwrap();
+    let mut reply = [0u8; 68];
+    s.read_exact(&mut reply)
+        .unwrap_or_else(|e| dl.fail(&format!("no handshake back on {listen}: {e}")));
+    assert_eq!(&reply[28..48], &t.info_hash);
+    dl.stop(Duration::from_secs(30));
+    seed.finish(Duration::from_secs(30));
 }
 
 #[test]

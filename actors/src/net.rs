@@ -458,6 +458,17 @@ pub fn bind_listener(
     addr: SocketAddr,
     binding: &Binding,
 ) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::from_std(bind_listener_std(addr, binding)?)
+}
+
+/// [`bind_listener`] without a runtime: a non-blocking listening socket that
+/// can be bound before the session starts (so a magnet's metadata phase
+/// announces the port the session will accept on) and handed to
+/// `SessionHandle::listen_on`.
+pub fn bind_listener_std(
+    addr: SocketAddr,
+    binding: &Binding,
+) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
@@ -468,7 +479,7 @@ pub fn bind_listener(
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
-    tokio::net::TcpListener::from_std(sock.into())
+    Ok(sock.into())
 }
 
 /// An address as the address book keeps it: IPv4-mapped IPv6 addresses

@@ -189,6 +189,30 @@ impl Session {
     pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, SessionError> {
         let listener = net::bind_listener(addr, &net::Binding::from_config(&self.config)?)
             .map_err(|source| SessionError::Listen { addr, source })?;
+        self.serve(listener, addr)
+    }
+
+    /// Accepts on a socket bound earlier with [`net::bind_listener_std`].
+    pub async fn listen_on(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> Result<SocketAddr, SessionError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SessionError::Listen {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|source| SessionError::Listen { addr, source })?;
+        self.serve(listener, addr)
+    }
+
+    fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        addr: SocketAddr,
+    ) -> Result<SocketAddr, SessionError> {
         let local = listener
             .local_addr()
             .map_err(|source| SessionError::Listen { addr, source })?;
