@@ -420,6 +420,14 @@ fn run_torrent(
             listen_port = local.port();
             listen_addr = Some(local);
         }
+        // Where we listen and what outgoing sockets are bound to, for every
+        // stats line (empty config keys are null).
+        let nonempty = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        let net_json = json!({
+            "listen_addr": listen_addr.map(|a| a.to_string()),
+            "bind_interface": nonempty(&dht_config.bind_interface),
+            "bind_address": nonempty(&dht_config.bind_address),
+        });
         // BEP 27: a private torrent's peers come from its trackers only.
         let dht = if meta_for_urls.info.private {
             None
@@ -504,6 +512,7 @@ fn run_torrent(
             if let Some(out) = stats_out.as_mut() {
                 let mut line = stats_json(&s, event, listen_port);
                 line["stream_urls"] = json!(stream_urls);
+                add_net(&mut line, &net_json);
                 line["connections"] = json!(session.connection_stats());
                 if let Ok(t) = session.tracker().stats().await {
                     add_tracker_stats(&mut line, &t);
@@ -546,6 +555,7 @@ fn run_torrent(
             if s.state != TorrentState::Complete {
                 let mut line = stats_json(&s, "stopped", listen_port);
                 line["stream_urls"] = json!(stream_urls);
+                add_net(&mut line, &net_json);
                 line["connections"] = json!(connections);
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
@@ -674,6 +684,13 @@ fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| m.file_type().is_block_device())
         .unwrap_or(false)
+}
+
+/// Copies the listen and binding fields of `net` into a stats line.
+fn add_net(line: &mut serde_json::Value, net: &serde_json::Value) {
+    for key in ["listen_addr", "bind_interface", "bind_address"] {
+        line[key] = net[key].clone();
+    }
 }
 
 fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Value {

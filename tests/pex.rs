@@ -168,11 +168,27 @@ fn a_leecher_dials_the_ipv6_address_of_an_extended_handshake() {
     let t = TestTorrent::multi(dir.path(), "ext-v6", 64 * 1024, &[("a.bin", 1 << 20)], 22);
     let data = dir.path().join("data");
     t.write_payload(&data);
-    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &[]);
+    // Dual-stack: reachable on ::1 (and 127.0.0.1).
+    let seed_args: Vec<&OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "[::]:0".as_ref(),
+    ];
+    let mut seed = Actorrent::spawn("actorrent seed on [::]", &seed_args);
     let seed_port = seed.listen_port(START);
-    seed.wait_stats(START, "seeding after the check", |v| {
+    let line = seed.wait_stats(START, "seeding after the check", |v| {
         v["state"] == "seeding"
     });
+    // The stats line names the listener's address.
+    assert_eq!(
+        line["listen_addr"].as_str(),
+        Some(format!("[::]:{seed_port}").as_str()),
+        "listen_addr in {line}"
+    );
+    assert!(line["bind_interface"].is_null(), "bind_interface in {line}");
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let relay_port = listener.local_addr().unwrap().port();
