@@ -63,7 +63,6 @@ fn progress_json(p: &MetadataProgress, event: &str) -> serde_json::Value {
         "metadata_hash_failures": p.hash_failures,
         "metadata_banned": p.banned,
         "listen_port": 0,
-        "listen_addr": null,
     })
 }
 
