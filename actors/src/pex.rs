@@ -147,7 +147,8 @@ mod tests {
         let v6: SocketAddr = "[2001:db8::7]:6881".parse().unwrap();
         let t0 = Instant::now();
         let first = s.next(&[addr(1), v6], addr(9), t0, &cfg).unwrap();
-        let wire = protocol::bencode::decode(&first.encode()).unwrap();
+        let bytes = first.encode();
+        let wire = protocol::bencode::decode(&bytes).unwrap();
         let dict = wire.as_dict().unwrap();
         assert_eq!(
             dict.get(&b"added6"[..])
@@ -163,7 +164,8 @@ mod tests {
         );
         let later = t0 + Duration::from_secs(61);
         let second = s.next(&[addr(1)], addr(9), later, &cfg).unwrap();
-        let wire = protocol::bencode::decode(&second.encode()).unwrap();
+        let bytes = second.encode();
+        let wire = protocol::bencode::decode(&bytes).unwrap();
         let dropped6 = wire
             .as_dict()
             .unwrap()
