@@ -24,18 +24,22 @@ const SCRIPT_PEX: u8 = 5;
 /// Sends our handshake (extension bit) and extended handshake with
 /// `ut_pex`; returns the remote's handshake.
 fn open(s: &mut TcpStream, info_hash: [u8; 20], id: &[u8; 20]) -> Handshake {
+    open_with(s, info_hash, id, ExtendedHandshake::default())
+}
+
+/// [`open`] with more fields in our extended handshake (`ut_pex` added).
+fn open_with(
+    s: &mut TcpStream,
+    info_hash: [u8; 20],
+    id: &[u8; 20],
+    mut ext: ExtendedHandshake,
+) -> Handshake {
     let mut ours = Handshake::new([0; 8], info_hash, *id);
     ours.set_extended(true);
     let mut out = BytesMut::new();
     ours.encode(&mut out);
-    let mut m = std::collections::BTreeMap::new();
-    m.insert("ut_pex".to_string(), SCRIPT_PEX);
-    ExtendedHandshake {
-        m,
-        ..Default::default()
-    }
-    .to_message()
-    .encode(&mut out);
+    ext.m.insert("ut_pex".to_string(), SCRIPT_PEX);
+    ext.to_message().encode(&mut out);
     s.write_all(&out).unwrap();
     let mut hs = [0u8; Handshake::LEN];
     s.read_exact(&mut hs).unwrap();
@@ -145,6 +149,83 @@ fn a_leecher_learns_the_seed_by_pex_and_completes() {
     assert!(
         dl.log().contains("peers learned by PEX"),
         "no PEX line in the log"
+    );
+    relay.join().unwrap();
+    seed.stop(Duration::from_secs(30));
+}
+
+/// BEP 10 `ipv6` + `p`: a go-between met over IPv4 names, in its extended
+/// handshake only (no `ut_pex` message), an IPv6 address where the seed
+/// listens (::1, the seed's dual-stack listener); the leecher dials it and
+/// completes.
+#[test]
+fn a_leecher_dials_the_ipv6_address_of_an_extended_handshake() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTorrent::multi(dir.path(), "ext-v6", 64 * 1024, &[("a.bin", 1 << 20)], 22);
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    // Dual-stack: reachable on ::1 (and 127.0.0.1).
+    let seed_args: Vec<&OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "[::]:0".as_ref(),
+    ];
+    let mut seed = Actorrent::spawn("actorrent seed on [::]", &seed_args);
+    let seed_port = seed.listen_port(START);
+    let line = seed.wait_stats(START, "seeding after the check", |v| {
+        v["state"] == "seeding"
+    });
+    // The stats line names the listener's address.
+    assert_eq!(
+        line["network"]["listen"].as_str(),
+        Some(format!("[::]:{seed_port}").as_str()),
+        "network.listen in {line}"
+    );
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let info_hash = t.info_hash;
+    let relay = std::thread::spawn(move || {
+        let mut s = support::scripted::accept_plaintext(&listener);
+        let ext = ExtendedHandshake {
+            ipv6: Some(std::net::Ipv6Addr::LOCALHOST),
+            p: Some(seed_port),
+            ..Default::default()
+        };
+        open_with(&mut s, info_hash, b"-SC0001-extv6relay00", ext);
+        // Stay until the leecher hangs up.
+        read_until(&mut s, DOWNLOAD, |_| None::<()>);
+    });
+
+    let out = dir.path().join("out");
+    let peer = format!("127.0.0.1:{relay_port}");
+    let args: Vec<&OsStr> = vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--peer".as_ref(),
+        peer.as_ref(),
+        "--encryption".as_ref(),
+        "disable".as_ref(),
+    ];
+    let mut dl = Actorrent::spawn("download learning an IPv6 address", &args);
+    let status = dl.wait_exit(DOWNLOAD);
+    if !status.success() {
+        dl.fail(&format!("exited with {status}"));
+    }
+    t.assert_downloaded(&out);
+    assert!(
+        dl.log()
+            .contains("IPv6 address from the extended handshake"),
+        "no extended-handshake IPv6 line in the log"
     );
     relay.join().unwrap();
     seed.stop(Duration::from_secs(30));

@@ -139,4 +139,39 @@ mod tests {
             .is_none()
         );
     }
+
+    #[test]
+    fn ipv6_peers_go_out_in_added6_and_dropped6() {
+        let cfg = PexConfig::default();
+        let mut s = PexSender::default();
+        let v6: SocketAddr = "[2001:db8::7]:6881".parse().unwrap();
+        let t0 = Instant::now();
+        let first = s.next(&[addr(1), v6], addr(9), t0, &cfg).unwrap();
+        let bytes = first.encode();
+        let wire = protocol::bencode::decode(&bytes).unwrap();
+        let dict = wire.as_dict().unwrap();
+        assert_eq!(
+            dict.get(&b"added6"[..])
+                .and_then(|v| v.as_bytes())
+                .map(<[u8]>::len),
+            Some(18)
+        );
+        assert_eq!(
+            dict.get(&b"added"[..])
+                .and_then(|v| v.as_bytes())
+                .map(<[u8]>::len),
+            Some(6)
+        );
+        let later = t0 + Duration::from_secs(61);
+        let second = s.next(&[addr(1)], addr(9), later, &cfg).unwrap();
+        let bytes = second.encode();
+        let wire = protocol::bencode::decode(&bytes).unwrap();
+        let dropped6 = wire
+            .as_dict()
+            .unwrap()
+            .get(&b"dropped6"[..])
+            .and_then(|v| v.as_bytes())
+            .map(<[u8]>::len);
+        assert_eq!(dropped6, Some(18));
+    }
 }

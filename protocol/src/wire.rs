@@ -784,6 +784,10 @@ pub struct ExtendedHandshake {
     pub yourip: Option<IpAddr>,
     /// The sender's listen port (port 0 is treated as absent).
     pub p: Option<u16>,
+    /// BEP 10 `ipv6`: the sender's own IPv6 address (16 bytes on the wire;
+    /// any other length is ignored), so a peer met over IPv4 can be
+    /// reached over IPv6 too.
+    pub ipv6: Option<Ipv6Addr>,
     /// BEP 9: size of the info dictionary in bytes.
     pub metadata_size: Option<u64>,
 }
@@ -824,6 +828,9 @@ impl ExtendedHandshake {
         }
         if let Some(p) = self.p {
             dict.insert(b"p".to_vec(), Bencode::Int(i64::from(p)));
+        }
+        if let Some(ip) = self.ipv6 {
+            dict.insert(b"ipv6".to_vec(), Bencode::Bytes(ip.octets().to_vec()));
         }
         if let Some(size) = self.metadata_size {
             // Sizes above i64::MAX cannot be bencoded; saturate (any real
@@ -873,6 +880,11 @@ impl ExtendedHandshake {
             p: int(b"p")
                 .and_then(|n| u16::try_from(n).ok())
                 .filter(|&p| p != 0),
+            ipv6: dict
+                .get(b"ipv6")
+                .and_then(|v| v.as_bytes())
+                .filter(|b| b.len() == 16)
+                .map(|b| Ipv6Addr::from(to_array::<16>(b))),
             metadata_size: int(b"metadata_size").and_then(|n| u64::try_from(n).ok()),
         })
     }

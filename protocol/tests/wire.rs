@@ -552,6 +552,7 @@ fn extended_handshake_round_trip() {
         reqq: Some(500),
         yourip: Some("192.0.2.7".parse().unwrap()),
         p: Some(6881),
+        ipv6: None,
         metadata_size: Some(31_235),
     };
     let bytes = hs.encode();
@@ -567,9 +568,18 @@ fn extended_handshake_round_trip() {
 
     let v6 = ExtendedHandshake {
         yourip: Some("2001:db8::1".parse().unwrap()),
+        ipv6: Some("2001:db8::2".parse().unwrap()),
         ..ExtendedHandshake::default()
     };
-    assert_eq!(ExtendedHandshake::decode(&v6.encode()).unwrap(), v6);
+    let bytes = v6.encode();
+    assert!(
+        bytes.windows(8).any(|w| w == b"4:ipv616"),
+        "ipv6 key with a 16-byte value"
+    );
+    assert_eq!(ExtendedHandshake::decode(&bytes).unwrap(), v6);
+    // An `ipv6` of any other length is ignored, not an error.
+    let hs = ExtendedHandshake::decode(b"d4:ipv64:\x7f\x00\x00\x01e").unwrap();
+    assert_eq!(hs.ipv6, None);
     assert_eq!(ExtendedHandshake::default().encode(), b"d1:mdee");
 }
 

@@ -988,6 +988,24 @@ impl Conn<'_> {
                     if let Some(list) = self.pex_list.clone() {
                         self.send_pex(&list);
                     }
+                    // BEP 10 `ipv6` + `p`: the peer's IPv6 listen address.
+                    // It goes to the address book the way PEX addresses do
+                    // (same cap; the torrent drops it when PEX is off, as
+                    // for private torrents).
+                    if let (Some(ip), Some(port), true) = (h.ipv6, h.p, ctx.pex) {
+                        let addr = SocketAddr::new(ip.into(), port);
+                        if !ip.is_unspecified() && !ip.is_multicast() && addr != ctx.addr {
+                            debug!(%addr, "IPv6 address from the extended handshake");
+                            self.ctx
+                                .torrent
+                                .send(TorrentMsg::PexPeers {
+                                    id: self.ctx.id,
+                                    added: vec![addr],
+                                })
+                                .await
+                                .map_err(|_| End::network("torrent stopped"))?;
+                        }
+                    }
                 }
                 Err(e) => self.oddity(&format!("extended handshake ignored: {e}")),
             },
