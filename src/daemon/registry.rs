@@ -285,6 +285,7 @@ pub struct Options {
     pub listen_port: u16,
     pub metadata: actors::magnet::MetadataConfig,
     pub capacities: crate::metrics::Capacities,
+    pub network: crate::metrics::Network,
 }
 
 struct Daemon {
@@ -832,6 +833,7 @@ impl Daemon {
                     &stats,
                     trackers.as_ref(),
                     &self.opts.capacities,
+                    &self.opts.network,
                 );
                 let _ = reply.send(text);
             }
