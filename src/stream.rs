@@ -164,10 +164,15 @@ pub async fn serve(listener: TcpListener, router: Router, cfg: StreamConfig) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Ok((socket, _)) = listener.accept().await else {
+        let Ok((socket, peer)) = listener.accept().await else {
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The peer's address, for handlers that key on it (failed logins).
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let cfg = cfg.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -542,6 +542,29 @@ fn rpc_refuses_hostile_requests() {
         None,
     );
     assert_eq!(code, 404);
+    // Ten wrong passwords from one address lock it out: then even the
+    // right one is refused, 429 with Retry-After, and the RPC stays shut.
+    for i in 0..10 {
+        let (code, _, _) = http(
+            d.rpc,
+            "POST",
+            &[("Authorization", &enc(&format!("alice:guess{i}")))],
+            body,
+        );
+        assert_eq!(code, 401, "attempt {i}");
+    }
+    let (code, head, _) = http(d.rpc, "POST", &auth, body);
+    assert_eq!(code, 429);
+    assert_eq!(header(&head, "retry-after").as_deref(), Some("300"));
+    let (code, _, _) = http_raw(
+        d.rpc,
+        "GET",
+        "/metrics",
+        &[("Authorization", &good)],
+        b"",
+        None,
+    );
+    assert_eq!(code, 429);
 }
 
 #[test]

@@ -193,6 +193,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                 auth: auth.as_deref().map(rpc::auth_digest),
                 hosts: args.rpc_hosts.clone(),
                 web: web.clone(),
+                strikes: rpc::Strikes::default(),
             },
         );
         let server = tokio::spawn(crate::stream::serve(rpc_listener, router, stream_cfg));

@@ -245,6 +245,18 @@ impl DaemonHandle {
     }
 }
 
+/// What `add_entry` adds: a whole torrent or a magnet link.
+enum NewEntry {
+    Torrent {
+        bytes: Vec<u8>,
+        meta: Metainfo,
+    },
+    Magnet {
+        uri: String,
+        link: protocol::magnet::Magnet,
+    },
+}
+
 struct Entry {
     meta: Arc<Metainfo>,
     hash: String,
@@ -890,30 +902,14 @@ impl Daemon {
         labels: Vec<String>,
     ) -> Result<Added, String> {
         let hash = link.info_hash.to_hex();
-        if let Some(d) = self.duplicate(&hash) {
-            return Ok(d);
-        }
-        let settings = self.new_settings(download_dir, paused, labels)?;
-        let id = settings.id;
-        self.state
-            .add_magnet(&hash, &uri, &settings)
-            .map_err(|e| format!("{e:#}"))?;
-        let meta = magnet_phase::placeholder(&link);
-        let name = meta.info.name.clone();
-        info!(%hash, %name, id, "magnet added");
-        let state = MagnetState {
-            link,
-            cancel: None,
-            progress: None,
-            error: None,
-        };
-        self.insert(meta, hash.clone(), settings, Some(state)).await;
-        Ok(Added {
-            id,
-            name,
+        self.add_entry(
             hash,
-            duplicate: false,
-        })
+            NewEntry::Magnet { uri, link },
+            download_dir,
+            paused,
+            labels,
+        )
+        .await
     }
 
     async fn add(
@@ -925,18 +921,56 @@ impl Daemon {
         labels: Vec<String>,
     ) -> Result<Added, String> {
         let hash = meta.info_hash.to_hex();
+        self.add_entry(
+            hash,
+            NewEntry::Torrent { bytes, meta },
+            download_dir,
+            paused,
+            labels,
+        )
+        .await
+    }
+
+    /// The one path of every add: duplicate check, settings, state files
+    /// written, then the entry inserted (and started unless paused).
+    async fn add_entry(
+        &mut self,
+        hash: String,
+        new: NewEntry,
+        download_dir: Option<PathBuf>,
+        paused: Option<bool>,
+        labels: Vec<String>,
+    ) -> Result<Added, String> {
         if let Some(d) = self.duplicate(&hash) {
             return Ok(d);
         }
         let settings = self.new_settings(download_dir, paused, labels)?;
         let id = settings.id;
-        self.state
-            .add(&hash, &bytes, &settings)
-            .map_err(|e| format!("{e:#}"))?;
+        let (meta, magnet) = match new {
+            NewEntry::Torrent { bytes, meta } => {
+                self.state
+                    .add(&hash, &bytes, &settings)
+                    .map_err(|e| format!("{e:#}"))?;
+                info!(%hash, name = %meta.info.name, id, "torrent added");
+                (Arc::new(meta), None)
+            }
+            NewEntry::Magnet { uri, link } => {
+                self.state
+                    .add_magnet(&hash, &uri, &settings)
+                    .map_err(|e| format!("{e:#}"))?;
+                let meta = magnet_phase::placeholder(&link);
+                info!(%hash, name = %meta.info.name, id, "magnet added");
+                let state = MagnetState {
+                    link,
+                    cancel: None,
+                    progress: None,
+                    error: None,
+                };
+                (meta, Some(state))
+            }
+        };
         let name = meta.info.name.clone();
-        info!(%hash, %name, id, "torrent added");
-        self.insert(Arc::new(meta), hash.clone(), settings, None)
-            .await;
+        self.insert(meta, hash.clone(), settings, magnet).await;
         Ok(Added {
             id,
             name,

@@ -5,19 +5,24 @@
 //! A request passes, in order: the Host allow-list (421: a DNS-rebinding
 //! page names our address under its own host name), Basic auth when set
 //! (401; the password compared in constant time, each failure answered
-//! only after a pause so guessing is slow), the
+//! only after a pause so guessing is slow; after [`MAX_FAILS`] failures
+//! from one IP within [`FAIL_WINDOW`] that IP is answered 429, even with
+//! the right password, until [`LOCKOUT`] has passed), the
 //! `X-Transmission-Session-Id` handshake (409 with the id: a page on
 //! another origin cannot read the header, so cannot forge a request), the
 //! body limit (413), then the JSON parser and the method. Connections and
 //! request heads are bounded by [`crate::stream::serve`].
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -31,6 +36,62 @@ pub const MAX_BODY: usize = 22 << 20;
 
 /// Pause before answering a failed login.
 const AUTH_FAIL_DELAY: Duration = Duration::from_millis(500);
+
+/// Failed logins from one IP that lock it out.
+pub const MAX_FAILS: u32 = 10;
+/// Failures further apart than this start the count again.
+pub const FAIL_WINDOW: Duration = Duration::from_secs(60);
+/// How long a locked-out IP is refused after its last failure.
+pub const LOCKOUT: Duration = Duration::from_secs(300);
+/// Source IPs tracked at once; when full the stalest is forgotten, so a
+/// flood of addresses costs bounded memory.
+const MAX_TRACKED: usize = 4096;
+
+/// Failed logins per source IP: bounded, keyed on the address.
+#[derive(Default)]
+pub struct Strikes {
+    // Per HTTP server, touched only under the lock for a few instructions
+    // by that server's connection tasks; not shared with any actor.
+    map: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl Strikes {
+    /// Whether `ip` is locked out now.
+    fn locked(&self, ip: IpAddr, now: Instant) -> bool {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&ip)
+            .is_some_and(|&(n, last)| n >= MAX_FAILS && now.duration_since(last) < LOCKOUT)
+    }
+
+    /// Counts a failure from `ip`.
+    fn fail(&self, ip: IpAddr, now: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
+            map.retain(|_, &mut (_, last)| now.duration_since(last) < LOCKOUT);
+            if map.len() >= MAX_TRACKED
+                && let Some(&stalest) = map
+                    .iter()
+                    .min_by_key(|(_, (_, last))| *last)
+                    .map(|(k, _)| k)
+            {
+                map.remove(&stalest);
+            }
+        }
+        let e = map.entry(ip).or_insert((0, now));
+        let since = now.duration_since(e.1);
+        if (e.0 < MAX_FAILS && since > FAIL_WINDOW) || since >= LOCKOUT {
+            e.0 = 0;
+        }
+        e.0 = e.0.saturating_add(1);
+        e.1 = now;
+    }
+
+    /// A good login clears the count.
+    fn clear(&self, ip: IpAddr) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&ip);
+    }
+}
 
 /// Longest web UI file served.
 const MAX_WEB_FILE: u64 = 8 << 20;
@@ -46,6 +107,8 @@ pub struct Guard {
     pub hosts: Vec<String>,
     /// The web UI's directory.
     pub web: Option<PathBuf>,
+    /// Failed logins per source IP.
+    pub strikes: Strikes,
 }
 
 struct Shared {
@@ -121,17 +184,43 @@ fn auth_ok(headers: &HeaderMap, want: &[u8; 20]) -> bool {
     got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+fn peer_ip(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<IpAddr> {
+    peer.map(|Extension(ConnectInfo(a))| a.ip().to_canonical())
+}
+
 /// Host and auth checks shared by the RPC and the web UI.
-async fn admit(g: &Guard, headers: &HeaderMap) -> Result<(), Response> {
+async fn admit(g: &Guard, peer: Option<IpAddr>, headers: &HeaderMap) -> Result<(), Response> {
     if !host_allowed(headers, &g.hosts) {
         return Err(plain(
             StatusCode::MISDIRECTED_REQUEST,
             "<h1>421: Misdirected Request</h1><p>Unknown Host header; add it with --rpc-host.</p>",
         ));
     }
-    if let Some(want) = &g.auth
-        && !auth_ok(headers, want)
+    let Some(want) = &g.auth else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    if let Some(ip) = peer
+        && g.strikes.locked(ip, now)
     {
+        tracing::warn!(%ip, "RPC login refused: too many failed attempts");
+        tokio::time::sleep(AUTH_FAIL_DELAY).await;
+        let mut r = plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            "<h1>429: Too Many Requests</h1><p>Too many failed logins from this address.</p>",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(LOCKOUT.as_secs()));
+        return Err(r);
+    }
+    if auth_ok(headers, want) {
+        if let Some(ip) = peer {
+            g.strikes.clear(ip);
+        }
+    } else {
+        if let Some(ip) = peer {
+            g.strikes.fail(ip, now);
+        }
         tokio::time::sleep(AUTH_FAIL_DELAY).await;
         let mut r = plain(StatusCode::UNAUTHORIZED, "<h1>401: Unauthorized</h1>");
         r.headers_mut().insert(
@@ -145,11 +234,12 @@ async fn admit(g: &Guard, headers: &HeaderMap) -> Result<(), Response> {
 
 async fn rpc(
     State(sh): State<Arc<Shared>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = admit(&sh.guard, &headers).await {
+    if let Err(r) = admit(&sh.guard, peer_ip(peer), &headers).await {
         return r;
     }
     let id = sh.ctx.session_id.as_str();
@@ -194,8 +284,12 @@ async fn rpc(
 
 /// Prometheus metrics: the same host and auth checks, no session id (a
 /// scraper cannot do the handshake, and a GET changes nothing).
-async fn metrics(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admit(&sh.guard, &headers).await {
+async fn metrics(
+    State(sh): State<Arc<Shared>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&sh.guard, peer_ip(peer), &headers).await {
         return r;
     }
     match sh.ctx.daemon.metrics().await {
@@ -212,8 +306,13 @@ async fn metrics(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response 
 }
 
 /// The web UI's files; `/` and `/transmission/web` lead to its index.
-async fn web(State(sh): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Err(r) = admit(&sh.guard, &headers).await {
+async fn web(
+    State(sh): State<Arc<Shared>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if let Err(r) = admit(&sh.guard, peer_ip(peer), &headers).await {
         return r;
     }
     let Some(root) = &sh.guard.web else {
@@ -279,6 +378,39 @@ mod tests {
         for bad in ["evil.example:9091", "[::1", "localhost.evil.example"] {
             assert!(!host_allowed(&h(bad), &allowed), "{bad}");
         }
+    }
+
+    #[test]
+    fn failed_logins_lock_out_one_ip_for_a_while() {
+        let s = Strikes::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..MAX_FAILS - 1 {
+            s.fail(a, t0);
+        }
+        assert!(!s.locked(a, t0));
+        s.fail(a, t0);
+        assert!(s.locked(a, t0));
+        assert!(!s.locked(b, t0), "another address is not affected");
+        assert!(s.locked(a, t0 + LOCKOUT - Duration::from_secs(1)));
+        assert!(!s.locked(a, t0 + LOCKOUT));
+        // After the lockout one more failure does not lock again at once.
+        s.fail(a, t0 + LOCKOUT);
+        assert!(!s.locked(a, t0 + LOCKOUT));
+        // Failures spread wider than the window never add up.
+        for i in 0..2 * MAX_FAILS {
+            s.fail(b, t0 + (FAIL_WINDOW + Duration::from_secs(1)) * i);
+        }
+        assert!(!s.locked(
+            b,
+            t0 + (FAIL_WINDOW + Duration::from_secs(1)) * 2 * MAX_FAILS
+        ));
+        // A flood of addresses stays bounded.
+        for i in 0..(MAX_TRACKED as u32 + 100) {
+            s.fail(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert!(s.map.lock().unwrap().len() <= MAX_TRACKED);
     }
 
     #[test]
