@@ -140,7 +140,9 @@ pub struct DownloadArgs {
     /// device or image file.
     #[arg(long, value_name = "PATH")]
     pub raw_target: Option<PathBuf>,
-    /// Accept incoming connections on this address (port 0: any free port).
+    /// Accept incoming connections on this address (port 0: any free
+    /// port). Default: `[::]:6881` (both families), or the next free port
+    /// up to 6889, or any free port; 0.0.0.0 where IPv6 is off.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
     /// Fetch pieces in order instead of rarest first.
@@ -410,16 +412,15 @@ fn run_torrent(
         };
         let mut params = params;
         // Listen first: the torrent announces the port it gets.
-        let mut listen_port = 0;
-        let mut listen_addr = None;
-        if let Some(addr) = plan.listen {
-            let local = session
+        let local = match plan.listen {
+            Some(addr) => session
                 .listen(addr)
                 .await
-                .map_err(|e| Failure::Runtime(e.into()))?;
-            listen_port = local.port();
-            listen_addr = Some(local);
-        }
+                .map_err(|e| Failure::Runtime(e.into()))?,
+            None => listen_default(&session).await?,
+        };
+        let listen_port = local.port();
+        let listen_addr = Some(local);
         // BEP 27: a private torrent's peers come from its trackers only.
         let dht = if meta_for_urls.info.private {
             None
@@ -435,6 +436,11 @@ fn run_torrent(
             .await
         };
         params.dht = dht.as_ref().map(|d| d.handle.clone());
+        let network = crate::metrics::Network {
+            listen: listen_addr,
+            dht: dht.as_ref().map(|d| d.handle.local_addr()),
+            binding: dht_config.tracker.binding.clone(),
+        };
         let handle = session
             .add_torrent(params)
             .await
@@ -474,7 +480,7 @@ fn run_torrent(
                 Some(reply) = recv_scrape(&mut scrapes) => {
                     let s = stats.borrow().clone();
                     let trackers = session.tracker().stats().await.ok();
-                    let _ = reply.send(crate::metrics::render(&session, &[s], trackers.as_ref(), &capacities));
+                    let _ = reply.send(crate::metrics::render(&session, &[s], trackers.as_ref(), &capacities, &network));
                     continue;
                 }
             }
@@ -503,6 +509,7 @@ fn run_torrent(
             }
             if let Some(out) = stats_out.as_mut() {
                 let mut line = stats_json(&s, event, listen_port);
+                line["network"] = network.to_json();
                 line["stream_urls"] = json!(stream_urls);
                 line["connections"] = json!(session.connection_stats());
                 if let Ok(t) = session.tracker().stats().await {
@@ -674,6 +681,27 @@ fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| m.file_type().is_block_device())
         .unwrap_or(false)
+}
+
+/// Listens as every client does when no `--listen` is given: 6881, else the
+/// next free port up to 6889, else any free port; on `[::]` (one socket for
+/// both families) or, where IPv6 is off, 0.0.0.0.
+async fn listen_default(session: &Session) -> Result<SocketAddr, Failure> {
+    let mut last = None;
+    for port in (6881..=6889).chain([0]) {
+        for ip in [
+            std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+            std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        ] {
+            match session.listen(SocketAddr::new(ip, port)).await {
+                Ok(local) => return Ok(local),
+                Err(e) => last = Some(e),
+            }
+        }
+    }
+    Err(Failure::Runtime(
+        anyhow!(last.expect("tried at least once")).context("listening for peers"),
+    ))
 }
 
 fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Value {

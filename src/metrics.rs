@@ -57,6 +57,50 @@ impl Capacities {
     }
 }
 
+/// Where our traffic goes: the listener, the DHT socket, the binding and
+/// the proxy (without its credentials), for `--stats-json` (`network`)
+/// and the metrics (`actorrent_listen_port`, `actorrent_network_info`).
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    /// The listener's local address, if listening.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The DHT node's local address, if one runs.
+    pub dht: Option<std::net::SocketAddr>,
+    /// `bind_interface`, `bind_address` and `proxy`.
+    pub binding: actors::net::Binding,
+}
+
+impl Network {
+    /// The `network` object of a stats line.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "listen": self.listen.map(|a| a.to_string()),
+            "dht": self.dht.map(|a| a.to_string()),
+            "bind_interface": self.binding.interface,
+            "bind_address": self.binding.address.map(|a| a.to_string()),
+            "proxy": self.binding.proxy.as_ref().map(|p| p.redacted()),
+        })
+    }
+
+    fn render(&self, out: &mut String) {
+        let port = self.listen.map_or(0, |a| a.port());
+        let label = |v: Option<String>| v.unwrap_or_default().replace(['\\', '"', '\n'], "_");
+        let _ = writeln!(
+            out,
+            "# HELP actorrent_listen_port The port accepting peer connections (0: not listening).\n# TYPE actorrent_listen_port gauge\nactorrent_listen_port {port}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP actorrent_network_info Where traffic goes: listener, DHT socket, binding, proxy (always 1).\n# TYPE actorrent_network_info gauge\nactorrent_network_info{{listen=\"{}\",dht=\"{}\",bind_interface=\"{}\",bind_address=\"{}\",proxy=\"{}\"}} 1",
+            label(self.listen.map(|a| a.to_string())),
+            label(self.dht.map(|a| a.to_string())),
+            label(self.binding.interface.clone()),
+            label(self.binding.address.map(|a| a.to_string())),
+            label(self.binding.proxy.as_ref().map(|p| p.redacted())),
+        );
+    }
+}
+
 /// Binds `addr` and serves it; returns the mailbox the scrapes arrive in.
 pub async fn start(addr: SocketAddr) -> anyhow::Result<mpsc::Receiver<Scrape>> {
     let listener = TcpListener::bind(addr)
@@ -149,8 +193,10 @@ pub fn render(
     torrents: &[TorrentStats],
     trackers: Option<&TrackerStats>,
     caps: &Capacities,
+    network: &Network,
 ) -> String {
     let mut out = String::with_capacity(8 * 1024);
+    network.render(&mut out);
     let sum = |f: fn(&TorrentStats) -> u64| torrents.iter().map(f).sum::<u64>();
     let writers = session.writer_stats();
     let hash = session.hash_counters();

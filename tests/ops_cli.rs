@@ -323,6 +323,15 @@ fn metrics_endpoint_scraped_during_a_download() {
     }
     assert_eq!(last["actorrent_hash_failures_total"], 0.0);
     assert!(scrapes.iter().any(|m| m["actorrent_peers"] >= 1.0));
+    // Without --listen a download listens anyway (6881-6889 or any port),
+    // and says where.
+    assert!(last["actorrent_listen_port"] >= 1.0, "{last:?}");
+    assert!(
+        last.keys().any(
+            |k| k.starts_with("actorrent_network_info{listen=\"") && !k.contains("listen=\"\"")
+        ),
+        "{last:?}"
+    );
     // Mid-download these have samples; checked on the scrape that saw the
     // most data.
     let most = scrapes

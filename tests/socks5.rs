@@ -260,6 +260,10 @@ fn every_connection_goes_through_the_proxy_and_udp_is_refused() {
         out.as_os_str(),
         "--proxy".as_ref(),
         good.as_ref(),
+        // Not the seed's port: both announce from the proxy's 127.0.0.1,
+        // and one address:port is one peer to the tracker.
+        "--listen".as_ref(),
+        "0.0.0.0:7777".as_ref(),
     ];
     // The DHT on, to see it refused.
     let mut d = Actorrent::spawn_in_env(
@@ -274,6 +278,11 @@ fn every_connection_goes_through_the_proxy_and_udp_is_refused() {
     }
     t.assert_downloaded(&out);
     let last = d.last_stats().expect("stats lines");
+    assert_eq!(
+        last["network"]["proxy"], "socks5://198.18.7.2:1080",
+        "{last}"
+    );
+    assert_eq!(last["network"]["dht"], serde_json::Value::Null, "{last}");
     let trackers = &last["trackers"];
     assert!(
         trackers[HTTP_TRACKER]["announces_sent"]

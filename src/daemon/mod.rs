@@ -138,6 +138,8 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         let strategy = config.picker.strategy;
         let metadata = config.metadata;
         let capacities = crate::metrics::Capacities::of(&config);
+        let binding = actors::net::Binding::from_config(&config)
+            .map_err(|e| Failure::BadInput(anyhow::anyhow!(e)))?;
         let stream_cfg = config.stream.clone();
         let session = Session::start(config)
             .context("starting the session")
@@ -165,6 +167,11 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                 listen_port: peers.port(),
                 metadata,
                 capacities,
+                network: crate::metrics::Network {
+                    listen: Some(peers),
+                    dht: None,
+                    binding,
+                },
             },
             stop.clone(),
         );

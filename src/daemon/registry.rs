@@ -273,6 +273,7 @@ pub struct Options {
     pub listen_port: u16,
     pub metadata: actors::magnet::MetadataConfig,
     pub capacities: crate::metrics::Capacities,
+    pub network: crate::metrics::Network,
 }
 
 struct Daemon {
@@ -820,6 +821,7 @@ impl Daemon {
                     &stats,
                     trackers.as_ref(),
                     &self.opts.capacities,
+                    &self.opts.network,
                 );
                 let _ = reply.send(text);
             }
