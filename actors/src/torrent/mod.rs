@@ -649,6 +649,9 @@ impl Torrent {
                         a.failures = 0;
                     }
                     debug!(peer = id.0, addr = %p.addr, "connected");
+                    if !self.settle_duplicate(id, peer_id) {
+                        return;
+                    }
                     self.pex_refresh(Some(id));
                 }
             }

@@ -41,6 +41,11 @@ pub(super) struct PeerEntry {
     pub(super) exchanged: u64,
     /// Evicted to make room: cancelled, not counted against the limit.
     pub(super) leaving: bool,
+    /// We dialled it (else it dialled us).
+    pub(super) outgoing: bool,
+    /// Closed as the losing half of a duplicate pair: its end is nobody's
+    /// fault and its address is not retried while the winner lives.
+    pub(super) duplicate: bool,
 }
 
 #[derive(Default)]
@@ -53,6 +58,9 @@ pub(super) struct AddrState {
     pub(super) given_up: bool,
     /// Never dialled again, even if a tracker lists it anew.
     pub(super) refused: bool,
+    /// A live connection that dialled us from this host's peer: dialling
+    /// its address again would only make a duplicate.
+    pub(super) covered_by: Option<PeerId>,
 }
 
 /// Ended connections whose address a late ban can still find.
@@ -228,7 +236,7 @@ impl Torrent {
         if full && !self.evict_for_newcomer() {
             return;
         }
-        let ctx = self.new_peer(addr, Some(handshake.peer_id));
+        let ctx = self.new_peer(addr, Some(handshake.peer_id), false);
         self.tasks.spawn(async move {
             let _permit = permit;
             peer::run(stream, Some(handshake), ctx).await;
@@ -302,6 +310,7 @@ impl Torrent {
                 !s.connected
                     && !s.given_up
                     && !self.banned.addr(a)
+                    && s.covered_by.is_none_or(|c| !self.peers.contains_key(&c))
                     && s.next_try.is_none_or(|t| t <= now)
             })
             .map(|(a, _)| *a)
@@ -317,7 +326,7 @@ impl Torrent {
             if let Some(s) = self.addrs.get_mut(&addr) {
                 s.connected = true;
             }
-            let ctx = self.new_peer(addr, None);
+            let ctx = self.new_peer(addr, None, true);
             self.tasks.spawn(async move {
                 let _permit = permit;
                 peer::connect_and_run(ctx).await;
@@ -326,7 +335,12 @@ impl Torrent {
     }
 
     /// Registers a new connection to `addr` and returns what its task needs.
-    pub(super) fn new_peer(&mut self, addr: SocketAddr, peer_id: Option<[u8; 20]>) -> PeerContext {
+    pub(super) fn new_peer(
+        &mut self,
+        addr: SocketAddr,
+        peer_id: Option<[u8; 20]>,
+        outgoing: bool,
+    ) -> PeerContext {
         let id = PeerId(self.next_peer);
         self.next_peer += 1;
         let cancel = self.cancel.child_token();
@@ -345,6 +359,8 @@ impl Torrent {
                 since: Instant::now(),
                 exchanged: 0,
                 leaving: false,
+                outgoing,
+                duplicate: false,
             },
         );
         PeerContext {
@@ -469,6 +485,51 @@ impl Torrent {
         }
     }
 
+    /// Settles a connection pair to one host (we dialled it while it
+    /// dialled us) once `id`'s handshake names `peer_id`: returns whether
+    /// `id` survives. The rule is libtorrent's, so both ends close the same
+    /// half: the connection kept is the one the peer with the greater id
+    /// opened. Two connections in the same direction: the newer goes.
+    pub(super) fn settle_duplicate(&mut self, id: PeerId, peer_id: [u8; 20]) -> bool {
+        let Some(new_outgoing) = self.peers.get(&id).map(|p| p.outgoing) else {
+            return false;
+        };
+        let other = self
+            .peers
+            .iter()
+            .find(|(o, p)| {
+                **o != id && !p.leaving && p.cmds.is_some() && p.peer_id == Some(peer_id)
+            })
+            .map(|(o, p)| (*o, p.outgoing));
+        let Some((other, other_outgoing)) = other else {
+            return true;
+        };
+        let keep_outgoing = self.shared.peer_id > peer_id;
+        let loser = if new_outgoing != other_outgoing && new_outgoing == keep_outgoing {
+            other
+        } else {
+            id
+        };
+        let winner = if loser == id { other } else { id };
+        let Some(p) = self.peers.get_mut(&loser) else {
+            return true;
+        };
+        debug!(peer = loser.0, addr = %p.addr, kept = winner.0, "duplicate connection to one peer; closed");
+        p.duplicate = true;
+        p.leaving = true;
+        p.cmds = None;
+        p.cancel.cancel();
+        // A lost dial names the address we dial: not again while the
+        // incoming winner lives.
+        if p.outgoing {
+            let addr = p.addr;
+            if let Some(s) = self.addrs.get_mut(&addr) {
+                s.covered_by = Some(winner);
+            }
+        }
+        loser != id
+    }
+
     pub(super) fn drop_peer(&mut self, id: PeerId, reason: String) {
         if let Some(p) = self.peers.get(&id) {
             debug!(peer = id.0, addr = %p.addr, %reason, "dropping peer");
@@ -487,6 +548,12 @@ impl Torrent {
         }
         self.recently_gone.push_back((id, p.addr, p.peer_id));
         debug!(peer = id.0, addr = %p.addr, ?fault, %reason, "peer gone");
+        if p.duplicate {
+            if let Some(a) = self.addrs.get_mut(&p.addr) {
+                a.connected = false;
+            }
+            return;
+        }
         let config = &self.shared.config;
         let (max, base, strikes) = (
             config.reconnect_attempts,
