@@ -25,29 +25,13 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
+use support::netns::{self, in_ns, ip};
 use support::process::Actorrent;
 use support::torrent::TestTorrent;
 
 const START: Duration = Duration::from_secs(60);
 const DONE: Duration = Duration::from_secs(120);
 const SEED_IP: &str = "198.19.0.1";
-
-/// Runs `ip <args>`, panicking with its stderr on failure.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn in_ns(ns: &str, cmd: &[&str]) {
-    let mut args = vec!["netns", "exec", ns];
-    args.extend_from_slice(cmd);
-    ip(&args);
-}
 
 /// The two namespaces; removed (with their veths) when dropped.
 struct Net {
@@ -57,31 +41,15 @@ struct Net {
 
 impl Net {
     fn create() -> Option<Net> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: not root (network namespaces need CAP_SYS_ADMIN)");
-            return None;
-        }
         let pid = std::process::id();
         let net = Net {
             client: format!("arb{pid}c"),
             seed: format!("arb{pid}s"),
         };
         for ns in [&net.client, &net.seed] {
-            let out = Command::new("ip").args(["netns", "add", ns]).output();
-            match out {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => {
-                    eprintln!(
-                        "skipped: `ip netns add` failed: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    eprintln!("skipped: no `ip` command: {e}");
-                    return None;
-                }
+            // A half-made pair is removed by `Drop`.
+            if !netns::add(ns) {
+                return None;
             }
             in_ns(
                 ns,
@@ -92,7 +60,6 @@ impl Net {
                     "net.ipv6.conf.default.disable_ipv6=1",
                 ],
             );
-            in_ns(ns, &["ip", "link", "set", "lo", "up"]);
         }
         let (c, s) = (net.client.as_str(), net.seed.as_str());
         for (i, (cdev, sdev)) in [("c1", "s1"), ("c2", "s2")].into_iter().enumerate() {

@@ -27,6 +27,7 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use support::netns::{self, in_ns, ip};
 use support::process::Actorrent;
 use support::torrent::TestTorrent;
 
@@ -35,22 +36,6 @@ const DONE: Duration = Duration::from_secs(120);
 const HTTP_TRACKER: &str = "http://127.0.0.1:6969/announce";
 const UDP_TRACKER: &str = "udp://127.0.0.1:6969/announce";
 const PROXY: &str = "198.18.7.2:1080";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn in_ns(ns: &str, cmd: &[&str]) {
-    let mut args = vec!["netns", "exec", ns];
-    args.extend_from_slice(cmd);
-    ip(&args);
-}
 
 /// The two namespaces and the servers in the proxy's; all removed when
 /// dropped.
@@ -63,11 +48,6 @@ struct Net {
 
 impl Net {
     fn create() -> Option<Net> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: not root (network namespaces need CAP_SYS_ADMIN)");
-            return None;
-        }
         let pid = std::process::id();
         let net = Net {
             client: format!("ars{pid}c"),
@@ -75,22 +55,11 @@ impl Net {
             servers: Vec::new(),
             _dir: tempfile::tempdir().unwrap(),
         };
-        for ns in [net.client.clone(), net.proxy.clone()] {
-            match Command::new("ip").args(["netns", "add", &ns]).output() {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => {
-                    eprintln!(
-                        "skipped: `ip netns add` failed: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    eprintln!("skipped: no `ip` command: {e}");
-                    return None;
-                }
+        for ns in [&net.client, &net.proxy] {
+            // A half-made pair is removed by `Drop`.
+            if !netns::add(ns) {
+                return None;
             }
-            in_ns(&ns, &["ip", "link", "set", "lo", "up"]);
         }
         let (c, p) = (net.client.as_str(), net.proxy.as_str());
         ip(&[

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod leecher;
 pub mod lt;
+pub mod netns;
 pub mod process;
 pub mod scripted;
 pub mod torrent;
