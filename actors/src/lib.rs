@@ -16,6 +16,8 @@
 //!   Torrent ─try──> Peer              cancel, have, interested
 //!   Torrent ─permit─> hash pool       complete pieces (semaphore: one permit per slot)
 //!   Torrent ─permit─> disk writer     verified pieces (semaphore: one permit per slot)
+//!   hash pool ─try──> disk writer     verified pieces whose write permit came with the
+//!                                     hash job (a full queue: back to the Torrent)
 //!   hash pool / disk writer ─try──> Torrent   completions (channel with a slot per permit)
 //!
 //!   FileStream ──await──> Torrent     StreamOpen / StreamWant (reply by oneshot when the
