@@ -290,6 +290,11 @@ impl Session {
         self.disk.writer_stats()
     }
 
+    /// The open-file cache (files open now, cap, reopens, closes).
+    pub fn open_files(&self) -> storage::FdCacheStats {
+        self.disk.open_files()
+    }
+
     /// Hash pool counters (pieces hashed, bytes, mismatches).
     pub fn hash_counters(&self) -> &storage::HashCounters {
         self.hash.counters()
