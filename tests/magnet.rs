@@ -482,3 +482,154 @@ fn seeds_known(tracker: &Tracker, info_hash: &[u8; 20]) -> u64 {
         .and_then(|r| r.files.into_iter().find(|(h, _)| h == info_hash))
         .map_or(0, |(_, f)| u64::from(f.complete))
 }
+
+/// The pids whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // `pid (comm) state ppid ...`: comm may hold spaces.
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// GET /metrics as text (the body).
+fn scrape_text(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// While the info dictionary is unknown (the magnet's only peer accepts
+/// and never answers), the state `metadata` is in `--stats-json`, in the
+/// metrics (`actorrent_torrents{state="metadata"} 1`, served from the
+/// metadata phase on) and on the progress bar (stderr a terminal: the
+/// client runs under `script`, which gives it a pty).
+#[test]
+fn the_metadata_state_shows_in_stats_metrics_and_the_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    // Accepts and holds the connections, never a byte back.
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in stall.incoming().take(64).flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let magnet = format!("magnet:?xt=urn:btih:{}&x.pe={stall_addr}", "ab".repeat(20));
+    let out = dir.path().join("out");
+    let stats = dir.path().join("stats.jsonl");
+    let q = |p: &Path| format!("'{}'", p.display());
+    let cmd = format!(
+        "{} download '{magnet}' --output {} --listen 127.0.0.1:0 --metrics 127.0.0.1:0 \
+         --stats-json {} --encryption disable",
+        q(Path::new(&support::process::bin())),
+        q(&out),
+        q(&stats),
+    );
+    let pty_out = dir.path().join("pty.out");
+    let mut script = std::process::Command::new("script")
+        .args(["-qfec", &cmd])
+        .arg(&pty_out)
+        .env("ACTORRENT_DHT_ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run script(1) from util-linux");
+    let text = || std::fs::read_to_string(&pty_out).unwrap_or_default();
+    let mut metrics_addr = String::new();
+    let found = support::wait_until(START, || {
+        let t = text();
+        let addr = t
+            .lines()
+            .find_map(|l| l.split("metrics on http://").nth(1))
+            .map(|a| a.trim().trim_end_matches("/metrics").to_owned());
+        match addr {
+            Some(a) if t.contains(" pieces") => {
+                metrics_addr = a;
+                true
+            }
+            _ => false,
+        }
+    });
+    let stop = |script: &mut std::process::Child| {
+        for pid in children_of(script.id()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+        }
+        let ok = support::wait_until(Duration::from_secs(30), || {
+            matches!(script.try_wait(), Ok(Some(_)))
+        });
+        if !ok {
+            for pid in children_of(script.id()) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = script.kill();
+            let _ = script.wait();
+        }
+    };
+    if !found {
+        stop(&mut script);
+        panic!(
+            "no metrics address or metadata bar on the terminal:\n{}",
+            text()
+        );
+    }
+    let body = scrape_text(&metrics_addr);
+    stop(&mut script);
+    assert!(
+        body.lines()
+            .any(|l| l == "actorrent_torrents{state=\"metadata\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l == "actorrent_torrents{state=\"downloading\"} 0"),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l == "actorrent_metadata_pieces_total 0"),
+        "{body}"
+    );
+    assert!(body.contains("actorrent_listen_port "), "{body}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&stats)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|v| v["state"] == "metadata"),
+        "{lines:?}"
+    );
+    // `⠁ metadata 1p 0/0 pieces`: the state, the connection to the
+    // silent peer, no size known.
+    assert!(
+        text().lines().any(|l| l.contains("metadata 1p 0/0 pieces")),
+        "the bar names the state:\n{}",
+        text()
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}
