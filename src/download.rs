@@ -297,9 +297,11 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
             Some(local),
             dht_state,
             &config,
-            &mut stats_out,
-            args.save_torrent.as_deref(),
-            plan.metrics.as_ref(),
+            crate::magnet::Outputs {
+                stats_out: &mut stats_out,
+                save_torrent: args.save_torrent.as_deref(),
+                metrics: plan.metrics.as_ref(),
+            },
         )?;
         let mut net = args.net.clone();
         for p in resolved.peers {

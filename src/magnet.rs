@@ -66,18 +66,29 @@ fn progress_json(p: &MetadataProgress, event: &str, listen_port: u16) -> serde_j
     })
 }
 
+/// Where the metadata phase reports: `--stats-json`, `--save-torrent` and
+/// the `--metrics` listener bound for the whole command.
+pub struct Outputs<'a> {
+    pub stats_out: &'a mut Option<Box<dyn Write + Send>>,
+    pub save_torrent: Option<&'a Path>,
+    pub metrics: Option<&'a std::net::TcpListener>,
+}
+
 /// Runs the metadata phase of `uri` on its own runtime, writing `state:
-/// metadata` lines to `stats_out` each second.
+/// metadata` lines to `stats_out` each second and answering scrapes.
 pub fn resolve(
     uri: &str,
     net: &crate::download::NetArgs,
     listen: Option<SocketAddr>,
     dht_state: Option<std::path::PathBuf>,
     config: &ClientConfig,
-    stats_out: &mut Option<Box<dyn Write + Send>>,
-    save_torrent: Option<&Path>,
-    metrics: Option<&std::net::TcpListener>,
+    outputs: Outputs<'_>,
 ) -> Result<Resolved, Failure> {
+    let Outputs {
+        stats_out,
+        save_torrent,
+        metrics,
+    } = outputs;
     let magnet =
         Magnet::parse(uri).map_err(|e| Failure::BadInput(anyhow!("invalid magnet link: {e}")))?;
     if uri.contains("&ws=") || uri.contains("?ws=") {
