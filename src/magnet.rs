@@ -184,6 +184,7 @@ pub fn resolve(
                 )
                 .map_err(|e| Failure::BadInput(anyhow!(e)))?,
                 progress: progress_tx,
+                pex: (config.pex.enabled && !net.no_pex).then_some(config.pex),
             },
             cancel.clone(),
         );

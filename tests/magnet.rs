@@ -633,3 +633,150 @@ fn the_metadata_state_shows_in_stats_metrics_and_the_bar() {
     );
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
 }
+
+/// A scripted peer with no metadata that advertises only `ut_pex`, and
+/// once the remote's extended handshake names its `ut_pex` id, sends one
+/// PEX message naming `tell`. Returns its port and whether it sent it.
+fn pex_go_between(info_hash: [u8; 20], tell: std::net::SocketAddr) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let told = Arc::new(AtomicBool::new(false));
+    let t = told.clone();
+    std::thread::spawn(move || {
+        // The leecher may come back after the go-between leaves it: a few.
+        for s in listener.incoming().take(8).flatten() {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let _ = serve_pex(s, info_hash, tell, &t);
+            });
+        }
+    });
+    (port, told)
+}
+
+fn serve_pex(
+    mut s: TcpStream,
+    info_hash: [u8; 20],
+    tell: std::net::SocketAddr,
+    told: &AtomicBool,
+) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut hs = [0u8; Handshake::LEN];
+    s.read_exact(&mut hs)?;
+    let mut ours = Handshake::new([0; 8], info_hash, *b"-SC0001-pexgobetween");
+    ours.set_extended(true);
+    let mut out = BytesMut::new();
+    ours.encode(&mut out);
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("ut_pex".to_string(), 7u8);
+    ExtendedHandshake {
+        m,
+        ..Default::default()
+    }
+    .to_message()
+    .encode(&mut out);
+    s.write_all(&out)?;
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Ok(Decoded::Complete(msg)) =
+            wire::decode_message(&mut buf, &wire::Limits::default())
+        {
+            let Message::Extended { id: 0, payload } = msg else {
+                continue;
+            };
+            let Some(id) = ExtendedHandshake::decode(&payload)
+                .ok()
+                .and_then(|h| h.m.get("ut_pex").copied())
+            else {
+                continue;
+            };
+            let pex = protocol::ut_pex::Pex {
+                added: vec![(tell, protocol::ut_pex::flags::SEED)],
+                ..Default::default()
+            };
+            let mut o = BytesMut::new();
+            Message::Extended {
+                id,
+                payload: Bytes::from(pex.encode()),
+            }
+            .encode(&mut o);
+            s.write_all(&o)?;
+            told.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The magnet's only peer has no metadata but knows, and tells by PEX, who
+/// has it: the metadata phase advertises `ut_pex`, stays for that message,
+/// dials the seed it names, fetches the info dictionary from it and the
+/// download completes.
+#[test]
+fn peers_learned_by_pex_during_the_metadata_phase_give_the_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "pex-metadata");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &[]);
+    let port = seed.listen_port(START);
+    seed.wait_stats(START, "seeding after the check", |v| {
+        v["state"] == "seeding"
+    });
+    let (gb_port, told) = pex_go_between(t.info_hash, ([127, 0, 0, 1], port).into());
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{gb_port}",
+        hex(&t.info_hash)
+    );
+    // Plaintext: the scripted go-between speaks no MSE.
+    let dl = magnet_download(&t, dir.path(), &magnet, &["--encryption", "disable"]);
+    assert!(told.load(Ordering::Relaxed), "the go-between never told");
+    assert!(
+        dl.log().contains("metadata peers learned by PEX"),
+        "no log line about PEX in the metadata phase"
+    );
+    seed.stop(Duration::from_secs(30));
+}
+
+/// `--no-pex`: the metadata phase advertises no `ut_pex`, so the
+/// go-between never tells and the seed stays unknown.
+#[test]
+fn no_pex_leaves_the_metadata_phase_without_pex() {
+    let dir = tempfile::tempdir().unwrap();
+    let tell: std::net::SocketAddr = ([127, 0, 0, 1], 9).into();
+    let info_hash = [0xcd; 20];
+    let (gb_port, told) = pex_go_between(info_hash, tell);
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{gb_port}",
+        hex(&info_hash)
+    );
+    let out = dir.path().join("out");
+    let args: Vec<&OsStr> = vec![
+        "download".as_ref(),
+        magnet.as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--no-pex".as_ref(),
+        "--encryption".as_ref(),
+        "disable".as_ref(),
+    ];
+    let mut dl = Actorrent::spawn("magnet download --no-pex", &args);
+    // The go-between is dialled and left ("no ut_metadata"), again and again.
+    let left = support::wait_until(START, || {
+        dl.log()
+            .contains("no ut_metadata or metadata_size advertised")
+    });
+    dl.interrupt();
+    let _ = dl.wait_exit(Duration::from_secs(30));
+    assert!(left, "the go-between was never dialled and left");
+    assert!(
+        !told.load(Ordering::Relaxed),
+        "ut_pex advertised with --no-pex"
+    );
+}
