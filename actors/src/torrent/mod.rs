@@ -207,6 +207,8 @@ struct Torrent {
     down: RateMeter,
     hash_failures: u64,
     banned_peers: u64,
+    /// Addresses not taken because the address book was full.
+    addrs_skipped: u64,
     protocol_errors: u64,
     protocol_oddities: u64,
     bytes_wasted: u64,
@@ -331,6 +333,7 @@ async fn run(
         down: RateMeter::new(Duration::from_secs(5), 10),
         hash_failures: 0,
         banned_peers: 0,
+        addrs_skipped: 0,
         protocol_errors: 0,
         protocol_oddities: 0,
         bytes_wasted: 0,
