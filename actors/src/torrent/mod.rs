@@ -121,6 +121,9 @@ pub(crate) struct Shared {
     pub tracker: TrackerHandle,
     /// Our listen port (0 until the session listens), for announces.
     pub listen_port: Arc<AtomicU16>,
+    /// Our listener's address once bound: the `ipv6` of our extended
+    /// handshake comes from it.
+    pub listen_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     /// Process-wide rate limits.
     pub up_limit: Option<Arc<Limiter>>,
     pub down_limit: Option<Arc<Limiter>>,

@@ -248,9 +248,10 @@ impl Torrent {
             return;
         }
         let ctx = self.new_peer(addr, Some(handshake.peer_id), false);
+        let local = stream.get_ref().local_addr().ok();
         self.tasks.spawn(async move {
             let _permit = permit;
-            peer::run(stream, Some(handshake), ctx).await;
+            peer::run_with_local(stream, Some(handshake), local, ctx).await;
         });
     }
 
@@ -392,6 +393,7 @@ impl Torrent {
             metadata: Some(self.metadata.clone()),
             pex: self.pex_enabled(),
             dht: self.dht.clone().filter(|_| !self.meta.info.private),
+            listen: self.shared.listen_addr.get().copied(),
         }
     }
 
