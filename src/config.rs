@@ -112,6 +112,7 @@ fn validate(c: &ClientConfig) -> anyhow::Result<()> {
         ("hash_queue", c.hash_queue),
         ("max_peers_per_torrent", c.max_peers_per_torrent),
         ("max_connections", c.max_connections),
+        ("max_known_addrs_per_torrent", c.max_known_addrs_per_torrent),
         ("read_buffer", c.read_buffer),
         ("max_pending_handshakes", c.max_pending_handshakes),
         ("disk.writer.queue_capacity", c.disk.writer.queue_capacity),

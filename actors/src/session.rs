@@ -74,6 +74,8 @@ pub struct Session {
     tx: mpsc::Sender<Command>,
     peer_id: [u8; 20],
     listen_port: Arc<AtomicU16>,
+    /// The listener's address, set once it is bound (BEP 10 `ipv6`).
+    listen_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     tracker: crate::tracker::TrackerHandle,
     cancel: CancellationToken,
     config: Arc<ClientConfig>,
@@ -122,6 +124,7 @@ impl Session {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             tracker: tracker.clone(),
             listen_port: Arc::new(AtomicU16::new(0)),
+            listen_addr: Arc::new(std::sync::OnceLock::new()),
             up_limit: config.upload_limit.map(crate::ratelimit::limiter),
             down_limit: config.download_limit.map(crate::ratelimit::limiter),
             conn: conn.clone(),
@@ -130,6 +133,7 @@ impl Session {
         let cancel = CancellationToken::new();
         let hash = pool.handle();
         let listen_port = shared.listen_port.clone();
+        let listen_addr = shared.listen_addr.clone();
         let join = tokio::spawn(run(
             rx,
             shared,
@@ -143,6 +147,7 @@ impl Session {
             tx,
             peer_id,
             listen_port,
+            listen_addr,
             tracker,
             config,
             skeys,
@@ -219,6 +224,8 @@ impl Session {
         info!(%local, encryption = ?self.config.encryption, "listening");
         // Torrents announce this port from now on.
         self.listen_port.store(local.port(), Ordering::Relaxed);
+        // The first listener's address is the one peers are told of.
+        let _ = self.listen_addr.set(local);
         let tx = self.tx.clone();
         let cancel = self.cancel.clone();
         let config = self.config.clone();

@@ -121,6 +121,9 @@ pub(crate) struct Shared {
     pub tracker: TrackerHandle,
     /// Our listen port (0 until the session listens), for announces.
     pub listen_port: Arc<AtomicU16>,
+    /// Our listener's address once bound: the `ipv6` of our extended
+    /// handshake comes from it.
+    pub listen_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     /// Process-wide rate limits.
     pub up_limit: Option<Arc<Limiter>>,
     pub down_limit: Option<Arc<Limiter>>,
@@ -207,6 +210,8 @@ struct Torrent {
     down: RateMeter,
     hash_failures: u64,
     banned_peers: u64,
+    /// Addresses not taken because the address book was full.
+    addrs_skipped: u64,
     protocol_errors: u64,
     protocol_oddities: u64,
     bytes_wasted: u64,
@@ -331,6 +336,7 @@ async fn run(
         down: RateMeter::new(Duration::from_secs(5), 10),
         hash_failures: 0,
         banned_peers: 0,
+        addrs_skipped: 0,
         protocol_errors: 0,
         protocol_oddities: 0,
         bytes_wasted: 0,

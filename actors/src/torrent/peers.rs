@@ -4,14 +4,14 @@
 //! choker's decisions. Methods of the torrent actor, kept apart from its
 //! data path ([`super::pieces`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Torrent;
 use super::msg::{PeerFault, TorrentState};
@@ -194,11 +194,22 @@ impl Torrent {
     /// the limits.
     pub(super) fn add_peers(&mut self, addrs: Vec<SocketAddr>) {
         let port = self.shared.listen_port.load(Ordering::Relaxed);
+        let cap = self.shared.config.max_known_addrs_per_torrent;
         for a in addrs {
             let a = crate::net::canonical(a);
             // Ourselves, as a tracker lists us back.
             let own = a.port() == port && (a.ip().is_loopback() || a.ip().is_unspecified());
-            if own || self.banned.addr(&a) {
+            if own || self.banned.addr(&a) || a.port() == 0 {
+                continue;
+            }
+            if !make_room(&mut self.addrs, &a, cap) {
+                if self.addrs_skipped == 0 {
+                    info!(
+                        cap,
+                        "address book full (max_known_addrs_per_torrent); new addresses skipped until some are given up"
+                    );
+                }
+                self.addrs_skipped += 1;
                 continue;
             }
             let s = self.addrs.entry(a).or_default();
@@ -237,9 +248,10 @@ impl Torrent {
             return;
         }
         let ctx = self.new_peer(addr, Some(handshake.peer_id), false);
+        let local = stream.get_ref().local_addr().ok();
         self.tasks.spawn(async move {
             let _permit = permit;
-            peer::run(stream, Some(handshake), ctx).await;
+            peer::run_with_local(stream, Some(handshake), local, ctx).await;
         });
     }
 
@@ -381,6 +393,7 @@ impl Torrent {
             metadata: Some(self.metadata.clone()),
             pex: self.pex_enabled(),
             dht: self.dht.clone().filter(|_| !self.meta.info.private),
+            listen: self.shared.listen_addr.get().copied(),
         }
     }
 
@@ -607,9 +620,54 @@ impl Torrent {
     }
 }
 
+/// Whether `a` may go into the book `addrs` of at most `cap` addresses:
+/// known already, or room, or room made by forgetting one address given up
+/// on (never a refused one: its refusal must outlive the churn).
+fn make_room(addrs: &mut HashMap<SocketAddr, AddrState>, a: &SocketAddr, cap: usize) -> bool {
+    if addrs.contains_key(a) || addrs.len() < cap {
+        return true;
+    }
+    let victim = addrs
+        .iter()
+        .find(|(_, s)| s.given_up && !s.refused && !s.connected)
+        .map(|(a, _)| *a);
+    match victim {
+        Some(v) => {
+            addrs.remove(&v);
+            true
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_address_book_forgets_given_up_addresses_only() {
+        let addr = |i: u8| SocketAddr::from(([198, 18, 0, i], 6881));
+        let mut book: HashMap<SocketAddr, AddrState> = HashMap::new();
+        for i in 0..3 {
+            assert!(make_room(&mut book, &addr(i), 3));
+            book.insert(addr(i), AddrState::default());
+        }
+        // Full of live addresses: a new one is skipped, a known one is not.
+        assert!(!make_room(&mut book, &addr(9), 3));
+        assert!(make_room(&mut book, &addr(1), 3));
+        // A refused address given up on stays (its refusal holds).
+        book.get_mut(&addr(0)).unwrap().given_up = true;
+        book.get_mut(&addr(0)).unwrap().refused = true;
+        assert!(!make_room(&mut book, &addr(9), 3));
+        // One given up on and not refused makes room, and only one.
+        book.get_mut(&addr(2)).unwrap().given_up = true;
+        assert!(make_room(&mut book, &addr(9), 3));
+        book.insert(addr(9), AddrState::default());
+        assert_eq!(book.len(), 3);
+        assert!(!book.contains_key(&addr(2)));
+        assert!(book.contains_key(&addr(0)));
+        assert!(!make_room(&mut book, &addr(10), 3));
+    }
 
     #[test]
     fn a_ban_covers_the_host_its_port_changes_and_its_peer_id() {
