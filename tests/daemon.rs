@@ -892,3 +892,160 @@ fn a_magnet_link_fetches_its_metadata_downloads_and_survives_a_restart() {
             .is_none()
     );
 }
+
+impl Daemon {
+    /// Waits up to `timeout` for torrent `id` to satisfy `cond`; its
+    /// `fields`.
+    fn wait_id(
+        &self,
+        id: i64,
+        fields: &[&str],
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut last = Value::Null;
+        let ok = wait_until(timeout, || {
+            let v = self.call("torrent-get", json!({ "ids": [id], "fields": fields }));
+            last = v["arguments"]["torrents"][0].clone();
+            cond(&last)
+        });
+        if !ok {
+            self.fail(&format!("torrent {id} not {what}; last: {last}"));
+        }
+        last
+    }
+
+    fn session(&self) -> Value {
+        let v = self.call("session-get", json!({}));
+        assert_eq!(v["result"], "success", "{v}");
+        v["arguments"].clone()
+    }
+}
+
+/// `actorrent download` of `t` from the daemon's listener into `out`.
+fn leecher(t: &TestTorrent, out: &Path, daemon: &Daemon) -> Actorrent {
+    let peer = daemon.peers.to_string();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--peer".as_ref(),
+        peer.as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    Actorrent::spawn("leecher", &args)
+}
+
+const SEED_FIELDS: [&str; 6] = [
+    "status",
+    "isFinished",
+    "uploadRatio",
+    "seedRatioMode",
+    "seedRatioLimit",
+    "uploadedEver",
+];
+
+#[test]
+fn seed_ratio_and_idle_limits_stop_seeding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, out) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("out"),
+    );
+    // Three torrents whose data is in place: the daemon seeds them.
+    let ratio = TestTorrent::single(tmp.path(), "by-ratio", 16 * 1024, 300_000, 21);
+    let idle = TestTorrent::single(tmp.path(), "by-idle", 16 * 1024, 50_000, 22);
+    let global = TestTorrent::single(tmp.path(), "by-session", 16 * 1024, 50_000, 23);
+    for t in [&ratio, &idle, &global] {
+        t.write_payload(&dl);
+    }
+    let mut d = Daemon::start(&state, &dl, &[]);
+    for t in [&ratio, &idle, &global] {
+        d.remote(&["-a", t.path.to_str().unwrap()]);
+    }
+    for id in 1..=3 {
+        d.wait_id(id, &SEED_FIELDS, WAIT, "seeding", |v| v["status"] == 6);
+    }
+    // 1: its own ratio of 1; 2: no ratio limit, idle for 1 minute; 3:
+    // whatever the session says.
+    d.remote(&["-t", "1", "-sr", "1"]);
+    let v = d.call(
+        "torrent-set",
+        json!({ "ids": [2], "seedRatioMode": 2, "seedIdleMode": 1, "seedIdleLimit": 1 }),
+    );
+    assert_eq!(v["result"], "success", "{v}");
+    let bad = d.call("torrent-set", json!({ "ids": [2], "seedRatioMode": 7 }));
+    assert_ne!(bad["result"], "success", "mode 7 is refused: {bad}");
+    let bad = d.call("torrent-set", json!({ "ids": [2], "seedRatioLimit": -1 }));
+    assert_ne!(
+        bad["result"], "success",
+        "a negative ratio is refused: {bad}"
+    );
+
+    // The session's ratio limit of 0: a torrent in mode 0 is done at once,
+    // the others keep their own.
+    d.remote(&["-gsr", "0"]);
+    let s = d.session();
+    assert_eq!(s["seedRatioLimited"], true, "{s}");
+    assert_eq!(s["seedRatioLimit"], 0.0, "{s}");
+    d.wait_id(3, &SEED_FIELDS, WAIT, "stopped by the session ratio", |v| {
+        v["status"] == 0 && v["isFinished"] == true
+    });
+    let one = d.torrents(&["id", "status", "isFinished"]);
+    assert_eq!(one[0]["status"], 6, "{one:?}");
+    assert_eq!(one[0]["isFinished"], false, "{one:?}");
+
+    // A real leecher takes all of torrent 1: its ratio reaches 1 and it
+    // stops seeding.
+    let mut leech = leecher(&ratio, &out, &d);
+    let v = d.wait_id(1, &SEED_FIELDS, WAIT, "stopped at ratio 1", |v| {
+        v["status"] == 0 && v["isFinished"] == true
+    });
+    assert!(v["uploadRatio"].as_f64().unwrap() >= 1.0, "{v}");
+    assert!(v["uploadedEver"].as_u64().unwrap() >= 300_000, "{v}");
+    assert!(leech.wait_exit(WAIT).success(), "the leecher finished");
+    ratio.assert_downloaded(&out);
+    assert!(d.remote(&["-l"]).contains("Finished"), "listed as finished");
+    // Started by hand past its ratio: it seeds on, its limit dropped (as
+    // Transmission does).
+    d.remote(&["-t", "1", "-s"]);
+    let v = d.wait_id(1, &SEED_FIELDS, WAIT, "seeding again", |v| v["status"] == 6);
+    assert_eq!(v["seedRatioMode"], 2, "{v}");
+    assert_eq!(v["isFinished"], false, "{v}");
+
+    // Torrent 2 had no peer for a minute.
+    d.wait_id(
+        2,
+        &SEED_FIELDS,
+        Duration::from_secs(150),
+        "stopped for idling",
+        |v| v["status"] == 0 && v["isFinished"] == true,
+    );
+
+    // All of it survives a restart.
+    d.terminate();
+    let d = Daemon::start(&state, &dl, &[]);
+    let all = d.torrents(&["id", "status", "isFinished", "seedRatioMode"]);
+    assert_eq!(
+        all,
+        vec![
+            json!({ "id": 1, "status": 6, "isFinished": false, "seedRatioMode": 2 }),
+            json!({ "id": 2, "status": 0, "isFinished": true, "seedRatioMode": 2 }),
+            json!({ "id": 3, "status": 0, "isFinished": true, "seedRatioMode": 0 }),
+        ]
+        .into_iter()
+        .map(|mut v| {
+            // Torrent 1 may still be checking its data right after start.
+            if v["id"] == 1 {
+                v["status"] = all[0]["status"].clone();
+            }
+            v
+        })
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(d.session()["seedRatioLimited"], true);
+}

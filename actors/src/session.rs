@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use protocol::wire::Handshake;
 use storage::{DiskIo, HashPool, HashPoolConfig};
@@ -84,6 +84,14 @@ pub struct Session {
     budget: Arc<BufferBudget>,
     disk: DiskIo,
     hash: storage::HashHandle,
+    /// The process-wide rate limits every peer waits on.
+    up_limit: watch::Sender<Option<Arc<crate::ratelimit::Limiter>>>,
+    down_limit: watch::Sender<Option<Arc<crate::ratelimit::Limiter>>>,
+    /// Connections per torrent, read by every torrent.
+    max_peers: Arc<AtomicUsize>,
+    /// The process-wide connection permits and how many there are.
+    connections: Arc<Semaphore>,
+    max_connections: AtomicUsize,
 }
 
 impl Session {
@@ -112,6 +120,11 @@ impl Session {
         let config = Arc::new(config);
         let conn = Arc::new(ConnCounters::default());
         let (skeys_tx, skeys) = watch::channel(SkeyMap::default());
+        let (up_tx, up_rx) = crate::ratelimit::cell(config.upload_limit);
+        let (down_tx, down_rx) = crate::ratelimit::cell(config.download_limit);
+        let max_peers = Arc::new(AtomicUsize::new(config.max_peers_per_torrent));
+        let max_connections = config.max_connections;
+        let connections = Arc::new(Semaphore::new(max_connections));
         let shared = Shared {
             hash: pool.handle(),
             hash_permits: Arc::new(Semaphore::new(pool.handle().capacity())),
@@ -119,11 +132,12 @@ impl Session {
             budget: budget.clone(),
             disk: disk.clone(),
             peer_id,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            connections: connections.clone(),
             tracker: tracker.clone(),
             listen_port: Arc::new(AtomicU16::new(0)),
-            up_limit: config.upload_limit.map(crate::ratelimit::limiter),
-            down_limit: config.download_limit.map(crate::ratelimit::limiter),
+            up_limit: up_rx,
+            down_limit: down_rx,
+            max_peers: max_peers.clone(),
             conn: conn.clone(),
         };
         let (tx, rx) = mpsc::channel(config.session_mailbox);
@@ -152,12 +166,67 @@ impl Session {
             budget,
             disk,
             hash,
+            up_limit: up_tx,
+            down_limit: down_tx,
+            max_peers,
+            max_connections: AtomicUsize::new(max_connections),
+            connections,
         })
     }
 
     /// Our peer id (the same for every torrent).
     pub fn peer_id(&self) -> [u8; 20] {
         self.peer_id
+    }
+
+    /// Replaces the process-wide rate limits (bytes per second, `None`:
+    /// unlimited). Peers waiting on the old limits move to the new ones.
+    pub fn set_rate_limits(&self, up: Option<u64>, down: Option<u64>) {
+        let cur =
+            |tx: &watch::Sender<Option<Arc<crate::ratelimit::Limiter>>>| tx.borrow().is_some();
+        // Unchanged "unlimited" stays as it is; any limit is replaced (a
+        // fresh bucket, at most one burst).
+        if up.is_some() || cur(&self.up_limit) {
+            self.up_limit
+                .send_replace(up.map(crate::ratelimit::limiter));
+        }
+        if down.is_some() || cur(&self.down_limit) {
+            self.down_limit
+                .send_replace(down.map(crate::ratelimit::limiter));
+        }
+    }
+
+    /// Changes the connection limits: per torrent at once (a torrent over
+    /// it makes no new connections), and process-wide: raised at once,
+    /// lowered as connections end (the permits in use are withdrawn when
+    /// they come back, before any new connection gets one).
+    pub fn set_peer_limits(&self, global: usize, per_torrent: usize) {
+        self.max_peers.store(per_torrent.max(1), Ordering::Relaxed);
+        let global = global.max(1);
+        let old = self.max_connections.swap(global, Ordering::Relaxed);
+        if global > old {
+            self.connections.add_permits(global - old);
+        } else if global < old {
+            let want = old - global;
+            let now = self.connections.forget_permits(want);
+            let rest = want - now;
+            if rest > 0 {
+                let sem = self.connections.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(rest as u32).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+    }
+
+    /// Connections (process-wide, per torrent) now allowed.
+    pub fn peer_limits(&self) -> (usize, usize) {
+        (
+            self.max_connections.load(Ordering::Relaxed),
+            self.max_peers.load(Ordering::Relaxed),
+        )
     }
 
     /// Adds a torrent; it starts checking at once.

@@ -127,27 +127,32 @@ fn version() -> String {
 
 async fn session_get(ctx: &Context, args: &Args) -> Result<Value, String> {
     let s = ctx.daemon.session().await?;
+    let set = &s.settings;
     let dir = s.download_dir.display().to_string();
     let free = free_bytes(&s.download_dir).unwrap_or(-1);
     let all = json!({
-        "alt-speed-down": 50, "alt-speed-enabled": false, "alt-speed-time-begin": 540,
+        "alt-speed-down": set.alt_speed_down.unwrap_or(50),
+        "alt-speed-enabled": set.alt_speed_enabled.unwrap_or(false), "alt-speed-time-begin": 540,
         "alt-speed-time-day": 127, "alt-speed-time-enabled": false, "alt-speed-time-end": 1020,
-        "alt-speed-up": 50, "blocklist-enabled": false, "blocklist-size": 0, "blocklist-url": "",
+        "alt-speed-up": set.alt_speed_up.unwrap_or(50), "blocklist-enabled": false, "blocklist-size": 0, "blocklist-url": "",
         "cache-size-mb": 4, "config-dir": s.config_dir.display().to_string(),
         "dht-enabled": false, "download-dir": dir, "download-dir-free-space": free,
         "download-queue-enabled": false, "download-queue-size": 5, "encryption": "preferred",
-        "idle-seeding-limit": 30, "idle-seeding-limit-enabled": false,
+        "idle-seeding-limit": set.idle_seeding_limit.unwrap_or(30),
+        "idle-seeding-limit-enabled": set.idle_seeding_limit_enabled.unwrap_or(false),
         "incomplete-dir": dir, "incomplete-dir-enabled": false, "lpd-enabled": false,
-        "peer-limit-global": 200, "peer-limit-per-torrent": 50, "peer-port": s.peer_port,
+        "peer-limit-global": s.peer_limits.0, "peer-limit-per-torrent": s.peer_limits.1, "peer-port": s.peer_port,
         "peer-port-random-on-start": false, "pex-enabled": false,
         "port-forwarding-enabled": false, "queue-stalled-enabled": false,
         "queue-stalled-minutes": 30, "rename-partial-files": false,
         "rpc-version": RPC_VERSION, "rpc-version-minimum": 14, "rpc-version-semver": "5.3.0",
         "script-torrent-done-enabled": false, "script-torrent-done-filename": "",
-        "seed-queue-enabled": false, "seed-queue-size": 10, "seedRatioLimit": 2.0,
-        "seedRatioLimited": false, "session-id": ctx.session_id,
-        "speed-limit-down": 100, "speed-limit-down-enabled": false,
-        "speed-limit-up": 100, "speed-limit-up-enabled": false,
+        "seed-queue-enabled": false, "seed-queue-size": 10, "seedRatioLimit": set.seed_ratio_limit.unwrap_or(2.0),
+        "seedRatioLimited": set.seed_ratio_limited.unwrap_or(false), "session-id": ctx.session_id,
+        "speed-limit-down": set.speed_limit_down.unwrap_or(100),
+        "speed-limit-down-enabled": set.speed_limit_down_enabled.unwrap_or(false),
+        "speed-limit-up": set.speed_limit_up.unwrap_or(100),
+        "speed-limit-up-enabled": set.speed_limit_up_enabled.unwrap_or(false),
         "start-added-torrents": s.start_added_torrents, "trash-original-torrent-files": false,
         "units": {
             "speed-units": ["kB/s", "MB/s", "GB/s", "TB/s"], "speed-bytes": SPEED_UNIT,
@@ -181,8 +186,51 @@ async fn session_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         s.download_dir = Some(p);
     }
     s.start_added_torrents = args.bool("start-added-torrents").map_err(e)?;
+    s.seed_ratio_limit = ratio_arg(args, "seedRatioLimit")?;
+    s.seed_ratio_limited = args.bool("seedRatioLimited").map_err(e)?;
+    s.idle_seeding_limit = int_in(args, "idle-seeding-limit", 0, MAX_IDLE_MINUTES)?;
+    s.idle_seeding_limit_enabled = args.bool("idle-seeding-limit-enabled").map_err(e)?;
+    let speed = |key: &str| int_in(args, key, 0, MAX_SPEED_KB).map(|v| v.map(|v| v as u64));
+    s.speed_limit_up = speed("speed-limit-up")?;
+    s.speed_limit_up_enabled = args.bool("speed-limit-up-enabled").map_err(e)?;
+    s.speed_limit_down = speed("speed-limit-down")?;
+    s.speed_limit_down_enabled = args.bool("speed-limit-down-enabled").map_err(e)?;
+    s.alt_speed_up = speed("alt-speed-up")?;
+    s.alt_speed_down = speed("alt-speed-down")?;
+    s.alt_speed_enabled = args.bool("alt-speed-enabled").map_err(e)?;
+    let peers = |key: &str| int_in(args, key, 1, 65_535).map(|v| v.map(|v| v as u64));
+    s.peer_limit_global = peers("peer-limit-global")?;
+    s.peer_limit_per_torrent = peers("peer-limit-per-torrent")?;
+    if args.bool("alt-speed-time-enabled").map_err(e)? == Some(true) {
+        return Err("alt-speed-time-enabled: the alternative speed schedule is not supported; turn alt speeds on and off with alt-speed-enabled".into());
+    }
     d.session_set(s).await?;
     Ok(json!({}))
+}
+
+/// Longest idle seeding limit, minutes (Transmission keeps a u16).
+const MAX_IDLE_MINUTES: i64 = 65_535;
+/// Highest speed limit, kB/s (about 4 GB/s: a u32 of bytes per second).
+const MAX_SPEED_KB: i64 = 4_000_000;
+
+/// An integer argument within `lo..=hi`.
+fn int_in(args: &Args, key: &str, lo: i64, hi: i64) -> Result<Option<i64>, String> {
+    match args.int(key).map_err(e)? {
+        Some(v) if !(lo..=hi).contains(&v) => {
+            Err(format!("argument \"{key}\": {v} is not within {lo}..={hi}"))
+        }
+        v => Ok(v),
+    }
+}
+
+/// A seed ratio: finite, not negative, at most 10^6.
+fn ratio_arg(args: &Args, key: &str) -> Result<Option<f64>, String> {
+    match args.float(key).map_err(e)? {
+        Some(v) if !(v.is_finite() && (0.0..=1e6).contains(&v)) => Err(format!(
+            "argument \"{key}\": {v} is not a ratio within 0..=1000000"
+        )),
+        v => Ok(v),
+    }
 }
 
 async fn session_stats(d: &DaemonHandle) -> Result<Value, String> {
@@ -310,10 +358,10 @@ async fn torrent_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         .strings("labels")
         .map_err(e)?
         .map(|l| l.into_iter().map(str::to_owned).collect());
-    c.seed_ratio_limit = args.float("seedRatioLimit").map_err(e)?;
-    c.seed_ratio_mode = args.int("seedRatioMode").map_err(e)?;
-    c.seed_idle_limit = args.int("seedIdleLimit").map_err(e)?;
-    c.seed_idle_mode = args.int("seedIdleMode").map_err(e)?;
+    c.seed_ratio_limit = ratio_arg(args, "seedRatioLimit")?;
+    c.seed_ratio_mode = int_in(args, "seedRatioMode", 0, 2)?;
+    c.seed_idle_limit = int_in(args, "seedIdleLimit", 0, MAX_IDLE_MINUTES)?;
+    c.seed_idle_mode = int_in(args, "seedIdleMode", 0, 2)?;
     for unsupported in [
         "location",
         "trackerAdd",
@@ -539,20 +587,8 @@ fn render(
     } else {
         s.done_bytes as f64 / s.wanted_bytes as f64
     };
-    let have_valid =
-        (u64::from(s.pieces_done) * u64::from(info.piece_length)).min(info.total_length);
-    let ratio = {
-        let denom = if s.bytes_down > 0 {
-            s.bytes_down
-        } else {
-            have_valid
-        };
-        if denom == 0 {
-            -1.0
-        } else {
-            s.bytes_up as f64 / denom as f64
-        }
-    };
+    let have_valid = super::registry::have_valid(&v.meta, s.pieces_done);
+    let ratio = super::registry::ratio(s.bytes_up, s.bytes_down, have_valid);
     let eta = if left == 0 || !v.running {
         -1
     } else {
@@ -579,7 +615,7 @@ fn render(
             }),
             "haveValid" => json!(have_valid),
             "haveUnchecked" => json!(0),
-            "isFinished" => json!(false),
+            "isFinished" => json!(v.settings.finished),
             "isStalled" => json!(false),
             "isPrivate" => json!(info.private),
             "eta" | "etaIdle" => json!(eta),

@@ -135,12 +135,16 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
     runtime.block_on(async {
         // Handlers first: a SIGTERM from now on is a clean stop.
         let signals = Signals::new().map_err(|e| Failure::Runtime(e.into()))?;
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Failure::Runtime(e.into()))?;
         let strategy = config.picker.strategy;
         let metadata = config.metadata;
         let capacities = crate::metrics::Capacities::of(&config);
         let binding = actors::net::Binding::from_config(&config)
             .map_err(|e| Failure::BadInput(anyhow::anyhow!(e)))?;
         let stream_cfg = config.stream.clone();
+        let config_rates = (config.upload_limit, config.download_limit);
+        let config_peers = (config.max_connections, config.max_peers_per_torrent);
         let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
@@ -172,6 +176,8 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                     dht: None,
                     binding,
                 },
+                config_rates,
+                config_peers,
             },
             stop.clone(),
         );
@@ -212,6 +218,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             ))),
             None => None,
         };
+        let hup = tokio::spawn(reload_on_hup(daemon.clone(), hup, stop.clone()));
         drop(daemon);
         tokio::select! {
             _ = signals.recv() => {}
@@ -220,6 +227,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         tracing::info!("stopping: saving every torrent");
         stop.cancel();
         server.abort();
+        hup.abort();
         if let Some(w) = watcher {
             let _ = w.await;
         }
@@ -251,6 +259,25 @@ fn raise_fd_limit() {
                     "raised the open file limit"
                 );
             }
+        }
+    }
+}
+
+/// SIGHUP re-reads the session settings (`settings.json` in the state
+/// directory) and applies them, as transmission-daemon does.
+async fn reload_on_hup(
+    daemon: registry::DaemonHandle,
+    mut hup: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match daemon.reload().await {
+            Ok(()) => eprintln!("actorrent: SIGHUP: session settings reloaded"),
+            Err(e) => eprintln!("actorrent: SIGHUP: session settings not reloaded: {e}"),
         }
     }
 }

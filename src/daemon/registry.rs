@@ -76,6 +76,10 @@ pub struct SessionView {
     pub downloaded: u64,
     pub seconds_active: u64,
     pub start_added_torrents: bool,
+    /// What `session-set` changed.
+    pub settings: SessionSettings,
+    /// Connections allowed, process-wide and per torrent.
+    pub peer_limits: (usize, usize),
 }
 
 /// What `torrent-set` changes.
@@ -146,6 +150,9 @@ enum Cmd {
     },
     SessionSet {
         settings: SessionSettings,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Reload {
         reply: oneshot::Sender<Result<(), String>>,
     },
 }
@@ -238,6 +245,11 @@ impl DaemonHandle {
         self.ask(|reply| Cmd::Metrics { reply }).await
     }
 
+    /// Reads the session settings file again and applies it (SIGHUP).
+    pub async fn reload(&self) -> Result<(), String> {
+        self.ask(|reply| Cmd::Reload { reply }).await?
+    }
+
     /// Changes session settings (fields left `None` keep theirs).
     pub async fn session_set(&self, settings: SessionSettings) -> Result<(), String> {
         self.ask(|reply| Cmd::SessionSet { settings, reply })
@@ -265,6 +277,8 @@ struct Entry {
     /// The numbers of the last run, shown while stopped.
     last: TorrentStats,
     last_active: Option<SystemTime>,
+    /// When its current run started (idle time counts from here at most).
+    run_started: Option<SystemTime>,
     /// A magnet link whose metadata is not known yet (`meta` is then a
     /// placeholder).
     magnet: Option<MagnetState>,
@@ -286,6 +300,11 @@ pub struct Options {
     pub metadata: actors::magnet::MetadataConfig,
     pub capacities: crate::metrics::Capacities,
     pub network: crate::metrics::Network,
+    /// The configuration's (upload, download) limits, bytes per second,
+    /// which hold until `session-set` sets the session's.
+    pub config_rates: (Option<u64>, Option<u64>),
+    /// The configuration's (process-wide, per torrent) connection limits.
+    pub config_peers: (usize, usize),
 }
 
 struct Daemon {
@@ -339,6 +358,46 @@ pub fn spawn(
         d.session
     });
     (DaemonHandle { tx }, join)
+}
+
+/// Transmission's upload ratio: uploaded over downloaded, or over the
+/// verified bytes when nothing was downloaded (a torrent seeded from local
+/// data); -1 when both are 0.
+pub fn ratio(uploaded: u64, downloaded: u64, have_valid: u64) -> f64 {
+    let denom = if downloaded > 0 {
+        downloaded
+    } else {
+        have_valid
+    };
+    if denom == 0 {
+        -1.0
+    } else {
+        uploaded as f64 / denom as f64
+    }
+}
+
+/// Bytes in verified pieces.
+pub fn have_valid(meta: &Metainfo, pieces_done: u32) -> u64 {
+    (u64::from(pieces_done) * u64::from(meta.info.piece_length)).min(meta.info.total_length)
+}
+
+/// The seed ratio a torrent stops at, by its mode (Transmission's
+/// `seedRatioMode`: 0 the session's, 1 its own, 2 none).
+fn ratio_limit(t: &TorrentSettings, session: &SessionSettings) -> Option<f64> {
+    match t.seed_ratio_mode {
+        1 => Some(t.seed_ratio_limit),
+        2 => None,
+        _ => session.ratio_limit(),
+    }
+}
+
+/// The idle minutes a seeding torrent stops after, likewise.
+fn idle_limit(t: &TorrentSettings, session: &SessionSettings) -> Option<i64> {
+    match t.seed_idle_mode {
+        1 => Some(t.seed_idle_limit),
+        2 => None,
+        _ => session.idle_limit(),
+    }
 }
 
 fn now_secs() -> i64 {
@@ -412,6 +471,7 @@ fn stats_at_rest(
 
 impl Daemon {
     async fn restore(&mut self) {
+        self.apply_session();
         let (stored, skipped) = self.state.load_all();
         for s in &skipped {
             // Named so the operator can fix or remove it; the rest loads.
@@ -497,6 +557,7 @@ impl Daemon {
                 handle: None,
                 last,
                 last_active: None,
+                run_started: None,
                 magnet,
             },
         );
@@ -545,7 +606,10 @@ impl Daemon {
             dht: None,
         };
         match self.session.add_torrent(params).await {
-            Ok(h) => e.handle = Some(h),
+            Ok(h) => {
+                e.handle = Some(h);
+                e.run_started = Some(SystemTime::now());
+            }
             Err(err) => {
                 e.last.state = TorrentState::Error(err.to_string());
             }
@@ -566,6 +630,7 @@ impl Daemon {
         let Some(h) = e.handle.take() else {
             return;
         };
+        e.run_started = None;
         let _ = self.session.stop_torrent(e.meta.info_hash.0).await;
         let s = h.stats().borrow().clone();
         e.settings.uploaded_ever += s.bytes_up;
@@ -682,7 +747,7 @@ impl Daemon {
                     Some(c) => self.on_cmd(c).await,
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => self.on_tick().await,
                 Some(done) = magnets.recv() => self.metadata_done(done).await,
             }
         }
@@ -694,26 +759,66 @@ impl Daemon {
         self.shutdown().await;
     }
 
-    /// Notes activity and first completion of every running torrent.
-    fn on_tick(&mut self) {
+    /// Notes activity and first completion of every running torrent, and
+    /// stops those that reached their seed ratio or idle limit.
+    async fn on_tick(&mut self) {
         let now = SystemTime::now();
         let mut done = Vec::new();
+        let mut reached = Vec::new();
+        let session = &self.session_settings;
         for (id, e) in &mut self.torrents {
             let Some(h) = &e.handle else { continue };
             let s = h.stats().borrow().clone();
             if s.rate_down > 0 || s.rate_up > 0 {
                 e.last_active = Some(now);
             }
-            if e.settings.done_date == 0
-                && s.wanted_bytes > 0
+            let seeding = s.wanted_bytes > 0
                 && s.done_bytes >= s.wanted_bytes
-                && matches!(s.state, TorrentState::Seeding | TorrentState::Complete)
-            {
+                && matches!(s.state, TorrentState::Seeding | TorrentState::Complete);
+            if !seeding {
+                continue;
+            }
+            if e.settings.done_date == 0 {
                 e.settings.done_date = now_secs();
                 done.push(*id);
             }
+            let r = ratio(
+                e.settings.uploaded_ever + s.bytes_up,
+                e.settings.downloaded_ever + s.bytes_down,
+                have_valid(&e.meta, s.pieces_done),
+            );
+            if let Some(limit) = ratio_limit(&e.settings, session)
+                && r >= limit
+            {
+                reached.push((*id, format!("seed ratio {r:.2} reached its limit {limit}")));
+                continue;
+            }
+            // Idle: no data moved either way since the later of its last
+            // activity and the start of this run.
+            let since = match (e.last_active, e.run_started) {
+                (Some(a), Some(b)) => a.max(b),
+                (a, b) => a.or(b).unwrap_or(now),
+            };
+            let idle = now.duration_since(since).unwrap_or_default();
+            if let Some(minutes) = idle_limit(&e.settings, session)
+                && idle >= Duration::from_secs(minutes.max(0) as u64 * 60)
+            {
+                reached.push((
+                    *id,
+                    format!("idle for {} s, its limit is {minutes} min", idle.as_secs()),
+                ));
+            }
         }
         for id in done {
+            self.save(id);
+        }
+        for (id, why) in reached {
+            self.stop(id).await;
+            if let Some(e) = self.torrents.get_mut(&id) {
+                e.settings.paused = true;
+                e.settings.finished = true;
+                info!(hash = %e.hash, id, "{why}: stopped seeding");
+            }
             self.save(id);
         }
     }
@@ -837,13 +942,12 @@ impl Daemon {
                 );
                 let _ = reply.send(text);
             }
+            Cmd::Reload { reply } => {
+                let _ = reply.send(self.reload());
+            }
             Cmd::SessionSet { settings, reply } => {
-                if let Some(d) = settings.download_dir {
-                    self.session_settings.download_dir = Some(d);
-                }
-                if let Some(s) = settings.start_added_torrents {
-                    self.session_settings.start_added_torrents = Some(s);
-                }
+                self.session_settings.merge(settings);
+                self.apply_session();
                 let r = self
                     .state
                     .save_session(&self.session_settings)
@@ -983,8 +1087,24 @@ impl Daemon {
         for id in ids {
             match action {
                 Action::Start => {
+                    let session = &self.session_settings;
                     if let Some(e) = self.torrents.get_mut(&id) {
                         e.settings.paused = false;
+                        // As Transmission: started by hand past its ratio
+                        // limit, a torrent seeds on without one.
+                        let r = ratio(
+                            e.settings.uploaded_ever,
+                            e.settings.downloaded_ever,
+                            have_valid(&e.meta, e.last.pieces_done),
+                        );
+                        if e.settings.finished
+                            && e.magnet.is_none()
+                            && ratio_limit(&e.settings, session).is_some_and(|l| r >= l)
+                        {
+                            info!(hash = %e.hash, id, "started by hand past its seed ratio: no ratio limit now");
+                            e.settings.seed_ratio_mode = 2;
+                        }
+                        e.settings.finished = false;
                     }
                     self.start(id, Vec::new()).await;
                     self.save(id);
@@ -1114,6 +1234,41 @@ impl Daemon {
         Ok(())
     }
 
+    /// Puts the session settings into effect: rate and connection limits
+    /// at once (seed limits are read every tick, the download directory
+    /// at each add).
+    fn apply_session(&self) {
+        let s = &self.session_settings;
+        let (up, down) = s.rate_limits();
+        let alt = s.alt_speed_enabled.unwrap_or(false);
+        let up = if alt || s.speed_limit_up_enabled.is_some() {
+            up
+        } else {
+            self.opts.config_rates.0
+        };
+        let down = if alt || s.speed_limit_down_enabled.is_some() {
+            down
+        } else {
+            self.opts.config_rates.1
+        };
+        self.session.set_rate_limits(up, down);
+        let clamp = |v: Option<u64>, d: usize| v.map_or(d, |v| v.clamp(1, 65_535) as usize);
+        self.session.set_peer_limits(
+            clamp(s.peer_limit_global, self.opts.config_peers.0),
+            clamp(s.peer_limit_per_torrent, self.opts.config_peers.1),
+        );
+        info!(?up, ?down, peers = ?self.session.peer_limits(), "session settings applied");
+    }
+
+    /// SIGHUP: reads `settings.json` again and applies it, as
+    /// transmission-daemon does.
+    fn reload(&mut self) -> Result<(), String> {
+        let s = self.state.load_session().map_err(|e| format!("{e:#}"))?;
+        self.session_settings = s;
+        self.apply_session();
+        Ok(())
+    }
+
     fn session_view(&self) -> SessionView {
         let mut v = SessionView {
             download_dir: self.download_dir(),
@@ -1128,6 +1283,8 @@ impl Daemon {
             downloaded: 0,
             seconds_active: self.started.elapsed().as_secs(),
             start_added_torrents: self.session_settings.start_added_torrents.unwrap_or(true),
+            settings: self.session_settings.clone(),
+            peer_limits: self.session.peer_limits(),
         };
         for e in self.torrents.values() {
             match &e.handle {

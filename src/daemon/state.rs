@@ -52,13 +52,16 @@ pub struct TorrentSettings {
     pub upload_limit: Option<u64>,
     /// Its own download limit, bytes per second, when limited.
     pub download_limit: Option<u64>,
-    /// Seed ratio limit and mode (0 global, 1 this one, 2 unlimited), as
-    /// Transmission keeps them. Recorded, not enforced yet.
+    /// Seed ratio limit and mode (0 the session's, 1 this one, 2
+    /// unlimited), as Transmission keeps them.
     pub seed_ratio_limit: f64,
     pub seed_ratio_mode: i64,
-    /// Seed idle limit (minutes) and mode. Recorded, not enforced yet.
+    /// Seed idle limit (minutes) and mode (as for the ratio).
     pub seed_idle_limit: i64,
     pub seed_idle_mode: i64,
+    /// Stopped because it reached its seed ratio or idle limit
+    /// (Transmission's `isFinished`); cleared when started again.
+    pub finished: bool,
     /// The file selection the user asked for (one per file); `None` keeps
     /// what the resume data records.
     pub priorities: Option<Vec<Priority>>,
@@ -82,6 +85,7 @@ impl Default for TorrentSettings {
             seed_ratio_mode: 0,
             seed_idle_limit: 30,
             seed_idle_mode: 0,
+            finished: false,
             priorities: None,
             uploaded_ever: 0,
             downloaded_ever: 0,
@@ -89,14 +93,94 @@ impl Default for TorrentSettings {
     }
 }
 
-/// Session settings kept across restarts (what `session-set` changed).
+/// Session settings kept across restarts (what `session-set` changed;
+/// `None`: the default). Speeds are in Transmission's kB/s (1000 bytes).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionSettings {
     /// Where new torrents go unless `torrent-add` says otherwise.
     pub download_dir: Option<PathBuf>,
     /// Whether new torrents start paused.
     pub start_added_torrents: Option<bool>,
+    /// The session's seed ratio, for torrents whose ratio mode is 0.
+    pub seed_ratio_limit: Option<f64>,
+    pub seed_ratio_limited: Option<bool>,
+    /// The session's idle seeding limit in minutes, likewise.
+    pub idle_seeding_limit: Option<i64>,
+    pub idle_seeding_limit_enabled: Option<bool>,
+    /// Process-wide speed limits.
+    pub speed_limit_up: Option<u64>,
+    pub speed_limit_up_enabled: Option<bool>,
+    pub speed_limit_down: Option<u64>,
+    pub speed_limit_down_enabled: Option<bool>,
+    /// Alternative ("turtle") limits, which replace the others while
+    /// enabled.
+    pub alt_speed_up: Option<u64>,
+    pub alt_speed_down: Option<u64>,
+    pub alt_speed_enabled: Option<bool>,
+    /// Connections, process-wide and per torrent.
+    pub peer_limit_global: Option<u64>,
+    pub peer_limit_per_torrent: Option<u64>,
+}
+
+impl SessionSettings {
+    /// Takes every value `new` sets.
+    pub fn merge(&mut self, new: SessionSettings) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if new.$f.is_some() { self.$f = new.$f; } )* };
+        }
+        take!(
+            download_dir,
+            start_added_torrents,
+            seed_ratio_limit,
+            seed_ratio_limited,
+            idle_seeding_limit,
+            idle_seeding_limit_enabled,
+            speed_limit_up,
+            speed_limit_up_enabled,
+            speed_limit_down,
+            speed_limit_down_enabled,
+            alt_speed_up,
+            alt_speed_down,
+            alt_speed_enabled,
+            peer_limit_global,
+            peer_limit_per_torrent
+        );
+    }
+
+    /// The seed ratio limit of the session, when set.
+    pub fn ratio_limit(&self) -> Option<f64> {
+        self.seed_ratio_limited
+            .unwrap_or(false)
+            .then(|| self.seed_ratio_limit.unwrap_or(2.0))
+    }
+
+    /// The idle seeding limit of the session in minutes, when set.
+    pub fn idle_limit(&self) -> Option<i64> {
+        self.idle_seeding_limit_enabled
+            .unwrap_or(false)
+            .then(|| self.idle_seeding_limit.unwrap_or(30))
+    }
+
+    /// The process-wide (upload, download) limits in bytes per second:
+    /// the alternative ones while enabled.
+    pub fn rate_limits(&self) -> (Option<u64>, Option<u64>) {
+        const KB: u64 = 1000;
+        if self.alt_speed_enabled.unwrap_or(false) {
+            return (
+                Some(self.alt_speed_up.unwrap_or(50).saturating_mul(KB)),
+                Some(self.alt_speed_down.unwrap_or(50).saturating_mul(KB)),
+            );
+        }
+        let pick = |on: Option<bool>, v: Option<u64>| {
+            on.unwrap_or(false)
+                .then(|| v.unwrap_or(100).saturating_mul(KB))
+        };
+        (
+            pick(self.speed_limit_up_enabled, self.speed_limit_up),
+            pick(self.speed_limit_down_enabled, self.speed_limit_down),
+        )
+    }
 }
 
 /// One torrent read back from the state directory.

@@ -64,7 +64,7 @@ use crate::choker::Choker;
 use crate::config::ClientConfig;
 use crate::picker::{Bitfield, PeerId, Picker, PickerConfig, Priority, Strategy};
 use crate::pipeline::RateMeter;
-use crate::ratelimit::{self, Limiter};
+use crate::ratelimit::{self, LimitCell};
 use crate::tracker::{AnnounceProgress, TorrentRegistration, TrackerHandle};
 
 /// Where a torrent's payload goes.
@@ -121,9 +121,12 @@ pub(crate) struct Shared {
     pub tracker: TrackerHandle,
     /// Our listen port (0 until the session listens), for announces.
     pub listen_port: Arc<AtomicU16>,
-    /// Process-wide rate limits.
-    pub up_limit: Option<Arc<Limiter>>,
-    pub down_limit: Option<Arc<Limiter>>,
+    /// Process-wide rate limits (changed through the session).
+    pub up_limit: LimitCell,
+    pub down_limit: LimitCell,
+    /// Connections per torrent (`max_peers_per_torrent`, changed through
+    /// the session).
+    pub max_peers: Arc<std::sync::atomic::AtomicUsize>,
     /// Process-wide connection counters.
     pub conn: Arc<crate::net::ConnCounters>,
 }
@@ -214,8 +217,8 @@ struct Torrent {
     up: RateMeter,
     seed: bool,
     choker: Choker,
-    up_limits: Vec<Arc<Limiter>>,
-    down_limits: Vec<Arc<Limiter>>,
+    up_limits: Vec<LimitCell>,
+    down_limits: Vec<LimitCell>,
     /// Addresses of the last connections that ended, for a ban decided
     /// after the peer left.
     recently_gone: VecDeque<(PeerId, SocketAddr, Option<[u8; 20]>)>,
@@ -296,10 +299,10 @@ async fn run(
     let (done_tx, mut done_rx) = mpsc::channel(write_cap + hash_cap + 2);
     let policy: ResumePolicy = shared.config.resume;
     let shared_choker = shared.config.choker;
-    let mut up_limits: Vec<Arc<Limiter>> = shared.up_limit.iter().cloned().collect();
-    up_limits.extend(params.upload_limit.map(ratelimit::limiter));
-    let mut down_limits: Vec<Arc<Limiter>> = shared.down_limit.iter().cloned().collect();
-    down_limits.extend(params.download_limit.map(ratelimit::limiter));
+    let mut up_limits: Vec<LimitCell> = vec![shared.up_limit.clone()];
+    up_limits.extend(params.upload_limit.map(ratelimit::fixed));
+    let mut down_limits: Vec<LimitCell> = vec![shared.down_limit.clone()];
+    down_limits.extend(params.download_limit.map(ratelimit::fixed));
     let mut t = Torrent {
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),

@@ -218,7 +218,7 @@ impl Torrent {
         handshake: protocol::wire::Handshake,
     ) {
         let staying = self.peers.values().filter(|p| !p.leaving).count();
-        let full = staying >= self.shared.config.max_peers_per_torrent;
+        let full = staying >= self.shared.max_peers.load(Ordering::Relaxed);
         let done = !self.picker.needs_anything() && !self.seed;
         if self.banned.peer(&addr, &handshake.peer_id) {
             debug!(%addr, "banned host dialled in; dropped");
@@ -298,7 +298,7 @@ impl Torrent {
             return;
         }
         let now = Instant::now();
-        let limit = self.shared.config.max_peers_per_torrent;
+        let limit = self.shared.max_peers.load(Ordering::Relaxed);
         let mut slots = limit.saturating_sub(self.peers.len());
         if slots == 0 {
             return;
