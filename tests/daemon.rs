@@ -1049,3 +1049,116 @@ fn seed_ratio_and_idle_limits_stop_seeding() {
     );
     assert_eq!(d.session()["seedRatioLimited"], true);
 }
+
+#[test]
+fn session_set_applies_live_persists_and_sighup_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, out) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("out"),
+    );
+    // 2 MB: at 10 kB/s, what is left after the limiter's 256 KiB burst
+    // would take three minutes.
+    let t = TestTorrent::single(tmp.path(), "limited", 64 * 1024, 2_000_000, 31);
+    t.write_payload(&dl);
+    let mut d = Daemon::start(&state, &dl, &[]);
+    d.remote(&["-a", t.path.to_str().unwrap()]);
+    d.wait_id(1, &SEED_FIELDS, WAIT, "seeding", |v| v["status"] == 6);
+
+    // A session-wide upload limit of 10 kB/s, then a real leecher.
+    d.remote(&["-u", "10"]);
+    let s = d.session();
+    assert_eq!(s["speed-limit-up"], 10, "{s}");
+    assert_eq!(s["speed-limit-up-enabled"], true, "{s}");
+    let started = std::time::Instant::now();
+    let mut leech = leecher(&t, &out, &d);
+    std::thread::sleep(Duration::from_secs(5));
+    let v = d.torrents(&["uploadedEver"]);
+    let up = v[0]["uploadedEver"].as_u64().unwrap();
+    let secs = started.elapsed().as_secs();
+    // At most the burst, the rate over the time, and blocks in flight.
+    let bound = 262_144 + 10_000 * (secs + 1) + 4 * 16_384;
+    assert!(up <= bound, "uploaded {up} in {secs} s under 10 kB/s");
+    assert!(leech.running(), "still downloading under the limit");
+    // Lifted while the leecher waits: it finishes well before the three
+    // minutes the limit would need.
+    d.remote(&["-U"]);
+    assert!(
+        leech.wait_exit(Duration::from_secs(90)).success(),
+        "download finished once the limit was lifted"
+    );
+    t.assert_downloaded(&out);
+
+    // The rest of what session-set changes: peer limits, alternative
+    // speeds, seed limits, the download directory.
+    let other = tmp.path().join("other");
+    let v = d.call(
+        "session-set",
+        json!({
+            "peer-limit-global": 7, "peer-limit-per-torrent": 3,
+            "alt-speed-up": 20, "alt-speed-down": 30, "alt-speed-enabled": true,
+            "idle-seeding-limit": 45, "idle-seeding-limit-enabled": true,
+            "download-dir": other.to_str().unwrap(),
+        }),
+    );
+    assert_eq!(v["result"], "success", "{v}");
+    for bad in [
+        json!({ "peer-limit-global": 0 }),
+        json!({ "speed-limit-down": -5 }),
+        json!({ "seedRatioLimit": "two" }),
+        json!({ "alt-speed-time-enabled": true }),
+    ] {
+        let v = d.call("session-set", bad.clone());
+        assert_ne!(v["result"], "success", "{bad} refused: {v}");
+    }
+    let check = |s: &Value| {
+        assert_eq!(s["peer-limit-global"], 7, "{s}");
+        assert_eq!(s["peer-limit-per-torrent"], 3, "{s}");
+        assert_eq!(s["alt-speed-up"], 20, "{s}");
+        assert_eq!(s["alt-speed-down"], 30, "{s}");
+        assert_eq!(s["alt-speed-enabled"], true, "{s}");
+        assert_eq!(s["idle-seeding-limit"], 45, "{s}");
+        assert_eq!(s["idle-seeding-limit-enabled"], true, "{s}");
+        assert_eq!(s["speed-limit-up"], 10, "{s}");
+        assert_eq!(s["speed-limit-up-enabled"], false, "{s}");
+        assert_eq!(s["download-dir"], other.to_str().unwrap(), "{s}");
+    };
+    check(&d.session());
+    let info = d.remote(&["-si"]);
+    assert!(info.contains("Peer limit: 7"), "{info}");
+
+    // Kept across a restart.
+    d.terminate();
+    let mut d = Daemon::start(&state, &dl, &[]);
+    check(&d.session());
+
+    // SIGHUP reads settings.json again, as transmission-daemon does; a
+    // broken file is reported and changes nothing.
+    let path = state.join("settings.json");
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    file["peer_limit_global"] = json!(9);
+    file["alt_speed_enabled"] = json!(false);
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    let hup = |d: &Daemon| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &d.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP");
+    };
+    hup(&d);
+    assert!(
+        wait_until(WAIT, || d.session()["peer-limit-global"] == 9),
+        "reloaded on SIGHUP"
+    );
+    assert_eq!(d.session()["alt-speed-enabled"], false);
+    std::fs::write(&path, b"{ not json").unwrap();
+    hup(&d);
+    assert!(
+        wait_until(WAIT, || d.log().contains("session settings not reloaded")),
+        "a broken file is reported"
+    );
+    assert_eq!(d.session()["peer-limit-global"], 9, "and changes nothing");
+    d.terminate();
+}
