@@ -1162,3 +1162,51 @@ fn session_set_applies_live_persists_and_sighup_reloads() {
     assert_eq!(d.session()["peer-limit-global"], 9, "and changes nothing");
     d.terminate();
 }
+
+#[test]
+fn torrent_get_lists_the_connected_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, out) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("out"),
+    );
+    let t = TestTorrent::single(tmp.path(), "watched", 64 * 1024, 1_000_000, 41);
+    t.write_payload(&dl);
+    let d = Daemon::start(&state, &dl, &[]);
+    d.remote(&["-a", t.path.to_str().unwrap()]);
+    d.wait_id(1, &SEED_FIELDS, WAIT, "seeding", |v| v["status"] == 6);
+    // Slow enough that the leecher stays connected while we look.
+    d.remote(&["-u", "20"]);
+    let mut leech = leecher(&t, &out, &d);
+    let fields = ["peers", "peersConnected"];
+    let v = d.wait_id(1, &fields, WAIT, "serving a peer", |v| {
+        v["peers"][0]["rateToPeer"].as_u64().is_some_and(|r| r > 0)
+    });
+    assert_eq!(v["peersConnected"], 1, "{v}");
+    let p = &v["peers"][0];
+    assert_eq!(p["address"], "127.0.0.1", "{p}");
+    assert!(p["port"].as_u64().is_some_and(|x| x > 0), "{p}");
+    assert!(
+        p["clientName"].as_str().unwrap().starts_with("actorrent"),
+        "{p}"
+    );
+    assert_eq!(p["isIncoming"], true, "the leecher dialled the daemon: {p}");
+    assert_eq!(p["isUploadingTo"], true, "{p}");
+    assert_eq!(p["peerIsInterested"], true, "{p}");
+    let flags = p["flagStr"].as_str().unwrap();
+    assert!(flags.contains('U') && flags.contains('I'), "{p}");
+    let progress = p["progress"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&progress), "{p}");
+    // transmission-remote shows it too.
+    let listing = d.remote(&["-t", "1", "-pi"]);
+    assert!(listing.contains("127.0.0.1"), "{listing}");
+    assert!(listing.contains("actorrent"), "{listing}");
+    d.remote(&["-U"]);
+    assert!(leech.wait_exit(WAIT).success());
+    t.assert_downloaded(&out);
+    let v = d.wait_id(1, &fields, WAIT, "without peers", |v| {
+        v["peersConnected"] == 0
+    });
+    assert_eq!(v["peers"], json!([]), "{v}");
+}

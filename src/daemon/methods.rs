@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use actors::picker::Priority;
-use actors::torrent::{FileProgress, TorrentState};
+use actors::torrent::{FileProgress, PeerInfo, TorrentState};
 use protocol::metainfo::Metainfo;
 use protocol::trpc::{Args, Ids, Request, RpcError};
 use serde_json::{Map, Value, json};
@@ -446,6 +446,7 @@ async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Vec<u8>, String> {
     let recent = ids == Ids::RecentlyActive;
     let views = d.get(ids).await?;
     let want_files = fields.iter().any(|f| FILE_FIELDS.contains(&f.as_str()));
+    let want_peers = fields.iter().any(|f| f == "peers");
     // Each field's name written once, escaped, for the object form.
     let keys: Vec<Vec<u8>> = fields
         .iter()
@@ -462,11 +463,23 @@ async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Vec<u8>, String> {
         } else {
             None
         };
+        let peers = match &v.handle {
+            Some(h) if want_peers => h.peers(MAX_PEERS_LISTED).await.unwrap_or_default(),
+            _ => Vec::new(),
+        };
         if i > 0 || table {
             out.push(b',');
         }
         out.push(if table { b'[' } else { b'{' });
-        render(v, &fields, &keys, table, progress.as_ref(), &mut out);
+        render(
+            v,
+            &fields,
+            &keys,
+            table,
+            progress.as_ref(),
+            &peers,
+            &mut out,
+        );
         out.push(if table { b']' } else { b'}' });
     }
     out.push(b']');
@@ -475,6 +488,111 @@ async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Vec<u8>, String> {
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// Most peers listed per torrent in `peers` (the busiest first), so an
+/// answer stays small whatever the swarm.
+const MAX_PEERS_LISTED: usize = 200;
+
+/// A client's name from its peer id (Azureus style `-XXvvvv-`, as
+/// Transmission shows it), or "" when it follows no known convention.
+/// Only ASCII letters and digits of the id are used.
+fn client_name(id: Option<&[u8; 20]>) -> String {
+    let Some(id) = id else {
+        return String::new();
+    };
+    if id[0] != b'-' || id[7] != b'-' || !id[1..7].iter().all(u8::is_ascii_alphanumeric) {
+        return String::new();
+    }
+    let code = [id[1], id[2]];
+    let name = match &code {
+        b"AR" => "actorrent",
+        b"TR" => "Transmission",
+        b"LT" => "libtorrent (Rasterbar)",
+        b"lt" => "libTorrent (Rakshasa)",
+        b"qB" => "qBittorrent",
+        b"DE" => "Deluge",
+        b"UT" => "\u{b5}Torrent",
+        b"UM" => "\u{b5}Torrent Mac",
+        b"BT" => "BitTorrent",
+        b"AZ" => "Azureus / Vuze",
+        b"BI" => "BiglyBT",
+        b"KT" => "KTorrent",
+        b"A2" => "aria2",
+        b"FD" => "Free Download Manager",
+        b"WW" => "WebTorrent",
+        b"LW" => "WebTorrent Desktop",
+        b"TX" => "Tixati",
+        b"RT" => "rTorrent",
+        _ => {
+            return format!(
+                "{}{} {}",
+                code[0] as char,
+                code[1] as char,
+                peer_version(&id[3..7])
+            );
+        }
+    };
+    format!("{name} {}", peer_version(&id[3..7]))
+}
+
+/// `vvvv` of an Azureus-style id as dotted digits.
+fn peer_version(v: &[u8]) -> String {
+    v.iter()
+        .map(|c| (*c as char).to_string())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Transmission's peer flags: D/d downloading from it / interested, U/u
+/// uploading to it / it is interested, K it unchokes us unasked, ? we
+/// unchoke it unasked, E encrypted, I it dialled us.
+fn flag_str(p: &PeerInfo) -> String {
+    let mut f = String::new();
+    if p.we_interested && !p.peer_choking {
+        f.push('D');
+    } else if p.we_interested {
+        f.push('d');
+    }
+    if p.peer_interested && !p.we_choking {
+        f.push('U');
+    } else if p.peer_interested {
+        f.push('u');
+    }
+    if !p.peer_choking && !p.we_interested {
+        f.push('K');
+    }
+    if !p.we_choking && !p.peer_interested {
+        f.push('?');
+    }
+    if p.encrypted {
+        f.push('E');
+    }
+    if p.incoming {
+        f.push('I');
+    }
+    f
+}
+
+fn peer_json(p: &PeerInfo) -> Value {
+    json!({
+        "address": p.addr.ip().to_string(),
+        "port": p.addr.port(),
+        "clientName": client_name(p.peer_id.as_ref()),
+        "clientIsChoked": p.peer_choking,
+        "clientIsInterested": p.we_interested,
+        "peerIsChoked": p.we_choking,
+        "peerIsInterested": p.peer_interested,
+        "isDownloadingFrom": p.we_interested && !p.peer_choking,
+        "isUploadingTo": p.peer_interested && !p.we_choking,
+        "isEncrypted": p.encrypted,
+        "isIncoming": p.incoming,
+        "isUTP": false,
+        "flagStr": flag_str(p),
+        "progress": p.progress,
+        "rateToClient": p.rate_to_us,
+        "rateToPeer": p.rate_to_peer,
+    })
 }
 
 /// Per-file progress from the torrent actor, or worked out from the stats
@@ -570,6 +688,7 @@ fn render(
     keys: &[Vec<u8>],
     table: bool,
     progress: Option<&FileProgress>,
+    peers: &[PeerInfo],
     out: &mut Vec<u8>,
 ) {
     let s = &v.stats;
@@ -678,7 +797,7 @@ fn render(
                         .collect::<Vec<_>>()
                 )
             }
-            "peers" => json!([]),
+            "peers" => Value::Array(peers.iter().map(peer_json).collect()),
             "peersConnected" => json!(s.peers),
             "peersGettingFromUs" => json!(if s.rate_up > 0 { s.peers } else { 0 }),
             "peersSendingToUs" => json!(if s.rate_down > 0 { s.peers } else { 0 }),

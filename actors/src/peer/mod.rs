@@ -406,6 +406,7 @@ where
             id: ctx.id,
             cmds: cmd_tx,
             peer_id: theirs.peer_id,
+            encrypted: how.outgoing.map(|k| k == crate::mse_stream::Kind::MseRc4),
         })
         .await
         .is_err()
@@ -1208,6 +1209,7 @@ impl Conn<'_> {
             up_rate: self.up.meter.rate(now),
             uploaded,
             oddities: std::mem::take(&mut self.oddities),
+            choking_us: self.session.peer_choking,
         };
         self.ctx
             .torrent

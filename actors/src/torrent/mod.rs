@@ -52,8 +52,8 @@ pub mod selection;
 mod streams;
 
 pub use msg::{
-    ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
-    TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, FileProgress, PeerFault, PeerInfo, SetPrioritiesError, StreamError,
+    TorrentHandle, TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
@@ -639,8 +639,16 @@ impl Torrent {
 
     fn on_msg(&mut self, msg: TorrentMsg) {
         match msg {
-            TorrentMsg::PeerConnected { id, cmds, peer_id } => {
+            TorrentMsg::PeerConnected {
+                id,
+                cmds,
+                peer_id,
+                encrypted,
+            } => {
                 if let Some(p) = self.peers.get_mut(&id) {
+                    if let Some(e) = encrypted {
+                        p.encrypted = e;
+                    }
                     if self.banned.peer(&p.addr, &peer_id) {
                         // A banned host, found by its peer id at a new address.
                         self.drop_peer(id, "banned peer id".into());
@@ -723,6 +731,9 @@ impl Torrent {
             TorrentMsg::SetFilePriorities { priorities, reply } => {
                 self.set_priorities(priorities, reply)
             }
+            TorrentMsg::Peers { max, reply } => {
+                let _ = reply.send(self.peer_list(max));
+            }
             TorrentMsg::Progress { reply } => {
                 let layout = self.storage.layout();
                 let _ = reply.send(FileProgress {
@@ -743,6 +754,7 @@ impl Torrent {
                 up_rate,
                 uploaded,
                 oddities,
+                choking_us,
             } => {
                 self.bytes_up += uploaded;
                 self.protocol_oddities += oddities;
@@ -752,6 +764,7 @@ impl Torrent {
                 };
                 p.down_rate = down_rate;
                 p.up_rate = up_rate;
+                p.choking_us = choking_us;
                 p.exchanged += uploaded;
                 if p.wants_us != interested {
                     p.wants_us = interested;
