@@ -1210,3 +1210,109 @@ fn torrent_get_lists_the_connected_peers() {
     });
     assert_eq!(v["peers"], json!([]), "{v}");
 }
+
+/// A tiny HTTP server on 127.0.0.1 for `.torrent` URLs: `/ok.torrent`
+/// serves `torrent`, `/huge.torrent` claims 100 MB, `/endless.torrent`
+/// streams bytes without a length, anything else is a 404. Serves
+/// `count` requests, then its thread ends.
+fn torrent_server(torrent: Vec<u8>, count: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let join = std::thread::spawn(move || {
+        for _ in 0..count {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") && req.len() < 16 * 1024 {
+                match s.read(&mut b) {
+                    Ok(1) => req.push(b[0]),
+                    _ => break,
+                }
+            }
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let _ = match path {
+                "/ok.torrent" => s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            torrent.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|_| s.write_all(&torrent)),
+                "/huge.torrent" => s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\nConnection: close\r\n\r\n",
+                ),
+                "/endless.torrent" => {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                    let chunk = vec![b'x'; 64 * 1024];
+                    // Until the daemon hangs up (it stops at its cap).
+                    let mut sent = 0usize;
+                    while sent < 64 << 20 && s.write_all(&chunk).is_ok() {
+                        sent += chunk.len();
+                    }
+                    Ok(())
+                }
+                _ => s.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    (addr, join)
+}
+
+#[test]
+fn torrent_add_fetches_a_torrent_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl) = (tmp.path().join("state"), tmp.path().join("dl"));
+    let t = TestTorrent::single(tmp.path(), "from-url", 16 * 1024, 100_000, 51);
+    t.write_payload(&dl);
+    let (web, server) = torrent_server(std::fs::read(&t.path).unwrap(), 4);
+    let d = Daemon::start(&state, &dl, &[]);
+
+    // transmission-remote passes a URL on as `filename`.
+    let out = d.remote(&["-a", &format!("http://{web}/ok.torrent")]);
+    assert!(out.contains("success"), "{out}");
+    let v = d.wait_id(1, &["name", "hashString", "status"], WAIT, "seeding", |v| {
+        v["status"] == 6
+    });
+    assert_eq!(v["name"], "from-url");
+    // Kept like any other torrent.
+    assert!(state.join("torrents").read_dir().unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".torrent")
+    }));
+
+    for (path, want) in [
+        ("missing.torrent", "404"),
+        ("huge.torrent", "longer than"),
+        ("endless.torrent", "longer than"),
+    ] {
+        let v = d.call(
+            "torrent-add",
+            json!({ "filename": format!("http://{web}/{path}") }),
+        );
+        let r = v["result"].as_str().unwrap();
+        assert!(r.contains(want), "{path}: {r}");
+    }
+    server.join().unwrap();
+    // Nobody listens there any more.
+    let v = d.call(
+        "torrent-add",
+        json!({ "filename": format!("http://{web}/ok.torrent") }),
+    );
+    let r = v["result"].as_str().unwrap();
+    assert!(r.starts_with("fetching http://"), "{r}");
+    assert_eq!(d.torrents(&["id"]).len(), 1);
+}

@@ -25,6 +25,73 @@ pub struct Context {
     pub session_id: String,
     /// Fired by `session-close`.
     pub stop: tokio_util::sync::CancellationToken,
+    /// Fetches `.torrent` URLs of `torrent-add` (bound and proxied as the
+    /// session is, with a timeout: see [`url_client`]).
+    pub http: reqwest::Client,
+}
+
+/// Longest `.torrent` URL accepted.
+const MAX_URL: usize = 8 * 1024;
+/// Whole-fetch and connect timeouts of a `.torrent` URL.
+const URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const URL_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The client for `.torrent` URLs: through the session's binding and
+/// proxy, at most 5 redirects, the timeouts above.
+pub fn url_client(binding: &actors::net::Binding) -> Result<reqwest::Client, reqwest::Error> {
+    binding
+        .http(reqwest::Client::builder().no_proxy())?
+        .timeout(URL_TIMEOUT)
+        .connect_timeout(URL_CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("actorrent/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A `.torrent` from `url`, at most `MAX_TORRENT_FILE` bytes (a longer
+/// one is refused without reading it whole), or why not.
+async fn fetch_torrent(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+    if url.len() > MAX_URL {
+        return Err(format!("URL longer than {MAX_URL} bytes"));
+    }
+    let what = |err: &reqwest::Error| {
+        let mut msg = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        if err.is_timeout() {
+            msg = format!("timed out after {} s", URL_TIMEOUT.as_secs());
+        }
+        format!("fetching {}: {msg}", clip(url))
+    };
+    let mut resp = client.get(url).send().await.map_err(|e| what(&e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("fetching {}: HTTP {status}", clip(url)));
+    }
+    let too_long = || {
+        format!(
+            "fetching {}: longer than {MAX_TORRENT_FILE} bytes",
+            clip(url)
+        )
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_TORRENT_FILE as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| what(&e))? {
+        if body.len() + chunk.len() > MAX_TORRENT_FILE {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A method's arguments: a JSON value, or JSON text written directly
@@ -83,6 +150,9 @@ async fn dispatch(ctx: &Context, method: &str, args: &Args) -> Result<Reply, Str
 
 async fn value_method(ctx: &Context, method: &str, args: &Args) -> Result<Value, String> {
     let d = &ctx.daemon;
+    if method == "torrent-add" {
+        return torrent_add(d, &ctx.http, args).await;
+    }
     match method {
         "session-get" => session_get(ctx, args).await,
         "session-set" => session_set(d, args).await,
@@ -91,7 +161,6 @@ async fn value_method(ctx: &Context, method: &str, args: &Args) -> Result<Value,
             ctx.stop.cancel();
             Ok(json!({}))
         }
-        "torrent-add" => torrent_add(d, args).await,
         "torrent-start" | "torrent-start-now" => act(d, args, Action::Start).await,
         "torrent-stop" => act(d, args, Action::Stop).await,
         "torrent-verify" => act(d, args, Action::Verify).await,
@@ -246,7 +315,11 @@ async fn session_stats(d: &DaemonHandle) -> Result<Value, String> {
     }))
 }
 
-async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+async fn torrent_add(
+    d: &DaemonHandle,
+    http: &reqwest::Client,
+    args: &Args,
+) -> Result<Value, String> {
     let bytes = match (
         args.str("metainfo").map_err(e)?,
         args.str("filename").map_err(e)?,
@@ -256,7 +329,7 @@ async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
             return torrent_add_magnet(d, args, name).await;
         }
         (None, Some(name)) if name.starts_with("http://") || name.starts_with("https://") => {
-            return Err("fetching a .torrent by URL is not supported: pass metainfo".into());
+            fetch_torrent(http, name).await?
         }
         (None, Some(name)) => read_bounded(std::path::Path::new(name), MAX_TORRENT_FILE as u64)
             .map_err(|err| format!("reading {}: {err}", clip(name)))?,

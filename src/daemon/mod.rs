@@ -142,6 +142,9 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         let capacities = crate::metrics::Capacities::of(&config);
         let binding = actors::net::Binding::from_config(&config)
             .map_err(|e| Failure::BadInput(anyhow::anyhow!(e)))?;
+        let http = methods::url_client(&binding)
+            .context("building the HTTP client for .torrent URLs")
+            .map_err(Failure::Runtime)?;
         let stream_cfg = config.stream.clone();
         let config_rates = (config.upload_limit, config.download_limit);
         let config_peers = (config.max_connections, config.max_peers_per_torrent);
@@ -194,6 +197,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                 daemon: daemon.clone(),
                 session_id,
                 stop: stop.clone(),
+                http,
             },
             rpc::Guard {
                 auth: auth.as_deref().map(rpc::auth_digest),
