@@ -1316,3 +1316,74 @@ fn torrent_add_fetches_a_torrent_url() {
     assert!(r.starts_with("fetching http://"), "{r}");
     assert_eq!(d.torrents(&["id"]).len(), 1);
 }
+
+#[test]
+fn torrent_set_location_moves_the_data_without_a_recheck() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl) = (tmp.path().join("state"), tmp.path().join("dl"));
+    let t = three_files(tmp.path(), "moving", 61);
+    t.write_payload(&dl);
+    std::fs::write(dl.join("moving/not-ours"), b"keep me").unwrap();
+    let d = Daemon::start(&state, &dl, &[]);
+    d.remote(&["-a", t.path.to_str().unwrap()]);
+    d.wait_id(1, &SEED_FIELDS, WAIT, "seeding", |v| v["status"] == 6);
+
+    // On the same filesystem (a rename), then to another one where there
+    // is one (/dev/shm: copied, synced, removed).
+    let same = tmp.path().join("same");
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let mut places = vec![same.clone()];
+    if let Some(s) = &shm {
+        places.push(s.path().join("other"));
+    }
+    let mut from = dl.clone();
+    for to in places {
+        d.remote(&["-t", "1", "--move", to.to_str().unwrap()]);
+        let v = d.wait_id(
+            1,
+            &["status", "percentDone", "downloadDir"],
+            WAIT,
+            "seeding at the new place",
+            |v| v["status"] == 6 && v["downloadDir"] == to.to_str().unwrap(),
+        );
+        assert_eq!(v["percentDone"], 1.0, "{v}");
+        t.assert_downloaded(&to);
+        for (path, _) in &t.files {
+            let old = path.iter().fold(from.join("moving"), |p, c| p.join(c));
+            assert!(!old.exists(), "{} left behind", old.display());
+        }
+        from = to;
+    }
+    assert_eq!(
+        std::fs::read(dl.join("moving/not-ours")).unwrap(),
+        b"keep me",
+        "a file not in the torrent stays where it was"
+    );
+    // The one check is the first, of the data found at the add.
+    assert_eq!(
+        d.log().matches("rechecking").count(),
+        1,
+        "moved without a recheck: {}",
+        d.log()
+    );
+
+    // Onto a file of the same name: refused, nothing moves, it seeds on.
+    let back = dl.clone();
+    std::fs::write(back.join("moving/a.bin"), b"in the way").unwrap();
+    let v = d.call(
+        "torrent-set-location",
+        json!({ "ids": [1], "location": back.to_str().unwrap(), "move": true }),
+    );
+    let r = v["result"].as_str().unwrap();
+    assert!(r.contains("exists already"), "{r}");
+    let v = d.wait_id(1, &["status", "downloadDir"], WAIT, "seeding on", |v| {
+        v["status"] == 6
+    });
+    assert_eq!(v["downloadDir"], from.to_str().unwrap());
+    t.assert_downloaded(&from);
+    let v = d.call(
+        "torrent-set-location",
+        json!({ "ids": [1], "location": "relative/dir", "move": true }),
+    );
+    assert_ne!(v["result"], "success", "{v}");
+}

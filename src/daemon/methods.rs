@@ -450,9 +450,9 @@ async fn torrent_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     Ok(json!({}))
 }
 
-/// `torrent-set-location`: with `move: false` (`transmission-remote
-/// --find`), the data is already at the new place; each torrent restarts
-/// there from its resume data. Moving the data is not built.
+/// `torrent-set-location`: with `move: true` (`transmission-remote
+/// --move`) the data moves there; with `move: false` (`--find`) it is
+/// already there. Either way each torrent continues from its resume data.
 async fn set_location(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     let ids = args.ids().map_err(e)?;
     let dir = args
@@ -467,7 +467,8 @@ async fn set_location(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         ));
     }
     if args.bool("move").map_err(e)?.unwrap_or(false) {
-        return Err("moving the data is not supported yet: move it, then set the location with \"move\": false (transmission-remote --find)".into());
+        d.relocate(ids, dir).await?;
+        return Ok(json!({}));
     }
     d.set(
         ids,

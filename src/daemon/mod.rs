@@ -8,11 +8,13 @@
 //! - [`methods`]: the RPC methods, JSON in and out.
 //! - [`rpc`]: the HTTP server (guards, body limit, web UI files).
 //! - [`remove`]: deleting a torrent's own files.
+//! - [`relocate`]: moving them.
 //! - [`watch`]: the watch directory.
 
 pub mod magnet;
 pub mod methods;
 pub mod registry;
+pub mod relocate;
 pub mod remove;
 pub mod rpc;
 pub mod state;

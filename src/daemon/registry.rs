@@ -155,7 +155,22 @@ enum Cmd {
     Reload {
         reply: oneshot::Sender<Result<(), String>>,
     },
+    Relocate {
+        ids: Ids,
+        dir: PathBuf,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
+
+/// A move of a torrent's data ended (from the task doing it).
+struct Moved {
+    id: i64,
+    dir: PathBuf,
+    result: Result<usize, String>,
+}
+
+/// Moves reporting back at once; a mover waits for room.
+const MOVED_CHANNEL: usize = 16;
 
 /// The way to the daemon actor.
 #[derive(Clone)]
@@ -245,6 +260,12 @@ impl DaemonHandle {
         self.ask(|reply| Cmd::Metrics { reply }).await
     }
 
+    /// Moves torrents' data to `dir` and continues them there, without a
+    /// recheck; returns once every move has ended.
+    pub async fn relocate(&self, ids: Ids, dir: PathBuf) -> Result<(), String> {
+        self.ask(|reply| Cmd::Relocate { ids, dir, reply }).await?
+    }
+
     /// Reads the session settings file again and applies it (SIGHUP).
     pub async fn reload(&self) -> Result<(), String> {
         self.ask(|reply| Cmd::Reload { reply }).await?
@@ -279,6 +300,8 @@ struct Entry {
     last_active: Option<SystemTime>,
     /// When its current run started (idle time counts from here at most).
     run_started: Option<SystemTime>,
+    /// Its data is being moved; whether to start it again after.
+    moving: Option<bool>,
     /// A magnet link whose metadata is not known yet (`meta` is then a
     /// placeholder).
     magnet: Option<MagnetState>,
@@ -316,6 +339,7 @@ struct Daemon {
     next_id: i64,
     started: Instant,
     fetch: FetchCtx,
+    moved_tx: mpsc::Sender<Moved>,
 }
 
 /// Starts the daemon actor with the torrents kept in `state`. Returns its
@@ -342,7 +366,9 @@ pub fn spawn(
         dialer: session.dialer(),
         done: done_tx,
     };
+    let (moved_tx, moved_rx) = mpsc::channel(MOVED_CHANNEL);
     let mut d = Daemon {
+        moved_tx,
         fetch,
         session,
         state,
@@ -354,7 +380,7 @@ pub fn spawn(
     };
     let join = tokio::spawn(async move {
         d.restore().await;
-        d.run(rx, done_rx, stop).await;
+        d.run(rx, done_rx, moved_rx, stop).await;
         d.session
     });
     (DaemonHandle { tx }, join)
@@ -558,6 +584,7 @@ impl Daemon {
                 last,
                 last_active: None,
                 run_started: None,
+                moving: None,
                 magnet,
             },
         );
@@ -571,6 +598,10 @@ impl Daemon {
         let Some(e) = self.torrents.get_mut(&id) else {
             return;
         };
+        if e.moving.is_some() {
+            // Started once its data has moved.
+            return;
+        }
         if let Some(m) = &mut e.magnet {
             if m.cancel.is_none() {
                 let cancel = tokio_util::sync::CancellationToken::new();
@@ -736,6 +767,7 @@ impl Daemon {
         &mut self,
         mut rx: mpsc::Receiver<Cmd>,
         mut magnets: mpsc::Receiver<magnet_phase::Done>,
+        mut moved: mpsc::Receiver<Moved>,
         stop: tokio_util::sync::CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -749,6 +781,7 @@ impl Daemon {
                 },
                 _ = tick.tick() => self.on_tick().await,
                 Some(done) = magnets.recv() => self.metadata_done(done).await,
+                Some(m) = moved.recv() => self.moved(m).await,
             }
         }
         for e in self.torrents.values_mut() {
@@ -942,6 +975,10 @@ impl Daemon {
                 );
                 let _ = reply.send(text);
             }
+            Cmd::Relocate { ids, dir, reply } => {
+                let ids = self.resolve(&ids);
+                self.relocate(ids, dir, reply).await;
+            }
             Cmd::Reload { reply } => {
                 let _ = reply.send(self.reload());
             }
@@ -1083,7 +1120,103 @@ impl Daemon {
         })
     }
 
+    /// Stops each torrent, then moves its data on a blocking thread; each
+    /// continues from its resume data once its move has ended
+    /// ([`Daemon::moved`]). `reply` gets the outcome of all of them.
+    async fn relocate(
+        &mut self,
+        ids: Vec<i64>,
+        dir: PathBuf,
+        reply: oneshot::Sender<Result<(), String>>,
+    ) {
+        if let Some(id) = ids
+            .iter()
+            .find(|id| self.torrents.get(id).is_some_and(|e| e.moving.is_some()))
+        {
+            let _ = reply.send(Err(format!("torrent {id} is being moved already")));
+            return;
+        }
+        let mut jobs = Vec::new();
+        for id in ids {
+            let Some(e) = self.torrents.get_mut(&id) else {
+                continue;
+            };
+            if e.settings.download_dir == dir {
+                continue;
+            }
+            if e.magnet.is_some() {
+                // No data yet: it goes there once known.
+                e.settings.download_dir = dir.clone();
+                self.save(id);
+                continue;
+            }
+            let was_running = e.handle.is_some();
+            self.stop(id).await;
+            let Some(e) = self.torrents.get_mut(&id) else {
+                continue;
+            };
+            e.moving = Some(was_running);
+            jobs.push((id, e.meta.clone(), e.settings.download_dir.clone()));
+        }
+        let tx = self.moved_tx.clone();
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for (id, meta, from) in jobs {
+                let to = dir.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    super::relocate::move_payload(&meta.info, &from, &to)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the move failed: {e}")));
+                if let Err(e) = &result {
+                    errors.push(format!("torrent {id}: {e}"));
+                }
+                let _ = tx
+                    .send(Moved {
+                        id,
+                        dir: dir.clone(),
+                        result,
+                    })
+                    .await;
+            }
+            let _ = reply.send(if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            });
+        });
+    }
+
+    /// A move ended: the torrent continues at its new place (or at the old
+    /// one if the move failed), trusting its resume data.
+    async fn moved(&mut self, m: Moved) {
+        let Some(e) = self.torrents.get_mut(&m.id) else {
+            return;
+        };
+        let resume = e.moving.take().unwrap_or(false);
+        match m.result {
+            Ok(n) => {
+                info!(hash = %e.hash, id = m.id, files = n, to = %m.dir.display(), "data moved");
+                e.settings.download_dir = m.dir;
+                self.save(m.id);
+            }
+            Err(err) => warn!(hash = %e.hash, id = m.id, error = %err, "data not moved"),
+        }
+        if resume {
+            self.start(m.id, Vec::new()).await;
+        }
+    }
+
     async fn act(&mut self, ids: Vec<i64>, action: Action) -> Result<(), String> {
+        if !matches!(action, Action::Stop)
+            && let Some(id) = ids
+                .iter()
+                .find(|id| self.torrents.get(id).is_some_and(|e| e.moving.is_some()))
+        {
+            return Err(format!(
+                "torrent {id} is being moved; try again when it is done"
+            ));
+        }
         for id in ids {
             match action {
                 Action::Start => {
@@ -1113,6 +1246,10 @@ impl Daemon {
                     self.stop(id).await;
                     if let Some(e) = self.torrents.get_mut(&id) {
                         e.settings.paused = true;
+                        if e.moving.is_some() {
+                            // Stays stopped once its data has moved.
+                            e.moving = Some(false);
+                        }
                     }
                     self.save(id);
                 }
