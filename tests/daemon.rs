@@ -1387,3 +1387,42 @@ fn torrent_set_location_moves_the_data_without_a_recheck() {
     );
     assert_ne!(v["result"], "success", "{v}");
 }
+
+#[test]
+fn session_set_changes_the_log_filter_at_run_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl) = (tmp.path().join("state"), tmp.path().join("dl"));
+    let mut d = Daemon::start(&state, &dl, &[]);
+    let applied = |d: &Daemon| d.log().matches("session settings applied").count();
+    let before = applied(&d);
+    assert!(before >= 1, "info is logged at first: {}", d.log());
+    // Down to warnings: the info line of this very call is not written,
+    // nor that of the next one.
+    let v = d.call("session-set", json!({ "log-filter": "warn" }));
+    assert_eq!(v["result"], "success", "{v}");
+    let v = d.call("session-set", json!({ "peer-limit-global": 20 }));
+    assert_eq!(v["result"], "success", "{v}");
+    assert_eq!(applied(&d), before, "{}", d.log());
+    for bad in ["notalevel", "debug,[", ""] {
+        let v = d.call("session-set", json!({ "log-filter": bad }));
+        assert_ne!(v["result"], "success", "{bad:?}: {v}");
+    }
+    // Back to info: logged again; and the filter is kept across a restart.
+    d.call("session-set", json!({ "log-filter": "info" }));
+    assert!(
+        wait_until(WAIT, || applied(&d) == before + 1),
+        "{}",
+        d.log()
+    );
+    d.call("session-set", json!({ "log-filter": "warn" }));
+    d.terminate();
+    let d = Daemon::start(&state, &dl, &[]);
+    let v = d.call("session-set", json!({ "peer-limit-global": 30 }));
+    assert_eq!(v["result"], "success", "{v}");
+    assert_eq!(
+        applied(&d),
+        0,
+        "the kept filter applies from the start on: {}",
+        d.log()
+    );
+}

@@ -8,7 +8,9 @@ daemon and their ratio. With --strace, one more actorrent run under
 openat).
 
 `nice -n 10 /usr/bin/python3 bench/daemon/add_rate.py --torrents 500
---runs 3` after `cargo build --release`. Method and numbers:
+--runs 3 [--baseline OTHER-BINARY]` after `cargo build --release`
+(`--baseline` adds a second actorrent build to the same alternation;
+transmission-daemon is Debian's package of that name). Method and numbers:
 docs/benchmarks.md ("Daemon torrent-add rate").
 """
 
@@ -68,6 +70,7 @@ def main():
     ap.add_argument("--size", type=int, default=64 * 1024)
     ap.add_argument("--paused", action="store_true", help="add paused (no check, no start)")
     ap.add_argument("--binary", default=os.path.join(run.ROOT, "target", "release", "actorrent"))
+    ap.add_argument("--baseline", help="another actorrent binary, measured in the same run")
     ap.add_argument("--no-transmission", action="store_true")
     ap.add_argument("--strace", action="store_true")
     a = ap.parse_args()
@@ -77,28 +80,36 @@ def main():
         os.makedirs(dl)
         metas = run.make_torrents(a.torrents, dl, a.size, 16 * 1024)
         names = ["actorrent"]
+        binaries = {"actorrent": a.binary}
+        if a.baseline:
+            names.append("actorrent baseline")
+            binaries["actorrent baseline"] = a.baseline
         if not a.no_transmission and shutil.which("transmission-daemon"):
             names.append("transmission-daemon")
         rates = {n: [] for n in names}
         for i in range(a.runs):
             for n in names:
-                work = os.path.join(base, "%s-%d" % (n, i))
+                work = os.path.join(base, "%s-%d" % (n.replace(" ", "-"), i))
                 os.makedirs(work)
-                d = run.Actorrent(work, dl, a.binary) if n == "actorrent" else run.Transmission(work, dl)
+                if n in binaries:
+                    d = run.Actorrent(work, dl, binaries[n])
+                else:
+                    d = run.Transmission(work, dl)
                 rates[n].append(one_run(d, metas, a.paused))
         print("%d torrents of %d KiB%s, %d runs, adds per second (median; all runs)"
               % (a.torrents, a.size // 1024, " added paused" if a.paused else "", a.runs))
         for n in names:
             print("%-20s %8.1f   %s" % (n, statistics.median(rates[n]),
                                       " ".join("%.1f" % r for r in rates[n])))
-        if len(names) == 2:
-            print("%-20s %8.2f" % ("ratio t-d/actorrent",
-                                   statistics.median(rates[names[1]]) / statistics.median(rates[names[0]])))
+        ours = statistics.median(rates["actorrent"])
+        for n in names[1:]:
+            print("%-20s %8.2f" % ("ratio %s/actorrent" % n, statistics.median(rates[n]) / ours))
         if a.strace:
-            work = os.path.join(base, "strace")
-            os.makedirs(work)
-            c = strace_counts(a.binary, work, dl, metas, a.paused)
-            print("actorrent syscalls per add: " + ", ".join("%s %.2f" % kv for kv in sorted(c.items())))
+            for n, b in binaries.items():
+                work = os.path.join(base, "strace-" + n.replace(" ", "-"))
+                os.makedirs(work)
+                c = strace_counts(b, work, dl, metas, a.paused)
+                print("%s syscalls per add: %s" % (n, ", ".join("%s %.2f" % kv for kv in sorted(c.items()))))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

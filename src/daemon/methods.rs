@@ -270,6 +270,16 @@ async fn session_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     let peers = |key: &str| int_in(args, key, 1, 65_535).map(|v| v.map(|v| v as u64));
     s.peer_limit_global = peers("peer-limit-global")?;
     s.peer_limit_per_torrent = peers("peer-limit-per-torrent")?;
+    if let Some(f) = args.str("log-filter").map_err(e)? {
+        // Checked here so a bad one refuses the call.
+        if f.len() > 1024 {
+            return Err("log-filter longer than 1024 bytes".into());
+        }
+        crate::check_level(f).map_err(|err| format!("log-filter: {err}"))?;
+        tracing_subscriber::EnvFilter::try_new(f)
+            .map_err(|err| format!("log-filter `{}`: {err}", clip(f)))?;
+        s.log_filter = Some(f.to_owned());
+    }
     if args.bool("alt-speed-time-enabled").map_err(e)? == Some(true) {
         return Err("alt-speed-time-enabled: the alternative speed schedule is not supported; turn alt speeds on and off with alt-speed-enabled".into());
     }

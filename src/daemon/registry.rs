@@ -302,6 +302,9 @@ struct Entry {
     run_started: Option<SystemTime>,
     /// Its data is being moved; whether to start it again after.
     moving: Option<bool>,
+    /// Settings changed that only need saving eventually (the done date):
+    /// written in batches by the tick.
+    dirty: bool,
     /// A magnet link whose metadata is not known yet (`meta` is then a
     /// placeholder).
     magnet: Option<MagnetState>,
@@ -340,6 +343,20 @@ struct Daemon {
     started: Instant,
     fetch: FetchCtx,
     moved_tx: mpsc::Sender<Moved>,
+    /// Ticks so far (dirty settings are flushed every few).
+    ticks: u64,
+}
+
+/// Dirty settings are written every this many ticks (seconds).
+const DIRTY_FLUSH_TICKS: u64 = 10;
+
+/// Runs blocking file work (fsyncs) on the actor's task without stalling
+/// the other tasks of its worker thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Starts the daemon actor with the torrents kept in `state`. Returns its
@@ -369,6 +386,7 @@ pub fn spawn(
     let (moved_tx, moved_rx) = mpsc::channel(MOVED_CHANNEL);
     let mut d = Daemon {
         moved_tx,
+        ticks: 0,
         fetch,
         session,
         state,
@@ -585,6 +603,7 @@ impl Daemon {
                 last_active: None,
                 run_started: None,
                 moving: None,
+                dirty: false,
                 magnet,
             },
         );
@@ -676,11 +695,34 @@ impl Daemon {
         };
     }
 
-    fn save(&self, id: i64) {
-        if let Some(e) = self.torrents.get(&id)
-            && let Err(err) = self.state.save_settings(&e.hash, &e.settings)
-        {
+    fn save(&mut self, id: i64) {
+        if let Some(e) = self.torrents.get_mut(&id) {
+            e.dirty = false;
+            let (state, hash, settings) = (&self.state, &e.hash, &e.settings);
+            if let Err(err) = blocking(|| state.save_settings(hash, settings)) {
+                warn!(error = %format!("{err:#}"), "saving torrent settings");
+            }
+        }
+    }
+
+    /// Writes every torrent whose settings changed without being saved,
+    /// with one directory sync for all.
+    fn flush_dirty(&mut self) {
+        let dirty: Vec<(&str, &TorrentSettings)> = self
+            .torrents
+            .values()
+            .filter(|e| e.dirty)
+            .map(|e| (e.hash.as_str(), &e.settings))
+            .collect();
+        if dirty.is_empty() {
+            return;
+        }
+        let state = &self.state;
+        for err in blocking(|| state.save_settings_many(&dirty)) {
             warn!(error = %format!("{err:#}"), "saving torrent settings");
+        }
+        for e in self.torrents.values_mut() {
+            e.dirty = false;
         }
     }
 
@@ -796,7 +838,6 @@ impl Daemon {
     /// stops those that reached their seed ratio or idle limit.
     async fn on_tick(&mut self) {
         let now = SystemTime::now();
-        let mut done = Vec::new();
         let mut reached = Vec::new();
         let session = &self.session_settings;
         for (id, e) in &mut self.torrents {
@@ -812,8 +853,10 @@ impl Daemon {
                 continue;
             }
             if e.settings.done_date == 0 {
+                // Kept in the next batch: a crash before it loses only
+                // the date.
                 e.settings.done_date = now_secs();
-                done.push(*id);
+                e.dirty = true;
             }
             let r = ratio(
                 e.settings.uploaded_ever + s.bytes_up,
@@ -842,8 +885,9 @@ impl Daemon {
                 ));
             }
         }
-        for id in done {
-            self.save(id);
+        self.ticks += 1;
+        if self.ticks % DIRTY_FLUSH_TICKS == 0 {
+            self.flush_dirty();
         }
         for (id, why) in reached {
             self.stop(id).await;
@@ -861,20 +905,18 @@ impl Daemon {
         // at once (each saves its resume data and announces `stopped`).
         // Only torrents that moved data have new totals to write: the
         // rest are on disk as they are (each write costs two fsyncs).
-        let mut changed = Vec::new();
-        for (id, e) in &mut self.torrents {
+        for e in self.torrents.values_mut() {
             if let Some(h) = &e.handle {
                 let s = h.stats().borrow().clone();
                 if s.bytes_up > 0 || s.bytes_down > 0 {
                     e.settings.uploaded_ever += s.bytes_up;
                     e.settings.downloaded_ever += s.bytes_down;
-                    changed.push(*id);
+                    e.dirty = true;
                 }
             }
         }
-        for id in changed {
-            self.save(id);
-        }
+        // One batch, one directory sync.
+        self.flush_dirty();
     }
 
     /// A magnet's metadata phase ended: with the .torrent, it becomes a
@@ -1089,15 +1131,14 @@ impl Daemon {
         let id = settings.id;
         let (meta, magnet) = match new {
             NewEntry::Torrent { bytes, meta } => {
-                self.state
-                    .add(&hash, &bytes, &settings)
-                    .map_err(|e| format!("{e:#}"))?;
+                let state = &self.state;
+                blocking(|| state.add(&hash, &bytes, &settings)).map_err(|e| format!("{e:#}"))?;
                 info!(%hash, name = %meta.info.name, id, "torrent added");
                 (Arc::new(meta), None)
             }
             NewEntry::Magnet { uri, link } => {
-                self.state
-                    .add_magnet(&hash, &uri, &settings)
+                let state = &self.state;
+                blocking(|| state.add_magnet(&hash, &uri, &settings))
                     .map_err(|e| format!("{e:#}"))?;
                 let meta = magnet_phase::placeholder(&link);
                 info!(%hash, name = %meta.info.name, id, "magnet added");
@@ -1394,6 +1435,11 @@ impl Daemon {
             clamp(s.peer_limit_global, self.opts.config_peers.0),
             clamp(s.peer_limit_per_torrent, self.opts.config_peers.1),
         );
+        if let Some(f) = &s.log_filter
+            && let Err(e) = crate::set_log_filter(f)
+        {
+            warn!(filter = %f, error = %e, "log filter not applied");
+        }
         info!(?up, ?down, peers = ?self.session.peer_limits(), "session settings applied");
     }
 

@@ -121,6 +121,9 @@ pub struct SessionSettings {
     /// Connections, process-wide and per torrent.
     pub peer_limit_global: Option<u64>,
     pub peer_limit_per_torrent: Option<u64>,
+    /// The log filter (as `--log-level`), replacing the one the daemon
+    /// started with (an actorrent extension).
+    pub log_filter: Option<String>,
 }
 
 impl SessionSettings {
@@ -144,7 +147,8 @@ impl SessionSettings {
             alt_speed_down,
             alt_speed_enabled,
             peer_limit_global,
-            peer_limit_per_torrent
+            peer_limit_per_torrent,
+            log_filter
         );
     }
 
@@ -226,15 +230,16 @@ impl StateDir {
         self.root.join("torrents").join(format!("{hex}.magnet"))
     }
 
-    /// Writes a new magnet link and its settings.
+    /// Writes a new magnet link and its settings (as [`StateDir::add`]).
     pub fn add_magnet(
         &self,
         hex: &str,
         uri: &str,
         settings: &TorrentSettings,
     ) -> anyhow::Result<()> {
-        write(&self.magnet_path(hex), uri.as_bytes())?;
-        self.save_settings(hex, settings)
+        write_synced(&self.magnet_path(hex), uri.as_bytes())?;
+        write_synced(&self.settings_path(hex), &encode(settings)?)?;
+        sync_dir(&self.root.join("torrents"))
     }
 
     /// The metadata of a magnet is known: the .torrent replaces the link.
@@ -253,17 +258,37 @@ impl StateDir {
         self.root.join("resume").join(format!("{hex}.resume"))
     }
 
-    /// Writes a new torrent's metainfo and settings (metainfo first: a
-    /// crash between the two leaves a torrent that loads with defaults).
+    /// Writes a new torrent's metainfo and settings, each atomically
+    /// (temp file, fsync, rename), then syncs their directory once for
+    /// both renames: three fsyncs, not four. A crash before that sync
+    /// loses the add, or keeps the metainfo alone, which loads with
+    /// default settings.
     pub fn add(&self, hex: &str, torrent: &[u8], settings: &TorrentSettings) -> anyhow::Result<()> {
-        write(&self.torrent_path(hex), torrent)?;
-        self.save_settings(hex, settings)
+        write_synced(&self.torrent_path(hex), torrent)?;
+        write_synced(&self.settings_path(hex), &encode(settings)?)?;
+        sync_dir(&self.root.join("torrents"))
     }
 
     /// Rewrites a torrent's settings.
     pub fn save_settings(&self, hex: &str, settings: &TorrentSettings) -> anyhow::Result<()> {
-        let json = serde_json::to_vec_pretty(settings).context("encoding settings")?;
-        write(&self.settings_path(hex), &json)
+        write(&self.settings_path(hex), &encode(settings)?)
+    }
+
+    /// Rewrites several torrents' settings, each atomically, with one sync
+    /// of their directory for all. Returns the failures.
+    pub fn save_settings_many(&self, all: &[(&str, &TorrentSettings)]) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        for (hex, s) in all {
+            if let Err(e) = encode(s).and_then(|j| write_synced(&self.settings_path(hex), &j)) {
+                errors.push(e);
+            }
+        }
+        if !all.is_empty()
+            && let Err(e) = sync_dir(&self.root.join("torrents"))
+        {
+            errors.push(e);
+        }
+        errors
     }
 
     /// Forgets a torrent: its metainfo, settings, resume data and part file.
@@ -391,6 +416,32 @@ impl StateDir {
             settings,
         })
     }
+}
+
+fn encode(settings: &TorrentSettings) -> anyhow::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(settings).context("encoding settings")
+}
+
+/// Temp file, fsync, rename: never a torn file, but the rename is durable
+/// only once the directory is synced ([`sync_dir`]).
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
