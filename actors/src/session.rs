@@ -92,6 +92,9 @@ pub struct Session {
     /// The process-wide connection permits and how many there are.
     connections: Arc<Semaphore>,
     max_connections: AtomicUsize,
+    /// Permits a lowered limit still has to withdraw (in use when it
+    /// was lowered).
+    permit_debt: Arc<AtomicUsize>,
 }
 
 impl Session {
@@ -170,6 +173,7 @@ impl Session {
             down_limit: down_tx,
             max_peers,
             max_connections: AtomicUsize::new(max_connections),
+            permit_debt: Arc::new(AtomicUsize::new(0)),
             connections,
         })
     }
@@ -205,16 +209,33 @@ impl Session {
         let global = global.max(1);
         let old = self.max_connections.swap(global, Ordering::Relaxed);
         if global > old {
-            self.connections.add_permits(global - old);
+            // Permits still owed from a lowering are cancelled first.
+            let up = global - old;
+            let owed = self
+                .permit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(up))
+                })
+                .unwrap_or(0);
+            self.connections.add_permits(up - owed.min(up));
         } else if global < old {
             let want = old - global;
-            let now = self.connections.forget_permits(want);
-            let rest = want - now;
-            if rest > 0 {
-                let sem = self.connections.clone();
+            let rest = want - self.connections.forget_permits(want);
+            // One task withdraws the rest as connections end (a second
+            // lowering adds to its debt instead of starting another).
+            if rest > 0 && self.permit_debt.fetch_add(rest, Ordering::AcqRel) == 0 {
+                let (sem, debt) = (self.connections.clone(), self.permit_debt.clone());
                 tokio::spawn(async move {
-                    if let Ok(p) = sem.acquire_many_owned(rest as u32).await {
-                        p.forget();
+                    while debt.load(Ordering::Acquire) > 0 {
+                        let Ok(p) = sem.clone().acquire_owned().await else {
+                            return;
+                        };
+                        if debt
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                            .is_ok()
+                        {
+                            p.forget();
+                        }
                     }
                 });
             }
@@ -488,4 +509,46 @@ async fn run(
     // The hash threads stop once the last handle is gone.
     drop(shared);
     drop(pool);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lowered_connection_limit_withdraws_permits_as_they_come_back() {
+        let config = ClientConfig {
+            max_connections: 4,
+            hash_workers: 1,
+            ..ClientConfig::default()
+        };
+        let s = Session::start(config).unwrap();
+        let held = s.connections.clone().acquire_many_owned(3).await.unwrap();
+        // 1 free permit goes now, 1 more is owed by the connections.
+        s.set_peer_limits(2, 10);
+        assert_eq!(s.connections.available_permits(), 0);
+        assert_eq!(s.peer_limits(), (2, 10));
+        drop(held);
+        let settled = async {
+            while s.connections.available_permits() != 2
+                || s.permit_debt.load(Ordering::Acquire) != 0
+            {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), settled)
+            .await
+            .expect("the owed permit is withdrawn once the connections end");
+        s.set_peer_limits(5, 10);
+        assert_eq!(s.connections.available_permits(), 5);
+        // Lowered while in use, raised again before they came back: the
+        // debt is cancelled instead of new permits added.
+        let held = s.connections.clone().acquire_many_owned(5).await.unwrap();
+        s.set_peer_limits(3, 10);
+        s.set_peer_limits(5, 10);
+        drop(held);
+        tokio::task::yield_now().await;
+        assert_eq!(s.connections.available_permits(), 5);
+        s.shutdown().await;
+    }
 }
