@@ -132,7 +132,11 @@ pub fn resolve(
         };
         // The DHT: get_peers only (we do not listen yet, so no announce).
         let dns_stop = CancellationToken::new();
-        let (dns, dns_join) = actors::tracker::dns::spawn(config.tracker.dns, dns_stop.clone());
+        let (dns, dns_join) = actors::tracker::dns::spawn(
+            config.tracker.dns,
+            config.tracker.binding.clone(),
+            dns_stop.clone(),
+        );
         let dht = Dht::start(config, net.no_dht, listen, dht_state, Some(dns)).await;
         if let Some(d) = &dht {
             if let Err(e) = d

@@ -153,10 +153,18 @@ fn downloads_multi_file_torrent_from_three_seeds() {
         seed.assert_no_problems(who);
         let logs = seed.logs();
         assert!(!logs.is_empty(), "the client never connected to {who}");
+        let mut spoke = 0;
         for (i, log) in logs.iter().enumerate() {
             let Some(hs) = log.handshake else { continue };
             let faults = check_client_handshake(&hs);
             assert!(faults.is_empty(), "{who} conn {i}: {faults:?}");
+            // A connection the client closed right after the handshakes
+            // (the download finished from the other seeds first, as it can
+            // on a loaded machine) has no messages to check.
+            if log.received().next().is_none() {
+                continue;
+            }
+            spoke += 1;
             let first: Vec<&Message> = log
                 .received()
                 .map(|(_, m)| m)
@@ -209,6 +217,10 @@ fn downloads_multi_file_torrent_from_three_seeds() {
                 );
             }
         }
+        assert!(
+            spoke > 0,
+            "the client sent {who} no message on any connection"
+        );
         assert_requests_well_formed(&t, who, &logs);
     }
 }
