@@ -101,7 +101,7 @@ use crate::mse_stream::Kind;
 use crate::net::{self, ConnCounters, Direction};
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
 use crate::pipeline::RateMeter;
-use crate::ratelimit::{self, Limiter};
+use crate::ratelimit::{self, LimitCell};
 use crate::torrent::msg::{ExchangeReply, PeerFault, TorrentMsg};
 use session::{Arrival, PeerSession, SessionConfig};
 use upload::Upload;
@@ -156,9 +156,9 @@ pub struct PeerContext {
     /// The torrent's storage, for serving blocks.
     pub storage: Storage,
     /// Upload rate limits (process, torrent) this connection obeys.
-    pub up_limits: Vec<Arc<Limiter>>,
+    pub up_limits: Vec<LimitCell>,
     /// Download rate limits this connection obeys.
-    pub down_limits: Vec<Arc<Limiter>>,
+    pub down_limits: Vec<LimitCell>,
     /// Process-wide connection counters (by kind, MSE failures).
     pub conn: Arc<ConnCounters>,
     /// The raw info dictionary, served to peers that ask by BEP 9
@@ -460,6 +460,7 @@ where
             id: ctx.id,
             cmds: cmd_tx,
             peer_id: theirs.peer_id,
+            encrypted: how.outgoing.map(|k| k == crate::mse_stream::Kind::MseRc4),
         })
         .await
         .is_err()
@@ -1265,6 +1266,7 @@ impl Conn<'_> {
             up_rate: self.up.meter.rate(now),
             uploaded,
             oddities: std::mem::take(&mut self.oddities),
+            choking_us: self.session.peer_choking,
         };
         self.ctx
             .torrent

@@ -52,8 +52,8 @@ pub mod selection;
 mod streams;
 
 pub use msg::{
-    ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
-    TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, FileProgress, PeerFault, PeerInfo, SetPrioritiesError, StreamError,
+    TorrentHandle, TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
@@ -64,7 +64,7 @@ use crate::choker::Choker;
 use crate::config::ClientConfig;
 use crate::picker::{Bitfield, PeerId, Picker, PickerConfig, Priority, Strategy};
 use crate::pipeline::RateMeter;
-use crate::ratelimit::{self, Limiter};
+use crate::ratelimit::{self, LimitCell};
 use crate::tracker::{AnnounceProgress, TorrentRegistration, TrackerHandle};
 
 /// Where a torrent's payload goes.
@@ -124,9 +124,12 @@ pub(crate) struct Shared {
     /// Our listener's address once bound: the `ipv6` of our extended
     /// handshake comes from it.
     pub listen_addr: Arc<std::sync::OnceLock<SocketAddr>>,
-    /// Process-wide rate limits.
-    pub up_limit: Option<Arc<Limiter>>,
-    pub down_limit: Option<Arc<Limiter>>,
+    /// Process-wide rate limits (changed through the session).
+    pub up_limit: LimitCell,
+    pub down_limit: LimitCell,
+    /// Connections per torrent (`max_peers_per_torrent`, changed through
+    /// the session).
+    pub max_peers: Arc<std::sync::atomic::AtomicUsize>,
     /// Process-wide connection counters.
     pub conn: Arc<crate::net::ConnCounters>,
 }
@@ -219,8 +222,8 @@ struct Torrent {
     up: RateMeter,
     seed: bool,
     choker: Choker,
-    up_limits: Vec<Arc<Limiter>>,
-    down_limits: Vec<Arc<Limiter>>,
+    up_limits: Vec<LimitCell>,
+    down_limits: Vec<LimitCell>,
     /// Addresses of the last connections that ended, for a ban decided
     /// after the peer left.
     recently_gone: VecDeque<(PeerId, SocketAddr, Option<[u8; 20]>)>,
@@ -301,10 +304,10 @@ async fn run(
     let (done_tx, mut done_rx) = mpsc::channel(write_cap + hash_cap + 2);
     let policy: ResumePolicy = shared.config.resume;
     let shared_choker = shared.config.choker;
-    let mut up_limits: Vec<Arc<Limiter>> = shared.up_limit.iter().cloned().collect();
-    up_limits.extend(params.upload_limit.map(ratelimit::limiter));
-    let mut down_limits: Vec<Arc<Limiter>> = shared.down_limit.iter().cloned().collect();
-    down_limits.extend(params.download_limit.map(ratelimit::limiter));
+    let mut up_limits: Vec<LimitCell> = vec![shared.up_limit.clone()];
+    up_limits.extend(params.upload_limit.map(ratelimit::fixed));
+    let mut down_limits: Vec<LimitCell> = vec![shared.down_limit.clone()];
+    down_limits.extend(params.download_limit.map(ratelimit::fixed));
     let mut t = Torrent {
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
@@ -642,8 +645,16 @@ impl Torrent {
 
     fn on_msg(&mut self, msg: TorrentMsg) {
         match msg {
-            TorrentMsg::PeerConnected { id, cmds, peer_id } => {
+            TorrentMsg::PeerConnected {
+                id,
+                cmds,
+                peer_id,
+                encrypted,
+            } => {
                 if let Some(p) = self.peers.get_mut(&id) {
+                    if let Some(e) = encrypted {
+                        p.encrypted = e;
+                    }
                     if self.banned.peer(&p.addr, &peer_id) {
                         // A banned host, found by its peer id at a new address.
                         self.drop_peer(id, "banned peer id".into());
@@ -726,6 +737,9 @@ impl Torrent {
             TorrentMsg::SetFilePriorities { priorities, reply } => {
                 self.set_priorities(priorities, reply)
             }
+            TorrentMsg::Peers { max, reply } => {
+                let _ = reply.send(self.peer_list(max));
+            }
             TorrentMsg::Progress { reply } => {
                 let layout = self.storage.layout();
                 let _ = reply.send(FileProgress {
@@ -746,6 +760,7 @@ impl Torrent {
                 up_rate,
                 uploaded,
                 oddities,
+                choking_us,
             } => {
                 self.bytes_up += uploaded;
                 self.protocol_oddities += oddities;
@@ -755,6 +770,7 @@ impl Torrent {
                 };
                 p.down_rate = down_rate;
                 p.up_rate = up_rate;
+                p.choking_us = choking_us;
                 p.exchanged += uploaded;
                 if p.wants_us != interested {
                     p.wants_us = interested;

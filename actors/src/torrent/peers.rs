@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Torrent;
-use super::msg::{PeerFault, TorrentState};
+use super::msg::{PeerFault, PeerInfo, TorrentState};
 use crate::choker::Candidate;
 use crate::peer::msg::PeerCmd;
 use crate::peer::{self, PeerContext};
@@ -43,6 +43,10 @@ pub(super) struct PeerEntry {
     pub(super) leaving: bool,
     /// We dialled it (else it dialled us).
     pub(super) outgoing: bool,
+    /// Its payload is RC4-encrypted (MSE), once known.
+    pub(super) encrypted: bool,
+    /// It chokes us (as of its last status report).
+    pub(super) choking_us: bool,
     /// Closed as the losing half of a duplicate pair: its end is nobody's
     /// fault and its address is not retried while the winner lives.
     pub(super) duplicate: bool,
@@ -229,7 +233,7 @@ impl Torrent {
         handshake: protocol::wire::Handshake,
     ) {
         let staying = self.peers.values().filter(|p| !p.leaving).count();
-        let full = staying >= self.shared.config.max_peers_per_torrent;
+        let full = staying >= self.shared.max_peers.load(Ordering::Relaxed);
         let done = !self.picker.needs_anything() && !self.seed;
         if self.banned.peer(&addr, &handshake.peer_id) {
             debug!(%addr, "banned host dialled in; dropped");
@@ -249,6 +253,9 @@ impl Torrent {
         }
         let ctx = self.new_peer(addr, Some(handshake.peer_id), false);
         let local = stream.get_ref().local_addr().ok();
+        if let Some(p) = self.peers.get_mut(&ctx.id) {
+            p.encrypted = stream.kind() == crate::mse_stream::Kind::MseRc4;
+        }
         self.tasks.spawn(async move {
             let _permit = permit;
             peer::run_with_local(stream, Some(handshake), local, ctx).await;
@@ -310,7 +317,7 @@ impl Torrent {
             return;
         }
         let now = Instant::now();
-        let limit = self.shared.config.max_peers_per_torrent;
+        let limit = self.shared.max_peers.load(Ordering::Relaxed);
         let mut slots = limit.saturating_sub(self.peers.len());
         if slots == 0 {
             return;
@@ -372,6 +379,8 @@ impl Torrent {
                 exchanged: 0,
                 leaving: false,
                 outgoing,
+                encrypted: false,
+                choking_us: true,
                 duplicate: false,
             },
         );
@@ -637,6 +646,39 @@ fn make_room(addrs: &mut HashMap<SocketAddr, AddrState>, a: &SocketAddr, cap: us
             true
         }
         None => false,
+    }
+}
+
+impl Torrent {
+    /// What a controller shows of the connected peers, at most `max` of
+    /// them (the busiest first).
+    pub(super) fn peer_list(&self, max: usize) -> Vec<PeerInfo> {
+        let pieces = self.picker.num_pieces();
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.cmds.is_some() && !p.leaving)
+            .map(|(id, p)| PeerInfo {
+                addr: p.addr,
+                peer_id: p.peer_id,
+                progress: if pieces == 0 {
+                    0.0
+                } else {
+                    f64::from(self.picker.peer_piece_count(*id)) / f64::from(pieces)
+                },
+                rate_to_us: p.down_rate,
+                rate_to_peer: p.up_rate,
+                we_interested: p.interested,
+                peer_interested: p.wants_us,
+                we_choking: !self.choker.is_unchoked(*id),
+                peer_choking: p.choking_us,
+                encrypted: p.encrypted,
+                incoming: !p.outgoing,
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.rate_to_us + p.rate_to_peer));
+        out.truncate(max);
+        out
     }
 }
 
