@@ -50,6 +50,7 @@ mod peers;
 mod pieces;
 pub mod selection;
 mod streams;
+mod superseed;
 
 pub use msg::{
     ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
@@ -231,6 +232,10 @@ struct Torrent {
     relocation: Option<tokio::sync::oneshot::Receiver<Result<Vec<u32>, String>>>,
     /// Layout files selected since the last relocation started.
     unpark: Vec<usize>,
+    /// Super-seeding state, while `super_seed` is on and we seed.
+    superseed: Option<superseed::SuperSeed>,
+    /// Random tie-breaks (super-seeding).
+    rng: SmallRng,
 }
 
 /// Peers from the tracker session wait here; it drops a batch that finds the
@@ -347,6 +352,8 @@ async fn run(
         streams: streams::Streams::default(),
         relocation: None,
         unpark: Vec::new(),
+        superseed: None,
+        rng: SmallRng::from_os_rng(),
     };
     // What the check found, saved now: a crash before the first
     // checkpoint need not hash again, and the save leaves the spare that a
@@ -410,6 +417,7 @@ async fn run(
                 t.connect_peers();
                 t.maybe_checkpoint();
                 t.choke_round();
+                t.super_seed_tick();
                 t.publish();
             }
             Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
@@ -652,6 +660,7 @@ impl Torrent {
                     if !self.settle_duplicate(id, peer_id) {
                         return;
                     }
+                    self.super_seed_refill(id);
                     self.pex_refresh(Some(id));
                 }
             }
@@ -675,11 +684,13 @@ impl Torrent {
                     Err(e) => self.drop_peer(id, format!("bad bitfield: {e}")),
                 }
                 self.update_interest(id);
+                self.super_seed_refill(id);
             }
             TorrentMsg::HaveAll { id } => {
                 self.picker.peer_have_all(id);
                 self.update_interest(id);
                 self.drop_if_both_seeds(id);
+                self.super_seed_refill(id);
             }
             TorrentMsg::HaveNone { id } => {
                 self.picker.peer_have_none(id);
@@ -689,7 +700,10 @@ impl Torrent {
                 self.update_interest(id);
             }
             TorrentMsg::Have { id, piece } => match self.picker.peer_have(id, piece) {
-                Ok(true) => self.update_interest(id),
+                Ok(true) => {
+                    self.update_interest(id);
+                    self.super_seed_announced(id, piece);
+                }
                 // libtorrent: a redundant HAVE is ignored.
                 Ok(false) => self.protocol_oddities += 1,
                 Err(e) => self.drop_peer(id, format!("bad have: {e}")),
