@@ -236,6 +236,12 @@ struct Torrent {
     superseed: Option<superseed::SuperSeed>,
     /// Random tie-breaks (super-seeding).
     rng: SmallRng,
+    /// Pieces whose writes started since the resume data last covered
+    /// everything written (see `storage::resume::WriteJournal`).
+    journal: storage::resume::WriteJournal,
+    /// The journal could not be written once (warned once; a crash then
+    /// costs a recheck or a download again, never trust).
+    journal_failed: bool,
 }
 
 /// Peers from the tracker session wait here; it drops a batch that finds the
@@ -305,6 +311,11 @@ async fn run(
     up_limits.extend(params.upload_limit.map(ratelimit::limiter));
     let mut down_limits: Vec<Arc<Limiter>> = shared.down_limit.iter().cloned().collect();
     down_limits.extend(params.download_limit.map(ratelimit::limiter));
+    let journal = storage::resume::WriteJournal::new(
+        &params.resume_file,
+        meta.info_hash.0,
+        info.piece_count(),
+    );
     let mut t = Torrent {
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
@@ -354,12 +365,20 @@ async fn run(
         unpark: Vec::new(),
         superseed: None,
         rng: SmallRng::from_os_rng(),
+        journal,
+        journal_failed: false,
     };
     // What the check found, saved now: a crash before the first
     // checkpoint need not hash again, and the save leaves the spare that a
     // save on a full disk writes into (see `storage::resume::save`).
-    if let Err(e) = t.save_resume().await {
-        warn!(error = %e, "saving resume data failed");
+    match t.save_resume().await {
+        // What a crashed run's journal listed is settled by that save.
+        Ok(()) => {
+            if let Err(e) = t.journal.clear() {
+                warn!(error = %e, "removing the write journal failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "saving resume data failed"),
     }
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
     if let Some(dht) = params.dht.as_ref().filter(|_| !t.meta.info.private) {
@@ -507,8 +526,15 @@ async fn check(
         if fresh {
             return Ok((storage, vec![false; n], selection));
         }
-        let checked =
-            storage::resume::validate(&storage, &info_hash, loaded).map_err(|e| e.to_string())?;
+        // Left by a run that did not stop cleanly (kill -9, a crash).
+        let journal = storage::resume::load_journal(&resume_file, &info_hash, info.piece_count());
+        let checked = storage::resume::validate_with_journal(
+            &storage,
+            &info_hash,
+            loaded,
+            journal.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
         if let Some(r) = &checked.reason {
             info!(reason = %r, pieces = checked.recheck.len(), "rechecking");
         }
@@ -857,6 +883,21 @@ impl Torrent {
                 if let Err(e) = self.save_resume().await {
                     warn!(error = %e, "saving resume data failed");
                 }
+            }
+        }
+        // Every write landed and is in the saved record: a clean stop, so
+        // the next run needs no journal.
+        if !matches!(self.state, TorrentState::Complete)
+            && self.resume.unsynced() == 0
+            && self.journal.exists()
+        {
+            match self.save_resume().await {
+                Ok(()) => {
+                    if let Err(e) = self.journal.clear() {
+                        warn!(error = %e, "removing the write journal failed");
+                    }
+                }
+                Err(e) => warn!(error = %e, "saving resume data failed"),
             }
         }
         self.publish();
