@@ -619,34 +619,6 @@ impl Torrent {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_ban_covers_the_host_its_port_changes_and_its_peer_id() {
-        let mut b = Bans::default();
-        let bad: SocketAddr = "198.18.2.9:6881".parse().unwrap();
-        b.insert(bad, Some([9; 20]));
-        assert!(b.addr(&"198.18.2.9:40000".parse().unwrap()), "new port");
-        assert!(
-            b.addr(&"[::ffff:198.18.2.9]:1".parse().unwrap()),
-            "v4-mapped"
-        );
-        assert!(!b.addr(&"198.18.2.10:6881".parse().unwrap()));
-        assert!(
-            b.peer(&"198.18.3.1:6881".parse().unwrap(), &[9; 20]),
-            "peer id"
-        );
-        assert!(!b.peer(&"198.18.3.1:6881".parse().unwrap(), &[8; 20]));
-        // Loopback: every local peer shares the address; by port there.
-        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        b.insert(local, None);
-        assert!(b.addr(&local));
-        assert!(!b.addr(&"127.0.0.1:5001".parse().unwrap()));
-    }
-}
-
 impl Torrent {
     /// The super-seeding state when new peers are to be super-seeded:
     /// `super_seed` is on and every piece is ours.
@@ -679,10 +651,15 @@ impl Torrent {
         let total = ss.revealed_total();
         for piece in reveal {
             debug!(peer = id.0, piece, total, "super-seeding: revealed");
-            if tx.try_send(PeerCmd::Have(piece)).is_err() {
+            match tx.try_send(PeerCmd::Have(piece)) {
+                Ok(()) => {}
                 // A lost reveal would leave the peer waiting for good.
-                self.drop_peer(id, "peer mailbox full".into());
-                return;
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.drop_peer(id, "peer mailbox full".into());
+                    return;
+                }
+                // The connection is ending; its PeerGone frees the pieces.
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
     }
@@ -693,6 +670,7 @@ impl Torrent {
             return;
         };
         for id in ss.announced(from, piece, Instant::now()) {
+            debug!(peer = id.0, by = from.0, piece, "super-seeding: passed on");
             self.super_seed_refill(id);
         }
     }
@@ -705,5 +683,33 @@ impl Torrent {
         for id in ss.stale(Instant::now()) {
             self.super_seed_refill(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ban_covers_the_host_its_port_changes_and_its_peer_id() {
+        let mut b = Bans::default();
+        let bad: SocketAddr = "198.18.2.9:6881".parse().unwrap();
+        b.insert(bad, Some([9; 20]));
+        assert!(b.addr(&"198.18.2.9:40000".parse().unwrap()), "new port");
+        assert!(
+            b.addr(&"[::ffff:198.18.2.9]:1".parse().unwrap()),
+            "v4-mapped"
+        );
+        assert!(!b.addr(&"198.18.2.10:6881".parse().unwrap()));
+        assert!(
+            b.peer(&"198.18.3.1:6881".parse().unwrap(), &[9; 20]),
+            "peer id"
+        );
+        assert!(!b.peer(&"198.18.3.1:6881".parse().unwrap(), &[8; 20]));
+        // Loopback: every local peer shares the address; by port there.
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        b.insert(local, None);
+        assert!(b.addr(&local));
+        assert!(!b.addr(&"127.0.0.1:5001".parse().unwrap()));
     }
 }
