@@ -114,3 +114,60 @@ fn super_seed_sends_each_piece_about_once_and_every_leecher_completes() {
         up as f64 / payload as f64
     );
 }
+
+#[test]
+fn super_seed_to_libtorrent_leechers_sends_each_piece_about_once() {
+    use support::lt::LtPeer;
+    let dir = tempfile::tempdir().unwrap();
+    let t = torrent(dir.path(), "superseed-lt");
+    let data = dir.path().join("seed");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed(
+        "seed",
+        &t.path,
+        &data,
+        &["--upload-limit", SEED_UPLOAD_LIMIT, "--super-seed"],
+    );
+    let mut known = vec![seed.listen_port(START)];
+    let mut leechers: Vec<(LtPeer, PathBuf)> = Vec::new();
+    for i in 0..LEECHERS {
+        let save = dir.path().join(format!("lt{i}"));
+        // Each dials the seed and the leechers before it (no PEX between
+        // libtorrent leechers here), and seeds on once done.
+        let mut extra = vec!["--stay".to_string(), "--timeout".into(), "300".into()];
+        for p in &known {
+            extra.extend(["--peer".into(), format!("127.0.0.1:{p}")]);
+        }
+        let mut l = LtPeer::spawn("leech", &t.path, &save, &extra);
+        let port: u16 = l.expect_line("PORT ", START).parse().expect("PORT line");
+        known.push(port);
+        leechers.push((l, save));
+    }
+    for (l, save) in leechers.iter_mut() {
+        l.expect_line("DONE ", SWARM);
+        t.assert_downloaded(save);
+    }
+    let since = Instant::now();
+    support::wait_until(Duration::from_secs(10), || {
+        seed.stats_with_times().iter().any(|(at, _)| *at > since)
+    });
+    let up = seed
+        .last_stats()
+        .and_then(|v| v["bytes_up"].as_u64())
+        .unwrap_or_else(|| seed.fail("no stats from the seed"));
+    let payload = t.payload.len() as u64;
+    eprintln!(
+        "super-seed to libtorrent: bytes_up {up} ({:.2}x payload)",
+        up as f64 / payload as f64
+    );
+    for (l, _) in leechers.iter_mut() {
+        l.finish(Duration::from_secs(30));
+    }
+    seed.stop(Duration::from_secs(30));
+    assert!(up >= payload, "the seed sent less than one copy ({up})");
+    assert!(
+        up * 10 <= payload * 12,
+        "super-seed uploaded {up} bytes for a {payload}-byte payload ({:.2}x, more than 1.2x)",
+        up as f64 / payload as f64
+    );
+}
