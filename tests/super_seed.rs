@@ -1,9 +1,9 @@
 //! Super-seeding (BEP 16) with real peers on 127.0.0.1: one `actorrent
-//! seed --super-seed` and four `actorrent download --seed-after` leechers.
+//! seed --super-seed` and four leechers, `actorrent download --seed-after`
+//! processes in one test and libtorrent (python3-libtorrent) in the other.
 //! What must hold: every leecher completes with identical files, and the
 //! seed sends the payload about once (at most 1.2 times its size), the
-//! leechers trading the rest (it prints the multiple; a plain seed in this
-//! setup is measured in docs/benchmarks.md).
+//! leechers trading the rest; each test prints the multiple it saw.
 //!
 //! The seed's upload is capped so that it is the bottleneck (the case
 //! super-seeding is for); the cap shapes the swarm, it is not asserted.
