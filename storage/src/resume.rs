@@ -975,7 +975,12 @@ pub fn load_journal(resume: &Path, info_hash: &[u8; 20], pieces: u32) -> Option<
     }
     let mut buf = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(f, max), &mut buf).ok()?;
-    if buf.len() < 20 || &buf[..20] != info_hash {
+    parse_journal(&buf, info_hash, pieces)
+}
+
+/// Parses a journal's bytes (see [`load_journal`]); never panics.
+pub fn parse_journal(buf: &[u8], info_hash: &[u8; 20], pieces: u32) -> Option<Vec<u32>> {
+    if buf.len() < 20 || &buf[..20] != info_hash || buf.len() as u64 > 20 + 4 * u64::from(pieces) {
         return None;
     }
     // A crash may cut the last entry short: it is ignored (its write had
