@@ -147,6 +147,12 @@ pub struct ClientConfig {
     pub read_cache_pieces: usize,
     /// Upload slots and rotation.
     pub choker: ChokerConfig,
+    /// Super-seeding (BEP 16) while a torrent seeds: peers are shown no
+    /// piece at first, then one rare piece at a time, the next once another
+    /// peer announces it (see `torrent::superseed`). For a seed whose upload
+    /// is the swarm's bottleneck; it slows a swarm that has other seeds.
+    /// Default off.
+    pub super_seed: bool,
     /// Process-wide upload limit in bytes per second; `None` is unlimited.
     #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub upload_limit: Option<u64>,
@@ -227,6 +233,7 @@ impl Default for ClientConfig {
             max_send_queue: 1 << 20,
             read_cache_pieces: 4,
             choker: ChokerConfig::default(),
+            super_seed: false,
             upload_limit: None,
             download_limit: None,
             max_pending_handshakes: 64,

@@ -1221,6 +1221,11 @@ impl Picker {
         self.unassigned
     }
 
+    /// Whether `peer` has announced piece `index`.
+    pub fn peer_has(&self, peer: PeerId, index: u32) -> bool {
+        self.peers.get(&peer).is_some_and(|st| st.has(index))
+    }
+
     /// Peers connected with `index` (0 past the end).
     pub fn availability(&self, index: u32) -> u32 {
         self.avail.get(index as usize).map_or(0, |a| a + self.seeds)

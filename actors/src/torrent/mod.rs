@@ -50,6 +50,7 @@ mod peers;
 mod pieces;
 pub mod selection;
 mod streams;
+mod superseed;
 
 pub use msg::{
     ExchangeReply, FileProgress, PeerFault, PeerInfo, SetPrioritiesError, StreamError,
@@ -239,6 +240,16 @@ struct Torrent {
     relocation: Option<tokio::sync::oneshot::Receiver<Result<Vec<u32>, String>>>,
     /// Layout files selected since the last relocation started.
     unpark: Vec<usize>,
+    /// Super-seeding state, while `super_seed` is on and we seed.
+    superseed: Option<superseed::SuperSeed>,
+    /// Random tie-breaks (super-seeding).
+    rng: SmallRng,
+    /// Pieces whose writes started since the resume data last covered
+    /// everything written (see `storage::resume::WriteJournal`).
+    journal: storage::resume::WriteJournal,
+    /// The journal could not be written once (warned once; a crash then
+    /// costs a recheck or a download again, never trust).
+    journal_failed: bool,
 }
 
 /// Peers from the tracker session wait here; it drops a batch that finds the
@@ -308,6 +319,11 @@ async fn run(
     up_limits.extend(params.upload_limit.map(ratelimit::fixed));
     let mut down_limits: Vec<LimitCell> = vec![shared.down_limit.clone()];
     down_limits.extend(params.download_limit.map(ratelimit::fixed));
+    let journal = storage::resume::WriteJournal::new(
+        &params.resume_file,
+        meta.info_hash.0,
+        info.piece_count(),
+    );
     let mut t = Torrent {
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
@@ -356,12 +372,22 @@ async fn run(
         streams: streams::Streams::default(),
         relocation: None,
         unpark: Vec::new(),
+        superseed: None,
+        rng: SmallRng::from_os_rng(),
+        journal,
+        journal_failed: false,
     };
     // What the check found, saved now: a crash before the first
     // checkpoint need not hash again, and the save leaves the spare that a
     // save on a full disk writes into (see `storage::resume::save`).
-    if let Err(e) = t.save_resume().await {
-        warn!(error = %e, "saving resume data failed");
+    match t.save_resume().await {
+        // What a crashed run's journal listed is settled by that save.
+        Ok(()) => {
+            if let Err(e) = t.journal.clear() {
+                warn!(error = %e, "removing the write journal failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "saving resume data failed"),
     }
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
     if let Some(dht) = params.dht.as_ref().filter(|_| !t.meta.info.private) {
@@ -419,6 +445,7 @@ async fn run(
                 t.connect_peers();
                 t.maybe_checkpoint();
                 t.choke_round();
+                t.super_seed_tick();
                 t.publish();
             }
             Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
@@ -508,8 +535,15 @@ async fn check(
         if fresh {
             return Ok((storage, vec![false; n], selection));
         }
-        let checked =
-            storage::resume::validate(&storage, &info_hash, loaded).map_err(|e| e.to_string())?;
+        // Left by a run that did not stop cleanly (kill -9, a crash).
+        let journal = storage::resume::load_journal(&resume_file, &info_hash, info.piece_count());
+        let checked = storage::resume::validate_with_journal(
+            &storage,
+            &info_hash,
+            loaded,
+            journal.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
         if let Some(r) = &checked.reason {
             info!(reason = %r, pieces = checked.recheck.len(), "rechecking");
         }
@@ -669,6 +703,7 @@ impl Torrent {
                     if !self.settle_duplicate(id, peer_id) {
                         return;
                     }
+                    self.super_seed_refill(id);
                     self.pex_refresh(Some(id));
                 }
             }
@@ -692,11 +727,13 @@ impl Torrent {
                     Err(e) => self.drop_peer(id, format!("bad bitfield: {e}")),
                 }
                 self.update_interest(id);
+                self.super_seed_refill(id);
             }
             TorrentMsg::HaveAll { id } => {
                 self.picker.peer_have_all(id);
                 self.update_interest(id);
                 self.drop_if_both_seeds(id);
+                self.super_seed_refill(id);
             }
             TorrentMsg::HaveNone { id } => {
                 self.picker.peer_have_none(id);
@@ -706,7 +743,10 @@ impl Torrent {
                 self.update_interest(id);
             }
             TorrentMsg::Have { id, piece } => match self.picker.peer_have(id, piece) {
-                Ok(true) => self.update_interest(id),
+                Ok(true) => {
+                    self.update_interest(id);
+                    self.super_seed_announced(id, piece);
+                }
                 // libtorrent: a redundant HAVE is ignored.
                 Ok(false) => self.protocol_oddities += 1,
                 Err(e) => self.drop_peer(id, format!("bad have: {e}")),
@@ -865,6 +905,21 @@ impl Torrent {
                 if let Err(e) = self.save_resume().await {
                     warn!(error = %e, "saving resume data failed");
                 }
+            }
+        }
+        // Every write landed and is in the saved record: a clean stop, so
+        // the next run needs no journal.
+        if !matches!(self.state, TorrentState::Complete)
+            && self.resume.unsynced() == 0
+            && self.journal.exists()
+        {
+            match self.save_resume().await {
+                Ok(()) => {
+                    if let Err(e) = self.journal.clear() {
+                        warn!(error = %e, "removing the write journal failed");
+                    }
+                }
+                Err(e) => warn!(error = %e, "saving resume data failed"),
             }
         }
         self.publish();

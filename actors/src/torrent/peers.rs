@@ -384,13 +384,22 @@ impl Torrent {
                 duplicate: false,
             },
         );
+        // A super-seed shows a new peer nothing; pieces are revealed one
+        // by one once it is connected (see `superseed`).
+        let have = match self.super_seed_state() {
+            Some(ss) => {
+                ss.add_peer(id);
+                crate::picker::Bitfield::new(self.picker.num_pieces())
+            }
+            None => self.picker.have_bitfield().clone(),
+        };
         PeerContext {
             id,
             addr,
             info_hash: self.meta.info_hash.0,
             our_id: self.shared.peer_id,
             piece_count: self.picker.num_pieces(),
-            have: self.picker.have_bitfield().clone(),
+            have,
             torrent: self.self_tx.clone(),
             budget: self.shared.budget.clone(),
             config: self.shared.config.clone(),
@@ -560,6 +569,9 @@ impl Torrent {
     }
 
     pub(super) fn peer_gone(&mut self, id: PeerId, fault: PeerFault, reason: String) {
+        if let Some(ss) = &mut self.superseed {
+            ss.peer_gone(id);
+        }
         self.picker.peer_gone(id);
         self.choker.remove(id);
         let Some(p) = self.peers.remove(&id) else {
@@ -679,6 +691,73 @@ impl Torrent {
         out.sort_by_key(|p| std::cmp::Reverse(p.rate_to_us + p.rate_to_peer));
         out.truncate(max);
         out
+    }
+}
+
+impl Torrent {
+    /// The super-seeding state when new peers are to be super-seeded:
+    /// `super_seed` is on and every piece is ours.
+    pub(super) fn super_seed_state(&mut self) -> Option<&mut super::superseed::SuperSeed> {
+        if !self.shared.config.super_seed || !self.seed || !self.picker.is_complete() {
+            return None;
+        }
+        let n = self.picker.num_pieces();
+        Some(
+            self.superseed
+                .get_or_insert_with(|| super::superseed::SuperSeed::new(n)),
+        )
+    }
+
+    /// Shows `id` new pieces up to its slots, if we super-seed to it.
+    pub(super) fn super_seed_refill(&mut self, id: PeerId) {
+        let Some(ss) = self.superseed.as_mut().filter(|ss| ss.serves(id)) else {
+            return;
+        };
+        let Some(tx) = self.peers.get(&id).and_then(|p| p.cmds.clone()) else {
+            return;
+        };
+        let picker = &self.picker;
+        let reveal = ss.refill(
+            id,
+            |i| picker.peer_has(id, i),
+            |i| picker.availability(i),
+            &mut self.rng,
+        );
+        let total = ss.revealed_total();
+        for piece in reveal {
+            debug!(peer = id.0, piece, total, "super-seeding: revealed");
+            match tx.try_send(PeerCmd::Have(piece)) {
+                Ok(()) => {}
+                // A lost reveal would leave the peer waiting for good.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.drop_peer(id, "peer mailbox full".into());
+                    return;
+                }
+                // The connection is ending; its PeerGone frees the pieces.
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
+
+    /// `from` announced `piece`: peers that passed it on are owed more.
+    pub(super) fn super_seed_announced(&mut self, from: PeerId, piece: u32) {
+        let Some(ss) = self.superseed.as_mut() else {
+            return;
+        };
+        for id in ss.announced(from, piece, Instant::now()) {
+            debug!(peer = id.0, by = from.0, piece, "super-seeding: passed on");
+            self.super_seed_refill(id);
+        }
+    }
+
+    /// Serves peers that had nobody to forward their pieces to.
+    pub(super) fn super_seed_tick(&mut self) {
+        let Some(ss) = self.superseed.as_mut() else {
+            return;
+        };
+        for id in ss.stale(Instant::now()) {
+            self.super_seed_refill(id);
+        }
     }
 }
 
