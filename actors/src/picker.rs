@@ -1094,6 +1094,12 @@ impl Picker {
         self.piece_failed_inner(index, Some(blocks))
     }
 
+    /// True if an earlier copy of the piece failed its hash: its good copy
+    /// must then go through [`Picker::piece_passed`] before it is written.
+    pub fn has_evidence(&self, index: u32) -> bool {
+        self.evidence.contains_key(&index)
+    }
+
     /// Smart ban: piece `index` passed its hash check with `blocks`. Every
     /// peer that once sent a block of it in a failed attempt is judged: a
     /// block that differs from the good one convicts its sender (banned at

@@ -74,6 +74,7 @@
 //! | a connection to ourselves | disconnect (`self_connection`) | never dialled again; not counted as a protocol error |
 
 pub mod msg;
+mod readbuf;
 pub mod session;
 mod upload;
 
@@ -660,6 +661,7 @@ impl Conn<'_> {
             piece_count: Some(ctx.piece_count),
         };
         let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
+        let mut spare = readbuf::ReadBuffers::new(ctx.config.read_buffer / 4);
         let mut tick = tokio::time::interval(ctx.config.peer_tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -691,7 +693,7 @@ impl Conn<'_> {
                                 }
                             }
                             Ok(Decoded::NeedMore(n)) => {
-                                buf.reserve(n.max(ctx.config.read_buffer / 4));
+                                spare.make_room(&mut buf, n);
                                 break;
                             }
                             Err(e) => {
@@ -755,6 +757,7 @@ impl Conn<'_> {
                     }
                 }
                 _ = tick.tick() => {
+                    spare.trim();
                     let now = Instant::now();
                     self.session.flush_metrics();
                     self.up.turnaround.flush_into(&metrics::SERVE_TURNAROUND_US);

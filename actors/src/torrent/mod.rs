@@ -10,11 +10,15 @@
 //! storage fails (a write error stops the torrent with the error shown).
 //!
 //! Data path: peers send blocks in [`TorrentMsg::Exchange`]; complete pieces
-//! wait in `pending_hash` for a hash-pool permit, verified pieces in
-//! `pending_write` for a writer permit. Completions come back on `done_rx`,
-//! whose capacity covers every permit, so the hash and writer threads'
-//! `try_send` cannot fail; each completion carries its permit, so a slot is
-//! free again only once the torrent has taken the result.
+//! wait in `pending_hash` for a hash-pool permit. A piece submitted with a
+//! writer permit too goes from the hash worker straight to the disk writer
+//! (one wake-up of this actor per piece, by the write completion); without
+//! one, or when the writer's queue is full, the verified piece comes back
+//! and waits in `pending_write` for a writer permit. Completions come back
+//! on `done_rx`, whose capacity covers every permit, so the hash and writer
+//! threads' `try_send` cannot fail; each completion carries its permit, so
+//! a slot is free again only once the torrent has taken the result. The
+//! actor drains every completion waiting in one wake-up.
 //!
 //! The actor's methods are split by concern: `peers` (address book,
 //! connections, reconnect policy, choking), `pieces` (the data path
@@ -210,6 +214,8 @@ struct Torrent {
     finishing: bool,
     /// A writer queue was full despite our permit: wait before retrying.
     write_backoff: bool,
+    /// Pieces were written since the last [`Torrent::after_writes`].
+    written_unsettled: bool,
     bytes_down: u64,
     down: RateMeter,
     hash_failures: u64,
@@ -255,6 +261,9 @@ struct Torrent {
 /// Peers from the tracker session wait here; it drops a batch that finds the
 /// channel full (the next announce brings them again).
 const TRACKER_PEER_BATCHES: usize = 16;
+/// Most completions handled in one wake-up before the loop looks at its
+/// other inputs again.
+const DONE_BATCH: usize = 64;
 
 async fn run(
     params: TorrentParams,
@@ -351,6 +360,7 @@ async fn run(
         checkpoint: None,
         finishing: false,
         write_backoff: false,
+        written_unsettled: false,
         bytes_down: 0,
         down: RateMeter::new(Duration::from_secs(5), 10),
         hash_failures: 0,
@@ -425,7 +435,19 @@ async fn run(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some(done) = done_rx.recv() => t.on_done(done).await,
+            Some(done) = done_rx.recv() => {
+                t.on_done(done).await;
+                // The writer finishes a batch at once: take all of it in
+                // this wake-up (its HAVEs reach each peer before the peer
+                // runs, so they cost the peer one wake-up too).
+                for _ in 1..DONE_BATCH {
+                    match done_rx.try_recv() {
+                        Ok(d) => t.on_done(d).await,
+                        Err(_) => break,
+                    }
+                }
+                t.after_writes();
+            }
             permit = hash_permits.acquire_owned(), if !t.pending_hash.is_empty() => {
                 if let Ok(p) = permit { t.submit_hash(p); }
             }
