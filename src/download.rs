@@ -186,6 +186,11 @@ pub struct SeedArgs {
     /// Accept incoming connections on this address (port 0: any free port).
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:6881")]
     pub listen: SocketAddr,
+    /// Super-seeding (BEP 16): show each peer one rare piece at a time and
+    /// the next once another peer has it, so the seed sends each piece
+    /// about once (config `super_seed`).
+    #[arg(long)]
+    pub super_seed: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -248,6 +253,9 @@ struct Plan {
     /// The selection flags (`download` only; `seed` keeps the recorded one).
     select: Option<SelectArgs>,
     stream: Option<SocketAddr>,
+    /// The `--metrics` listener bound before the torrent starts
+    /// (`download`), so a magnet's metadata phase is scraped on the same port.
+    metrics: Option<std::net::TcpListener>,
 }
 
 pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure> {
@@ -274,6 +282,12 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
         sequential: args.sequential,
         select: Some(args.select.clone()),
         stream: args.stream,
+        metrics: args
+            .net
+            .metrics
+            .map(crate::metrics::bind)
+            .transpose()
+            .map_err(Failure::Runtime)?,
     };
     let mut stats_out = open_stats(&args.net)?;
     let source = args.torrent.to_string_lossy();
@@ -288,8 +302,11 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
             Some(local),
             dht_state,
             &config,
-            &mut stats_out,
-            args.save_torrent.as_deref(),
+            crate::magnet::Outputs {
+                stats_out: &mut stats_out,
+                save_torrent: args.save_torrent.as_deref(),
+                metrics: plan.metrics.as_ref(),
+            },
         )?;
         let mut net = args.net.clone();
         for p in resolved.peers {
@@ -341,6 +358,7 @@ fn open_stats(net: &NetArgs) -> Result<Option<Box<dyn Write + Send>>, Failure> {
 
 pub fn seed(args: &SeedArgs, mut config: ClientConfig) -> Result<(), Failure> {
     apply_binding(&args.net, &mut config)?;
+    config.super_seed |= args.super_seed;
     let target = match (&args.data, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),
@@ -356,6 +374,7 @@ pub fn seed(args: &SeedArgs, mut config: ClientConfig) -> Result<(), Failure> {
         sequential: false,
         select: None,
         stream: None,
+        metrics: None,
     };
     let stats_out = open_stats(&args.net)?;
     run_torrent(
@@ -438,8 +457,12 @@ fn run_torrent(
         let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();
         let config_strategy = config.picker.strategy;
-        let mut scrapes = match net.metrics {
-            Some(addr) => Some(crate::metrics::start(addr).await.map_err(Failure::Runtime)?),
+        let metrics_listener = match plan.metrics.take() {
+            Some(l) => Some(l),
+            None => net.metrics.map(crate::metrics::bind).transpose().map_err(Failure::Runtime)?,
+        };
+        let mut scrapes = match &metrics_listener {
+            Some(l) => Some(crate::metrics::serve_on(l).map_err(Failure::Runtime)?),
             None => None,
         };
         let dht_config = config.clone();
@@ -658,7 +681,7 @@ async fn start_stream(
 }
 
 /// The next metrics scrape, or never when `--metrics` is not given.
-async fn recv_scrape(
+pub(crate) async fn recv_scrape(
     scrapes: &mut Option<tokio::sync::mpsc::Receiver<crate::metrics::Scrape>>,
 ) -> Option<crate::metrics::Scrape> {
     match scrapes {

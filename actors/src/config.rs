@@ -90,6 +90,12 @@ pub struct ClientConfig {
     pub max_peers_per_torrent: usize,
     /// Connections in the whole process. Default 500.
     pub max_connections: usize,
+    /// Addresses one torrent's address book holds (from `--peer`, trackers,
+    /// the DHT and PEX). A full book first forgets an address it gave up
+    /// on, else takes no more: a tracker or a swarm that names thousands of
+    /// peers cannot grow it. Banned hosts are kept apart and never re-added.
+    /// Default 4000.
+    pub max_known_addrs_per_torrent: usize,
     /// Attempts to reach a known peer address before it is forgotten
     /// (reset when a connection succeeds). Default 5.
     pub reconnect_attempts: u32,
@@ -143,6 +149,12 @@ pub struct ClientConfig {
     pub read_cache_pieces: usize,
     /// Upload slots and rotation.
     pub choker: ChokerConfig,
+    /// Super-seeding (BEP 16) while a torrent seeds: peers are shown no
+    /// piece at first, then one rare piece at a time, the next once another
+    /// peer announces it (see `torrent::superseed`). For a seed whose upload
+    /// is the swarm's bottleneck; it slows a swarm that has other seeds.
+    /// Default off.
+    pub super_seed: bool,
     /// Process-wide upload limit in bytes per second; `None` is unlimited.
     #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub upload_limit: Option<u64>,
@@ -207,6 +219,7 @@ impl Default for ClientConfig {
             write_timeout: Duration::from_secs(30),
             max_peers_per_torrent: 50,
             max_connections: 500,
+            max_known_addrs_per_torrent: 4000,
             reconnect_attempts: 5,
             reconnect_backoff: Duration::from_secs(1),
             max_protocol_strikes: 3,
@@ -222,6 +235,7 @@ impl Default for ClientConfig {
             max_send_queue: 1 << 20,
             read_cache_pieces: 4,
             choker: ChokerConfig::default(),
+            super_seed: false,
             upload_limit: None,
             download_limit: None,
             max_pending_handshakes: 64,

@@ -577,6 +577,15 @@ impl Picker {
         Ok(())
     }
 
+    /// How many pieces the peer has announced.
+    pub fn peer_piece_count(&self, peer: PeerId) -> u32 {
+        match self.peers.get(&peer).map(|st| &st.has) {
+            Some(PeerHas::All) => self.geo.pieces,
+            Some(PeerHas::Some(b)) => b.count(),
+            None => 0,
+        }
+    }
+
     /// The peer's HAVE message; `Ok(false)` if it had announced that piece
     /// already (nothing changes).
     pub fn peer_have(&mut self, peer: PeerId, index: u32) -> Result<bool, PickerError> {
@@ -1216,6 +1225,11 @@ impl Picker {
     /// Blocks of missing pieces neither requested nor received.
     pub fn unassigned_blocks(&self) -> u64 {
         self.unassigned
+    }
+
+    /// Whether `peer` has announced piece `index`.
+    pub fn peer_has(&self, peer: PeerId, index: u32) -> bool {
+        self.peers.get(&peer).is_some_and(|st| st.has(index))
     }
 
     /// Peers connected with `index` (0 past the end).

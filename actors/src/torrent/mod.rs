@@ -54,10 +54,11 @@ mod peers;
 mod pieces;
 pub mod selection;
 mod streams;
+mod superseed;
 
 pub use msg::{
-    ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
-    TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, FileProgress, PeerFault, PeerInfo, SetPrioritiesError, StreamError,
+    TorrentHandle, TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
@@ -68,7 +69,7 @@ use crate::choker::Choker;
 use crate::config::ClientConfig;
 use crate::picker::{Bitfield, PeerId, Picker, PickerConfig, Priority, Strategy};
 use crate::pipeline::RateMeter;
-use crate::ratelimit::{self, Limiter};
+use crate::ratelimit::{self, LimitCell};
 use crate::tracker::{AnnounceProgress, TorrentRegistration, TrackerHandle};
 
 /// Where a torrent's payload goes.
@@ -125,9 +126,15 @@ pub(crate) struct Shared {
     pub tracker: TrackerHandle,
     /// Our listen port (0 until the session listens), for announces.
     pub listen_port: Arc<AtomicU16>,
-    /// Process-wide rate limits.
-    pub up_limit: Option<Arc<Limiter>>,
-    pub down_limit: Option<Arc<Limiter>>,
+    /// Our listener's address once bound: the `ipv6` of our extended
+    /// handshake comes from it.
+    pub listen_addr: Arc<std::sync::OnceLock<SocketAddr>>,
+    /// Process-wide rate limits (changed through the session).
+    pub up_limit: LimitCell,
+    pub down_limit: LimitCell,
+    /// Connections per torrent (`max_peers_per_torrent`, changed through
+    /// the session).
+    pub max_peers: Arc<std::sync::atomic::AtomicUsize>,
     /// Process-wide connection counters.
     pub conn: Arc<crate::net::ConnCounters>,
 }
@@ -213,6 +220,8 @@ struct Torrent {
     down: RateMeter,
     hash_failures: u64,
     banned_peers: u64,
+    /// Addresses not taken because the address book was full.
+    addrs_skipped: u64,
     protocol_errors: u64,
     protocol_oddities: u64,
     bytes_wasted: u64,
@@ -220,8 +229,8 @@ struct Torrent {
     up: RateMeter,
     seed: bool,
     choker: Choker,
-    up_limits: Vec<Arc<Limiter>>,
-    down_limits: Vec<Arc<Limiter>>,
+    up_limits: Vec<LimitCell>,
+    down_limits: Vec<LimitCell>,
     /// Addresses of the last connections that ended, for a ban decided
     /// after the peer left.
     recently_gone: VecDeque<(PeerId, SocketAddr, Option<[u8; 20]>)>,
@@ -237,6 +246,16 @@ struct Torrent {
     relocation: Option<tokio::sync::oneshot::Receiver<Result<Vec<u32>, String>>>,
     /// Layout files selected since the last relocation started.
     unpark: Vec<usize>,
+    /// Super-seeding state, while `super_seed` is on and we seed.
+    superseed: Option<superseed::SuperSeed>,
+    /// Random tie-breaks (super-seeding).
+    rng: SmallRng,
+    /// Pieces whose writes started since the resume data last covered
+    /// everything written (see `storage::resume::WriteJournal`).
+    journal: storage::resume::WriteJournal,
+    /// The journal could not be written once (warned once; a crash then
+    /// costs a recheck or a download again, never trust).
+    journal_failed: bool,
 }
 
 /// Peers from the tracker session wait here; it drops a batch that finds the
@@ -305,10 +324,15 @@ async fn run(
     let (done_tx, mut done_rx) = mpsc::channel(write_cap + hash_cap + 2);
     let policy: ResumePolicy = shared.config.resume;
     let shared_choker = shared.config.choker;
-    let mut up_limits: Vec<Arc<Limiter>> = shared.up_limit.iter().cloned().collect();
-    up_limits.extend(params.upload_limit.map(ratelimit::limiter));
-    let mut down_limits: Vec<Arc<Limiter>> = shared.down_limit.iter().cloned().collect();
-    down_limits.extend(params.download_limit.map(ratelimit::limiter));
+    let mut up_limits: Vec<LimitCell> = vec![shared.up_limit.clone()];
+    up_limits.extend(params.upload_limit.map(ratelimit::fixed));
+    let mut down_limits: Vec<LimitCell> = vec![shared.down_limit.clone()];
+    down_limits.extend(params.download_limit.map(ratelimit::fixed));
+    let journal = storage::resume::WriteJournal::new(
+        &params.resume_file,
+        meta.info_hash.0,
+        info.piece_count(),
+    );
     let mut t = Torrent {
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
@@ -341,6 +365,7 @@ async fn run(
         down: RateMeter::new(Duration::from_secs(5), 10),
         hash_failures: 0,
         banned_peers: 0,
+        addrs_skipped: 0,
         protocol_errors: 0,
         protocol_oddities: 0,
         bytes_wasted: 0,
@@ -357,12 +382,22 @@ async fn run(
         streams: streams::Streams::default(),
         relocation: None,
         unpark: Vec::new(),
+        superseed: None,
+        rng: SmallRng::from_os_rng(),
+        journal,
+        journal_failed: false,
     };
     // What the check found, saved now: a crash before the first
     // checkpoint need not hash again, and the save leaves the spare that a
     // save on a full disk writes into (see `storage::resume::save`).
-    if let Err(e) = t.save_resume().await {
-        warn!(error = %e, "saving resume data failed");
+    match t.save_resume().await {
+        // What a crashed run's journal listed is settled by that save.
+        Ok(()) => {
+            if let Err(e) = t.journal.clear() {
+                warn!(error = %e, "removing the write journal failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "saving resume data failed"),
     }
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
     if let Some(dht) = params.dht.as_ref().filter(|_| !t.meta.info.private) {
@@ -432,6 +467,7 @@ async fn run(
                 t.connect_peers();
                 t.maybe_checkpoint();
                 t.choke_round();
+                t.super_seed_tick();
                 t.publish();
             }
             Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
@@ -521,8 +557,15 @@ async fn check(
         if fresh {
             return Ok((storage, vec![false; n], selection));
         }
-        let checked =
-            storage::resume::validate(&storage, &info_hash, loaded).map_err(|e| e.to_string())?;
+        // Left by a run that did not stop cleanly (kill -9, a crash).
+        let journal = storage::resume::load_journal(&resume_file, &info_hash, info.piece_count());
+        let checked = storage::resume::validate_with_journal(
+            &storage,
+            &info_hash,
+            loaded,
+            journal.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
         if let Some(r) = &checked.reason {
             info!(reason = %r, pieces = checked.recheck.len(), "rechecking");
         }
@@ -658,8 +701,16 @@ impl Torrent {
 
     fn on_msg(&mut self, msg: TorrentMsg) {
         match msg {
-            TorrentMsg::PeerConnected { id, cmds, peer_id } => {
+            TorrentMsg::PeerConnected {
+                id,
+                cmds,
+                peer_id,
+                encrypted,
+            } => {
                 if let Some(p) = self.peers.get_mut(&id) {
+                    if let Some(e) = encrypted {
+                        p.encrypted = e;
+                    }
                     if self.banned.peer(&p.addr, &peer_id) {
                         // A banned host, found by its peer id at a new address.
                         self.drop_peer(id, "banned peer id".into());
@@ -674,6 +725,7 @@ impl Torrent {
                     if !self.settle_duplicate(id, peer_id) {
                         return;
                     }
+                    self.super_seed_refill(id);
                     self.pex_refresh(Some(id));
                 }
             }
@@ -697,11 +749,13 @@ impl Torrent {
                     Err(e) => self.drop_peer(id, format!("bad bitfield: {e}")),
                 }
                 self.update_interest(id);
+                self.super_seed_refill(id);
             }
             TorrentMsg::HaveAll { id } => {
                 self.picker.peer_have_all(id);
                 self.update_interest(id);
                 self.drop_if_both_seeds(id);
+                self.super_seed_refill(id);
             }
             TorrentMsg::HaveNone { id } => {
                 self.picker.peer_have_none(id);
@@ -711,7 +765,10 @@ impl Torrent {
                 self.update_interest(id);
             }
             TorrentMsg::Have { id, piece } => match self.picker.peer_have(id, piece) {
-                Ok(true) => self.update_interest(id),
+                Ok(true) => {
+                    self.update_interest(id);
+                    self.super_seed_announced(id, piece);
+                }
                 // libtorrent: a redundant HAVE is ignored.
                 Ok(false) => self.protocol_oddities += 1,
                 Err(e) => self.drop_peer(id, format!("bad have: {e}")),
@@ -742,6 +799,9 @@ impl Torrent {
             TorrentMsg::SetFilePriorities { priorities, reply } => {
                 self.set_priorities(priorities, reply)
             }
+            TorrentMsg::Peers { max, reply } => {
+                let _ = reply.send(self.peer_list(max));
+            }
             TorrentMsg::Progress { reply } => {
                 let layout = self.storage.layout();
                 let _ = reply.send(FileProgress {
@@ -762,6 +822,7 @@ impl Torrent {
                 up_rate,
                 uploaded,
                 oddities,
+                choking_us,
             } => {
                 self.bytes_up += uploaded;
                 self.protocol_oddities += oddities;
@@ -771,6 +832,7 @@ impl Torrent {
                 };
                 p.down_rate = down_rate;
                 p.up_rate = up_rate;
+                p.choking_us = choking_us;
                 p.exchanged += uploaded;
                 if p.wants_us != interested {
                     p.wants_us = interested;
@@ -865,6 +927,21 @@ impl Torrent {
                 if let Err(e) = self.save_resume().await {
                     warn!(error = %e, "saving resume data failed");
                 }
+            }
+        }
+        // Every write landed and is in the saved record: a clean stop, so
+        // the next run needs no journal.
+        if !matches!(self.state, TorrentState::Complete)
+            && self.resume.unsynced() == 0
+            && self.journal.exists()
+        {
+            match self.save_resume().await {
+                Ok(()) => {
+                    if let Err(e) = self.journal.clear() {
+                        warn!(error = %e, "removing the write journal failed");
+                    }
+                }
+                Err(e) => warn!(error = %e, "saving resume data failed"),
             }
         }
         self.publish();

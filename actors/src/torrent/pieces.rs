@@ -171,6 +171,13 @@ impl Torrent {
         let Some(piece) = self.pending_write.pop_front() else {
             return;
         };
+        // Noted before the write is handed over (see `WriteJournal`).
+        if let Err(e) = self.journal.note(piece.piece())
+            && !self.journal_failed
+        {
+            self.journal_failed = true;
+            warn!(error = %e, "writing the write journal failed; a crash will mean a recheck");
+        }
         let tx = self.done_tx.clone();
         let job = WriteJob {
             piece,
@@ -247,7 +254,8 @@ impl Torrent {
                 match (result, cp) {
                     (Ok(()), Some(cp)) => {
                         self.resume.commit(cp, Instant::now());
-                        if let Err(e) = self.save_resume().await {
+                        let saved = self.save_resume().await;
+                        if let Err(e) = &saved {
                             warn!(error = %e, "saving resume data failed");
                         }
                         if self.finishing && !self.picker.wanted_complete() {
@@ -259,6 +267,12 @@ impl Torrent {
                                 self.start_sync();
                             } else {
                                 info!("download complete");
+                                // Everything is written and saved.
+                                if saved.is_ok()
+                                    && let Err(e) = self.journal.clear()
+                                {
+                                    warn!(error = %e, "removing the write journal failed");
+                                }
                                 self.state = if self.seed {
                                     TorrentState::Seeding
                                 } else {
