@@ -132,6 +132,12 @@ impl Torrent {
                 .ok()
                 .map(|w| (self.storage.clone(), w))
         };
+        if direct.is_some() {
+            // The hash worker may hand it to the writer: journaled now (a
+            // piece that then fails its hash is only rechecked after a
+            // crash, never trusted).
+            self.note_write(index);
+        }
         let job = HashJob {
             piece: index,
             blocks,
@@ -167,17 +173,21 @@ impl Torrent {
         }
     }
 
-    pub(super) fn submit_write(&mut self, permit: OwnedSemaphorePermit) {
-        let Some(piece) = self.pending_write.pop_front() else {
-            return;
-        };
-        // Noted before the write is handed over (see `WriteJournal`).
-        if let Err(e) = self.journal.note(piece.piece())
+    /// Noted before the write is handed over (see `WriteJournal`).
+    fn note_write(&mut self, piece: u32) {
+        if let Err(e) = self.journal.note(piece)
             && !self.journal_failed
         {
             self.journal_failed = true;
             warn!(error = %e, "writing the write journal failed; a crash will mean a recheck");
         }
+    }
+
+    pub(super) fn submit_write(&mut self, permit: OwnedSemaphorePermit) {
+        let Some(piece) = self.pending_write.pop_front() else {
+            return;
+        };
+        self.note_write(piece.piece());
         let tx = self.done_tx.clone();
         let job = WriteJob {
             piece,
