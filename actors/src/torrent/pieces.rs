@@ -132,6 +132,12 @@ impl Torrent {
                 .ok()
                 .map(|w| (self.storage.clone(), w))
         };
+        if direct.is_some() {
+            // The hash worker may hand the piece to the writer without
+            // coming back here: note it now (see `WriteJournal`), so a
+            // crash after its write still finds it listed for recheck.
+            self.note_journal(index);
+        }
         let job = HashJob {
             piece: index,
             blocks,
@@ -167,17 +173,22 @@ impl Torrent {
         }
     }
 
-    pub(super) fn submit_write(&mut self, permit: OwnedSemaphorePermit) {
-        let Some(piece) = self.pending_write.pop_front() else {
-            return;
-        };
-        // Noted before the write is handed over (see `WriteJournal`).
-        if let Err(e) = self.journal.note(piece.piece())
+    /// Appends `piece` to the write journal (once per piece until cleared).
+    fn note_journal(&mut self, piece: u32) {
+        if let Err(e) = self.journal.note(piece)
             && !self.journal_failed
         {
             self.journal_failed = true;
             warn!(error = %e, "writing the write journal failed; a crash will mean a recheck");
         }
+    }
+
+    pub(super) fn submit_write(&mut self, permit: OwnedSemaphorePermit) {
+        let Some(piece) = self.pending_write.pop_front() else {
+            return;
+        };
+        // Noted before the write is handed over (see `WriteJournal`).
+        self.note_journal(piece.piece());
         let tx = self.done_tx.clone();
         let job = WriteJob {
             piece,
