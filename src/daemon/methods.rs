@@ -134,7 +134,7 @@ async fn session_get(ctx: &Context, args: &Args) -> Result<Value, String> {
         "alt-speed-time-day": 127, "alt-speed-time-enabled": false, "alt-speed-time-end": 1020,
         "alt-speed-up": 50, "blocklist-enabled": false, "blocklist-size": 0, "blocklist-url": "",
         "cache-size-mb": 4, "config-dir": s.config_dir.display().to_string(),
-        "dht-enabled": false, "download-dir": dir, "download-dir-free-space": free,
+        "dht-enabled": s.dht_enabled, "download-dir": dir, "download-dir-free-space": free,
         "download-queue-enabled": false, "download-queue-size": 5, "encryption": "preferred",
         "idle-seeding-limit": 30, "idle-seeding-limit-enabled": false,
         "incomplete-dir": dir, "incomplete-dir-enabled": false, "lpd-enabled": false,

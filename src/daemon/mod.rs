@@ -141,6 +141,9 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         let binding = actors::net::Binding::from_config(&config)
             .map_err(|e| Failure::BadInput(anyhow::anyhow!(e)))?;
         let stream_cfg = config.stream.clone();
+        let mut dht_config = config.clone();
+        // `bind_interface` binds the DHT socket too, as for `download`.
+        dht_config.dht.bind_interface = binding.interface.clone();
         let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
@@ -149,6 +152,16 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Runtime(e.into()))?;
         eprintln!("actorrent: peers on {peers}");
+        // One DHT node for every public torrent and magnet of the process,
+        // on the peer port's UDP twin; its table is kept in the state dir.
+        let dht = crate::magnet::Dht::start(
+            &dht_config,
+            false,
+            Some(peers),
+            Some(state_dir.join("dht.state")),
+            Some(session.tracker().dns()),
+        )
+        .await;
         let rpc_listener = tokio::net::TcpListener::bind(args.rpc)
             .await
             .with_context(|| format!("--rpc: listening on {}", args.rpc))
@@ -169,9 +182,10 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                 capacities,
                 network: crate::metrics::Network {
                     listen: Some(peers),
-                    dht: None,
+                    dht: dht.as_ref().map(|d| d.handle.local_addr()),
                     binding,
                 },
+                dht: dht.as_ref().map(|d| d.handle.clone()),
             },
             stop.clone(),
         );
@@ -224,6 +238,9 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             let _ = w.await;
         }
         registry::finish(join).await;
+        if let Some(d) = dht {
+            d.stop().await;
+        }
         eprintln!("actorrent: daemon stopped");
         Ok(())
     })

@@ -76,6 +76,8 @@ pub struct SessionView {
     pub downloaded: u64,
     pub seconds_active: u64,
     pub start_added_torrents: bool,
+    /// Whether a DHT node runs (`dht-enabled`).
+    pub dht_enabled: bool,
 }
 
 /// What `torrent-set` changes.
@@ -286,6 +288,9 @@ pub struct Options {
     pub metadata: actors::magnet::MetadataConfig,
     pub capacities: crate::metrics::Capacities,
     pub network: crate::metrics::Network,
+    /// The process's DHT node (one per process, as for `download`), for
+    /// public torrents and magnets; `None` when `[dht] enabled` is off.
+    pub dht: Option<actors::dht::DhtHandle>,
 }
 
 struct Daemon {
@@ -322,6 +327,7 @@ pub fn spawn(
         config: opts.metadata,
         dialer: session.dialer(),
         done: done_tx,
+        dht: opts.dht.clone(),
     };
     let mut d = Daemon {
         fetch,
@@ -541,8 +547,8 @@ impl Daemon {
             upload_limit: e.settings.upload_limit,
             download_limit: e.settings.download_limit,
             priorities: e.settings.priorities.clone(),
-            // The daemon runs no DHT node yet.
-            dht: None,
+            // BEP 27: a private torrent's peers come from its trackers only.
+            dht: self.opts.dht.clone().filter(|_| !e.meta.info.private),
         };
         match self.session.add_torrent(params).await {
             Ok(h) => e.handle = Some(h),
@@ -1128,6 +1134,7 @@ impl Daemon {
             downloaded: 0,
             seconds_active: self.started.elapsed().as_secs(),
             start_added_torrents: self.session_settings.start_added_torrents.unwrap_or(true),
+            dht_enabled: self.opts.dht.is_some(),
         };
         for e in self.torrents.values() {
             match &e.handle {
