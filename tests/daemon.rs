@@ -935,6 +935,7 @@ fn the_daemon_finds_a_bare_magnets_seed_through_the_dht() {
     let d = Daemon::start_env(&state, &dl, &["--config", cfg], &dht_on);
     let session = d.call("session-get", json!({}));
     assert_eq!(session["arguments"]["dht-enabled"], true, "{session}");
+    assert_eq!(session["arguments"]["pex-enabled"], true, "{session}");
     let hash: String = t.info_hash.iter().map(|b| format!("{b:02x}")).collect();
     let link = format!("magnet:?xt=urn:btih:{hash}");
     assert!(d.remote(&["-a", &link]).contains("success"));

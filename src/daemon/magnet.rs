@@ -41,6 +41,8 @@ pub struct FetchCtx {
     /// The daemon's DHT node: a magnet is looked up in it (`get_peers`, no
     /// announce until the torrent runs).
     pub dht: Option<actors::dht::DhtHandle>,
+    /// `[pex]` when on: the metadata phase dials peers PEX names too.
+    pub pex: Option<actors::pex::PexConfig>,
 }
 
 /// Stands in for the metainfo until the metadata is known: the link's name
@@ -83,6 +85,7 @@ pub fn spawn(
     let (peer_id, port, config, done) = (ctx.peer_id, ctx.port, ctx.config, ctx.done.clone());
     let dialer = ctx.dialer.clone();
     let dht = ctx.dht.clone();
+    let pex = ctx.pex;
     tokio::spawn(async move {
         let mut peers: Vec<SocketAddr> = Vec::new();
         for p in &m.peers {
@@ -124,9 +127,7 @@ pub fn spawn(
                 config,
                 dialer,
                 progress: progress_tx,
-                // Not yet: the daemon's metadata phase dials x.pe and tr
-                // peers only.
-                pex: None,
+                pex,
             },
             cancel.clone(),
         )

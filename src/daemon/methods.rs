@@ -139,7 +139,7 @@ async fn session_get(ctx: &Context, args: &Args) -> Result<Value, String> {
         "idle-seeding-limit": 30, "idle-seeding-limit-enabled": false,
         "incomplete-dir": dir, "incomplete-dir-enabled": false, "lpd-enabled": false,
         "peer-limit-global": 200, "peer-limit-per-torrent": 50, "peer-port": s.peer_port,
-        "peer-port-random-on-start": false, "pex-enabled": false,
+        "peer-port-random-on-start": false, "pex-enabled": s.pex_enabled,
         "port-forwarding-enabled": false, "queue-stalled-enabled": false,
         "queue-stalled-minutes": 30, "rename-partial-files": false,
         "rpc-version": RPC_VERSION, "rpc-version-minimum": 14, "rpc-version-semver": "5.3.0",

@@ -141,6 +141,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         let binding = actors::net::Binding::from_config(&config)
             .map_err(|e| Failure::BadInput(anyhow::anyhow!(e)))?;
         let stream_cfg = config.stream.clone();
+        let pex = config.pex.enabled.then_some(config.pex);
         let mut dht_config = config.clone();
         // `bind_interface` binds the DHT socket too, as for `download`.
         dht_config.dht.bind_interface = binding.interface.clone();
@@ -186,6 +187,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                     binding,
                 },
                 dht: dht.as_ref().map(|d| d.handle.clone()),
+                pex,
             },
             stop.clone(),
         );

@@ -78,6 +78,8 @@ pub struct SessionView {
     pub start_added_torrents: bool,
     /// Whether a DHT node runs (`dht-enabled`).
     pub dht_enabled: bool,
+    /// Whether peer exchange is on (`pex-enabled`).
+    pub pex_enabled: bool,
 }
 
 /// What `torrent-set` changes.
@@ -291,6 +293,9 @@ pub struct Options {
     /// The process's DHT node (one per process, as for `download`), for
     /// public torrents and magnets; `None` when `[dht] enabled` is off.
     pub dht: Option<actors::dht::DhtHandle>,
+    /// `[pex]` when peer exchange is on: public torrents and the magnets'
+    /// metadata phase use it (`pex-enabled`).
+    pub pex: Option<actors::pex::PexConfig>,
 }
 
 struct Daemon {
@@ -328,6 +333,7 @@ pub fn spawn(
         dialer: session.dialer(),
         done: done_tx,
         dht: opts.dht.clone(),
+        pex: opts.pex,
     };
     let mut d = Daemon {
         fetch,
@@ -1135,6 +1141,7 @@ impl Daemon {
             seconds_active: self.started.elapsed().as_secs(),
             start_added_torrents: self.session_settings.start_added_torrents.unwrap_or(true),
             dht_enabled: self.opts.dht.is_some(),
+            pex_enabled: self.opts.pex.is_some(),
         };
         for e in self.torrents.values() {
             match &e.handle {
