@@ -120,6 +120,7 @@ fn validate(c: &ClientConfig) -> anyhow::Result<()> {
         ("disk.writer.max_iovecs", c.disk.writer.max_iovecs),
         ("disk.readers_per_device", c.disk.readers_per_device),
         ("disk.reader_queue_capacity", c.disk.reader_queue_capacity),
+        ("disk.max_open_files", c.disk.max_open_files),
         ("recheck.read_size", c.recheck.read_size),
         ("pipeline.block_size", c.pipeline.block_size as usize),
         ("pipeline.max_pipeline", c.pipeline.max_pipeline as usize),

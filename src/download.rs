@@ -186,6 +186,11 @@ pub struct SeedArgs {
     /// Accept incoming connections on this address (port 0: any free port).
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:6881")]
     pub listen: SocketAddr,
+    /// Super-seeding (BEP 16): show each peer one rare piece at a time and
+    /// the next once another peer has it, so the seed sends each piece
+    /// about once (config `super_seed`).
+    #[arg(long)]
+    pub super_seed: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -353,6 +358,7 @@ fn open_stats(net: &NetArgs) -> Result<Option<Box<dyn Write + Send>>, Failure> {
 
 pub fn seed(args: &SeedArgs, mut config: ClientConfig) -> Result<(), Failure> {
     apply_binding(&args.net, &mut config)?;
+    config.super_seed |= args.super_seed;
     let target = match (&args.data, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),

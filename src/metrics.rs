@@ -400,7 +400,8 @@ pub fn render(
         );
     }
 
-    let gauges: [(&str, &str, u64); 4] = [
+    let files = session.open_files();
+    let gauges: [(&str, &str, u64); 6] = [
         (
             "actorrent_peers",
             "Connected peers.",
@@ -420,6 +421,16 @@ pub fn render(
             "actorrent_budget_peak_bytes",
             "Highest buffer budget use seen.",
             session.budget().peak(),
+        ),
+        (
+            "actorrent_open_files",
+            "Torrent files open now (disk.max_open_files caps them).",
+            files.open as u64,
+        ),
+        (
+            "actorrent_open_files_capacity",
+            "disk.max_open_files.",
+            files.capacity as u64,
         ),
     ];
     for (name, help, v) in gauges {

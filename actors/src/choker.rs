@@ -6,9 +6,14 @@
 //!   download rate (reciprocation), plus one optimistic unchoke that rotates
 //!   every `optimistic_interval` through the other interested peers, least
 //!   recently unchoked first, so a newcomer gets a chance to prove itself.
-//! - **Seeding**: nothing to reciprocate, so the `slots - 1` peers we upload
-//!   to fastest keep their slots, and the last slot rotates round-robin every
-//!   round (least recently unchoked first): every leecher gets served in turn.
+//! - **Seeding**, by [`SeedChoking`]: nothing to reciprocate, so the
+//!   `slots - 1` peers we upload to fastest keep their slots, and the last
+//!   slot rotates (least recently unchoked first), every round with
+//!   `round_robin` (the default: every leecher gets served in turn), every
+//!   `optimistic_interval` with `fastest_upload` (libtorrent's
+//!   `fastest_upload` seed choking: the slots stay with the peers that
+//!   take our upload fastest, which serves the swarm best when links
+//!   differ, and a newcomer still gets its chance on the optimistic one).
 //! - **Unlimited** (`slots: None`, the LAN disk-imaging setting): every
 //!   interested peer is unchoked as soon as it says so.
 //!
@@ -19,6 +24,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::picker::PeerId;
+
+/// How a seed chooses whom to upload to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedChoking {
+    /// The fastest keep `slots - 1`; the last slot moves every round.
+    #[default]
+    RoundRobin,
+    /// The fastest keep `slots - 1`; the last (optimistic) slot moves every
+    /// `optimistic_interval`, as when downloading.
+    FastestUpload,
+}
 
 /// Choker settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,6 +55,8 @@ pub struct ChokerConfig {
         with = "storage::serde_fmt::duration_ms"
     )]
     pub optimistic_interval: Duration,
+    /// While seeding: `round_robin` (default) or `fastest_upload`.
+    pub seed_choking: SeedChoking,
 }
 
 impl Default for ChokerConfig {
@@ -46,6 +65,7 @@ impl Default for ChokerConfig {
             slots: Some(4),
             interval: Duration::from_secs(10),
             optimistic_interval: Duration::from_secs(30),
+            seed_choking: SeedChoking::RoundRobin,
         }
     }
 }
@@ -190,7 +210,8 @@ impl Choker {
         let regular = slots - 1;
         let mut want: BTreeSet<PeerId> = ranked.iter().take(regular).map(|c| c.id).collect();
         // The rotating slot: least recently unchoked among the rest.
-        let rotate = seeding
+        let every_round = seeding && self.config.seed_choking == SeedChoking::RoundRobin;
+        let rotate = every_round
             || self.optimistic.is_none()
             || self.last_optimistic.is_none_or(|t| {
                 now.saturating_duration_since(t) >= self.config.optimistic_interval
@@ -303,6 +324,48 @@ mod tests {
             BTreeSet::from([1, 2, 3]),
             "round-robin over the rest"
         );
+    }
+
+    #[test]
+    fn fastest_upload_seeding_keeps_the_fastest_and_rotates_the_optimistic_slowly() {
+        let t0 = Instant::now();
+        let mut ch = Choker::new(ChokerConfig {
+            slots: Some(3),
+            seed_choking: SeedChoking::FastestUpload,
+            ..ChokerConfig::default()
+        });
+        // Up rates: 8 and 7 are the fastest takers; 1..=4 are slow.
+        let mut peers: Vec<_> = (1..=4).map(|i| c(i, true, 0, 10 * i)).collect();
+        peers.push(c(7, true, 0, 7000));
+        peers.push(c(8, true, 0, 8000));
+        ch.round(t0, true, &peers);
+        let opt = ch.optimistic.unwrap();
+        assert!(opt.0 <= 4, "the optimistic slot is one of the slow peers");
+        for round in 1..3u64 {
+            let d = ch.round(t0 + Duration::from_secs(10 * round), true, &peers);
+            assert!(d.choke.is_empty() && d.unchoke.is_empty(), "kept");
+            assert_eq!(ch.optimistic, Some(opt), "no rotation before 30 s");
+        }
+        assert!(ch.is_unchoked(PeerId(8)) && ch.is_unchoked(PeerId(7)));
+        // The rates change: peer 2 now takes our upload fastest; it gets a
+        // regular slot and 7 loses its own at the next round.
+        peers[1].up_rate = 9000;
+        ch.round(t0 + Duration::from_secs(25), true, &peers);
+        assert!(ch.is_unchoked(PeerId(2)) && ch.is_unchoked(PeerId(8)));
+        let d = ch.round(t0 + Duration::from_secs(30), true, &peers);
+        let next = ch.optimistic.unwrap();
+        assert_ne!(next, opt, "rotated at 30 s");
+        assert!(d.unchoke.contains(&next));
+        assert_eq!(ch.unchoked_count(), 3);
+        // Round robin, for contrast, moves the last slot every round.
+        let mut rr = Choker::new(ChokerConfig {
+            slots: Some(3),
+            ..ChokerConfig::default()
+        });
+        rr.round(t0, true, &peers);
+        let first = rr.optimistic;
+        rr.round(t0 + Duration::from_secs(10), true, &peers);
+        assert_ne!(rr.optimistic, first);
     }
 
     #[test]

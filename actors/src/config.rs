@@ -140,13 +140,21 @@ pub struct ClientConfig {
     /// Bytes of block messages queued for one socket before serving pauses
     /// until they are written. Default 1 MiB.
     pub max_send_queue: usize,
-    /// Whole pieces each connection keeps read ahead (cached or being read)
-    /// for its next requests, counted in the buffer budget. Default 4: with
-    /// one piece being sent, three reads can be waiting on a busy disk or
-    /// a busy machine without stalling the socket.
+    /// Most whole pieces each connection keeps read ahead (cached or being
+    /// read) for its next requests, counted in the buffer budget; fewer
+    /// when the remote's queued requests span fewer pieces. Default 4:
+    /// with one piece being sent, three reads can be waiting on a busy disk
+    /// or a busy machine without stalling the socket (8 measured no faster
+    /// on the shared 2-core machine).
     pub read_cache_pieces: usize,
     /// Upload slots and rotation.
     pub choker: ChokerConfig,
+    /// Super-seeding (BEP 16) while a torrent seeds: peers are shown no
+    /// piece at first, then one rare piece at a time, the next once another
+    /// peer announces it (see `torrent::superseed`). For a seed whose upload
+    /// is the swarm's bottleneck; it slows a swarm that has other seeds.
+    /// Default off.
+    pub super_seed: bool,
     /// Process-wide upload limit in bytes per second; `None` is unlimited.
     #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub upload_limit: Option<u64>,
@@ -227,6 +235,7 @@ impl Default for ClientConfig {
             max_send_queue: 1 << 20,
             read_cache_pieces: 4,
             choker: ChokerConfig::default(),
+            super_seed: false,
             upload_limit: None,
             download_limit: None,
             max_pending_handshakes: 64,

@@ -577,6 +577,15 @@ impl Picker {
         Ok(())
     }
 
+    /// How many pieces the peer has announced.
+    pub fn peer_piece_count(&self, peer: PeerId) -> u32 {
+        match self.peers.get(&peer).map(|st| &st.has) {
+            Some(PeerHas::All) => self.geo.pieces,
+            Some(PeerHas::Some(b)) => b.count(),
+            None => 0,
+        }
+    }
+
     /// The peer's HAVE message; `Ok(false)` if it had announced that piece
     /// already (nothing changes).
     pub fn peer_have(&mut self, peer: PeerId, index: u32) -> Result<bool, PickerError> {
@@ -1085,6 +1094,12 @@ impl Picker {
         self.piece_failed_inner(index, Some(blocks))
     }
 
+    /// True if an earlier copy of the piece failed its hash: its good copy
+    /// must then go through [`Picker::piece_passed`] before it is written.
+    pub fn has_evidence(&self, index: u32) -> bool {
+        self.evidence.contains_key(&index)
+    }
+
     /// Smart ban: piece `index` passed its hash check with `blocks`. Every
     /// peer that once sent a block of it in a failed attempt is judged: a
     /// block that differs from the good one convicts its sender (banned at
@@ -1210,6 +1225,11 @@ impl Picker {
     /// Blocks of missing pieces neither requested nor received.
     pub fn unassigned_blocks(&self) -> u64 {
         self.unassigned
+    }
+
+    /// Whether `peer` has announced piece `index`.
+    pub fn peer_has(&self, peer: PeerId, index: u32) -> bool {
+        self.peers.get(&peer).is_some_and(|st| st.has(index))
     }
 
     /// Peers connected with `index` (0 past the end).

@@ -458,6 +458,24 @@ pub fn validate(
     info_hash: &[u8; 20],
     loaded: Result<Option<ResumeData>, ResumeError>,
 ) -> Result<ResumeCheck, StorageError> {
+    validate_with_journal(storage, info_hash, loaded, None)
+}
+
+/// [`validate`], knowing the [`WriteJournal`] a run that did not stop
+/// cleanly left (`journal`: the pieces it may have written since its last
+/// save). Then a target whose size is unchanged but whose mtime moved was
+/// changed by those writes, not by someone else: its pieces listed in
+/// `have` (verified and synced before that save) stay trusted, and only the
+/// journal's pieces are rechecked (a crash may have cut their writes
+/// short; the whole ones are kept). A target whose size changed is rechecked
+/// whole as before, and so is everything when the part file is in use
+/// (parked bytes move between files outside the journal).
+pub fn validate_with_journal(
+    storage: &Storage,
+    info_hash: &[u8; 20],
+    loaded: Result<Option<ResumeData>, ResumeError>,
+    journal: Option<&[u32]>,
+) -> Result<ResumeCheck, StorageError> {
     let layout = storage.layout();
     let n = layout.piece_count() as usize;
     let sources: Vec<Vec<Source>> = (0..n as u32)
@@ -493,14 +511,20 @@ pub fn validate(
     if let Some(e) = mismatch {
         return Ok(all(format!("resume data ignored: {e}")));
     }
+    let part_changed = data.stamps.part != now.part;
+    let lenient = journal.is_some() && data.slots.is_empty() && !part_changed;
     let changed: Vec<bool> = data
         .stamps
         .targets
         .iter()
         .zip(&now.targets)
-        .map(|(old, new)| old != new)
+        .map(|(old, new)| match (old, new) {
+            // Our own writes since the save moved the mtime: the journal
+            // says which pieces they were.
+            (Some(o), Some(n)) if lenient => o.size != n.size,
+            _ => old != new,
+        })
         .collect();
-    let part_changed = data.stamps.part != now.part;
     let suspect: Vec<bool> = sources
         .iter()
         .map(|s| {
@@ -511,18 +535,32 @@ pub fn validate(
             })
         })
         .collect();
-    let have = (0..n)
+    let have: Vec<bool> = (0..n)
         .map(|p| data.have[p] && readable[p] && !suspect[p])
         .collect();
-    let recheck = (0..n as u32)
-        .filter(|&p| readable[p as usize] && suspect[p as usize])
-        .collect();
+    let mut recheck: Vec<bool> = (0..n).map(|p| readable[p] && suspect[p]).collect();
+    let mut from_journal = 0usize;
+    for &p in journal.unwrap_or(&[]) {
+        let p = p as usize;
+        if p < n && readable[p] && !have[p] && !recheck[p] {
+            recheck[p] = true;
+            from_journal += 1;
+        }
+    }
+    let recheck: Vec<u32> = (0..n as u32).filter(|&p| recheck[p as usize]).collect();
     let n_changed = changed.iter().filter(|c| **c).count() + usize::from(part_changed);
-    let reason = (n_changed > 0).then(|| {
-        format!(
+    let reason = if n_changed > 0 {
+        Some(format!(
             "{n_changed} file(s) changed size or modification time since the resume data was saved"
-        )
-    });
+        ))
+    } else if journal.is_some() {
+        Some(format!(
+            "unclean stop: {} verified piece(s) trusted, {from_journal} written since the last save rechecked",
+            have.iter().filter(|h| **h).count()
+        ))
+    } else {
+        None
+    };
     Ok(ResumeCheck {
         have,
         recheck,
@@ -846,4 +884,114 @@ mod tests {
             let _ = ResumeData::decode(&bytes);
         }
     }
+}
+
+/// The write journal beside a resume file (`<resume>.writing`): every piece
+/// whose write was started since the resume data was last saved, appended
+/// before the write is handed to the disk writer. It exists only while a
+/// run may have unsaved writes; a clean stop removes it after its last
+/// save. Left behind by a crash (kill -9), it lets the next run trust the
+/// saved pieces and recheck only these (see [`validate_with_journal`]).
+///
+/// Format: the 20-byte info hash, then one little-endian u32 per piece.
+/// Not fsynced: it guards against a process crash, where the page cache
+/// keeps the order of our writes. After a power loss a write may have
+/// landed without its entry; that piece is then neither trusted nor
+/// rechecked, only downloaded again, so nothing unverified is trusted.
+#[derive(Debug)]
+pub struct WriteJournal {
+    path: PathBuf,
+    info_hash: [u8; 20],
+    file: Option<File>,
+    /// Pieces already in the file (each is written once).
+    noted: Vec<bool>,
+}
+
+impl WriteJournal {
+    /// The journal of the resume file `resume` (nothing is touched yet).
+    pub fn new(resume: &Path, info_hash: [u8; 20], pieces: u32) -> Self {
+        WriteJournal {
+            path: with_suffix(resume, ".writing"),
+            info_hash,
+            file: None,
+            noted: vec![false; pieces as usize],
+        }
+    }
+
+    /// Records that `piece` is about to be written (once per piece until
+    /// [`clear`](Self::clear)); creates the file at the first one.
+    pub fn note(&mut self, piece: u32) -> std::io::Result<()> {
+        use std::io::Write;
+        let Some(seen) = self.noted.get_mut(piece as usize) else {
+            return Ok(());
+        };
+        if *seen {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            if f.metadata()?.len() == 0 {
+                f.write_all(&self.info_hash)?;
+            }
+            self.file = Some(f);
+        }
+        if let Some(f) = &mut self.file {
+            f.write_all(&piece.to_le_bytes())?;
+        }
+        *seen = true;
+        Ok(())
+    }
+
+    /// Whether the file exists (this run or a crashed one left entries).
+    pub fn exists(&self) -> bool {
+        self.file.is_some() || self.path.exists()
+    }
+
+    /// Removes the file: every write it listed is settled (saved in the
+    /// resume data, or known lost).
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        self.noted.iter_mut().for_each(|n| *n = false);
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads the journal beside `resume`: `None` when there is none or it is
+/// not usable (another torrent's, a piece out of range, too large), which
+/// means "no unclean stop known" and so the usual checks. Untrusted: its
+/// size is bounded by the piece count before it is read.
+pub fn load_journal(resume: &Path, info_hash: &[u8; 20], pieces: u32) -> Option<Vec<u32>> {
+    let path = with_suffix(resume, ".writing");
+    let f = File::open(&path).ok()?;
+    let max = 20 + 4 * u64::from(pieces);
+    if f.metadata().ok()?.len() > max {
+        return None;
+    }
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, max), &mut buf).ok()?;
+    parse_journal(&buf, info_hash, pieces)
+}
+
+/// Parses a journal's bytes (see [`load_journal`]); never panics.
+pub fn parse_journal(buf: &[u8], info_hash: &[u8; 20], pieces: u32) -> Option<Vec<u32>> {
+    if buf.len() < 20 || &buf[..20] != info_hash || buf.len() as u64 > 20 + 4 * u64::from(pieces) {
+        return None;
+    }
+    // A crash may cut the last entry short: it is ignored (its write had
+    // not been handed to the writer).
+    let mut out = Vec::with_capacity((buf.len() - 20) / 4);
+    for c in buf[20..].chunks_exact(4) {
+        let p = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        if p >= pieces {
+            return None;
+        }
+        out.push(p);
+    }
+    Some(out)
 }

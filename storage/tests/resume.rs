@@ -151,3 +151,68 @@ fn changed_size_or_mtime_forces_recheck_of_affected_pieces() {
         assert!(r.good[*p as usize], "piece {p}");
     }
 }
+
+#[test]
+fn write_journal_trusts_saved_pieces_after_an_unclean_stop() {
+    let f = fixture();
+    let path = f.dir.path().join("resume");
+    let n = f.st.layout().piece_count();
+    let data = f.dir.path().join("data/t");
+    // Our own later writes moved b's mtime (size unchanged); the journal
+    // lists the pieces they were.
+    let b = File::options().write(true).open(data.join("b")).unwrap();
+    b.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let mut j = resume::WriteJournal::new(&path, HASH, n);
+    j.note(4).unwrap();
+    j.note(4).unwrap();
+    j.note(n + 7).unwrap(); // out of range: never recorded
+    let listed = resume::load_journal(&path, &HASH, n).unwrap();
+    assert_eq!(listed, vec![4], "each piece once");
+    let c =
+        resume::validate_with_journal(&f.st, &HASH, resume::load(&path), Some(&listed)).unwrap();
+    assert!(c.have.iter().all(|h| *h), "saved pieces trusted");
+    assert!(c.recheck.is_empty(), "piece 4 is saved already");
+    assert!(c.reason.unwrap().contains("unclean stop"));
+    // Without the journal the same change means rechecking b's pieces.
+    let c = resume::validate(&f.st, &HASH, resume::load(&path)).unwrap();
+    assert_eq!(c.recheck, vec![3, 4, 5]);
+    // A size change is never explained by the journal.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(data.join("c"))
+        .unwrap()
+        .set_len(1)
+        .unwrap();
+    let c =
+        resume::validate_with_journal(&f.st, &HASH, resume::load(&path), Some(&listed)).unwrap();
+    let pieces_c: Vec<u32> = f.st.layout().pieces_of_file(2).collect();
+    assert!(pieces_c.iter().all(|&p| !c.have[p as usize]));
+    assert!(pieces_c.iter().all(|p| c.recheck.contains(p)));
+    j.clear().unwrap();
+    assert!(resume::load_journal(&path, &HASH, n).is_none());
+}
+
+#[test]
+fn a_hostile_write_journal_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resume");
+    let journal = dir.path().join("resume.writing");
+    let mut ok = HASH.to_vec();
+    ok.extend_from_slice(&3u32.to_le_bytes());
+    ok.extend_from_slice(&[1, 0]); // a torn last entry
+    std::fs::write(&journal, &ok).unwrap();
+    assert_eq!(resume::load_journal(&path, &HASH, 8), Some(vec![3]));
+    // Another torrent's, a piece out of range, too large for the torrent.
+    assert_eq!(resume::load_journal(&path, &[1; 20], 8), None);
+    let mut bad = HASH.to_vec();
+    bad.extend_from_slice(&9u32.to_le_bytes());
+    std::fs::write(&journal, &bad).unwrap();
+    assert_eq!(resume::load_journal(&path, &HASH, 8), None);
+    let mut big = HASH.to_vec();
+    big.resize(20 + 4 * 9, 0);
+    std::fs::write(&journal, &big).unwrap();
+    assert_eq!(resume::load_journal(&path, &HASH, 8), None);
+    std::fs::write(&journal, b"short").unwrap();
+    assert_eq!(resume::load_journal(&path, &HASH, 8), None);
+}

@@ -74,6 +74,7 @@
 //! | a connection to ourselves | disconnect (`self_connection`) | never dialled again; not counted as a protocol error |
 
 pub mod msg;
+mod readbuf;
 pub mod session;
 mod upload;
 
@@ -101,7 +102,7 @@ use crate::mse_stream::Kind;
 use crate::net::{self, ConnCounters, Direction};
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
 use crate::pipeline::RateMeter;
-use crate::ratelimit::{self, Limiter};
+use crate::ratelimit::{self, LimitCell};
 use crate::torrent::msg::{ExchangeReply, PeerFault, TorrentMsg};
 use session::{Arrival, PeerSession, SessionConfig};
 use upload::Upload;
@@ -156,9 +157,9 @@ pub struct PeerContext {
     /// The torrent's storage, for serving blocks.
     pub storage: Storage,
     /// Upload rate limits (process, torrent) this connection obeys.
-    pub up_limits: Vec<Arc<Limiter>>,
+    pub up_limits: Vec<LimitCell>,
     /// Download rate limits this connection obeys.
-    pub down_limits: Vec<Arc<Limiter>>,
+    pub down_limits: Vec<LimitCell>,
     /// Process-wide connection counters (by kind, MSE failures).
     pub conn: Arc<ConnCounters>,
     /// The raw info dictionary, served to peers that ask by BEP 9
@@ -460,6 +461,7 @@ where
             id: ctx.id,
             cmds: cmd_tx,
             peer_id: theirs.peer_id,
+            encrypted: how.outgoing.map(|k| k == crate::mse_stream::Kind::MseRc4),
         })
         .await
         .is_err()
@@ -659,6 +661,7 @@ impl Conn<'_> {
             piece_count: Some(ctx.piece_count),
         };
         let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
+        let mut spare = readbuf::ReadBuffers::new(ctx.config.read_buffer / 4);
         let mut tick = tokio::time::interval(ctx.config.peer_tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -690,7 +693,7 @@ impl Conn<'_> {
                                 }
                             }
                             Ok(Decoded::NeedMore(n)) => {
-                                buf.reserve(n.max(ctx.config.read_buffer / 4));
+                                spare.make_room(&mut buf, n);
                                 break;
                             }
                             Err(e) => {
@@ -754,6 +757,7 @@ impl Conn<'_> {
                     }
                 }
                 _ = tick.tick() => {
+                    spare.trim();
                     let now = Instant::now();
                     self.session.flush_metrics();
                     self.up.turnaround.flush_into(&metrics::SERVE_TURNAROUND_US);
@@ -1265,6 +1269,7 @@ impl Conn<'_> {
             up_rate: self.up.meter.rate(now),
             uploaded,
             oddities: std::mem::take(&mut self.oddities),
+            choking_us: self.session.peer_choking,
         };
         self.ctx
             .torrent

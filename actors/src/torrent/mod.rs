@@ -10,11 +10,15 @@
 //! storage fails (a write error stops the torrent with the error shown).
 //!
 //! Data path: peers send blocks in [`TorrentMsg::Exchange`]; complete pieces
-//! wait in `pending_hash` for a hash-pool permit, verified pieces in
-//! `pending_write` for a writer permit. Completions come back on `done_rx`,
-//! whose capacity covers every permit, so the hash and writer threads'
-//! `try_send` cannot fail; each completion carries its permit, so a slot is
-//! free again only once the torrent has taken the result.
+//! wait in `pending_hash` for a hash-pool permit. A piece submitted with a
+//! writer permit too goes from the hash worker straight to the disk writer
+//! (one wake-up of this actor per piece, by the write completion); without
+//! one, or when the writer's queue is full, the verified piece comes back
+//! and waits in `pending_write` for a writer permit. Completions come back
+//! on `done_rx`, whose capacity covers every permit, so the hash and writer
+//! threads' `try_send` cannot fail; each completion carries its permit, so
+//! a slot is free again only once the torrent has taken the result. The
+//! actor drains every completion waiting in one wake-up.
 //!
 //! The actor's methods are split by concern: `peers` (address book,
 //! connections, reconnect policy, choking), `pieces` (the data path
@@ -50,10 +54,11 @@ mod peers;
 mod pieces;
 pub mod selection;
 mod streams;
+mod superseed;
 
 pub use msg::{
-    ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
-    TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, FileProgress, PeerFault, PeerInfo, SetPrioritiesError, StreamError,
+    TorrentHandle, TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
@@ -64,7 +69,7 @@ use crate::choker::Choker;
 use crate::config::ClientConfig;
 use crate::picker::{Bitfield, PeerId, Picker, PickerConfig, Priority, Strategy};
 use crate::pipeline::RateMeter;
-use crate::ratelimit::{self, Limiter};
+use crate::ratelimit::{self, LimitCell};
 use crate::tracker::{AnnounceProgress, TorrentRegistration, TrackerHandle};
 
 /// Where a torrent's payload goes.
@@ -124,9 +129,12 @@ pub(crate) struct Shared {
     /// Our listener's address once bound: the `ipv6` of our extended
     /// handshake comes from it.
     pub listen_addr: Arc<std::sync::OnceLock<SocketAddr>>,
-    /// Process-wide rate limits.
-    pub up_limit: Option<Arc<Limiter>>,
-    pub down_limit: Option<Arc<Limiter>>,
+    /// Process-wide rate limits (changed through the session).
+    pub up_limit: LimitCell,
+    pub down_limit: LimitCell,
+    /// Connections per torrent (`max_peers_per_torrent`, changed through
+    /// the session).
+    pub max_peers: Arc<std::sync::atomic::AtomicUsize>,
     /// Process-wide connection counters.
     pub conn: Arc<crate::net::ConnCounters>,
 }
@@ -206,6 +214,8 @@ struct Torrent {
     finishing: bool,
     /// A writer queue was full despite our permit: wait before retrying.
     write_backoff: bool,
+    /// Pieces were written since the last [`Torrent::after_writes`].
+    written_unsettled: bool,
     bytes_down: u64,
     down: RateMeter,
     hash_failures: u64,
@@ -219,8 +229,8 @@ struct Torrent {
     up: RateMeter,
     seed: bool,
     choker: Choker,
-    up_limits: Vec<Arc<Limiter>>,
-    down_limits: Vec<Arc<Limiter>>,
+    up_limits: Vec<LimitCell>,
+    down_limits: Vec<LimitCell>,
     /// Addresses of the last connections that ended, for a ban decided
     /// after the peer left.
     recently_gone: VecDeque<(PeerId, SocketAddr, Option<[u8; 20]>)>,
@@ -236,11 +246,24 @@ struct Torrent {
     relocation: Option<tokio::sync::oneshot::Receiver<Result<Vec<u32>, String>>>,
     /// Layout files selected since the last relocation started.
     unpark: Vec<usize>,
+    /// Super-seeding state, while `super_seed` is on and we seed.
+    superseed: Option<superseed::SuperSeed>,
+    /// Random tie-breaks (super-seeding).
+    rng: SmallRng,
+    /// Pieces whose writes started since the resume data last covered
+    /// everything written (see `storage::resume::WriteJournal`).
+    journal: storage::resume::WriteJournal,
+    /// The journal could not be written once (warned once; a crash then
+    /// costs a recheck or a download again, never trust).
+    journal_failed: bool,
 }
 
 /// Peers from the tracker session wait here; it drops a batch that finds the
 /// channel full (the next announce brings them again).
 const TRACKER_PEER_BATCHES: usize = 16;
+/// Most completions handled in one wake-up before the loop looks at its
+/// other inputs again.
+const DONE_BATCH: usize = 64;
 
 async fn run(
     params: TorrentParams,
@@ -301,10 +324,15 @@ async fn run(
     let (done_tx, mut done_rx) = mpsc::channel(write_cap + hash_cap + 2);
     let policy: ResumePolicy = shared.config.resume;
     let shared_choker = shared.config.choker;
-    let mut up_limits: Vec<Arc<Limiter>> = shared.up_limit.iter().cloned().collect();
-    up_limits.extend(params.upload_limit.map(ratelimit::limiter));
-    let mut down_limits: Vec<Arc<Limiter>> = shared.down_limit.iter().cloned().collect();
-    down_limits.extend(params.download_limit.map(ratelimit::limiter));
+    let mut up_limits: Vec<LimitCell> = vec![shared.up_limit.clone()];
+    up_limits.extend(params.upload_limit.map(ratelimit::fixed));
+    let mut down_limits: Vec<LimitCell> = vec![shared.down_limit.clone()];
+    down_limits.extend(params.download_limit.map(ratelimit::fixed));
+    let journal = storage::resume::WriteJournal::new(
+        &params.resume_file,
+        meta.info_hash.0,
+        info.piece_count(),
+    );
     let mut t = Torrent {
         resume: ResumeTracker::new(have, policy, Instant::now()),
         write_permits: Arc::new(Semaphore::new(write_cap)),
@@ -332,6 +360,7 @@ async fn run(
         checkpoint: None,
         finishing: false,
         write_backoff: false,
+        written_unsettled: false,
         bytes_down: 0,
         down: RateMeter::new(Duration::from_secs(5), 10),
         hash_failures: 0,
@@ -353,12 +382,22 @@ async fn run(
         streams: streams::Streams::default(),
         relocation: None,
         unpark: Vec::new(),
+        superseed: None,
+        rng: SmallRng::from_os_rng(),
+        journal,
+        journal_failed: false,
     };
     // What the check found, saved now: a crash before the first
     // checkpoint need not hash again, and the save leaves the spare that a
     // save on a full disk writes into (see `storage::resume::save`).
-    if let Err(e) = t.save_resume().await {
-        warn!(error = %e, "saving resume data failed");
+    match t.save_resume().await {
+        // What a crashed run's journal listed is settled by that save.
+        Ok(()) => {
+            if let Err(e) = t.journal.clear() {
+                warn!(error = %e, "removing the write journal failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "saving resume data failed"),
     }
     let (tracker_peers_tx, mut tracker_peers) = mpsc::channel(TRACKER_PEER_BATCHES);
     if let Some(dht) = params.dht.as_ref().filter(|_| !t.meta.info.private) {
@@ -396,7 +435,19 @@ async fn run(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some(done) = done_rx.recv() => t.on_done(done).await,
+            Some(done) = done_rx.recv() => {
+                t.on_done(done).await;
+                // The writer finishes a batch at once: take all of it in
+                // this wake-up (its HAVEs reach each peer before the peer
+                // runs, so they cost the peer one wake-up too).
+                for _ in 1..DONE_BATCH {
+                    match done_rx.try_recv() {
+                        Ok(d) => t.on_done(d).await,
+                        Err(_) => break,
+                    }
+                }
+                t.after_writes();
+            }
             permit = hash_permits.acquire_owned(), if !t.pending_hash.is_empty() => {
                 if let Ok(p) = permit { t.submit_hash(p); }
             }
@@ -416,6 +467,7 @@ async fn run(
                 t.connect_peers();
                 t.maybe_checkpoint();
                 t.choke_round();
+                t.super_seed_tick();
                 t.publish();
             }
             Some(_) = t.tasks.join_next(), if !t.tasks.is_empty() => {}
@@ -505,8 +557,15 @@ async fn check(
         if fresh {
             return Ok((storage, vec![false; n], selection));
         }
-        let checked =
-            storage::resume::validate(&storage, &info_hash, loaded).map_err(|e| e.to_string())?;
+        // Left by a run that did not stop cleanly (kill -9, a crash).
+        let journal = storage::resume::load_journal(&resume_file, &info_hash, info.piece_count());
+        let checked = storage::resume::validate_with_journal(
+            &storage,
+            &info_hash,
+            loaded,
+            journal.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
         if let Some(r) = &checked.reason {
             info!(reason = %r, pieces = checked.recheck.len(), "rechecking");
         }
@@ -642,8 +701,16 @@ impl Torrent {
 
     fn on_msg(&mut self, msg: TorrentMsg) {
         match msg {
-            TorrentMsg::PeerConnected { id, cmds, peer_id } => {
+            TorrentMsg::PeerConnected {
+                id,
+                cmds,
+                peer_id,
+                encrypted,
+            } => {
                 if let Some(p) = self.peers.get_mut(&id) {
+                    if let Some(e) = encrypted {
+                        p.encrypted = e;
+                    }
                     if self.banned.peer(&p.addr, &peer_id) {
                         // A banned host, found by its peer id at a new address.
                         self.drop_peer(id, "banned peer id".into());
@@ -658,6 +725,7 @@ impl Torrent {
                     if !self.settle_duplicate(id, peer_id) {
                         return;
                     }
+                    self.super_seed_refill(id);
                     self.pex_refresh(Some(id));
                 }
             }
@@ -681,11 +749,13 @@ impl Torrent {
                     Err(e) => self.drop_peer(id, format!("bad bitfield: {e}")),
                 }
                 self.update_interest(id);
+                self.super_seed_refill(id);
             }
             TorrentMsg::HaveAll { id } => {
                 self.picker.peer_have_all(id);
                 self.update_interest(id);
                 self.drop_if_both_seeds(id);
+                self.super_seed_refill(id);
             }
             TorrentMsg::HaveNone { id } => {
                 self.picker.peer_have_none(id);
@@ -695,7 +765,10 @@ impl Torrent {
                 self.update_interest(id);
             }
             TorrentMsg::Have { id, piece } => match self.picker.peer_have(id, piece) {
-                Ok(true) => self.update_interest(id),
+                Ok(true) => {
+                    self.update_interest(id);
+                    self.super_seed_announced(id, piece);
+                }
                 // libtorrent: a redundant HAVE is ignored.
                 Ok(false) => self.protocol_oddities += 1,
                 Err(e) => self.drop_peer(id, format!("bad have: {e}")),
@@ -726,6 +799,9 @@ impl Torrent {
             TorrentMsg::SetFilePriorities { priorities, reply } => {
                 self.set_priorities(priorities, reply)
             }
+            TorrentMsg::Peers { max, reply } => {
+                let _ = reply.send(self.peer_list(max));
+            }
             TorrentMsg::Progress { reply } => {
                 let layout = self.storage.layout();
                 let _ = reply.send(FileProgress {
@@ -746,6 +822,7 @@ impl Torrent {
                 up_rate,
                 uploaded,
                 oddities,
+                choking_us,
             } => {
                 self.bytes_up += uploaded;
                 self.protocol_oddities += oddities;
@@ -755,6 +832,7 @@ impl Torrent {
                 };
                 p.down_rate = down_rate;
                 p.up_rate = up_rate;
+                p.choking_us = choking_us;
                 p.exchanged += uploaded;
                 if p.wants_us != interested {
                     p.wants_us = interested;
@@ -849,6 +927,21 @@ impl Torrent {
                 if let Err(e) = self.save_resume().await {
                     warn!(error = %e, "saving resume data failed");
                 }
+            }
+        }
+        // Every write landed and is in the saved record: a clean stop, so
+        // the next run needs no journal.
+        if !matches!(self.state, TorrentState::Complete)
+            && self.resume.unsynced() == 0
+            && self.journal.exists()
+        {
+            match self.save_resume().await {
+                Ok(()) => {
+                    if let Err(e) = self.journal.clear() {
+                        warn!(error = %e, "removing the write journal failed");
+                    }
+                }
+                Err(e) => warn!(error = %e, "saving resume data failed"),
             }
         }
         self.publish();

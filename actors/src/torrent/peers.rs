@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Torrent;
-use super::msg::{PeerFault, TorrentState};
+use super::msg::{PeerFault, PeerInfo, TorrentState};
 use crate::choker::Candidate;
 use crate::peer::msg::PeerCmd;
 use crate::peer::{self, PeerContext};
@@ -43,6 +43,10 @@ pub(super) struct PeerEntry {
     pub(super) leaving: bool,
     /// We dialled it (else it dialled us).
     pub(super) outgoing: bool,
+    /// Its payload is RC4-encrypted (MSE), once known.
+    pub(super) encrypted: bool,
+    /// It chokes us (as of its last status report).
+    pub(super) choking_us: bool,
     /// Closed as the losing half of a duplicate pair: its end is nobody's
     /// fault and its address is not retried while the winner lives.
     pub(super) duplicate: bool,
@@ -229,7 +233,7 @@ impl Torrent {
         handshake: protocol::wire::Handshake,
     ) {
         let staying = self.peers.values().filter(|p| !p.leaving).count();
-        let full = staying >= self.shared.config.max_peers_per_torrent;
+        let full = staying >= self.shared.max_peers.load(Ordering::Relaxed);
         let done = !self.picker.needs_anything() && !self.seed;
         if self.banned.peer(&addr, &handshake.peer_id) {
             debug!(%addr, "banned host dialled in; dropped");
@@ -249,6 +253,9 @@ impl Torrent {
         }
         let ctx = self.new_peer(addr, Some(handshake.peer_id), false);
         let local = stream.get_ref().local_addr().ok();
+        if let Some(p) = self.peers.get_mut(&ctx.id) {
+            p.encrypted = stream.kind() == crate::mse_stream::Kind::MseRc4;
+        }
         self.tasks.spawn(async move {
             let _permit = permit;
             peer::run_with_local(stream, Some(handshake), local, ctx).await;
@@ -310,7 +317,7 @@ impl Torrent {
             return;
         }
         let now = Instant::now();
-        let limit = self.shared.config.max_peers_per_torrent;
+        let limit = self.shared.max_peers.load(Ordering::Relaxed);
         let mut slots = limit.saturating_sub(self.peers.len());
         if slots == 0 {
             return;
@@ -372,16 +379,27 @@ impl Torrent {
                 exchanged: 0,
                 leaving: false,
                 outgoing,
+                encrypted: false,
+                choking_us: true,
                 duplicate: false,
             },
         );
+        // A super-seed shows a new peer nothing; pieces are revealed one
+        // by one once it is connected (see `superseed`).
+        let have = match self.super_seed_state() {
+            Some(ss) => {
+                ss.add_peer(id);
+                crate::picker::Bitfield::new(self.picker.num_pieces())
+            }
+            None => self.picker.have_bitfield().clone(),
+        };
         PeerContext {
             id,
             addr,
             info_hash: self.meta.info_hash.0,
             our_id: self.shared.peer_id,
             piece_count: self.picker.num_pieces(),
-            have: self.picker.have_bitfield().clone(),
+            have,
             torrent: self.self_tx.clone(),
             budget: self.shared.budget.clone(),
             config: self.shared.config.clone(),
@@ -551,6 +569,9 @@ impl Torrent {
     }
 
     pub(super) fn peer_gone(&mut self, id: PeerId, fault: PeerFault, reason: String) {
+        if let Some(ss) = &mut self.superseed {
+            ss.peer_gone(id);
+        }
         self.picker.peer_gone(id);
         self.choker.remove(id);
         let Some(p) = self.peers.remove(&id) else {
@@ -637,6 +658,106 @@ fn make_room(addrs: &mut HashMap<SocketAddr, AddrState>, a: &SocketAddr, cap: us
             true
         }
         None => false,
+    }
+}
+
+impl Torrent {
+    /// What a controller shows of the connected peers, at most `max` of
+    /// them (the busiest first).
+    pub(super) fn peer_list(&self, max: usize) -> Vec<PeerInfo> {
+        let pieces = self.picker.num_pieces();
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.cmds.is_some() && !p.leaving)
+            .map(|(id, p)| PeerInfo {
+                addr: p.addr,
+                peer_id: p.peer_id,
+                progress: if pieces == 0 {
+                    0.0
+                } else {
+                    f64::from(self.picker.peer_piece_count(*id)) / f64::from(pieces)
+                },
+                rate_to_us: p.down_rate,
+                rate_to_peer: p.up_rate,
+                we_interested: p.interested,
+                peer_interested: p.wants_us,
+                we_choking: !self.choker.is_unchoked(*id),
+                peer_choking: p.choking_us,
+                encrypted: p.encrypted,
+                incoming: !p.outgoing,
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.rate_to_us + p.rate_to_peer));
+        out.truncate(max);
+        out
+    }
+}
+
+impl Torrent {
+    /// The super-seeding state when new peers are to be super-seeded:
+    /// `super_seed` is on and every piece is ours.
+    pub(super) fn super_seed_state(&mut self) -> Option<&mut super::superseed::SuperSeed> {
+        if !self.shared.config.super_seed || !self.seed || !self.picker.is_complete() {
+            return None;
+        }
+        let n = self.picker.num_pieces();
+        Some(
+            self.superseed
+                .get_or_insert_with(|| super::superseed::SuperSeed::new(n)),
+        )
+    }
+
+    /// Shows `id` new pieces up to its slots, if we super-seed to it.
+    pub(super) fn super_seed_refill(&mut self, id: PeerId) {
+        let Some(ss) = self.superseed.as_mut().filter(|ss| ss.serves(id)) else {
+            return;
+        };
+        let Some(tx) = self.peers.get(&id).and_then(|p| p.cmds.clone()) else {
+            return;
+        };
+        let picker = &self.picker;
+        let reveal = ss.refill(
+            id,
+            |i| picker.peer_has(id, i),
+            |i| picker.availability(i),
+            &mut self.rng,
+        );
+        let total = ss.revealed_total();
+        for piece in reveal {
+            debug!(peer = id.0, piece, total, "super-seeding: revealed");
+            match tx.try_send(PeerCmd::Have(piece)) {
+                Ok(()) => {}
+                // A lost reveal would leave the peer waiting for good.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.drop_peer(id, "peer mailbox full".into());
+                    return;
+                }
+                // The connection is ending; its PeerGone frees the pieces.
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
+
+    /// `from` announced `piece`: peers that passed it on are owed more.
+    pub(super) fn super_seed_announced(&mut self, from: PeerId, piece: u32) {
+        let Some(ss) = self.superseed.as_mut() else {
+            return;
+        };
+        for id in ss.announced(from, piece, Instant::now()) {
+            debug!(peer = id.0, by = from.0, piece, "super-seeding: passed on");
+            self.super_seed_refill(id);
+        }
+    }
+
+    /// Serves peers that had nobody to forward their pieces to.
+    pub(super) fn super_seed_tick(&mut self) {
+        let Some(ss) = self.superseed.as_mut() else {
+            return;
+        };
+        for id in ss.stale(Instant::now()) {
+            self.super_seed_refill(id);
+        }
     }
 }
 
