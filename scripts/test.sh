@@ -28,6 +28,8 @@ command -v nft >/dev/null || need+=(nftables)
 command -v mkfs.ext2 >/dev/null || need+=(e2fsprogs)
 # tests/socks5.rs: a real SOCKS5 server.
 command -v microsocks >/dev/null || need+=(microsocks)
+# tests/magnet.rs: script(1) gives the client a terminal for its progress bar.
+command -v script >/dev/null || need+=(bsdutils)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

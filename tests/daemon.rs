@@ -32,6 +32,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(state: &Path, dl: &Path, extra: &[&str]) -> Daemon {
+        // No DHT: its default routers are on the internet.
+        Self::start_env(state, dl, extra, &[("ACTORRENT_DHT_ENABLED", "false")])
+    }
+
+    fn start_env(state: &Path, dl: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = state.with_extension(format!("log{}", rand::random::<u32>()));
         let err = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_actorrent"))
@@ -42,6 +47,7 @@ impl Daemon {
             .args(["--rpc", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info,actors::peer=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -891,6 +897,54 @@ fn a_magnet_link_fetches_its_metadata_downloads_and_survives_a_restart() {
             .next()
             .is_none()
     );
+}
+
+/// The daemon runs one DHT node (`dht-enabled` says so): a bare magnet link
+/// (no `tr`, no `x.pe`) added by `transmission-remote` is looked up in it,
+/// found at an `actorrent seed` that announced itself in a loopback DHT
+/// (a router node run by the test), and downloaded.
+#[test]
+fn the_daemon_finds_a_bare_magnets_seed_through_the_dht() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, data) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("seed"),
+    );
+    let t = three_files(tmp.path(), "by-dht", 9);
+    t.write_payload(&data);
+    let router = support::dht::Router::start();
+    let config = support::dht::loopback_dht_config(tmp.path(), router.addr());
+    let dht_on = [("ACTORRENT_DHT_ENABLED", "true")];
+    let cfg = config.to_str().unwrap();
+    let seed_args: Vec<&std::ffi::OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--config".as_ref(),
+        cfg.as_ref(),
+    ];
+    let mut seed = Actorrent::spawn_env("actorrent seed", &seed_args, &dht_on);
+    seed.listen_port(WAIT);
+    if !router.wait_announced(WAIT) {
+        seed.fail("the seed never announced itself to the router");
+    }
+    let d = Daemon::start_env(&state, &dl, &["--config", cfg], &dht_on);
+    let session = d.call("session-get", json!({}));
+    assert_eq!(session["arguments"]["dht-enabled"], true, "{session}");
+    assert_eq!(session["arguments"]["pex-enabled"], true, "{session}");
+    let hash: String = t.info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    let link = format!("magnet:?xt=urn:btih:{hash}");
+    assert!(d.remote(&["-a", &link]).contains("success"));
+    let done = d.wait_torrent("downloaded by a magnet found in the DHT", |v| {
+        v["name"] == "by-dht" && v["percentDone"] == 1.0 && v["status"] == 6
+    });
+    assert_eq!(done["hashString"], hash.as_str());
+    t.assert_downloaded(&dl);
+    seed.stop(Duration::from_secs(30));
 }
 
 impl Daemon {

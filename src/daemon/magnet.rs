@@ -38,6 +38,11 @@ pub struct FetchCtx {
     pub config: MetadataConfig,
     pub dialer: actors::net::Dialer,
     pub done: mpsc::Sender<Done>,
+    /// The daemon's DHT node: a magnet is looked up in it (`get_peers`, no
+    /// announce until the torrent runs).
+    pub dht: Option<actors::dht::DhtHandle>,
+    /// `[pex]` when on: the metadata phase dials peers PEX names too.
+    pub pex: Option<actors::pex::PexConfig>,
 }
 
 /// Stands in for the metainfo until the metadata is known: the link's name
@@ -79,6 +84,8 @@ pub fn spawn(
     let tracker = ctx.tracker.clone();
     let (peer_id, port, config, done) = (ctx.peer_id, ctx.port, ctx.config, ctx.done.clone());
     let dialer = ctx.dialer.clone();
+    let dht = ctx.dht.clone();
+    let pex = ctx.pex;
     tokio::spawn(async move {
         let mut peers: Vec<SocketAddr> = Vec::new();
         for p in &m.peers {
@@ -89,6 +96,10 @@ pub fn spawn(
             }
         }
         let (more_tx, more_rx) = mpsc::channel(16);
+        let in_dht = match &dht {
+            Some(d) => d.register(m.info_hash, None, more_tx.clone()).await.is_ok(),
+            None => false,
+        };
         // Held until the phase ends: announces say 16 KiB left meanwhile.
         let (_announce_tx, announce) = watch::channel(AnnounceProgress {
             uploaded: 0,
@@ -116,9 +127,7 @@ pub fn spawn(
                 config,
                 dialer,
                 progress: progress_tx,
-                // Not yet: the daemon's metadata phase dials x.pe and tr
-                // peers only.
-                pex: None,
+                pex,
             },
             cancel.clone(),
         )
@@ -126,6 +135,10 @@ pub fn spawn(
         if registered {
             // The torrent registers itself again once it runs.
             let _ = tracker.remove_torrent(m.info_hash).await;
+        }
+        if let (Some(d), true) = (&dht, in_dht) {
+            // Before `Done`, so the torrent's own registration comes after.
+            let _ = d.unregister(m.info_hash).await;
         }
         let result = match fetched {
             Ok(f) => {

@@ -148,6 +148,10 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             .context("building the HTTP client for .torrent URLs")
             .map_err(Failure::Runtime)?;
         let stream_cfg = config.stream.clone();
+        let pex = config.pex.enabled.then_some(config.pex);
+        let mut dht_config = config.clone();
+        // `bind_interface` binds the DHT socket too, as for `download`.
+        dht_config.dht.bind_interface = binding.interface.clone();
         let config_rates = (config.upload_limit, config.download_limit);
         let config_peers = (config.max_connections, config.max_peers_per_torrent);
         let session = Session::start(config)
@@ -158,6 +162,16 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Runtime(e.into()))?;
         eprintln!("actorrent: peers on {peers}");
+        // One DHT node for every public torrent and magnet of the process,
+        // on the peer port's UDP twin; its table is kept in the state dir.
+        let dht = crate::magnet::Dht::start(
+            &dht_config,
+            false,
+            Some(peers),
+            Some(state_dir.join("dht.state")),
+            Some(session.tracker().dns()),
+        )
+        .await;
         let rpc_listener = tokio::net::TcpListener::bind(args.rpc)
             .await
             .with_context(|| format!("--rpc: listening on {}", args.rpc))
@@ -178,9 +192,11 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                 capacities,
                 network: crate::metrics::Network {
                     listen: Some(peers),
-                    dht: None,
+                    dht: dht.as_ref().map(|d| d.handle.local_addr()),
                     binding,
                 },
+                dht: dht.as_ref().map(|d| d.handle.clone()),
+                pex,
                 config_rates,
                 config_peers,
             },
@@ -238,6 +254,9 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             let _ = w.await;
         }
         registry::finish(join).await;
+        if let Some(d) = dht {
+            d.stop().await;
+        }
         eprintln!("actorrent: daemon stopped");
         Ok(())
     })

@@ -76,6 +76,10 @@ pub struct SessionView {
     pub downloaded: u64,
     pub seconds_active: u64,
     pub start_added_torrents: bool,
+    /// Whether a DHT node runs (`dht-enabled`).
+    pub dht_enabled: bool,
+    /// Whether peer exchange is on (`pex-enabled`).
+    pub pex_enabled: bool,
     /// What `session-set` changed.
     pub settings: SessionSettings,
     /// Connections allowed, process-wide and per torrent.
@@ -326,6 +330,12 @@ pub struct Options {
     pub metadata: actors::magnet::MetadataConfig,
     pub capacities: crate::metrics::Capacities,
     pub network: crate::metrics::Network,
+    /// The process's DHT node (one per process, as for `download`), for
+    /// public torrents and magnets; `None` when `[dht] enabled` is off.
+    pub dht: Option<actors::dht::DhtHandle>,
+    /// `[pex]` when peer exchange is on: public torrents and the magnets'
+    /// metadata phase use it (`pex-enabled`).
+    pub pex: Option<actors::pex::PexConfig>,
     /// The configuration's (upload, download) limits, bytes per second,
     /// which hold until `session-set` sets the session's.
     pub config_rates: (Option<u64>, Option<u64>),
@@ -382,6 +392,8 @@ pub fn spawn(
         config: opts.metadata,
         dialer: session.dialer(),
         done: done_tx,
+        dht: opts.dht.clone(),
+        pex: opts.pex,
     };
     let (moved_tx, moved_rx) = mpsc::channel(MOVED_CHANNEL);
     let mut d = Daemon {
@@ -652,8 +664,8 @@ impl Daemon {
             upload_limit: e.settings.upload_limit,
             download_limit: e.settings.download_limit,
             priorities: e.settings.priorities.clone(),
-            // The daemon runs no DHT node yet.
-            dht: None,
+            // BEP 27: a private torrent's peers come from its trackers only.
+            dht: self.opts.dht.clone().filter(|_| !e.meta.info.private),
         };
         match self.session.add_torrent(params).await {
             Ok(h) => {
@@ -1466,6 +1478,8 @@ impl Daemon {
             downloaded: 0,
             seconds_active: self.started.elapsed().as_secs(),
             start_added_torrents: self.session_settings.start_added_torrents.unwrap_or(true),
+            dht_enabled: self.opts.dht.is_some(),
+            pex_enabled: self.opts.pex.is_some(),
             settings: self.session_settings.clone(),
             peer_limits: self.session.peer_limits(),
         };

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod dht;
 pub mod leecher;
 pub mod lt;
 pub mod netns;
