@@ -50,7 +50,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 disk "clippy"
 # Benchmarks are compiled (and linted) by clippy above; running them here
 # would spend minutes measuring, which is bench/'s job, not the tests'.
-cargo test --workspace --lib --bins --tests
+# Every test binary runs even when one fails, so a log shows all failures.
+cargo test --workspace --lib --bins --tests --no-fail-fast
 disk "tests"
 
 # Build every fuzz target and run each for a few seconds: a smoke test that

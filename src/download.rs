@@ -253,6 +253,9 @@ struct Plan {
     /// The selection flags (`download` only; `seed` keeps the recorded one).
     select: Option<SelectArgs>,
     stream: Option<SocketAddr>,
+    /// The `--metrics` listener bound before the torrent starts
+    /// (`download`), so a magnet's metadata phase is scraped on the same port.
+    metrics: Option<std::net::TcpListener>,
 }
 
 pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure> {
@@ -279,6 +282,12 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
         sequential: args.sequential,
         select: Some(args.select.clone()),
         stream: args.stream,
+        metrics: args
+            .net
+            .metrics
+            .map(crate::metrics::bind)
+            .transpose()
+            .map_err(Failure::Runtime)?,
     };
     let mut stats_out = open_stats(&args.net)?;
     let source = args.torrent.to_string_lossy();
@@ -293,8 +302,11 @@ pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure>
             Some(local),
             dht_state,
             &config,
-            &mut stats_out,
-            args.save_torrent.as_deref(),
+            crate::magnet::Outputs {
+                stats_out: &mut stats_out,
+                save_torrent: args.save_torrent.as_deref(),
+                metrics: plan.metrics.as_ref(),
+            },
         )?;
         let mut net = args.net.clone();
         for p in resolved.peers {
@@ -362,6 +374,7 @@ pub fn seed(args: &SeedArgs, mut config: ClientConfig) -> Result<(), Failure> {
         sequential: false,
         select: None,
         stream: None,
+        metrics: None,
     };
     let stats_out = open_stats(&args.net)?;
     run_torrent(
@@ -444,8 +457,12 @@ fn run_torrent(
         let capacities = crate::metrics::Capacities::of(&config);
         let stream_cfg = config.stream.clone();
         let config_strategy = config.picker.strategy;
-        let mut scrapes = match net.metrics {
-            Some(addr) => Some(crate::metrics::start(addr).await.map_err(Failure::Runtime)?),
+        let metrics_listener = match plan.metrics.take() {
+            Some(l) => Some(l),
+            None => net.metrics.map(crate::metrics::bind).transpose().map_err(Failure::Runtime)?,
+        };
+        let mut scrapes = match &metrics_listener {
+            Some(l) => Some(crate::metrics::serve_on(l).map_err(Failure::Runtime)?),
             None => None,
         };
         let dht_config = config.clone();
@@ -664,7 +681,7 @@ async fn start_stream(
 }
 
 /// The next metrics scrape, or never when `--metrics` is not given.
-async fn recv_scrape(
+pub(crate) async fn recv_scrape(
     scrapes: &mut Option<tokio::sync::mpsc::Receiver<crate::metrics::Scrape>>,
 ) -> Option<crate::metrics::Scrape> {
     match scrapes {

@@ -6,7 +6,7 @@
 //! file, optionally saved (`--save-torrent`), and the download goes on as a
 //! normal one.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -66,17 +66,29 @@ fn progress_json(p: &MetadataProgress, event: &str, listen_port: u16) -> serde_j
     })
 }
 
+/// Where the metadata phase reports: `--stats-json`, `--save-torrent` and
+/// the `--metrics` listener bound for the whole command.
+pub struct Outputs<'a> {
+    pub stats_out: &'a mut Option<Box<dyn Write + Send>>,
+    pub save_torrent: Option<&'a Path>,
+    pub metrics: Option<&'a std::net::TcpListener>,
+}
+
 /// Runs the metadata phase of `uri` on its own runtime, writing `state:
-/// metadata` lines to `stats_out` each second.
+/// metadata` lines to `stats_out` each second and answering scrapes.
 pub fn resolve(
     uri: &str,
     net: &crate::download::NetArgs,
     listen: Option<SocketAddr>,
     dht_state: Option<std::path::PathBuf>,
     config: &ClientConfig,
-    stats_out: &mut Option<Box<dyn Write + Send>>,
-    save_torrent: Option<&Path>,
+    outputs: Outputs<'_>,
 ) -> Result<Resolved, Failure> {
+    let Outputs {
+        stats_out,
+        save_torrent,
+        metrics,
+    } = outputs;
     let magnet =
         Magnet::parse(uri).map_err(|e| Failure::BadInput(anyhow!("invalid magnet link: {e}")))?;
     if uri.contains("&ws=") || uri.contains("?ws=") {
@@ -132,7 +144,11 @@ pub fn resolve(
         };
         // The DHT: get_peers only (we do not listen yet, so no announce).
         let dns_stop = CancellationToken::new();
-        let (dns, dns_join) = actors::tracker::dns::spawn(config.tracker.dns, dns_stop.clone());
+        let (dns, dns_join) = actors::tracker::dns::spawn(
+            config.tracker.dns,
+            config.tracker.binding.clone(),
+            dns_stop.clone(),
+        );
         let dht = Dht::start(config, net.no_dht, listen, dht_state, Some(dns)).await;
         if let Some(d) = &dht {
             if let Err(e) = d
@@ -144,6 +160,17 @@ pub fn resolve(
             }
         }
         drop(more_tx);
+        let network = crate::metrics::Network {
+            listen,
+            dht: dht.as_ref().map(|d| d.handle.local_addr()),
+            binding: config.tracker.binding.clone(),
+        };
+        let mut scrapes = match metrics {
+            Some(l) => Some(crate::metrics::serve_on(l).map_err(Failure::Runtime)?),
+            None => None,
+        };
+        // A bar only on a terminal, as for the download after it.
+        let bar = std::io::stderr().is_terminal().then(metadata_bar);
         let (progress_tx, progress) = watch::channel(MetadataProgress::default());
         let cancel = CancellationToken::new();
         let fetch = actors::magnet::fetch(
@@ -161,6 +188,7 @@ pub fn resolve(
                 )
                 .map_err(|e| Failure::BadInput(anyhow!(e)))?,
                 progress: progress_tx,
+                pex: (config.pex.enabled && !net.no_pex).then_some(config.pex),
             },
             cancel.clone(),
         );
@@ -174,6 +202,14 @@ pub fn resolve(
                     break Err(Failure::Runtime(anyhow!("interrupted while fetching the metadata")));
                 }
                 _ = tick.tick() => {}
+                Some(reply) = crate::download::recv_scrape(&mut scrapes) => {
+                    let _ = reply.send(crate::metrics::render_metadata(&progress.borrow(), &network));
+                    continue;
+                }
+            }
+            if let Some(bar) = &bar {
+                bar.set_message(bar_message(&progress.borrow()));
+                bar.tick();
             }
             if let Some(out) = stats_out.as_mut() {
                 let _ = writeln!(
@@ -184,6 +220,9 @@ pub fn resolve(
                 let _ = out.flush();
             }
         };
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
         if let Some((handle, join, _)) = tracker {
             let _ = handle.remove_torrent(magnet.info_hash).await;
             tracker_stop.cancel();
@@ -222,6 +261,23 @@ pub fn resolve(
         torrent,
         peers: resolved.peers,
     })
+}
+
+/// The metadata phase's bar: a spinner, since the size is not known.
+fn metadata_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// `metadata 3p 2/5 pieces`: the state, connections and metadata pieces.
+fn bar_message(p: &MetadataProgress) -> String {
+    format!(
+        "metadata {}p {}/{} pieces",
+        p.peers, p.pieces_done, p.pieces_total
+    )
 }
 
 /// A DHT node of this process, stopped (and its table saved) by [`Dht::stop`].

@@ -114,23 +114,55 @@ fn main() -> ExitCode {
 /// `--log-level`. The filter is checked before an event is built, so a
 /// disabled `debug!` in a hot path costs one comparison.
 fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    // A lone word that is not a level would parse as a target name and
-    // silently log nothing: refuse it.
-    if !level.contains(['=', ',', ':']) && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-        return Err(format!("`{level}` is not one of {}", LEVELS.join(", ")));
-    }
+    check_level(level)?;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v).map_err(|e| format!("RUST_LOG: {e}"))?,
         _ => EnvFilter::try_new(level).map_err(|e| format!("`{level}`: {e}"))?,
     };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            let h = b.reload_handle();
+            if b.try_init().is_ok() {
+                let _ = LOG_FILTER.set(Box::new(move |f| h.reload(f).map_err(|e| e.to_string())));
+            }
+        }
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let h = b.reload_handle();
+            if b.try_init().is_ok() {
+                let _ = LOG_FILTER.set(Box::new(move |f| h.reload(f).map_err(|e| e.to_string())));
+            }
+        }
+    }
     Ok(())
+}
+
+use tracing_subscriber::EnvFilter;
+
+/// Replaces the filter of the running process's log (set once logging is
+/// up).
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+static LOG_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
+/// A lone word that is not a level would parse as a target name and
+/// silently log nothing: refuse it.
+pub(crate) fn check_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if !level.contains(['=', ',', ':']) && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        return Err(format!("`{level}` is not one of {}", LEVELS.join(", ")));
+    }
+    Ok(())
+}
+
+/// Changes the log filter of the running process (the daemon's
+/// `session-set` and SIGHUP), checked as `--log-level` is.
+pub fn set_log_filter(filter: &str) -> Result<(), String> {
+    check_level(filter)?;
+    let f = EnvFilter::try_new(filter).map_err(|e| format!("`{filter}`: {e}"))?;
+    let set = LOG_FILTER.get().ok_or("logging is not set up")?;
+    set(f)
 }

@@ -101,19 +101,87 @@ impl Network {
     }
 }
 
-/// Binds `addr` and serves it; returns the mailbox the scrapes arrive in.
-pub async fn start(addr: SocketAddr) -> anyhow::Result<mpsc::Receiver<Scrape>> {
-    let listener = TcpListener::bind(addr)
-        .await
+/// Binds `addr` for [`serve`]: bound before anything else starts, so a
+/// magnet's metadata phase and the torrent after it answer on one port.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("--metrics: listening on {addr}"))?;
+    listener
+        .set_nonblocking(true)
+        .context("--metrics: non-blocking listener")?;
     let local = listener.local_addr().context("--metrics: local address")?;
     if addr.port() == 0 {
         eprintln!("actorrent: metrics on http://{local}/metrics");
     }
     tracing::info!(%local, "serving metrics");
+    Ok(listener)
+}
+
+/// Serves a listener from [`bind`] on the current runtime (a duplicate of
+/// its descriptor, so the next runtime can serve it again); returns the
+/// mailbox the scrapes arrive in.
+pub fn serve_on(listener: &std::net::TcpListener) -> anyhow::Result<mpsc::Receiver<Scrape>> {
+    let dup = listener.try_clone().context("--metrics: listener")?;
+    let listener = TcpListener::from_std(dup).context("--metrics: listener")?;
     let (tx, rx) = mpsc::channel(SCRAPE_MAILBOX);
     tokio::spawn(serve(listener, tx));
     Ok(rx)
+}
+
+/// `actorrent_torrents{state=...}`: torrents by state, every state named
+/// (0 when none), `metadata` for magnet links whose info dictionary is not
+/// known yet.
+fn render_states(out: &mut String, states: &[&str], metadata: usize) {
+    let _ = writeln!(
+        out,
+        "# HELP actorrent_torrents Torrents by state (metadata: a magnet link's info dictionary is being fetched).\n# TYPE actorrent_torrents gauge"
+    );
+    let _ = writeln!(out, "actorrent_torrents{{state=\"metadata\"}} {metadata}");
+    for name in ["checking", "downloading", "seeding", "complete", "error"] {
+        let n = states.iter().filter(|s| **s == name).count();
+        let _ = writeln!(out, "actorrent_torrents{{state=\"{name}\"}} {n}");
+    }
+}
+
+/// The page while a magnet link's metadata is fetched (no session yet):
+/// the network, `actorrent_torrents{state="metadata"} 1`, the connections
+/// and the metadata pieces.
+pub fn render_metadata(p: &actors::magnet::MetadataProgress, network: &Network) -> String {
+    let mut out = String::with_capacity(2 * 1024);
+    network.render(&mut out);
+    render_states(&mut out, &[], 1);
+    let gauges: [(&str, &str, u64); 5] = [
+        ("actorrent_peers", "Connected peers.", p.peers as u64),
+        (
+            "actorrent_metadata_peers",
+            "Connected peers that advertised ut_metadata with a size.",
+            p.peers_with_metadata as u64,
+        ),
+        (
+            "actorrent_metadata_pieces_done",
+            "16 KiB metadata pieces received of the current copy.",
+            u64::from(p.pieces_done),
+        ),
+        (
+            "actorrent_metadata_pieces_total",
+            "Metadata pieces in all (0 until a peer told the size).",
+            u64::from(p.pieces_total),
+        ),
+        (
+            "actorrent_metadata_banned",
+            "Addresses banned for sending a metadata copy that did not match the info-hash.",
+            p.banned,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP actorrent_metadata_hash_failures_total Metadata copies whose SHA-1 did not match the info-hash.\n# TYPE actorrent_metadata_hash_failures_total counter\nactorrent_metadata_hash_failures_total {}",
+        p.hash_failures
+    );
+    out
 }
 
 async fn serve(listener: TcpListener, tx: mpsc::Sender<Scrape>) {
@@ -197,6 +265,8 @@ pub fn render(
 ) -> String {
     let mut out = String::with_capacity(8 * 1024);
     network.render(&mut out);
+    let states: Vec<&str> = torrents.iter().map(|t| t.state.name()).collect();
+    render_states(&mut out, &states, 0);
     let sum = |f: fn(&TorrentStats) -> u64| torrents.iter().map(f).sum::<u64>();
     let writers = session.writer_stats();
     let hash = session.hash_counters();
@@ -330,7 +400,8 @@ pub fn render(
         );
     }
 
-    let gauges: [(&str, &str, u64); 4] = [
+    let files = session.open_files();
+    let gauges: [(&str, &str, u64); 6] = [
         (
             "actorrent_peers",
             "Connected peers.",
@@ -350,6 +421,16 @@ pub fn render(
             "actorrent_budget_peak_bytes",
             "Highest buffer budget use seen.",
             session.budget().peak(),
+        ),
+        (
+            "actorrent_open_files",
+            "Torrent files open now (disk.max_open_files caps them).",
+            files.open as u64,
+        ),
+        (
+            "actorrent_open_files_capacity",
+            "disk.max_open_files.",
+            files.capacity as u64,
         ),
     ];
     for (name, help, v) in gauges {

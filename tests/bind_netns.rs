@@ -40,11 +40,12 @@ struct Net {
 }
 
 impl Net {
-    fn create() -> Option<Net> {
+    /// `tag` keeps the namespaces of tests running side by side apart.
+    fn create(tag: &str) -> Option<Net> {
         let pid = std::process::id();
         let net = Net {
-            client: format!("arb{pid}c"),
-            seed: format!("arb{pid}s"),
+            client: format!("arb{pid}{tag}c"),
+            seed: format!("arb{pid}{tag}s"),
         };
         for ns in [&net.client, &net.seed] {
             // A half-made pair is removed by `Drop`.
@@ -190,7 +191,7 @@ fn download(net: &Net, t: &TestTorrent, out: &std::path::Path, extra: &[&str]) {
 
 #[test]
 fn bound_traffic_leaves_only_through_the_interface_and_stops_when_it_is_down() {
-    let Some(net) = Net::create() else { return };
+    let Some(net) = Net::create("p") else { return };
     let dir = tempfile::tempdir().unwrap();
     let t = TestTorrent::multi(
         dir.path(),
@@ -306,6 +307,215 @@ fn bound_traffic_leaves_only_through_the_interface_and_stops_when_it_is_down() {
         net.tx_packets("c2"),
         c2,
         "the resumed download leaked through c2"
+    );
+    seed.stop(Duration::from_secs(30));
+}
+
+/// A DNS server for the lab: answers every A query with `198.19.0.1`
+/// (AAAA and the rest with no records) and logs each name asked.
+const DNS_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("198.19.0.1", 53))
+log = open(sys.argv[1], "a", buffering=1)
+while True:
+    q, peer = s.recvfrom(512)
+    i, labels = 12, []
+    while i < len(q) and q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode("ascii", "replace"))
+        i += q[i] + 1
+    if i + 5 > len(q):
+        continue
+    qtype = q[i + 1:i + 3]
+    a = qtype == b"\x00\x01"
+    log.write("%s %s %s\n" % (".".join(labels), "A" if a else "other", peer[0]))
+    head = q[:2] + b"\x81\x80" + q[4:6] + (b"\x00\x01" if a else b"\x00\x00") + b"\x00\x00\x00\x00"
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc6\x13\x00\x01" if a else b""
+    s.sendto(head + q[12:i + 5] + answer, peer)
+"#;
+
+const TRACKER_HOST: &str = "tracker.arlab";
+
+/// Each namespace's `/etc/resolv.conf` (which `ip netns exec` mounts from
+/// `/etc/netns/NS/`), removed when dropped.
+struct Resolv(Vec<std::path::PathBuf>);
+
+impl Resolv {
+    fn point_at_the_lab(net: &Net) -> Resolv {
+        let dirs: Vec<_> = [&net.client, &net.seed]
+            .into_iter()
+            .map(|ns| std::path::Path::new("/etc/netns").join(ns))
+            .collect();
+        for d in &dirs {
+            std::fs::create_dir_all(d).expect("create /etc/netns/NS");
+            std::fs::write(
+                d.join("resolv.conf"),
+                "nameserver 198.19.0.1\noptions timeout:1 attempts:2\n",
+            )
+            .unwrap();
+        }
+        Resolv(dirs)
+    }
+}
+
+impl Drop for Resolv {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A child process in a namespace, killed when dropped.
+struct NsChild(std::process::Child);
+
+impl NsChild {
+    fn spawn(ns: &str, program: &str, args: &[&str], cwd: &std::path::Path) -> NsChild {
+        NsChild(
+            Command::new("ip")
+                .args(["netns", "exec", ns, program])
+                .args(args)
+                .current_dir(cwd)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{program}: {e}")),
+        )
+    }
+}
+
+impl Drop for NsChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Tracker host names are resolved through the bound interface too: the
+/// DNS query is a socket like any other, and with the interface down no
+/// query leaves by the other route.
+#[test]
+fn tracker_names_resolve_through_the_bound_interface() {
+    let Some(net) = Net::create("d") else { return };
+    let _resolv = Resolv::point_at_the_lab(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTorrent::single(dir.path(), "dns", 64 * 1024, 2 << 20, 191);
+    let announce = format!("http://{TRACKER_HOST}:6969/announce");
+    t.set_announce(&announce);
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+
+    let dns_log = dir.path().join("dns.log");
+    let _dns = NsChild::spawn(
+        &net.seed,
+        "python3",
+        &["-c", DNS_SERVER, dns_log.to_str().unwrap()],
+        dir.path(),
+    );
+    let hex: String = t.info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(dir.path().join("whitelist"), hex + "\n").unwrap();
+    let _tracker = NsChild::spawn(
+        &net.seed,
+        "opentracker",
+        &[
+            "-i",
+            SEED_IP,
+            "-p",
+            "6969",
+            "-P",
+            "6969",
+            "-w",
+            "whitelist",
+            "-d",
+            dir.path().to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+
+    let seed_args: Vec<&std::ffi::OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "198.19.0.1:6881".as_ref(),
+    ];
+    let mut seed = Actorrent::spawn_in(&net.seed, "seed", &seed_args);
+    seed.wait_stats(START, "announced to the tracker by name", |v| {
+        v["state"] == "seeding"
+            && v["trackers"][announce.as_str()]["announces_sent"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+            && v["trackers"][announce.as_str()]["announces_failed"] == 0
+    });
+    let asked_from = |ip: &str| {
+        std::fs::read_to_string(&dns_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(TRACKER_HOST) && l.ends_with(ip))
+            .count()
+    };
+
+    // Bound to c1, which is not the preferred route: the lookup, the
+    // announce and the peer connection all leave through c1.
+    let c2 = net.tx_packets("c2");
+    let out = dir.path().join("out-bound");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--bind-interface".as_ref(),
+        "c1".as_ref(),
+    ];
+    let mut d = Actorrent::spawn_in(&net.client, "bound leecher", &args);
+    let status = d.wait_exit(DONE);
+    if !status.success() {
+        d.fail(&format!("exited with {status}"));
+    }
+    t.assert_downloaded(&out);
+    assert!(
+        asked_from("198.18.1.1") >= 1,
+        "the tracker's name was not asked from c1's address:\n{}",
+        std::fs::read_to_string(&dns_log).unwrap_or_default()
+    );
+    assert_eq!(
+        net.tx_packets("c2"),
+        c2,
+        "the bound download (its DNS lookup included) leaked through c2"
+    );
+
+    // Kill switch: c1 down, the lookup fails and nothing leaves by c2.
+    net.link("c1", "down");
+    let c2 = net.tx_packets("c2");
+    let asked = asked_from("198.18.2.1");
+    let out = dir.path().join("out-down");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--bind-interface".as_ref(),
+        "c1".as_ref(),
+    ];
+    let mut d = Actorrent::spawn_in(&net.client, "bound leecher, c1 down", &args);
+    let s = d.wait_stats(START, "a failed announce", |v| {
+        v["trackers"][announce.as_str()]["announces_failed"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    });
+    assert_eq!(s["bytes_down"], 0, "{s}");
+    d.stop(Duration::from_secs(30));
+    assert_eq!(
+        net.tx_packets("c2"),
+        c2,
+        "a lookup left through c2 while c1 was down"
+    );
+    assert_eq!(
+        asked_from("198.18.2.1"),
+        asked,
+        "c2's address asked the DNS server"
     );
     seed.stop(Duration::from_secs(30));
 }

@@ -892,3 +892,537 @@ fn a_magnet_link_fetches_its_metadata_downloads_and_survives_a_restart() {
             .is_none()
     );
 }
+
+impl Daemon {
+    /// Waits up to `timeout` for torrent `id` to satisfy `cond`; its
+    /// `fields`.
+    fn wait_id(
+        &self,
+        id: i64,
+        fields: &[&str],
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut last = Value::Null;
+        let ok = wait_until(timeout, || {
+            let v = self.call("torrent-get", json!({ "ids": [id], "fields": fields }));
+            last = v["arguments"]["torrents"][0].clone();
+            cond(&last)
+        });
+        if !ok {
+            self.fail(&format!("torrent {id} not {what}; last: {last}"));
+        }
+        last
+    }
+
+    fn session(&self) -> Value {
+        let v = self.call("session-get", json!({}));
+        assert_eq!(v["result"], "success", "{v}");
+        v["arguments"].clone()
+    }
+}
+
+/// `actorrent download` of `t` from the daemon's listener into `out`.
+fn leecher(t: &TestTorrent, out: &Path, daemon: &Daemon) -> Actorrent {
+    let peer = daemon.peers.to_string();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--peer".as_ref(),
+        peer.as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    Actorrent::spawn("leecher", &args)
+}
+
+const SEED_FIELDS: [&str; 6] = [
+    "status",
+    "isFinished",
+    "uploadRatio",
+    "seedRatioMode",
+    "seedRatioLimit",
+    "uploadedEver",
+];
+
+#[test]
+fn seed_ratio_and_idle_limits_stop_seeding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, out) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("out"),
+    );
+    // Three torrents whose data is in place: the daemon seeds them.
+    let ratio = TestTorrent::single(tmp.path(), "by-ratio", 16 * 1024, 300_000, 21);
+    let idle = TestTorrent::single(tmp.path(), "by-idle", 16 * 1024, 50_000, 22);
+    let global = TestTorrent::single(tmp.path(), "by-session", 16 * 1024, 50_000, 23);
+    for t in [&ratio, &idle, &global] {
+        t.write_payload(&dl);
+    }
+    let mut d = Daemon::start(&state, &dl, &[]);
+    for t in [&ratio, &idle, &global] {
+        d.remote(&["-a", t.path.to_str().unwrap()]);
+    }
+    for id in 1..=3 {
+        d.wait_id(id, &SEED_FIELDS, WAIT, "seeding", |v| v["status"] == 6);
+    }
+    // 1: its own ratio of 1; 2: no ratio limit, idle for 1 minute; 3:
+    // whatever the session says.
+    d.remote(&["-t", "1", "-sr", "1"]);
+    let v = d.call(
+        "torrent-set",
+        json!({ "ids": [2], "seedRatioMode": 2, "seedIdleMode": 1, "seedIdleLimit": 1 }),
+    );
+    assert_eq!(v["result"], "success", "{v}");
+    let bad = d.call("torrent-set", json!({ "ids": [2], "seedRatioMode": 7 }));
+    assert_ne!(bad["result"], "success", "mode 7 is refused: {bad}");
+    let bad = d.call("torrent-set", json!({ "ids": [2], "seedRatioLimit": -1 }));
+    assert_ne!(
+        bad["result"], "success",
+        "a negative ratio is refused: {bad}"
+    );
+
+    // The session's ratio limit of 0: a torrent in mode 0 is done at once,
+    // the others keep their own.
+    d.remote(&["-gsr", "0"]);
+    let s = d.session();
+    assert_eq!(s["seedRatioLimited"], true, "{s}");
+    assert_eq!(s["seedRatioLimit"], 0.0, "{s}");
+    d.wait_id(3, &SEED_FIELDS, WAIT, "stopped by the session ratio", |v| {
+        v["status"] == 0 && v["isFinished"] == true
+    });
+    let one = d.torrents(&["id", "status", "isFinished"]);
+    assert_eq!(one[0]["status"], 6, "{one:?}");
+    assert_eq!(one[0]["isFinished"], false, "{one:?}");
+
+    // A real leecher takes all of torrent 1: its ratio reaches 1 and it
+    // stops seeding.
+    let mut leech = leecher(&ratio, &out, &d);
+    let v = d.wait_id(1, &SEED_FIELDS, WAIT, "stopped at ratio 1", |v| {
+        v["status"] == 0 && v["isFinished"] == true
+    });
+    assert!(v["uploadRatio"].as_f64().unwrap() >= 1.0, "{v}");
+    assert!(v["uploadedEver"].as_u64().unwrap() >= 300_000, "{v}");
+    assert!(leech.wait_exit(WAIT).success(), "the leecher finished");
+    ratio.assert_downloaded(&out);
+    assert!(d.remote(&["-l"]).contains("Finished"), "listed as finished");
+    // Started by hand past its ratio: it seeds on, its limit dropped (as
+    // Transmission does).
+    d.remote(&["-t", "1", "-s"]);
+    let v = d.wait_id(1, &SEED_FIELDS, WAIT, "seeding again", |v| v["status"] == 6);
+    assert_eq!(v["seedRatioMode"], 2, "{v}");
+    assert_eq!(v["isFinished"], false, "{v}");
+
+    // Torrent 2 had no peer for a minute.
+    d.wait_id(
+        2,
+        &SEED_FIELDS,
+        Duration::from_secs(150),
+        "stopped for idling",
+        |v| v["status"] == 0 && v["isFinished"] == true,
+    );
+
+    // All of it survives a restart.
+    d.terminate();
+    let d = Daemon::start(&state, &dl, &[]);
+    let all = d.torrents(&["id", "status", "isFinished", "seedRatioMode"]);
+    assert_eq!(
+        all,
+        vec![
+            json!({ "id": 1, "status": 6, "isFinished": false, "seedRatioMode": 2 }),
+            json!({ "id": 2, "status": 0, "isFinished": true, "seedRatioMode": 2 }),
+            json!({ "id": 3, "status": 0, "isFinished": true, "seedRatioMode": 0 }),
+        ]
+        .into_iter()
+        .map(|mut v| {
+            // Torrent 1 may still be checking its data right after start.
+            if v["id"] == 1 {
+                v["status"] = all[0]["status"].clone();
+            }
+            v
+        })
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(d.session()["seedRatioLimited"], true);
+}
+
+#[test]
+fn session_set_applies_live_persists_and_sighup_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, out) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("out"),
+    );
+    // 2 MB: at 10 kB/s, what is left after the limiter's 256 KiB burst
+    // would take three minutes.
+    let t = TestTorrent::single(tmp.path(), "limited", 64 * 1024, 2_000_000, 31);
+    t.write_payload(&dl);
+    let mut d = Daemon::start(&state, &dl, &[]);
+    d.remote(&["-a", t.path.to_str().unwrap()]);
+    d.wait_id(1, &SEED_FIELDS, WAIT, "seeding", |v| v["status"] == 6);
+
+    // A session-wide upload limit of 10 kB/s, then a real leecher.
+    d.remote(&["-u", "10"]);
+    let s = d.session();
+    assert_eq!(s["speed-limit-up"], 10, "{s}");
+    assert_eq!(s["speed-limit-up-enabled"], true, "{s}");
+    let started = std::time::Instant::now();
+    let mut leech = leecher(&t, &out, &d);
+    std::thread::sleep(Duration::from_secs(5));
+    let v = d.torrents(&["uploadedEver"]);
+    let up = v[0]["uploadedEver"].as_u64().unwrap();
+    let secs = started.elapsed().as_secs();
+    // At most the burst, the rate over the time, and blocks in flight.
+    let bound = 262_144 + 10_000 * (secs + 1) + 4 * 16_384;
+    assert!(up <= bound, "uploaded {up} in {secs} s under 10 kB/s");
+    assert!(leech.running(), "still downloading under the limit");
+    // Lifted while the leecher waits: it finishes well before the three
+    // minutes the limit would need.
+    d.remote(&["-U"]);
+    assert!(
+        leech.wait_exit(Duration::from_secs(90)).success(),
+        "download finished once the limit was lifted"
+    );
+    t.assert_downloaded(&out);
+
+    // The rest of what session-set changes: peer limits, alternative
+    // speeds, seed limits, the download directory.
+    let other = tmp.path().join("other");
+    let v = d.call(
+        "session-set",
+        json!({
+            "peer-limit-global": 7, "peer-limit-per-torrent": 3,
+            "alt-speed-up": 20, "alt-speed-down": 30, "alt-speed-enabled": true,
+            "idle-seeding-limit": 45, "idle-seeding-limit-enabled": true,
+            "download-dir": other.to_str().unwrap(),
+        }),
+    );
+    assert_eq!(v["result"], "success", "{v}");
+    for bad in [
+        json!({ "peer-limit-global": 0 }),
+        json!({ "speed-limit-down": -5 }),
+        json!({ "seedRatioLimit": "two" }),
+        json!({ "alt-speed-time-enabled": true }),
+    ] {
+        let v = d.call("session-set", bad.clone());
+        assert_ne!(v["result"], "success", "{bad} refused: {v}");
+    }
+    let check = |s: &Value| {
+        assert_eq!(s["peer-limit-global"], 7, "{s}");
+        assert_eq!(s["peer-limit-per-torrent"], 3, "{s}");
+        assert_eq!(s["alt-speed-up"], 20, "{s}");
+        assert_eq!(s["alt-speed-down"], 30, "{s}");
+        assert_eq!(s["alt-speed-enabled"], true, "{s}");
+        assert_eq!(s["idle-seeding-limit"], 45, "{s}");
+        assert_eq!(s["idle-seeding-limit-enabled"], true, "{s}");
+        assert_eq!(s["speed-limit-up"], 10, "{s}");
+        assert_eq!(s["speed-limit-up-enabled"], false, "{s}");
+        assert_eq!(s["download-dir"], other.to_str().unwrap(), "{s}");
+    };
+    check(&d.session());
+    let info = d.remote(&["-si"]);
+    assert!(info.contains("Peer limit: 7"), "{info}");
+
+    // Kept across a restart.
+    d.terminate();
+    let mut d = Daemon::start(&state, &dl, &[]);
+    check(&d.session());
+
+    // SIGHUP reads settings.json again, as transmission-daemon does; a
+    // broken file is reported and changes nothing.
+    let path = state.join("settings.json");
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    file["peer_limit_global"] = json!(9);
+    file["alt_speed_enabled"] = json!(false);
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    let hup = |d: &Daemon| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &d.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP");
+    };
+    hup(&d);
+    assert!(
+        wait_until(WAIT, || d.session()["peer-limit-global"] == 9),
+        "reloaded on SIGHUP"
+    );
+    assert_eq!(d.session()["alt-speed-enabled"], false);
+    std::fs::write(&path, b"{ not json").unwrap();
+    hup(&d);
+    assert!(
+        wait_until(WAIT, || d.log().contains("session settings not reloaded")),
+        "a broken file is reported"
+    );
+    assert_eq!(d.session()["peer-limit-global"], 9, "and changes nothing");
+    d.terminate();
+}
+
+#[test]
+fn torrent_get_lists_the_connected_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl, out) = (
+        tmp.path().join("state"),
+        tmp.path().join("dl"),
+        tmp.path().join("out"),
+    );
+    let t = TestTorrent::single(tmp.path(), "watched", 64 * 1024, 1_000_000, 41);
+    t.write_payload(&dl);
+    let d = Daemon::start(&state, &dl, &[]);
+    d.remote(&["-a", t.path.to_str().unwrap()]);
+    d.wait_id(1, &SEED_FIELDS, WAIT, "seeding", |v| v["status"] == 6);
+    // Slow enough that the leecher stays connected while we look.
+    d.remote(&["-u", "20"]);
+    let mut leech = leecher(&t, &out, &d);
+    let fields = ["peers", "peersConnected"];
+    let v = d.wait_id(1, &fields, WAIT, "serving a peer", |v| {
+        v["peers"][0]["rateToPeer"].as_u64().is_some_and(|r| r > 0)
+    });
+    assert_eq!(v["peersConnected"], 1, "{v}");
+    let p = &v["peers"][0];
+    assert_eq!(p["address"], "127.0.0.1", "{p}");
+    assert!(p["port"].as_u64().is_some_and(|x| x > 0), "{p}");
+    assert!(
+        p["clientName"].as_str().unwrap().starts_with("actorrent"),
+        "{p}"
+    );
+    assert_eq!(p["isIncoming"], true, "the leecher dialled the daemon: {p}");
+    assert_eq!(p["isUploadingTo"], true, "{p}");
+    assert_eq!(p["peerIsInterested"], true, "{p}");
+    let flags = p["flagStr"].as_str().unwrap();
+    assert!(flags.contains('U') && flags.contains('I'), "{p}");
+    let progress = p["progress"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&progress), "{p}");
+    // transmission-remote shows it too.
+    let listing = d.remote(&["-t", "1", "-pi"]);
+    assert!(listing.contains("127.0.0.1"), "{listing}");
+    assert!(listing.contains("actorrent"), "{listing}");
+    d.remote(&["-U"]);
+    assert!(leech.wait_exit(WAIT).success());
+    t.assert_downloaded(&out);
+    let v = d.wait_id(1, &fields, WAIT, "without peers", |v| {
+        v["peersConnected"] == 0
+    });
+    assert_eq!(v["peers"], json!([]), "{v}");
+}
+
+/// A tiny HTTP server on 127.0.0.1 for `.torrent` URLs: `/ok.torrent`
+/// serves `torrent`, `/huge.torrent` claims 100 MB, `/endless.torrent`
+/// streams bytes without a length, anything else is a 404. Serves
+/// `count` requests, then its thread ends.
+fn torrent_server(torrent: Vec<u8>, count: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let join = std::thread::spawn(move || {
+        for _ in 0..count {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") && req.len() < 16 * 1024 {
+                match s.read(&mut b) {
+                    Ok(1) => req.push(b[0]),
+                    _ => break,
+                }
+            }
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let _ = match path {
+                "/ok.torrent" => s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            torrent.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|_| s.write_all(&torrent)),
+                "/huge.torrent" => s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\nConnection: close\r\n\r\n",
+                ),
+                "/endless.torrent" => {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                    let chunk = vec![b'x'; 64 * 1024];
+                    // Until the daemon hangs up (it stops at its cap).
+                    let mut sent = 0usize;
+                    while sent < 64 << 20 && s.write_all(&chunk).is_ok() {
+                        sent += chunk.len();
+                    }
+                    Ok(())
+                }
+                _ => s.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    (addr, join)
+}
+
+#[test]
+fn torrent_add_fetches_a_torrent_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl) = (tmp.path().join("state"), tmp.path().join("dl"));
+    let t = TestTorrent::single(tmp.path(), "from-url", 16 * 1024, 100_000, 51);
+    t.write_payload(&dl);
+    let (web, server) = torrent_server(std::fs::read(&t.path).unwrap(), 4);
+    let d = Daemon::start(&state, &dl, &[]);
+
+    // transmission-remote passes a URL on as `filename`.
+    let out = d.remote(&["-a", &format!("http://{web}/ok.torrent")]);
+    assert!(out.contains("success"), "{out}");
+    let v = d.wait_id(1, &["name", "hashString", "status"], WAIT, "seeding", |v| {
+        v["status"] == 6
+    });
+    assert_eq!(v["name"], "from-url");
+    // Kept like any other torrent.
+    assert!(state.join("torrents").read_dir().unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".torrent")
+    }));
+
+    for (path, want) in [
+        ("missing.torrent", "404"),
+        ("huge.torrent", "longer than"),
+        ("endless.torrent", "longer than"),
+    ] {
+        let v = d.call(
+            "torrent-add",
+            json!({ "filename": format!("http://{web}/{path}") }),
+        );
+        let r = v["result"].as_str().unwrap();
+        assert!(r.contains(want), "{path}: {r}");
+    }
+    server.join().unwrap();
+    // Nobody listens there any more.
+    let v = d.call(
+        "torrent-add",
+        json!({ "filename": format!("http://{web}/ok.torrent") }),
+    );
+    let r = v["result"].as_str().unwrap();
+    assert!(r.starts_with("fetching http://"), "{r}");
+    assert_eq!(d.torrents(&["id"]).len(), 1);
+}
+
+#[test]
+fn torrent_set_location_moves_the_data_without_a_recheck() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl) = (tmp.path().join("state"), tmp.path().join("dl"));
+    let t = three_files(tmp.path(), "moving", 61);
+    t.write_payload(&dl);
+    std::fs::write(dl.join("moving/not-ours"), b"keep me").unwrap();
+    let d = Daemon::start(&state, &dl, &[]);
+    d.remote(&["-a", t.path.to_str().unwrap()]);
+    d.wait_id(1, &SEED_FIELDS, WAIT, "seeding", |v| v["status"] == 6);
+
+    // On the same filesystem (a rename), then to another one where there
+    // is one (/dev/shm: copied, synced, removed).
+    let same = tmp.path().join("same");
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let mut places = vec![same.clone()];
+    if let Some(s) = &shm {
+        places.push(s.path().join("other"));
+    }
+    let mut from = dl.clone();
+    for to in places {
+        d.remote(&["-t", "1", "--move", to.to_str().unwrap()]);
+        let v = d.wait_id(
+            1,
+            &["status", "percentDone", "downloadDir"],
+            WAIT,
+            "seeding at the new place",
+            |v| v["status"] == 6 && v["downloadDir"] == to.to_str().unwrap(),
+        );
+        assert_eq!(v["percentDone"], 1.0, "{v}");
+        t.assert_downloaded(&to);
+        for (path, _) in &t.files {
+            let old = path.iter().fold(from.join("moving"), |p, c| p.join(c));
+            assert!(!old.exists(), "{} left behind", old.display());
+        }
+        from = to;
+    }
+    assert_eq!(
+        std::fs::read(dl.join("moving/not-ours")).unwrap(),
+        b"keep me",
+        "a file not in the torrent stays where it was"
+    );
+    // The one check is the first, of the data found at the add.
+    assert_eq!(
+        d.log().matches("rechecking").count(),
+        1,
+        "moved without a recheck: {}",
+        d.log()
+    );
+
+    // Onto a file of the same name: refused, nothing moves, it seeds on.
+    let back = dl.clone();
+    std::fs::write(back.join("moving/a.bin"), b"in the way").unwrap();
+    let v = d.call(
+        "torrent-set-location",
+        json!({ "ids": [1], "location": back.to_str().unwrap(), "move": true }),
+    );
+    let r = v["result"].as_str().unwrap();
+    assert!(r.contains("exists already"), "{r}");
+    let v = d.wait_id(1, &["status", "downloadDir"], WAIT, "seeding on", |v| {
+        v["status"] == 6
+    });
+    assert_eq!(v["downloadDir"], from.to_str().unwrap());
+    t.assert_downloaded(&from);
+    let v = d.call(
+        "torrent-set-location",
+        json!({ "ids": [1], "location": "relative/dir", "move": true }),
+    );
+    assert_ne!(v["result"], "success", "{v}");
+}
+
+#[test]
+fn session_set_changes_the_log_filter_at_run_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl) = (tmp.path().join("state"), tmp.path().join("dl"));
+    let mut d = Daemon::start(&state, &dl, &[]);
+    let applied = |d: &Daemon| d.log().matches("session settings applied").count();
+    let before = applied(&d);
+    assert!(before >= 1, "info is logged at first: {}", d.log());
+    // Down to warnings: the info line of this very call is not written,
+    // nor that of the next one.
+    let v = d.call("session-set", json!({ "log-filter": "warn" }));
+    assert_eq!(v["result"], "success", "{v}");
+    let v = d.call("session-set", json!({ "peer-limit-global": 20 }));
+    assert_eq!(v["result"], "success", "{v}");
+    assert_eq!(applied(&d), before, "{}", d.log());
+    for bad in ["notalevel", "debug,[", ""] {
+        let v = d.call("session-set", json!({ "log-filter": bad }));
+        assert_ne!(v["result"], "success", "{bad:?}: {v}");
+    }
+    // Back to info: logged again; and the filter is kept across a restart.
+    d.call("session-set", json!({ "log-filter": "info" }));
+    assert!(
+        wait_until(WAIT, || applied(&d) == before + 1),
+        "{}",
+        d.log()
+    );
+    d.call("session-set", json!({ "log-filter": "warn" }));
+    d.terminate();
+    let d = Daemon::start(&state, &dl, &[]);
+    let v = d.call("session-set", json!({ "peer-limit-global": 30 }));
+    assert_eq!(v["result"], "success", "{v}");
+    assert_eq!(
+        applied(&d),
+        0,
+        "the kept filter applies from the start on: {}",
+        d.log()
+    );
+}

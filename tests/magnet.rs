@@ -430,109 +430,6 @@ fn a_corrupt_metadata_copy_is_refused_and_the_honest_peer_completes() {
     seed.stop(Duration::from_secs(30));
 }
 
-/// A config for actorrent DHT nodes on 127.0.0.1 bootstrapped from `router`:
-/// many nodes per address and no per-address rate limit (everyone here
-/// shares 127.0.0.1), quick retries.
-fn loopback_dht_config(dir: &Path, router: std::net::SocketAddr) -> std::path::PathBuf {
-    let path = dir.join("dht.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[dht]\nbootstrap_nodes = [\"{router}\"]\nmax_nodes_per_ip = 1000\n\
-             queries_per_second_per_ip = 100000\nquery_burst_per_ip = 100000\n\
-             retry_interval_ms = 500\nquery_timeout_ms = 1000\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// No tracker, no `x.pe`, no `--peer`: `actorrent seed` announces itself in
-/// a loopback DHT (a router node run by the test, plus the two processes'
-/// own nodes) and `actorrent download` finds it there with `get_peers`,
-/// fetches the metadata and completes.
-#[test]
-fn a_trackerless_magnet_is_found_through_the_dht() {
-    let dir = tempfile::tempdir().unwrap();
-    let t = many_files(dir.path(), "dht-only");
-    let data = dir.path().join("data");
-    t.write_payload(&data);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut router_cfg = actors::dht::DhtConfig {
-        bootstrap_nodes: Vec::new(),
-        max_nodes_per_ip: 1000,
-        ..actors::dht::DhtConfig::default()
-    };
-    let many = std::num::NonZeroU32::new(100_000).unwrap();
-    router_cfg.queries_per_second_per_ip = many;
-    router_cfg.query_burst_per_ip = many;
-    let (router, join) = rt
-        .block_on(actors::dht::spawn(
-            router_cfg,
-            actors::dht::DhtStart {
-                bind: "127.0.0.1:0".parse().unwrap(),
-                state_file: None,
-                dns: None,
-                seed: Some(11),
-            },
-            stop.clone(),
-        ))
-        .unwrap();
-    let config = loopback_dht_config(dir.path(), router.local_addr());
-    let dht_on = [("ACTORRENT_DHT_ENABLED", "true")];
-    let cfg = config.to_str().unwrap();
-    let seed_args: Vec<&OsStr> = vec![
-        "seed".as_ref(),
-        t.path.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--config".as_ref(),
-        cfg.as_ref(),
-    ];
-    let mut seed = Actorrent::spawn_env("actorrent seed", &seed_args, &dht_on);
-    seed.listen_port(START);
-    // The seed's announce_peer reaches the router (the one node it knows).
-    let announced = support::wait_until(START, || {
-        rt.block_on(router.stats())
-            .is_ok_and(|s| s.stored_peers >= 1)
-    });
-    if !announced {
-        seed.fail("the seed never announced itself to the router");
-    }
-    let magnet = format!("magnet:?xt=urn:btih:{}", hex(&t.info_hash));
-    let out = dir.path().join("out");
-    let dl_args: Vec<&OsStr> = vec![
-        "download".as_ref(),
-        magnet.as_ref(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--config".as_ref(),
-        cfg.as_ref(),
-    ];
-    let mut dl = Actorrent::spawn_env("magnet download via the DHT", &dl_args, &dht_on);
-    let status = dl.wait_exit(DOWNLOAD);
-    if !status.success() {
-        dl.fail(&format!("exited with {status}"));
-    }
-    t.assert_downloaded(&out);
-    assert!(
-        dl.stats().iter().any(|v| v["event"] == "metadata"),
-        "no metadata phase"
-    );
-    seed.stop(Duration::from_secs(30));
-    stop.cancel();
-    let _ = rt.block_on(join);
-}
-
 /// A magnet link with one `tr` and nothing else: opentracker lists the
 /// libtorrent seed, which gives the metadata and the data.
 #[test]
@@ -584,4 +481,302 @@ fn seeds_known(tracker: &Tracker, info_hash: &[u8; 20]) -> u64 {
         .ok()
         .and_then(|r| r.files.into_iter().find(|(h, _)| h == info_hash))
         .map_or(0, |(_, f)| u64::from(f.complete))
+}
+
+/// The pids whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // `pid (comm) state ppid ...`: comm may hold spaces.
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// GET /metrics as text (the body).
+fn scrape_text(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// While the info dictionary is unknown (the magnet's only peer accepts
+/// and never answers), the state `metadata` is in `--stats-json`, in the
+/// metrics (`actorrent_torrents{state="metadata"} 1`, served from the
+/// metadata phase on) and on the progress bar (stderr a terminal: the
+/// client runs under `script`, which gives it a pty).
+#[test]
+fn the_metadata_state_shows_in_stats_metrics_and_the_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    // Accepts and holds the connections, never a byte back.
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in stall.incoming().take(64).flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let magnet = format!("magnet:?xt=urn:btih:{}&x.pe={stall_addr}", "ab".repeat(20));
+    let out = dir.path().join("out");
+    let stats = dir.path().join("stats.jsonl");
+    let q = |p: &Path| format!("'{}'", p.display());
+    let cmd = format!(
+        "{} download '{magnet}' --output {} --listen 127.0.0.1:0 --metrics 127.0.0.1:0 \
+         --stats-json {} --encryption disable",
+        q(Path::new(&support::process::bin())),
+        q(&out),
+        q(&stats),
+    );
+    let pty_out = dir.path().join("pty.out");
+    let mut script = std::process::Command::new("script")
+        .args(["-qfec", &cmd])
+        .arg(&pty_out)
+        .env("ACTORRENT_DHT_ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run script(1) from util-linux");
+    let text = || std::fs::read_to_string(&pty_out).unwrap_or_default();
+    let mut metrics_addr = String::new();
+    let found = support::wait_until(START, || {
+        let t = text();
+        let addr = t
+            .lines()
+            .find_map(|l| l.split("metrics on http://").nth(1))
+            .map(|a| a.trim().trim_end_matches("/metrics").to_owned());
+        match addr {
+            Some(a) if t.contains(" pieces") => {
+                metrics_addr = a;
+                true
+            }
+            _ => false,
+        }
+    });
+    let stop = |script: &mut std::process::Child| {
+        for pid in children_of(script.id()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+        }
+        let ok = support::wait_until(Duration::from_secs(30), || {
+            matches!(script.try_wait(), Ok(Some(_)))
+        });
+        if !ok {
+            for pid in children_of(script.id()) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = script.kill();
+            let _ = script.wait();
+        }
+    };
+    if !found {
+        stop(&mut script);
+        panic!(
+            "no metrics address or metadata bar on the terminal:\n{}",
+            text()
+        );
+    }
+    let body = scrape_text(&metrics_addr);
+    stop(&mut script);
+    assert!(
+        body.lines()
+            .any(|l| l == "actorrent_torrents{state=\"metadata\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l == "actorrent_torrents{state=\"downloading\"} 0"),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l == "actorrent_metadata_pieces_total 0"),
+        "{body}"
+    );
+    assert!(body.contains("actorrent_listen_port "), "{body}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&stats)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|v| v["state"] == "metadata"),
+        "{lines:?}"
+    );
+    // `⠁ metadata 1p 0/0 pieces`: the state, the connection to the
+    // silent peer, no size known.
+    assert!(
+        text().lines().any(|l| l.contains("metadata 1p 0/0 pieces")),
+        "the bar names the state:\n{}",
+        text()
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}
+
+/// A scripted peer with no metadata that advertises only `ut_pex`, and
+/// once the remote's extended handshake names its `ut_pex` id, sends one
+/// PEX message naming `tell`. Returns its port and whether it sent it.
+fn pex_go_between(info_hash: [u8; 20], tell: std::net::SocketAddr) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let told = Arc::new(AtomicBool::new(false));
+    let t = told.clone();
+    std::thread::spawn(move || {
+        // The leecher may come back after the go-between leaves it: a few.
+        for s in listener.incoming().take(8).flatten() {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let _ = serve_pex(s, info_hash, tell, &t);
+            });
+        }
+    });
+    (port, told)
+}
+
+fn serve_pex(
+    mut s: TcpStream,
+    info_hash: [u8; 20],
+    tell: std::net::SocketAddr,
+    told: &AtomicBool,
+) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut hs = [0u8; Handshake::LEN];
+    s.read_exact(&mut hs)?;
+    let mut ours = Handshake::new([0; 8], info_hash, *b"-SC0001-pexgobetween");
+    ours.set_extended(true);
+    let mut out = BytesMut::new();
+    ours.encode(&mut out);
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("ut_pex".to_string(), 7u8);
+    ExtendedHandshake {
+        m,
+        ..Default::default()
+    }
+    .to_message()
+    .encode(&mut out);
+    s.write_all(&out)?;
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Ok(Decoded::Complete(msg)) =
+            wire::decode_message(&mut buf, &wire::Limits::default())
+        {
+            let Message::Extended { id: 0, payload } = msg else {
+                continue;
+            };
+            let Some(id) = ExtendedHandshake::decode(&payload)
+                .ok()
+                .and_then(|h| h.m.get("ut_pex").copied())
+            else {
+                continue;
+            };
+            let pex = protocol::ut_pex::Pex {
+                added: vec![(tell, protocol::ut_pex::flags::SEED)],
+                ..Default::default()
+            };
+            let mut o = BytesMut::new();
+            Message::Extended {
+                id,
+                payload: Bytes::from(pex.encode()),
+            }
+            .encode(&mut o);
+            s.write_all(&o)?;
+            told.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The magnet's only peer has no metadata but knows, and tells by PEX, who
+/// has it: the metadata phase advertises `ut_pex`, stays for that message,
+/// dials the seed it names, fetches the info dictionary from it and the
+/// download completes.
+#[test]
+fn peers_learned_by_pex_during_the_metadata_phase_give_the_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = many_files(dir.path(), "pex-metadata");
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &[]);
+    let port = seed.listen_port(START);
+    seed.wait_stats(START, "seeding after the check", |v| {
+        v["state"] == "seeding"
+    });
+    let (gb_port, told) = pex_go_between(t.info_hash, ([127, 0, 0, 1], port).into());
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{gb_port}",
+        hex(&t.info_hash)
+    );
+    // Plaintext: the scripted go-between speaks no MSE.
+    let dl = magnet_download(&t, dir.path(), &magnet, &["--encryption", "disable"]);
+    assert!(told.load(Ordering::Relaxed), "the go-between never told");
+    assert!(
+        dl.log().contains("metadata peers learned by PEX"),
+        "no log line about PEX in the metadata phase"
+    );
+    seed.stop(Duration::from_secs(30));
+}
+
+/// `--no-pex`: the metadata phase advertises no `ut_pex`, so the
+/// go-between never tells and the seed stays unknown.
+#[test]
+fn no_pex_leaves_the_metadata_phase_without_pex() {
+    let dir = tempfile::tempdir().unwrap();
+    let tell: std::net::SocketAddr = ([127, 0, 0, 1], 9).into();
+    let info_hash = [0xcd; 20];
+    let (gb_port, told) = pex_go_between(info_hash, tell);
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{gb_port}",
+        hex(&info_hash)
+    );
+    let out = dir.path().join("out");
+    let args: Vec<&OsStr> = vec![
+        "download".as_ref(),
+        magnet.as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--no-pex".as_ref(),
+        "--encryption".as_ref(),
+        "disable".as_ref(),
+    ];
+    let mut dl = Actorrent::spawn("magnet download --no-pex", &args);
+    // The go-between is dialled and left ("no ut_metadata"), again and again.
+    let left = support::wait_until(START, || {
+        dl.log()
+            .contains("no ut_metadata or metadata_size advertised")
+    });
+    dl.interrupt();
+    let _ = dl.wait_exit(Duration::from_secs(30));
+    assert!(left, "the go-between was never dialled and left");
+    assert!(
+        !told.load(Ordering::Relaxed),
+        "ut_pex advertised with --no-pex"
+    );
 }

@@ -323,6 +323,19 @@ fn metrics_endpoint_scraped_during_a_download() {
     }
     assert_eq!(last["actorrent_hash_failures_total"], 0.0);
     assert!(scrapes.iter().any(|m| m["actorrent_peers"] >= 1.0));
+    // One torrent, downloading while bytes flowed; no magnet, so never in
+    // `metadata`.
+    assert!(
+        scrapes
+            .iter()
+            .any(|m| m["actorrent_torrents{state=\"downloading\"}"] == 1.0),
+        "{scrapes:?}"
+    );
+    assert!(
+        scrapes
+            .iter()
+            .all(|m| m["actorrent_torrents{state=\"metadata\"}"] == 0.0)
+    );
     // Without --listen a download listens anyway (6881-6889 or any port),
     // and says where.
     assert!(last["actorrent_listen_port"] >= 1.0, "{last:?}");

@@ -348,3 +348,35 @@ fn a_private_torrent_uses_neither_pex_nor_the_dht() {
     );
     seed.stop(Duration::from_secs(30));
 }
+
+/// BEP 10 `yourip`: the seed tells a peer that dialled in over 127.0.0.1
+/// the address it sees; no `ipv6`, since its only IPv6 address on this
+/// connection would be loopback (the rule for global addresses is unit
+/// tested in `actors/src/peer/mod.rs`).
+#[test]
+fn the_extended_handshake_says_yourip() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTorrent::multi(dir.path(), "yourip", 64 * 1024, &[("a.bin", 64 << 10)], 23);
+    let data = dir.path().join("data");
+    t.write_payload(&data);
+    let mut seed = Actorrent::seed(
+        "actorrent seed",
+        &t.path,
+        &data,
+        &["--encryption", "disable"],
+    );
+    let port = seed.listen_port(START);
+    seed.wait_stats(START, "seeding", |v| v["state"] == "seeding");
+    let mut a = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let local = a.local_addr().unwrap();
+    open(&mut a, t.info_hash, b"-SC0001-youripasker0");
+    let ext = read_until(&mut a, Duration::from_secs(30), |m| match m {
+        Message::Extended { id: 0, payload } => ExtendedHandshake::decode(&payload).ok(),
+        _ => None,
+    })
+    .unwrap_or_else(|| seed.fail("no extended handshake"));
+    assert_eq!(ext.yourip, Some(local.ip()), "{ext:?}");
+    assert_eq!(ext.ipv6, None, "{ext:?}");
+    drop(a);
+    seed.stop(Duration::from_secs(30));
+}

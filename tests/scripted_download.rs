@@ -129,11 +129,18 @@ fn downloads_multi_file_torrent_from_three_seeds() {
     let tmp = tempfile::tempdir().unwrap();
     let t = multi_file(tmp.path(), "three", 1);
     let n = t.piece_count();
-    let even = Seed::start(&t, Script::new().pieces((0..n).step_by(2)));
-    let mut all = Script::new();
+    // Blocks come at a pace, so the download cannot finish from one seed
+    // before the client has spoken to the others (it can in a few
+    // milliseconds otherwise, leaving connections with nothing to check).
+    let paced = |mut s: Script| {
+        s.block_delay = Duration::from_millis(10);
+        s
+    };
+    let even = Seed::start(&t, paced(Script::new().pieces((0..n).step_by(2))));
+    let mut all = paced(Script::new());
     all.holding = Holding::HaveAll;
     let all = Seed::start(&t, all);
-    let mut plain = Script::new();
+    let mut plain = paced(Script::new());
     plain.fast = false;
     plain.extended = false;
     let plain = Seed::start(&t, plain);
@@ -153,10 +160,18 @@ fn downloads_multi_file_torrent_from_three_seeds() {
         seed.assert_no_problems(who);
         let logs = seed.logs();
         assert!(!logs.is_empty(), "the client never connected to {who}");
+        let mut spoke = 0;
         for (i, log) in logs.iter().enumerate() {
             let Some(hs) = log.handshake else { continue };
             let faults = check_client_handshake(&hs);
             assert!(faults.is_empty(), "{who} conn {i}: {faults:?}");
+            // A connection the client closed right after the handshakes
+            // (the download finished from the other seeds first, as it can
+            // on a loaded machine) has no messages to check.
+            if log.received().next().is_none() {
+                continue;
+            }
+            spoke += 1;
             let first: Vec<&Message> = log
                 .received()
                 .map(|(_, m)| m)
@@ -209,6 +224,11 @@ fn downloads_multi_file_torrent_from_three_seeds() {
                 );
             }
         }
+        assert!(
+            spoke > 0,
+            "the client sent {who} no message on any connection\n{}",
+            summaries(&seeds)
+        );
         assert_requests_well_formed(&t, who, &logs);
     }
 }

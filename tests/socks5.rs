@@ -233,6 +233,10 @@ fn every_connection_goes_through_the_proxy_and_udp_is_refused() {
         // and one address:port is one peer to the tracker.
         "--listen".as_ref(),
         "0.0.0.0:7777".as_ref(),
+        // Bound to the link the proxy is on: the proxied connections
+        // (reqwest's to the proxy included) leave by it.
+        "--bind-interface".as_ref(),
+        "c".as_ref(),
     ];
     // The DHT on, to see it refused.
     let mut d = Actorrent::spawn_in_env(
@@ -277,5 +281,37 @@ fn every_connection_goes_through_the_proxy_and_udp_is_refused() {
             "microsocks never connected to {target}:\n{log}"
         );
     }
+
+    // Bound to an interface the proxy is not reachable by: the HTTP
+    // announce fails too (reqwest's socket to the proxy is bound as well),
+    // and the proxy hears nothing more.
+    let before = read(&proxy_log).lines().count();
+    let out = dir.path().join("out-lo");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--proxy".as_ref(),
+        good.as_ref(),
+        "--bind-interface".as_ref(),
+        "lo".as_ref(),
+        "--listen".as_ref(),
+        "0.0.0.0:7778".as_ref(),
+    ];
+    let mut d = Actorrent::spawn_in(&net.client, "proxied, bound to lo", &args);
+    let s = d.wait_stats(START, "a failed HTTP announce", |v| {
+        v["trackers"][HTTP_TRACKER]["announces_failed"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    });
+    assert_eq!(s["bytes_down"], 0, "{s}");
+    d.stop(Duration::from_secs(30));
+    assert_eq!(
+        read(&proxy_log).lines().count(),
+        before,
+        "the proxy was reached from a client bound to lo:\n{}",
+        read(&proxy_log)
+    );
     seed.stop(Duration::from_secs(30));
 }

@@ -90,6 +90,12 @@ pub struct ClientConfig {
     pub max_peers_per_torrent: usize,
     /// Connections in the whole process. Default 500.
     pub max_connections: usize,
+    /// Addresses one torrent's address book holds (from `--peer`, trackers,
+    /// the DHT and PEX). A full book first forgets an address it gave up
+    /// on, else takes no more: a tracker or a swarm that names thousands of
+    /// peers cannot grow it. Banned hosts are kept apart and never re-added.
+    /// Default 4000.
+    pub max_known_addrs_per_torrent: usize,
     /// Attempts to reach a known peer address before it is forgotten
     /// (reset when a connection succeeds). Default 5.
     pub reconnect_attempts: u32,
@@ -134,10 +140,12 @@ pub struct ClientConfig {
     /// Bytes of block messages queued for one socket before serving pauses
     /// until they are written. Default 1 MiB.
     pub max_send_queue: usize,
-    /// Whole pieces each connection keeps read ahead (cached or being read)
-    /// for its next requests, counted in the buffer budget. Default 4: with
-    /// one piece being sent, three reads can be waiting on a busy disk or
-    /// a busy machine without stalling the socket.
+    /// Most whole pieces each connection keeps read ahead (cached or being
+    /// read) for its next requests, counted in the buffer budget; fewer
+    /// when the remote's queued requests span fewer pieces. Default 4:
+    /// with one piece being sent, three reads can be waiting on a busy disk
+    /// or a busy machine without stalling the socket (8 measured no faster
+    /// on the shared 2-core machine).
     pub read_cache_pieces: usize,
     /// Upload slots and rotation.
     pub choker: ChokerConfig,
@@ -211,6 +219,7 @@ impl Default for ClientConfig {
             write_timeout: Duration::from_secs(30),
             max_peers_per_torrent: 50,
             max_connections: 500,
+            max_known_addrs_per_torrent: 4000,
             reconnect_attempts: 5,
             reconnect_backoff: Duration::from_secs(1),
             max_protocol_strikes: 3,

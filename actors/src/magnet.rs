@@ -112,6 +112,10 @@ pub struct FetchParams {
     pub dialer: crate::net::Dialer,
     /// Progress, replaced as it changes.
     pub progress: watch::Sender<MetadataProgress>,
+    /// `Some`: advertise `ut_pex` and dial the peers PEX messages name
+    /// (BEP 11; a magnet's privacy is unknown until its metadata, and a
+    /// private torrent's magnet has its trackers). `None` (`--no-pex`): not.
+    pub pex: Option<crate::pex::PexConfig>,
 }
 
 /// The verified info dictionary and the addresses worth dialling next.
@@ -149,6 +153,8 @@ enum Event {
         data: Bytes,
         reply: oneshot::Sender<Option<Vec<u32>>>,
     },
+    /// Addresses a `ut_pex` message named (capped by the decoder).
+    Learned { addrs: Vec<SocketAddr> },
     /// The connection ended (or the peer rejected a request).
     Gone { peer: PeerTag, reason: String },
 }
@@ -165,6 +171,7 @@ pub async fn fetch(params: FetchParams, cancel: CancellationToken) -> Result<Fet
         config,
         dialer,
         progress,
+        pex,
     } = params;
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let mut c = Coordinator {
@@ -183,6 +190,7 @@ pub async fn fetch(params: FetchParams, cancel: CancellationToken) -> Result<Fet
         next_tag: 0,
         progress,
         stats: MetadataProgress::default(),
+        pex,
     };
     c.learn(peers);
     let peers_cancel = cancel.child_token();
@@ -230,6 +238,7 @@ struct Coordinator {
     next_tag: PeerTag,
     progress: watch::Sender<MetadataProgress>,
     stats: MetadataProgress,
+    pex: Option<crate::pex::PexConfig>,
 }
 
 impl Coordinator {
@@ -277,6 +286,7 @@ impl Coordinator {
                 config: self.config,
                 dialer: self.dialer.clone(),
                 tx: tx.clone(),
+                pex: self.pex,
             };
             tokio::spawn(async move {
                 let reason = tokio::select! {
@@ -400,6 +410,24 @@ impl Coordinator {
                     }
                 }
             }
+            Event::Learned { addrs } => {
+                // Hostile input: no port 0, no unspecified or multicast
+                // address; `learn` caps the book and skips banned ones.
+                let before = self.known.len();
+                self.learn(
+                    addrs
+                        .into_iter()
+                        .filter(|a| {
+                            a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast()
+                        })
+                        .collect(),
+                );
+                debug!(
+                    new = self.known.len() - before,
+                    "metadata peers learned by PEX"
+                );
+                None
+            }
             Event::Gone { peer, reason } => {
                 if let Some((addr, _)) = self.active.remove(&peer) {
                     debug!(%addr, %reason, "metadata peer gone");
@@ -450,10 +478,13 @@ struct PeerConn {
     config: MetadataConfig,
     dialer: crate::net::Dialer,
     tx: mpsc::Sender<Event>,
+    pex: Option<crate::pex::PexConfig>,
 }
 
 /// Our extended message id for `ut_metadata` (the same as the peer actor's).
 const OUR_UT_METADATA: u8 = crate::peer::ext_id::UT_METADATA;
+/// Our extended message id for `ut_pex` (the same as the peer actor's).
+const OUR_UT_PEX: u8 = crate::peer::ext_id::UT_PEX;
 
 impl PeerConn {
     /// Runs the connection; returns why it ended.
@@ -495,6 +526,9 @@ impl PeerConn {
         }
         let mut m = std::collections::BTreeMap::new();
         m.insert(ut_metadata::EXTENSION_NAME.to_string(), OUR_UT_METADATA);
+        if self.pex.is_some() {
+            m.insert(protocol::ut_pex::EXTENSION_NAME.to_string(), OUR_UT_PEX);
+        }
         ExtendedHandshake {
             m,
             v: Some(concat!("actorrent ", env!("CARGO_PKG_VERSION")).to_string()),
@@ -535,6 +569,9 @@ impl PeerConn {
         let mut outstanding: Vec<u32> = Vec::new();
         let mut asked_at = Instant::now();
         let hello_by = Instant::now() + cfg.handshake_timeout;
+        // Connected for its `ut_pex` message only (it has no metadata).
+        let mut pex_only = false;
+        let mut pex_seen = false;
         loop {
             // Waiting on a request: its timeout; idle: ask again shortly.
             let wait = if !outstanding.is_empty() {
@@ -566,7 +603,10 @@ impl PeerConn {
                                 .await?,
                             );
                         }
-                        None if Instant::now() >= hello_by => {
+                        None if pex_only && Instant::now() >= hello_by + cfg.request_timeout => {
+                            return Err("no ut_metadata, and no ut_pex message in time".into());
+                        }
+                        None if !pex_only && Instant::now() >= hello_by => {
                             return Err("no ut_metadata in the extended handshake".into());
                         }
                         None => continue,
@@ -590,7 +630,18 @@ impl PeerConn {
                             h.m.get(ut_metadata::EXTENSION_NAME)
                                 .copied()
                                 .filter(|&i| i != 0);
+                        let their_pex =
+                            h.m.get(protocol::ut_pex::EXTENSION_NAME)
+                                .is_some_and(|&i| i != 0);
                         let (Some(_), Some(s)) = (their_id, h.metadata_size) else {
+                            // A peer without the metadata (another magnet
+                            // leecher) may still know who has it: stay for
+                            // its first ut_pex message.
+                            if self.pex.is_some() && their_pex {
+                                pex_only = true;
+                                their_id = None;
+                                continue;
+                            }
                             return Err("no ut_metadata or metadata_size advertised".into());
                         };
                         let s = ut_metadata::check_size(s, &md_limits)
@@ -655,6 +706,35 @@ impl PeerConn {
                             }
                         }
                     },
+                    Message::Extended {
+                        id: OUR_UT_PEX,
+                        payload,
+                    } if self.pex.is_some() && !pex_seen => {
+                        // One message is enough here: the torrent keeps
+                        // the connection for the rest (BEP 11: once a
+                        // minute), and the coordinator bounds its book.
+                        pex_seen = true;
+                        let max_peers = self.pex.map_or(0, |p| p.max_peers_per_message);
+                        match protocol::ut_pex::Pex::decode(
+                            &payload,
+                            &protocol::ut_pex::Limits { max_peers },
+                        ) {
+                            Ok(p) => {
+                                let addrs: Vec<SocketAddr> =
+                                    p.added.into_iter().map(|(a, _)| a).collect();
+                                if !addrs.is_empty() {
+                                    self.tx
+                                        .send(Event::Learned { addrs })
+                                        .await
+                                        .map_err(|_| "phase over".to_string())?;
+                                }
+                            }
+                            Err(e) => debug!(error = %e, "ut_pex message ignored"),
+                        }
+                        if pex_only {
+                            return Err("no metadata; told us its peers by PEX".into());
+                        }
+                    }
                     // Pieces, bitfields and the rest wait for the torrent.
                     _ => {}
                 }

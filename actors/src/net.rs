@@ -332,6 +332,17 @@ impl Binding {
     /// listener, serve) `peer`'s family. Errors name the interface or
     /// address, so a log line says why nothing went out.
     fn apply(&self, sock: &socket2::Socket, v6: bool, listen: bool) -> std::io::Result<()> {
+        self.apply_port(sock, v6, listen, 0)
+    }
+
+    /// [`apply`](Self::apply), binding `bind_address` with local `port`.
+    fn apply_port(
+        &self,
+        sock: &socket2::Socket,
+        v6: bool,
+        listen: bool,
+        port: u16,
+    ) -> std::io::Result<()> {
         if let Some(name) = &self.interface {
             sock.bind_device(Some(name.as_bytes())).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("binding to interface {name}: {e}"))
@@ -347,7 +358,7 @@ impl Binding {
                     ),
                 ));
             }
-            sock.bind(&SocketAddr::new(ip, 0).into()).map_err(|e| {
+            sock.bind(&SocketAddr::new(ip, port).into()).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("binding to address {ip}: {e}"))
             })?;
         }
@@ -392,7 +403,9 @@ impl Binding {
         Ok(socks.into_inner())
     }
 
-    async fn connect_direct(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    /// A TCP connection to `addr` from the bound interface and address,
+    /// never through the proxy.
+    pub(crate) async fn connect_direct(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
         if self.interface.is_none() && self.address.is_none() {
             return TcpStream::connect(addr).await;
         }
@@ -409,6 +422,16 @@ impl Binding {
 
     /// A UDP socket for talking to `remote`, bound per the binding.
     pub fn udp_for(&self, remote: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+        self.udp_bound(remote, 0)
+    }
+
+    /// [`udp_for`](Self::udp_for) from local `port` (0: any), for callers
+    /// that choose their source port (the DNS resolver randomises it).
+    pub(crate) fn udp_bound(
+        &self,
+        remote: SocketAddr,
+        port: u16,
+    ) -> std::io::Result<tokio::net::UdpSocket> {
         use socket2::{Domain, Protocol, Socket, Type};
         let sock = Socket::new(
             Domain::for_address(remote),
@@ -416,12 +439,12 @@ impl Binding {
             Some(Protocol::UDP),
         )?;
         sock.set_nonblocking(true)?;
-        self.apply(&sock, remote.is_ipv6(), false)?;
+        self.apply_port(&sock, remote.is_ipv6(), false, port)?;
         if self.address.is_none() {
             let any: SocketAddr = if remote.is_ipv6() {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                (std::net::Ipv6Addr::UNSPECIFIED, port).into()
             } else {
-                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                (std::net::Ipv4Addr::UNSPECIFIED, port).into()
             };
             sock.bind(&any.into())?;
         }

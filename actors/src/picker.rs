@@ -577,6 +577,15 @@ impl Picker {
         Ok(())
     }
 
+    /// How many pieces the peer has announced.
+    pub fn peer_piece_count(&self, peer: PeerId) -> u32 {
+        match self.peers.get(&peer).map(|st| &st.has) {
+            Some(PeerHas::All) => self.geo.pieces,
+            Some(PeerHas::Some(b)) => b.count(),
+            None => 0,
+        }
+    }
+
     /// The peer's HAVE message; `Ok(false)` if it had announced that piece
     /// already (nothing changes).
     pub fn peer_have(&mut self, peer: PeerId, index: u32) -> Result<bool, PickerError> {
@@ -1083,6 +1092,12 @@ impl Picker {
         blocks: &[Bytes],
     ) -> Result<HashFailure, PickerError> {
         self.piece_failed_inner(index, Some(blocks))
+    }
+
+    /// True if an earlier copy of the piece failed its hash: its good copy
+    /// must then go through [`Picker::piece_passed`] before it is written.
+    pub fn has_evidence(&self, index: u32) -> bool {
+        self.evidence.contains_key(&index)
     }
 
     /// Smart ban: piece `index` passed its hash check with `blocks`. Every

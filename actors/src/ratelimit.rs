@@ -1,12 +1,15 @@
 //! Byte-rate limits (governor token buckets) for upload and download, per
 //! process and per torrent. A limiter is shared by reference between the
 //! peers it governs: it is a lock-free atomic cell, not a lock, so waiting on
-//! it never blocks another actor.
+//! it never blocks another actor. Peers hold each limit as a [`LimitCell`],
+//! a watch of the current limiter, so the process-wide ones can change while
+//! the peers run (the daemon's `session-set`).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use governor::{Quota, RateLimiter};
+use tokio::sync::watch;
 
 /// A shared byte-rate limiter.
 pub type Limiter = governor::DefaultDirectRateLimiter;
@@ -27,8 +30,45 @@ pub fn limiter(bytes_per_sec: u64) -> Arc<Limiter> {
     ))
 }
 
-/// Waits until every limiter in `limits` grants `bytes`.
-pub async fn take(limits: &[Arc<Limiter>], bytes: usize) {
+/// A limit as peers hold it: the current limiter (`None`: unlimited).
+/// Whoever holds the sender can replace it; a peer waiting on the old one
+/// moves to the new one at once.
+pub type LimitCell = watch::Receiver<Option<Arc<Limiter>>>;
+
+/// A limit that never changes.
+pub fn fixed(bytes_per_sec: u64) -> LimitCell {
+    watch::channel(Some(limiter(bytes_per_sec))).1
+}
+
+/// A changeable limit of `bytes_per_sec` (`None`: unlimited) and its
+/// sender.
+pub fn cell(bytes_per_sec: Option<u64>) -> (watch::Sender<Option<Arc<Limiter>>>, LimitCell) {
+    watch::channel(bytes_per_sec.map(limiter))
+}
+
+/// Waits until `cell`'s current limiter grants `n` bytes.
+async fn take_one(cell: &LimitCell, n: NonZeroU32) {
+    let mut rx = cell.clone();
+    loop {
+        let Some(l) = rx.borrow_and_update().clone() else {
+            return;
+        };
+        tokio::select! {
+            // Cannot fail: n <= CHUNK <= burst.
+            _ = l.until_n_ready(n) => return,
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // Nobody can change it any more.
+                    let _ = l.until_n_ready(n).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until every limit in `limits` grants `bytes`.
+pub async fn take(limits: &[LimitCell], bytes: usize) {
     if limits.is_empty() {
         return;
     }
@@ -40,8 +80,7 @@ pub async fn take(limits: &[Arc<Limiter>], bytes: usize) {
             return;
         };
         for l in limits {
-            // Cannot fail: n <= CHUNK <= burst.
-            let _ = l.until_n_ready(n).await;
+            take_one(l, n).await;
         }
     }
 }
@@ -55,10 +94,27 @@ mod tests {
     async fn take_never_exceeds_the_rate() {
         // The 4 MiB burst is spent first; 2 MiB more at 4 MiB/s cannot be
         // granted in less than half a second, however fast the machine.
-        let l = limiter(4 << 20);
+        let l = fixed(4 << 20);
         take(std::slice::from_ref(&l), 4 << 20).await;
         let t1 = Instant::now();
         take(std::slice::from_ref(&l), 2 << 20).await;
         assert!(t1.elapsed().as_millis() >= 450, "refill paces the rest");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_moves_to_a_new_limit() {
+        // 1 byte/s: the second CHUNK would take days; lifting the limit
+        // releases it.
+        let (tx, rx) = cell(Some(1));
+        take(std::slice::from_ref(&rx), CHUNK as usize).await;
+        let waiter =
+            tokio::spawn(async move { take(std::slice::from_ref(&rx), CHUNK as usize).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "held by the 1 byte/s limit");
+        tx.send_replace(None);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("released by the new limit")
+            .unwrap();
     }
 }

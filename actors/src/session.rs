@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use protocol::wire::Handshake;
 use storage::{DiskIo, HashPool, HashPoolConfig};
@@ -74,6 +74,8 @@ pub struct Session {
     tx: mpsc::Sender<Command>,
     peer_id: [u8; 20],
     listen_port: Arc<AtomicU16>,
+    /// The listener's address, set once it is bound (BEP 10 `ipv6`).
+    listen_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     tracker: crate::tracker::TrackerHandle,
     cancel: CancellationToken,
     config: Arc<ClientConfig>,
@@ -84,6 +86,17 @@ pub struct Session {
     budget: Arc<BufferBudget>,
     disk: DiskIo,
     hash: storage::HashHandle,
+    /// The process-wide rate limits every peer waits on.
+    up_limit: watch::Sender<Option<Arc<crate::ratelimit::Limiter>>>,
+    down_limit: watch::Sender<Option<Arc<crate::ratelimit::Limiter>>>,
+    /// Connections per torrent, read by every torrent.
+    max_peers: Arc<AtomicUsize>,
+    /// The process-wide connection permits and how many there are.
+    connections: Arc<Semaphore>,
+    max_connections: AtomicUsize,
+    /// Permits a lowered limit still has to withdraw (in use when it
+    /// was lowered).
+    permit_debt: Arc<AtomicUsize>,
 }
 
 impl Session {
@@ -112,6 +125,11 @@ impl Session {
         let config = Arc::new(config);
         let conn = Arc::new(ConnCounters::default());
         let (skeys_tx, skeys) = watch::channel(SkeyMap::default());
+        let (up_tx, up_rx) = crate::ratelimit::cell(config.upload_limit);
+        let (down_tx, down_rx) = crate::ratelimit::cell(config.download_limit);
+        let max_peers = Arc::new(AtomicUsize::new(config.max_peers_per_torrent));
+        let max_connections = config.max_connections;
+        let connections = Arc::new(Semaphore::new(max_connections));
         let shared = Shared {
             hash: pool.handle(),
             hash_permits: Arc::new(Semaphore::new(pool.handle().capacity())),
@@ -119,17 +137,20 @@ impl Session {
             budget: budget.clone(),
             disk: disk.clone(),
             peer_id,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            connections: connections.clone(),
             tracker: tracker.clone(),
             listen_port: Arc::new(AtomicU16::new(0)),
-            up_limit: config.upload_limit.map(crate::ratelimit::limiter),
-            down_limit: config.download_limit.map(crate::ratelimit::limiter),
+            listen_addr: Arc::new(std::sync::OnceLock::new()),
+            up_limit: up_rx,
+            down_limit: down_rx,
+            max_peers: max_peers.clone(),
             conn: conn.clone(),
         };
         let (tx, rx) = mpsc::channel(config.session_mailbox);
         let cancel = CancellationToken::new();
         let hash = pool.handle();
         let listen_port = shared.listen_port.clone();
+        let listen_addr = shared.listen_addr.clone();
         let join = tokio::spawn(run(
             rx,
             shared,
@@ -143,6 +164,7 @@ impl Session {
             tx,
             peer_id,
             listen_port,
+            listen_addr,
             tracker,
             config,
             skeys,
@@ -152,12 +174,85 @@ impl Session {
             budget,
             disk,
             hash,
+            up_limit: up_tx,
+            down_limit: down_tx,
+            max_peers,
+            max_connections: AtomicUsize::new(max_connections),
+            permit_debt: Arc::new(AtomicUsize::new(0)),
+            connections,
         })
     }
 
     /// Our peer id (the same for every torrent).
     pub fn peer_id(&self) -> [u8; 20] {
         self.peer_id
+    }
+
+    /// Replaces the process-wide rate limits (bytes per second, `None`:
+    /// unlimited). Peers waiting on the old limits move to the new ones.
+    pub fn set_rate_limits(&self, up: Option<u64>, down: Option<u64>) {
+        let cur =
+            |tx: &watch::Sender<Option<Arc<crate::ratelimit::Limiter>>>| tx.borrow().is_some();
+        // Unchanged "unlimited" stays as it is; any limit is replaced (a
+        // fresh bucket, at most one burst).
+        if up.is_some() || cur(&self.up_limit) {
+            self.up_limit
+                .send_replace(up.map(crate::ratelimit::limiter));
+        }
+        if down.is_some() || cur(&self.down_limit) {
+            self.down_limit
+                .send_replace(down.map(crate::ratelimit::limiter));
+        }
+    }
+
+    /// Changes the connection limits: per torrent at once (a torrent over
+    /// it makes no new connections), and process-wide: raised at once,
+    /// lowered as connections end (the permits in use are withdrawn when
+    /// they come back, before any new connection gets one).
+    pub fn set_peer_limits(&self, global: usize, per_torrent: usize) {
+        self.max_peers.store(per_torrent.max(1), Ordering::Relaxed);
+        let global = global.max(1);
+        let old = self.max_connections.swap(global, Ordering::Relaxed);
+        if global > old {
+            // Permits still owed from a lowering are cancelled first.
+            let up = global - old;
+            let owed = self
+                .permit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(up))
+                })
+                .unwrap_or(0);
+            self.connections.add_permits(up - owed.min(up));
+        } else if global < old {
+            let want = old - global;
+            let rest = want - self.connections.forget_permits(want);
+            // One task withdraws the rest as connections end (a second
+            // lowering adds to its debt instead of starting another).
+            if rest > 0 && self.permit_debt.fetch_add(rest, Ordering::AcqRel) == 0 {
+                let (sem, debt) = (self.connections.clone(), self.permit_debt.clone());
+                tokio::spawn(async move {
+                    while debt.load(Ordering::Acquire) > 0 {
+                        let Ok(p) = sem.clone().acquire_owned().await else {
+                            return;
+                        };
+                        if debt
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                            .is_ok()
+                        {
+                            p.forget();
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Connections (process-wide, per torrent) now allowed.
+    pub fn peer_limits(&self) -> (usize, usize) {
+        (
+            self.max_connections.load(Ordering::Relaxed),
+            self.max_peers.load(Ordering::Relaxed),
+        )
     }
 
     /// Adds a torrent; it starts checking at once.
@@ -219,6 +314,8 @@ impl Session {
         info!(%local, encryption = ?self.config.encryption, "listening");
         // Torrents announce this port from now on.
         self.listen_port.store(local.port(), Ordering::Relaxed);
+        // The first listener's address is the one peers are told of.
+        let _ = self.listen_addr.set(local);
         let tx = self.tx.clone();
         let cancel = self.cancel.clone();
         let config = self.config.clone();
@@ -288,6 +385,11 @@ impl Session {
     /// Disk writer counters, by device.
     pub fn writer_stats(&self) -> Vec<(u64, storage::WriterStats)> {
         self.disk.writer_stats()
+    }
+
+    /// The open-file cache (files open now, cap, reopens, closes).
+    pub fn open_files(&self) -> storage::FdCacheStats {
+        self.disk.open_files()
     }
 
     /// Hash pool counters (pieces hashed, bytes, mismatches).
@@ -419,4 +521,46 @@ async fn run(
     // The hash threads stop once the last handle is gone.
     drop(shared);
     drop(pool);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lowered_connection_limit_withdraws_permits_as_they_come_back() {
+        let config = ClientConfig {
+            max_connections: 4,
+            hash_workers: 1,
+            ..ClientConfig::default()
+        };
+        let s = Session::start(config).unwrap();
+        let held = s.connections.clone().acquire_many_owned(3).await.unwrap();
+        // 1 free permit goes now, 1 more is owed by the connections.
+        s.set_peer_limits(2, 10);
+        assert_eq!(s.connections.available_permits(), 0);
+        assert_eq!(s.peer_limits(), (2, 10));
+        drop(held);
+        let settled = async {
+            while s.connections.available_permits() != 2
+                || s.permit_debt.load(Ordering::Acquire) != 0
+            {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), settled)
+            .await
+            .expect("the owed permit is withdrawn once the connections end");
+        s.set_peer_limits(5, 10);
+        assert_eq!(s.connections.available_permits(), 5);
+        // Lowered while in use, raised again before they came back: the
+        // debt is cancelled instead of new permits added.
+        let held = s.connections.clone().acquire_many_owned(5).await.unwrap();
+        s.set_peer_limits(3, 10);
+        s.set_peer_limits(5, 10);
+        drop(held);
+        tokio::task::yield_now().await;
+        assert_eq!(s.connections.available_permits(), 5);
+        s.shutdown().await;
+    }
 }

@@ -374,8 +374,11 @@ async fn bootstrap_names_resolve_through_the_dns_cache_and_routers_stay_out_of_t
         .await;
     }
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (dns, dns_join) =
-        actors::tracker::dns::spawn(actors::tracker::DnsConfig::default(), cancel.clone());
+    let (dns, dns_join) = actors::tracker::dns::spawn(
+        actors::tracker::DnsConfig::default(),
+        actors::net::Binding::default(),
+        cancel.clone(),
+    );
     let router = members[0].addr();
     let config = DhtConfig {
         bootstrap_nodes: vec![format!("localhost:{}", router.port())],

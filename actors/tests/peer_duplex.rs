@@ -101,6 +101,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
         metadata: None,
         pex: false,
         dht: None,
+        listen: None,
     };
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));

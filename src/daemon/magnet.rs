@@ -116,6 +116,9 @@ pub fn spawn(
                 config,
                 dialer,
                 progress: progress_tx,
+                // Not yet: the daemon's metadata phase dials x.pe and tr
+                // peers only.
+                pex: None,
             },
             cancel.clone(),
         )

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use actors::picker::Priority;
-use actors::torrent::{FileProgress, TorrentState};
+use actors::torrent::{FileProgress, PeerInfo, TorrentState};
 use protocol::metainfo::Metainfo;
 use protocol::trpc::{Args, Ids, Request, RpcError};
 use serde_json::{Map, Value, json};
@@ -25,6 +25,73 @@ pub struct Context {
     pub session_id: String,
     /// Fired by `session-close`.
     pub stop: tokio_util::sync::CancellationToken,
+    /// Fetches `.torrent` URLs of `torrent-add` (bound and proxied as the
+    /// session is, with a timeout: see [`url_client`]).
+    pub http: reqwest::Client,
+}
+
+/// Longest `.torrent` URL accepted.
+const MAX_URL: usize = 8 * 1024;
+/// Whole-fetch and connect timeouts of a `.torrent` URL.
+const URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const URL_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The client for `.torrent` URLs: through the session's binding and
+/// proxy, at most 5 redirects, the timeouts above.
+pub fn url_client(binding: &actors::net::Binding) -> Result<reqwest::Client, reqwest::Error> {
+    binding
+        .http(reqwest::Client::builder().no_proxy())?
+        .timeout(URL_TIMEOUT)
+        .connect_timeout(URL_CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("actorrent/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A `.torrent` from `url`, at most `MAX_TORRENT_FILE` bytes (a longer
+/// one is refused without reading it whole), or why not.
+async fn fetch_torrent(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+    if url.len() > MAX_URL {
+        return Err(format!("URL longer than {MAX_URL} bytes"));
+    }
+    let what = |err: &reqwest::Error| {
+        let mut msg = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        if err.is_timeout() {
+            msg = format!("timed out after {} s", URL_TIMEOUT.as_secs());
+        }
+        format!("fetching {}: {msg}", clip(url))
+    };
+    let mut resp = client.get(url).send().await.map_err(|e| what(&e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("fetching {}: HTTP {status}", clip(url)));
+    }
+    let too_long = || {
+        format!(
+            "fetching {}: longer than {MAX_TORRENT_FILE} bytes",
+            clip(url)
+        )
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_TORRENT_FILE as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| what(&e))? {
+        if body.len() + chunk.len() > MAX_TORRENT_FILE {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A method's arguments: a JSON value, or JSON text written directly
@@ -83,6 +150,9 @@ async fn dispatch(ctx: &Context, method: &str, args: &Args) -> Result<Reply, Str
 
 async fn value_method(ctx: &Context, method: &str, args: &Args) -> Result<Value, String> {
     let d = &ctx.daemon;
+    if method == "torrent-add" {
+        return torrent_add(d, &ctx.http, args).await;
+    }
     match method {
         "session-get" => session_get(ctx, args).await,
         "session-set" => session_set(d, args).await,
@@ -91,7 +161,6 @@ async fn value_method(ctx: &Context, method: &str, args: &Args) -> Result<Value,
             ctx.stop.cancel();
             Ok(json!({}))
         }
-        "torrent-add" => torrent_add(d, args).await,
         "torrent-start" | "torrent-start-now" => act(d, args, Action::Start).await,
         "torrent-stop" => act(d, args, Action::Stop).await,
         "torrent-verify" => act(d, args, Action::Verify).await,
@@ -127,27 +196,32 @@ fn version() -> String {
 
 async fn session_get(ctx: &Context, args: &Args) -> Result<Value, String> {
     let s = ctx.daemon.session().await?;
+    let set = &s.settings;
     let dir = s.download_dir.display().to_string();
     let free = free_bytes(&s.download_dir).unwrap_or(-1);
     let all = json!({
-        "alt-speed-down": 50, "alt-speed-enabled": false, "alt-speed-time-begin": 540,
+        "alt-speed-down": set.alt_speed_down.unwrap_or(50),
+        "alt-speed-enabled": set.alt_speed_enabled.unwrap_or(false), "alt-speed-time-begin": 540,
         "alt-speed-time-day": 127, "alt-speed-time-enabled": false, "alt-speed-time-end": 1020,
-        "alt-speed-up": 50, "blocklist-enabled": false, "blocklist-size": 0, "blocklist-url": "",
+        "alt-speed-up": set.alt_speed_up.unwrap_or(50), "blocklist-enabled": false, "blocklist-size": 0, "blocklist-url": "",
         "cache-size-mb": 4, "config-dir": s.config_dir.display().to_string(),
         "dht-enabled": false, "download-dir": dir, "download-dir-free-space": free,
         "download-queue-enabled": false, "download-queue-size": 5, "encryption": "preferred",
-        "idle-seeding-limit": 30, "idle-seeding-limit-enabled": false,
+        "idle-seeding-limit": set.idle_seeding_limit.unwrap_or(30),
+        "idle-seeding-limit-enabled": set.idle_seeding_limit_enabled.unwrap_or(false),
         "incomplete-dir": dir, "incomplete-dir-enabled": false, "lpd-enabled": false,
-        "peer-limit-global": 200, "peer-limit-per-torrent": 50, "peer-port": s.peer_port,
+        "peer-limit-global": s.peer_limits.0, "peer-limit-per-torrent": s.peer_limits.1, "peer-port": s.peer_port,
         "peer-port-random-on-start": false, "pex-enabled": false,
         "port-forwarding-enabled": false, "queue-stalled-enabled": false,
         "queue-stalled-minutes": 30, "rename-partial-files": false,
         "rpc-version": RPC_VERSION, "rpc-version-minimum": 14, "rpc-version-semver": "5.3.0",
         "script-torrent-done-enabled": false, "script-torrent-done-filename": "",
-        "seed-queue-enabled": false, "seed-queue-size": 10, "seedRatioLimit": 2.0,
-        "seedRatioLimited": false, "session-id": ctx.session_id,
-        "speed-limit-down": 100, "speed-limit-down-enabled": false,
-        "speed-limit-up": 100, "speed-limit-up-enabled": false,
+        "seed-queue-enabled": false, "seed-queue-size": 10, "seedRatioLimit": set.seed_ratio_limit.unwrap_or(2.0),
+        "seedRatioLimited": set.seed_ratio_limited.unwrap_or(false), "session-id": ctx.session_id,
+        "speed-limit-down": set.speed_limit_down.unwrap_or(100),
+        "speed-limit-down-enabled": set.speed_limit_down_enabled.unwrap_or(false),
+        "speed-limit-up": set.speed_limit_up.unwrap_or(100),
+        "speed-limit-up-enabled": set.speed_limit_up_enabled.unwrap_or(false),
         "start-added-torrents": s.start_added_torrents, "trash-original-torrent-files": false,
         "units": {
             "speed-units": ["kB/s", "MB/s", "GB/s", "TB/s"], "speed-bytes": SPEED_UNIT,
@@ -181,8 +255,61 @@ async fn session_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         s.download_dir = Some(p);
     }
     s.start_added_torrents = args.bool("start-added-torrents").map_err(e)?;
+    s.seed_ratio_limit = ratio_arg(args, "seedRatioLimit")?;
+    s.seed_ratio_limited = args.bool("seedRatioLimited").map_err(e)?;
+    s.idle_seeding_limit = int_in(args, "idle-seeding-limit", 0, MAX_IDLE_MINUTES)?;
+    s.idle_seeding_limit_enabled = args.bool("idle-seeding-limit-enabled").map_err(e)?;
+    let speed = |key: &str| int_in(args, key, 0, MAX_SPEED_KB).map(|v| v.map(|v| v as u64));
+    s.speed_limit_up = speed("speed-limit-up")?;
+    s.speed_limit_up_enabled = args.bool("speed-limit-up-enabled").map_err(e)?;
+    s.speed_limit_down = speed("speed-limit-down")?;
+    s.speed_limit_down_enabled = args.bool("speed-limit-down-enabled").map_err(e)?;
+    s.alt_speed_up = speed("alt-speed-up")?;
+    s.alt_speed_down = speed("alt-speed-down")?;
+    s.alt_speed_enabled = args.bool("alt-speed-enabled").map_err(e)?;
+    let peers = |key: &str| int_in(args, key, 1, 65_535).map(|v| v.map(|v| v as u64));
+    s.peer_limit_global = peers("peer-limit-global")?;
+    s.peer_limit_per_torrent = peers("peer-limit-per-torrent")?;
+    if let Some(f) = args.str("log-filter").map_err(e)? {
+        // Checked here so a bad one refuses the call.
+        if f.len() > 1024 {
+            return Err("log-filter longer than 1024 bytes".into());
+        }
+        crate::check_level(f).map_err(|err| format!("log-filter: {err}"))?;
+        tracing_subscriber::EnvFilter::try_new(f)
+            .map_err(|err| format!("log-filter `{}`: {err}", clip(f)))?;
+        s.log_filter = Some(f.to_owned());
+    }
+    if args.bool("alt-speed-time-enabled").map_err(e)? == Some(true) {
+        return Err("alt-speed-time-enabled: the alternative speed schedule is not supported; turn alt speeds on and off with alt-speed-enabled".into());
+    }
     d.session_set(s).await?;
     Ok(json!({}))
+}
+
+/// Longest idle seeding limit, minutes (Transmission keeps a u16).
+const MAX_IDLE_MINUTES: i64 = 65_535;
+/// Highest speed limit, kB/s (about 4 GB/s: a u32 of bytes per second).
+const MAX_SPEED_KB: i64 = 4_000_000;
+
+/// An integer argument within `lo..=hi`.
+fn int_in(args: &Args, key: &str, lo: i64, hi: i64) -> Result<Option<i64>, String> {
+    match args.int(key).map_err(e)? {
+        Some(v) if !(lo..=hi).contains(&v) => {
+            Err(format!("argument \"{key}\": {v} is not within {lo}..={hi}"))
+        }
+        v => Ok(v),
+    }
+}
+
+/// A seed ratio: finite, not negative, at most 10^6.
+fn ratio_arg(args: &Args, key: &str) -> Result<Option<f64>, String> {
+    match args.float(key).map_err(e)? {
+        Some(v) if !(v.is_finite() && (0.0..=1e6).contains(&v)) => Err(format!(
+            "argument \"{key}\": {v} is not a ratio within 0..=1000000"
+        )),
+        v => Ok(v),
+    }
 }
 
 async fn session_stats(d: &DaemonHandle) -> Result<Value, String> {
@@ -198,7 +325,11 @@ async fn session_stats(d: &DaemonHandle) -> Result<Value, String> {
     }))
 }
 
-async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
+async fn torrent_add(
+    d: &DaemonHandle,
+    http: &reqwest::Client,
+    args: &Args,
+) -> Result<Value, String> {
     let bytes = match (
         args.str("metainfo").map_err(e)?,
         args.str("filename").map_err(e)?,
@@ -208,7 +339,7 @@ async fn torrent_add(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
             return torrent_add_magnet(d, args, name).await;
         }
         (None, Some(name)) if name.starts_with("http://") || name.starts_with("https://") => {
-            return Err("fetching a .torrent by URL is not supported: pass metainfo".into());
+            fetch_torrent(http, name).await?
         }
         (None, Some(name)) => read_bounded(std::path::Path::new(name), MAX_TORRENT_FILE as u64)
             .map_err(|err| format!("reading {}: {err}", clip(name)))?,
@@ -310,10 +441,10 @@ async fn torrent_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         .strings("labels")
         .map_err(e)?
         .map(|l| l.into_iter().map(str::to_owned).collect());
-    c.seed_ratio_limit = args.float("seedRatioLimit").map_err(e)?;
-    c.seed_ratio_mode = args.int("seedRatioMode").map_err(e)?;
-    c.seed_idle_limit = args.int("seedIdleLimit").map_err(e)?;
-    c.seed_idle_mode = args.int("seedIdleMode").map_err(e)?;
+    c.seed_ratio_limit = ratio_arg(args, "seedRatioLimit")?;
+    c.seed_ratio_mode = int_in(args, "seedRatioMode", 0, 2)?;
+    c.seed_idle_limit = int_in(args, "seedIdleLimit", 0, MAX_IDLE_MINUTES)?;
+    c.seed_idle_mode = int_in(args, "seedIdleMode", 0, 2)?;
     for unsupported in [
         "location",
         "trackerAdd",
@@ -329,9 +460,9 @@ async fn torrent_set(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     Ok(json!({}))
 }
 
-/// `torrent-set-location`: with `move: false` (`transmission-remote
-/// --find`), the data is already at the new place; each torrent restarts
-/// there from its resume data. Moving the data is not built.
+/// `torrent-set-location`: with `move: true` (`transmission-remote
+/// --move`) the data moves there; with `move: false` (`--find`) it is
+/// already there. Either way each torrent continues from its resume data.
 async fn set_location(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
     let ids = args.ids().map_err(e)?;
     let dir = args
@@ -346,7 +477,8 @@ async fn set_location(d: &DaemonHandle, args: &Args) -> Result<Value, String> {
         ));
     }
     if args.bool("move").map_err(e)?.unwrap_or(false) {
-        return Err("moving the data is not supported yet: move it, then set the location with \"move\": false (transmission-remote --find)".into());
+        d.relocate(ids, dir).await?;
+        return Ok(json!({}));
     }
     d.set(
         ids,
@@ -398,6 +530,7 @@ async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Vec<u8>, String> {
     let recent = ids == Ids::RecentlyActive;
     let views = d.get(ids).await?;
     let want_files = fields.iter().any(|f| FILE_FIELDS.contains(&f.as_str()));
+    let want_peers = fields.iter().any(|f| f == "peers");
     // Each field's name written once, escaped, for the object form.
     let keys: Vec<Vec<u8>> = fields
         .iter()
@@ -414,11 +547,23 @@ async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Vec<u8>, String> {
         } else {
             None
         };
+        let peers = match &v.handle {
+            Some(h) if want_peers => h.peers(MAX_PEERS_LISTED).await.unwrap_or_default(),
+            _ => Vec::new(),
+        };
         if i > 0 || table {
             out.push(b',');
         }
         out.push(if table { b'[' } else { b'{' });
-        render(v, &fields, &keys, table, progress.as_ref(), &mut out);
+        render(
+            v,
+            &fields,
+            &keys,
+            table,
+            progress.as_ref(),
+            &peers,
+            &mut out,
+        );
         out.push(if table { b']' } else { b'}' });
     }
     out.push(b']');
@@ -427,6 +572,111 @@ async fn torrent_get(d: &DaemonHandle, args: &Args) -> Result<Vec<u8>, String> {
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// Most peers listed per torrent in `peers` (the busiest first), so an
+/// answer stays small whatever the swarm.
+const MAX_PEERS_LISTED: usize = 200;
+
+/// A client's name from its peer id (Azureus style `-XXvvvv-`, as
+/// Transmission shows it), or "" when it follows no known convention.
+/// Only ASCII letters and digits of the id are used.
+fn client_name(id: Option<&[u8; 20]>) -> String {
+    let Some(id) = id else {
+        return String::new();
+    };
+    if id[0] != b'-' || id[7] != b'-' || !id[1..7].iter().all(u8::is_ascii_alphanumeric) {
+        return String::new();
+    }
+    let code = [id[1], id[2]];
+    let name = match &code {
+        b"AR" => "actorrent",
+        b"TR" => "Transmission",
+        b"LT" => "libtorrent (Rasterbar)",
+        b"lt" => "libTorrent (Rakshasa)",
+        b"qB" => "qBittorrent",
+        b"DE" => "Deluge",
+        b"UT" => "\u{b5}Torrent",
+        b"UM" => "\u{b5}Torrent Mac",
+        b"BT" => "BitTorrent",
+        b"AZ" => "Azureus / Vuze",
+        b"BI" => "BiglyBT",
+        b"KT" => "KTorrent",
+        b"A2" => "aria2",
+        b"FD" => "Free Download Manager",
+        b"WW" => "WebTorrent",
+        b"LW" => "WebTorrent Desktop",
+        b"TX" => "Tixati",
+        b"RT" => "rTorrent",
+        _ => {
+            return format!(
+                "{}{} {}",
+                code[0] as char,
+                code[1] as char,
+                peer_version(&id[3..7])
+            );
+        }
+    };
+    format!("{name} {}", peer_version(&id[3..7]))
+}
+
+/// `vvvv` of an Azureus-style id as dotted digits.
+fn peer_version(v: &[u8]) -> String {
+    v.iter()
+        .map(|c| (*c as char).to_string())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Transmission's peer flags: D/d downloading from it / interested, U/u
+/// uploading to it / it is interested, K it unchokes us unasked, ? we
+/// unchoke it unasked, E encrypted, I it dialled us.
+fn flag_str(p: &PeerInfo) -> String {
+    let mut f = String::new();
+    if p.we_interested && !p.peer_choking {
+        f.push('D');
+    } else if p.we_interested {
+        f.push('d');
+    }
+    if p.peer_interested && !p.we_choking {
+        f.push('U');
+    } else if p.peer_interested {
+        f.push('u');
+    }
+    if !p.peer_choking && !p.we_interested {
+        f.push('K');
+    }
+    if !p.we_choking && !p.peer_interested {
+        f.push('?');
+    }
+    if p.encrypted {
+        f.push('E');
+    }
+    if p.incoming {
+        f.push('I');
+    }
+    f
+}
+
+fn peer_json(p: &PeerInfo) -> Value {
+    json!({
+        "address": p.addr.ip().to_string(),
+        "port": p.addr.port(),
+        "clientName": client_name(p.peer_id.as_ref()),
+        "clientIsChoked": p.peer_choking,
+        "clientIsInterested": p.we_interested,
+        "peerIsChoked": p.we_choking,
+        "peerIsInterested": p.peer_interested,
+        "isDownloadingFrom": p.we_interested && !p.peer_choking,
+        "isUploadingTo": p.peer_interested && !p.we_choking,
+        "isEncrypted": p.encrypted,
+        "isIncoming": p.incoming,
+        "isUTP": false,
+        "flagStr": flag_str(p),
+        "progress": p.progress,
+        "rateToClient": p.rate_to_us,
+        "rateToPeer": p.rate_to_peer,
+    })
 }
 
 /// Per-file progress from the torrent actor, or worked out from the stats
@@ -522,6 +772,7 @@ fn render(
     keys: &[Vec<u8>],
     table: bool,
     progress: Option<&FileProgress>,
+    peers: &[PeerInfo],
     out: &mut Vec<u8>,
 ) {
     let s = &v.stats;
@@ -539,20 +790,8 @@ fn render(
     } else {
         s.done_bytes as f64 / s.wanted_bytes as f64
     };
-    let have_valid =
-        (u64::from(s.pieces_done) * u64::from(info.piece_length)).min(info.total_length);
-    let ratio = {
-        let denom = if s.bytes_down > 0 {
-            s.bytes_down
-        } else {
-            have_valid
-        };
-        if denom == 0 {
-            -1.0
-        } else {
-            s.bytes_up as f64 / denom as f64
-        }
-    };
+    let have_valid = super::registry::have_valid(&v.meta, s.pieces_done);
+    let ratio = super::registry::ratio(s.bytes_up, s.bytes_down, have_valid);
     let eta = if left == 0 || !v.running {
         -1
     } else {
@@ -579,7 +818,7 @@ fn render(
             }),
             "haveValid" => json!(have_valid),
             "haveUnchecked" => json!(0),
-            "isFinished" => json!(false),
+            "isFinished" => json!(v.settings.finished),
             "isStalled" => json!(false),
             "isPrivate" => json!(info.private),
             "eta" | "etaIdle" => json!(eta),
@@ -642,7 +881,7 @@ fn render(
                         .collect::<Vec<_>>()
                 )
             }
-            "peers" => json!([]),
+            "peers" => Value::Array(peers.iter().map(peer_json).collect()),
             "peersConnected" => json!(s.peers),
             "peersGettingFromUs" => json!(if s.rate_up > 0 { s.peers } else { 0 }),
             "peersSendingToUs" => json!(if s.rate_down > 0 { s.peers } else { 0 }),

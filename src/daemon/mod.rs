@@ -8,11 +8,13 @@
 //! - [`methods`]: the RPC methods, JSON in and out.
 //! - [`rpc`]: the HTTP server (guards, body limit, web UI files).
 //! - [`remove`]: deleting a torrent's own files.
+//! - [`relocate`]: moving them.
 //! - [`watch`]: the watch directory.
 
 pub mod magnet;
 pub mod methods;
 pub mod registry;
+pub mod relocate;
 pub mod remove;
 pub mod rpc;
 pub mod state;
@@ -135,12 +137,19 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
     runtime.block_on(async {
         // Handlers first: a SIGTERM from now on is a clean stop.
         let signals = Signals::new().map_err(|e| Failure::Runtime(e.into()))?;
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Failure::Runtime(e.into()))?;
         let strategy = config.picker.strategy;
         let metadata = config.metadata;
         let capacities = crate::metrics::Capacities::of(&config);
         let binding = actors::net::Binding::from_config(&config)
             .map_err(|e| Failure::BadInput(anyhow::anyhow!(e)))?;
+        let http = methods::url_client(&binding)
+            .context("building the HTTP client for .torrent URLs")
+            .map_err(Failure::Runtime)?;
         let stream_cfg = config.stream.clone();
+        let config_rates = (config.upload_limit, config.download_limit);
+        let config_peers = (config.max_connections, config.max_peers_per_torrent);
         let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
@@ -172,6 +181,8 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                     dht: None,
                     binding,
                 },
+                config_rates,
+                config_peers,
             },
             stop.clone(),
         );
@@ -188,6 +199,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
                 daemon: daemon.clone(),
                 session_id,
                 stop: stop.clone(),
+                http,
             },
             rpc::Guard {
                 auth: auth.as_deref().map(rpc::auth_digest),
@@ -212,6 +224,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             ))),
             None => None,
         };
+        let hup = tokio::spawn(reload_on_hup(daemon.clone(), hup, stop.clone()));
         drop(daemon);
         tokio::select! {
             _ = signals.recv() => {}
@@ -220,6 +233,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         tracing::info!("stopping: saving every torrent");
         stop.cancel();
         server.abort();
+        hup.abort();
         if let Some(w) = watcher {
             let _ = w.await;
         }
@@ -251,6 +265,25 @@ fn raise_fd_limit() {
                     "raised the open file limit"
                 );
             }
+        }
+    }
+}
+
+/// SIGHUP re-reads the session settings (`settings.json` in the state
+/// directory) and applies them, as transmission-daemon does.
+async fn reload_on_hup(
+    daemon: registry::DaemonHandle,
+    mut hup: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match daemon.reload().await {
+            Ok(()) => eprintln!("actorrent: SIGHUP: session settings reloaded"),
+            Err(e) => eprintln!("actorrent: SIGHUP: session settings not reloaded: {e}"),
         }
     }
 }

@@ -76,6 +76,10 @@ pub struct SessionView {
     pub downloaded: u64,
     pub seconds_active: u64,
     pub start_added_torrents: bool,
+    /// What `session-set` changed.
+    pub settings: SessionSettings,
+    /// Connections allowed, process-wide and per torrent.
+    pub peer_limits: (usize, usize),
 }
 
 /// What `torrent-set` changes.
@@ -148,7 +152,25 @@ enum Cmd {
         settings: SessionSettings,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    Reload {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Relocate {
+        ids: Ids,
+        dir: PathBuf,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
+
+/// A move of a torrent's data ended (from the task doing it).
+struct Moved {
+    id: i64,
+    dir: PathBuf,
+    result: Result<usize, String>,
+}
+
+/// Moves reporting back at once; a mover waits for room.
+const MOVED_CHANNEL: usize = 16;
 
 /// The way to the daemon actor.
 #[derive(Clone)]
@@ -238,6 +260,17 @@ impl DaemonHandle {
         self.ask(|reply| Cmd::Metrics { reply }).await
     }
 
+    /// Moves torrents' data to `dir` and continues them there, without a
+    /// recheck; returns once every move has ended.
+    pub async fn relocate(&self, ids: Ids, dir: PathBuf) -> Result<(), String> {
+        self.ask(|reply| Cmd::Relocate { ids, dir, reply }).await?
+    }
+
+    /// Reads the session settings file again and applies it (SIGHUP).
+    pub async fn reload(&self) -> Result<(), String> {
+        self.ask(|reply| Cmd::Reload { reply }).await?
+    }
+
     /// Changes session settings (fields left `None` keep theirs).
     pub async fn session_set(&self, settings: SessionSettings) -> Result<(), String> {
         self.ask(|reply| Cmd::SessionSet { settings, reply })
@@ -265,6 +298,13 @@ struct Entry {
     /// The numbers of the last run, shown while stopped.
     last: TorrentStats,
     last_active: Option<SystemTime>,
+    /// When its current run started (idle time counts from here at most).
+    run_started: Option<SystemTime>,
+    /// Its data is being moved; whether to start it again after.
+    moving: Option<bool>,
+    /// Settings changed that only need saving eventually (the done date):
+    /// written in batches by the tick.
+    dirty: bool,
     /// A magnet link whose metadata is not known yet (`meta` is then a
     /// placeholder).
     magnet: Option<MagnetState>,
@@ -286,6 +326,11 @@ pub struct Options {
     pub metadata: actors::magnet::MetadataConfig,
     pub capacities: crate::metrics::Capacities,
     pub network: crate::metrics::Network,
+    /// The configuration's (upload, download) limits, bytes per second,
+    /// which hold until `session-set` sets the session's.
+    pub config_rates: (Option<u64>, Option<u64>),
+    /// The configuration's (process-wide, per torrent) connection limits.
+    pub config_peers: (usize, usize),
 }
 
 struct Daemon {
@@ -297,6 +342,21 @@ struct Daemon {
     next_id: i64,
     started: Instant,
     fetch: FetchCtx,
+    moved_tx: mpsc::Sender<Moved>,
+    /// Ticks so far (dirty settings are flushed every few).
+    ticks: u64,
+}
+
+/// Dirty settings are written every this many ticks (seconds).
+const DIRTY_FLUSH_TICKS: u64 = 10;
+
+/// Runs blocking file work (fsyncs) on the actor's task without stalling
+/// the other tasks of its worker thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Starts the daemon actor with the torrents kept in `state`. Returns its
@@ -323,7 +383,10 @@ pub fn spawn(
         dialer: session.dialer(),
         done: done_tx,
     };
+    let (moved_tx, moved_rx) = mpsc::channel(MOVED_CHANNEL);
     let mut d = Daemon {
+        moved_tx,
+        ticks: 0,
         fetch,
         session,
         state,
@@ -335,10 +398,50 @@ pub fn spawn(
     };
     let join = tokio::spawn(async move {
         d.restore().await;
-        d.run(rx, done_rx, stop).await;
+        d.run(rx, done_rx, moved_rx, stop).await;
         d.session
     });
     (DaemonHandle { tx }, join)
+}
+
+/// Transmission's upload ratio: uploaded over downloaded, or over the
+/// verified bytes when nothing was downloaded (a torrent seeded from local
+/// data); -1 when both are 0.
+pub fn ratio(uploaded: u64, downloaded: u64, have_valid: u64) -> f64 {
+    let denom = if downloaded > 0 {
+        downloaded
+    } else {
+        have_valid
+    };
+    if denom == 0 {
+        -1.0
+    } else {
+        uploaded as f64 / denom as f64
+    }
+}
+
+/// Bytes in verified pieces.
+pub fn have_valid(meta: &Metainfo, pieces_done: u32) -> u64 {
+    (u64::from(pieces_done) * u64::from(meta.info.piece_length)).min(meta.info.total_length)
+}
+
+/// The seed ratio a torrent stops at, by its mode (Transmission's
+/// `seedRatioMode`: 0 the session's, 1 its own, 2 none).
+fn ratio_limit(t: &TorrentSettings, session: &SessionSettings) -> Option<f64> {
+    match t.seed_ratio_mode {
+        1 => Some(t.seed_ratio_limit),
+        2 => None,
+        _ => session.ratio_limit(),
+    }
+}
+
+/// The idle minutes a seeding torrent stops after, likewise.
+fn idle_limit(t: &TorrentSettings, session: &SessionSettings) -> Option<i64> {
+    match t.seed_idle_mode {
+        1 => Some(t.seed_idle_limit),
+        2 => None,
+        _ => session.idle_limit(),
+    }
 }
 
 fn now_secs() -> i64 {
@@ -412,6 +515,7 @@ fn stats_at_rest(
 
 impl Daemon {
     async fn restore(&mut self) {
+        self.apply_session();
         let (stored, skipped) = self.state.load_all();
         for s in &skipped {
             // Named so the operator can fix or remove it; the rest loads.
@@ -497,6 +601,9 @@ impl Daemon {
                 handle: None,
                 last,
                 last_active: None,
+                run_started: None,
+                moving: None,
+                dirty: false,
                 magnet,
             },
         );
@@ -510,6 +617,10 @@ impl Daemon {
         let Some(e) = self.torrents.get_mut(&id) else {
             return;
         };
+        if e.moving.is_some() {
+            // Started once its data has moved.
+            return;
+        }
         if let Some(m) = &mut e.magnet {
             if m.cancel.is_none() {
                 let cancel = tokio_util::sync::CancellationToken::new();
@@ -545,7 +656,10 @@ impl Daemon {
             dht: None,
         };
         match self.session.add_torrent(params).await {
-            Ok(h) => e.handle = Some(h),
+            Ok(h) => {
+                e.handle = Some(h);
+                e.run_started = Some(SystemTime::now());
+            }
             Err(err) => {
                 e.last.state = TorrentState::Error(err.to_string());
             }
@@ -566,6 +680,7 @@ impl Daemon {
         let Some(h) = e.handle.take() else {
             return;
         };
+        e.run_started = None;
         let _ = self.session.stop_torrent(e.meta.info_hash.0).await;
         let s = h.stats().borrow().clone();
         e.settings.uploaded_ever += s.bytes_up;
@@ -580,11 +695,34 @@ impl Daemon {
         };
     }
 
-    fn save(&self, id: i64) {
-        if let Some(e) = self.torrents.get(&id)
-            && let Err(err) = self.state.save_settings(&e.hash, &e.settings)
-        {
+    fn save(&mut self, id: i64) {
+        if let Some(e) = self.torrents.get_mut(&id) {
+            e.dirty = false;
+            let (state, hash, settings) = (&self.state, &e.hash, &e.settings);
+            if let Err(err) = blocking(|| state.save_settings(hash, settings)) {
+                warn!(error = %format!("{err:#}"), "saving torrent settings");
+            }
+        }
+    }
+
+    /// Writes every torrent whose settings changed without being saved,
+    /// with one directory sync for all.
+    fn flush_dirty(&mut self) {
+        let dirty: Vec<(&str, &TorrentSettings)> = self
+            .torrents
+            .values()
+            .filter(|e| e.dirty)
+            .map(|e| (e.hash.as_str(), &e.settings))
+            .collect();
+        if dirty.is_empty() {
+            return;
+        }
+        let state = &self.state;
+        for err in blocking(|| state.save_settings_many(&dirty)) {
             warn!(error = %format!("{err:#}"), "saving torrent settings");
+        }
+        for e in self.torrents.values_mut() {
+            e.dirty = false;
         }
     }
 
@@ -671,6 +809,7 @@ impl Daemon {
         &mut self,
         mut rx: mpsc::Receiver<Cmd>,
         mut magnets: mpsc::Receiver<magnet_phase::Done>,
+        mut moved: mpsc::Receiver<Moved>,
         stop: tokio_util::sync::CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -682,8 +821,9 @@ impl Daemon {
                     Some(c) => self.on_cmd(c).await,
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => self.on_tick().await,
                 Some(done) = magnets.recv() => self.metadata_done(done).await,
+                Some(m) = moved.recv() => self.moved(m).await,
             }
         }
         for e in self.torrents.values_mut() {
@@ -694,26 +834,68 @@ impl Daemon {
         self.shutdown().await;
     }
 
-    /// Notes activity and first completion of every running torrent.
-    fn on_tick(&mut self) {
+    /// Notes activity and first completion of every running torrent, and
+    /// stops those that reached their seed ratio or idle limit.
+    async fn on_tick(&mut self) {
         let now = SystemTime::now();
-        let mut done = Vec::new();
+        let mut reached = Vec::new();
+        let session = &self.session_settings;
         for (id, e) in &mut self.torrents {
             let Some(h) = &e.handle else { continue };
             let s = h.stats().borrow().clone();
             if s.rate_down > 0 || s.rate_up > 0 {
                 e.last_active = Some(now);
             }
-            if e.settings.done_date == 0
-                && s.wanted_bytes > 0
+            let seeding = s.wanted_bytes > 0
                 && s.done_bytes >= s.wanted_bytes
-                && matches!(s.state, TorrentState::Seeding | TorrentState::Complete)
-            {
+                && matches!(s.state, TorrentState::Seeding | TorrentState::Complete);
+            if !seeding {
+                continue;
+            }
+            if e.settings.done_date == 0 {
+                // Kept in the next batch: a crash before it loses only
+                // the date.
                 e.settings.done_date = now_secs();
-                done.push(*id);
+                e.dirty = true;
+            }
+            let r = ratio(
+                e.settings.uploaded_ever + s.bytes_up,
+                e.settings.downloaded_ever + s.bytes_down,
+                have_valid(&e.meta, s.pieces_done),
+            );
+            if let Some(limit) = ratio_limit(&e.settings, session)
+                && r >= limit
+            {
+                reached.push((*id, format!("seed ratio {r:.2} reached its limit {limit}")));
+                continue;
+            }
+            // Idle: no data moved either way since the later of its last
+            // activity and the start of this run.
+            let since = match (e.last_active, e.run_started) {
+                (Some(a), Some(b)) => a.max(b),
+                (a, b) => a.or(b).unwrap_or(now),
+            };
+            let idle = now.duration_since(since).unwrap_or_default();
+            if let Some(minutes) = idle_limit(&e.settings, session)
+                && idle >= Duration::from_secs(minutes.max(0) as u64 * 60)
+            {
+                reached.push((
+                    *id,
+                    format!("idle for {} s, its limit is {minutes} min", idle.as_secs()),
+                ));
             }
         }
-        for id in done {
+        self.ticks += 1;
+        if self.ticks % DIRTY_FLUSH_TICKS == 0 {
+            self.flush_dirty();
+        }
+        for (id, why) in reached {
+            self.stop(id).await;
+            if let Some(e) = self.torrents.get_mut(&id) {
+                e.settings.paused = true;
+                e.settings.finished = true;
+                info!(hash = %e.hash, id, "{why}: stopped seeding");
+            }
             self.save(id);
         }
     }
@@ -723,20 +905,18 @@ impl Daemon {
         // at once (each saves its resume data and announces `stopped`).
         // Only torrents that moved data have new totals to write: the
         // rest are on disk as they are (each write costs two fsyncs).
-        let mut changed = Vec::new();
-        for (id, e) in &mut self.torrents {
+        for e in self.torrents.values_mut() {
             if let Some(h) = &e.handle {
                 let s = h.stats().borrow().clone();
                 if s.bytes_up > 0 || s.bytes_down > 0 {
                     e.settings.uploaded_ever += s.bytes_up;
                     e.settings.downloaded_ever += s.bytes_down;
-                    changed.push(*id);
+                    e.dirty = true;
                 }
             }
         }
-        for id in changed {
-            self.save(id);
-        }
+        // One batch, one directory sync.
+        self.flush_dirty();
     }
 
     /// A magnet's metadata phase ended: with the .torrent, it becomes a
@@ -837,13 +1017,16 @@ impl Daemon {
                 );
                 let _ = reply.send(text);
             }
+            Cmd::Relocate { ids, dir, reply } => {
+                let ids = self.resolve(&ids);
+                self.relocate(ids, dir, reply).await;
+            }
+            Cmd::Reload { reply } => {
+                let _ = reply.send(self.reload());
+            }
             Cmd::SessionSet { settings, reply } => {
-                if let Some(d) = settings.download_dir {
-                    self.session_settings.download_dir = Some(d);
-                }
-                if let Some(s) = settings.start_added_torrents {
-                    self.session_settings.start_added_torrents = Some(s);
-                }
+                self.session_settings.merge(settings);
+                self.apply_session();
                 let r = self
                     .state
                     .save_session(&self.session_settings)
@@ -948,15 +1131,14 @@ impl Daemon {
         let id = settings.id;
         let (meta, magnet) = match new {
             NewEntry::Torrent { bytes, meta } => {
-                self.state
-                    .add(&hash, &bytes, &settings)
-                    .map_err(|e| format!("{e:#}"))?;
+                let state = &self.state;
+                blocking(|| state.add(&hash, &bytes, &settings)).map_err(|e| format!("{e:#}"))?;
                 info!(%hash, name = %meta.info.name, id, "torrent added");
                 (Arc::new(meta), None)
             }
             NewEntry::Magnet { uri, link } => {
-                self.state
-                    .add_magnet(&hash, &uri, &settings)
+                let state = &self.state;
+                blocking(|| state.add_magnet(&hash, &uri, &settings))
                     .map_err(|e| format!("{e:#}"))?;
                 let meta = magnet_phase::placeholder(&link);
                 info!(%hash, name = %meta.info.name, id, "magnet added");
@@ -979,12 +1161,124 @@ impl Daemon {
         })
     }
 
+    /// Stops each torrent, then moves its data on a blocking thread; each
+    /// continues from its resume data once its move has ended
+    /// ([`Daemon::moved`]). `reply` gets the outcome of all of them.
+    async fn relocate(
+        &mut self,
+        ids: Vec<i64>,
+        dir: PathBuf,
+        reply: oneshot::Sender<Result<(), String>>,
+    ) {
+        if let Some(id) = ids
+            .iter()
+            .find(|id| self.torrents.get(id).is_some_and(|e| e.moving.is_some()))
+        {
+            let _ = reply.send(Err(format!("torrent {id} is being moved already")));
+            return;
+        }
+        let mut jobs = Vec::new();
+        for id in ids {
+            let Some(e) = self.torrents.get_mut(&id) else {
+                continue;
+            };
+            if e.settings.download_dir == dir {
+                continue;
+            }
+            if e.magnet.is_some() {
+                // No data yet: it goes there once known.
+                e.settings.download_dir = dir.clone();
+                self.save(id);
+                continue;
+            }
+            let was_running = e.handle.is_some();
+            self.stop(id).await;
+            let Some(e) = self.torrents.get_mut(&id) else {
+                continue;
+            };
+            e.moving = Some(was_running);
+            jobs.push((id, e.meta.clone(), e.settings.download_dir.clone()));
+        }
+        let tx = self.moved_tx.clone();
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for (id, meta, from) in jobs {
+                let to = dir.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    super::relocate::move_payload(&meta.info, &from, &to)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the move failed: {e}")));
+                if let Err(e) = &result {
+                    errors.push(format!("torrent {id}: {e}"));
+                }
+                let _ = tx
+                    .send(Moved {
+                        id,
+                        dir: dir.clone(),
+                        result,
+                    })
+                    .await;
+            }
+            let _ = reply.send(if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            });
+        });
+    }
+
+    /// A move ended: the torrent continues at its new place (or at the old
+    /// one if the move failed), trusting its resume data.
+    async fn moved(&mut self, m: Moved) {
+        let Some(e) = self.torrents.get_mut(&m.id) else {
+            return;
+        };
+        let resume = e.moving.take().unwrap_or(false);
+        match m.result {
+            Ok(n) => {
+                info!(hash = %e.hash, id = m.id, files = n, to = %m.dir.display(), "data moved");
+                e.settings.download_dir = m.dir;
+                self.save(m.id);
+            }
+            Err(err) => warn!(hash = %e.hash, id = m.id, error = %err, "data not moved"),
+        }
+        if resume {
+            self.start(m.id, Vec::new()).await;
+        }
+    }
+
     async fn act(&mut self, ids: Vec<i64>, action: Action) -> Result<(), String> {
+        if !matches!(action, Action::Stop)
+            && let Some(id) = ids
+                .iter()
+                .find(|id| self.torrents.get(id).is_some_and(|e| e.moving.is_some()))
+        {
+            return Err(format!(
+                "torrent {id} is being moved; try again when it is done"
+            ));
+        }
         for id in ids {
             match action {
                 Action::Start => {
+                    let session = &self.session_settings;
                     if let Some(e) = self.torrents.get_mut(&id) {
                         e.settings.paused = false;
+                        // As Transmission: started by hand past its ratio
+                        // limit, a torrent seeds on without one.
+                        let r = ratio(
+                            e.settings.uploaded_ever,
+                            e.settings.downloaded_ever,
+                            have_valid(&e.meta, e.last.pieces_done),
+                        );
+                        if e.settings.finished
+                            && e.magnet.is_none()
+                            && ratio_limit(&e.settings, session).is_some_and(|l| r >= l)
+                        {
+                            info!(hash = %e.hash, id, "started by hand past its seed ratio: no ratio limit now");
+                            e.settings.seed_ratio_mode = 2;
+                        }
+                        e.settings.finished = false;
                     }
                     self.start(id, Vec::new()).await;
                     self.save(id);
@@ -993,6 +1287,10 @@ impl Daemon {
                     self.stop(id).await;
                     if let Some(e) = self.torrents.get_mut(&id) {
                         e.settings.paused = true;
+                        if e.moving.is_some() {
+                            // Stays stopped once its data has moved.
+                            e.moving = Some(false);
+                        }
                     }
                     self.save(id);
                 }
@@ -1114,6 +1412,46 @@ impl Daemon {
         Ok(())
     }
 
+    /// Puts the session settings into effect: rate and connection limits
+    /// at once (seed limits are read every tick, the download directory
+    /// at each add).
+    fn apply_session(&self) {
+        let s = &self.session_settings;
+        let (up, down) = s.rate_limits();
+        let alt = s.alt_speed_enabled.unwrap_or(false);
+        let up = if alt || s.speed_limit_up_enabled.is_some() {
+            up
+        } else {
+            self.opts.config_rates.0
+        };
+        let down = if alt || s.speed_limit_down_enabled.is_some() {
+            down
+        } else {
+            self.opts.config_rates.1
+        };
+        self.session.set_rate_limits(up, down);
+        let clamp = |v: Option<u64>, d: usize| v.map_or(d, |v| v.clamp(1, 65_535) as usize);
+        self.session.set_peer_limits(
+            clamp(s.peer_limit_global, self.opts.config_peers.0),
+            clamp(s.peer_limit_per_torrent, self.opts.config_peers.1),
+        );
+        if let Some(f) = &s.log_filter
+            && let Err(e) = crate::set_log_filter(f)
+        {
+            warn!(filter = %f, error = %e, "log filter not applied");
+        }
+        info!(?up, ?down, peers = ?self.session.peer_limits(), "session settings applied");
+    }
+
+    /// SIGHUP: reads `settings.json` again and applies it, as
+    /// transmission-daemon does.
+    fn reload(&mut self) -> Result<(), String> {
+        let s = self.state.load_session().map_err(|e| format!("{e:#}"))?;
+        self.session_settings = s;
+        self.apply_session();
+        Ok(())
+    }
+
     fn session_view(&self) -> SessionView {
         let mut v = SessionView {
             download_dir: self.download_dir(),
@@ -1128,6 +1466,8 @@ impl Daemon {
             downloaded: 0,
             seconds_active: self.started.elapsed().as_secs(),
             start_added_torrents: self.session_settings.start_added_torrents.unwrap_or(true),
+            settings: self.session_settings.clone(),
+            peer_limits: self.session.peer_limits(),
         };
         for e in self.torrents.values() {
             match &e.handle {

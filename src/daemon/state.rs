@@ -52,13 +52,16 @@ pub struct TorrentSettings {
     pub upload_limit: Option<u64>,
     /// Its own download limit, bytes per second, when limited.
     pub download_limit: Option<u64>,
-    /// Seed ratio limit and mode (0 global, 1 this one, 2 unlimited), as
-    /// Transmission keeps them. Recorded, not enforced yet.
+    /// Seed ratio limit and mode (0 the session's, 1 this one, 2
+    /// unlimited), as Transmission keeps them.
     pub seed_ratio_limit: f64,
     pub seed_ratio_mode: i64,
-    /// Seed idle limit (minutes) and mode. Recorded, not enforced yet.
+    /// Seed idle limit (minutes) and mode (as for the ratio).
     pub seed_idle_limit: i64,
     pub seed_idle_mode: i64,
+    /// Stopped because it reached its seed ratio or idle limit
+    /// (Transmission's `isFinished`); cleared when started again.
+    pub finished: bool,
     /// The file selection the user asked for (one per file); `None` keeps
     /// what the resume data records.
     pub priorities: Option<Vec<Priority>>,
@@ -82,6 +85,7 @@ impl Default for TorrentSettings {
             seed_ratio_mode: 0,
             seed_idle_limit: 30,
             seed_idle_mode: 0,
+            finished: false,
             priorities: None,
             uploaded_ever: 0,
             downloaded_ever: 0,
@@ -89,14 +93,98 @@ impl Default for TorrentSettings {
     }
 }
 
-/// Session settings kept across restarts (what `session-set` changed).
+/// Session settings kept across restarts (what `session-set` changed;
+/// `None`: the default). Speeds are in Transmission's kB/s (1000 bytes).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionSettings {
     /// Where new torrents go unless `torrent-add` says otherwise.
     pub download_dir: Option<PathBuf>,
     /// Whether new torrents start paused.
     pub start_added_torrents: Option<bool>,
+    /// The session's seed ratio, for torrents whose ratio mode is 0.
+    pub seed_ratio_limit: Option<f64>,
+    pub seed_ratio_limited: Option<bool>,
+    /// The session's idle seeding limit in minutes, likewise.
+    pub idle_seeding_limit: Option<i64>,
+    pub idle_seeding_limit_enabled: Option<bool>,
+    /// Process-wide speed limits.
+    pub speed_limit_up: Option<u64>,
+    pub speed_limit_up_enabled: Option<bool>,
+    pub speed_limit_down: Option<u64>,
+    pub speed_limit_down_enabled: Option<bool>,
+    /// Alternative ("turtle") limits, which replace the others while
+    /// enabled.
+    pub alt_speed_up: Option<u64>,
+    pub alt_speed_down: Option<u64>,
+    pub alt_speed_enabled: Option<bool>,
+    /// Connections, process-wide and per torrent.
+    pub peer_limit_global: Option<u64>,
+    pub peer_limit_per_torrent: Option<u64>,
+    /// The log filter (as `--log-level`), replacing the one the daemon
+    /// started with (an actorrent extension).
+    pub log_filter: Option<String>,
+}
+
+impl SessionSettings {
+    /// Takes every value `new` sets.
+    pub fn merge(&mut self, new: SessionSettings) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if new.$f.is_some() { self.$f = new.$f; } )* };
+        }
+        take!(
+            download_dir,
+            start_added_torrents,
+            seed_ratio_limit,
+            seed_ratio_limited,
+            idle_seeding_limit,
+            idle_seeding_limit_enabled,
+            speed_limit_up,
+            speed_limit_up_enabled,
+            speed_limit_down,
+            speed_limit_down_enabled,
+            alt_speed_up,
+            alt_speed_down,
+            alt_speed_enabled,
+            peer_limit_global,
+            peer_limit_per_torrent,
+            log_filter
+        );
+    }
+
+    /// The seed ratio limit of the session, when set.
+    pub fn ratio_limit(&self) -> Option<f64> {
+        self.seed_ratio_limited
+            .unwrap_or(false)
+            .then(|| self.seed_ratio_limit.unwrap_or(2.0))
+    }
+
+    /// The idle seeding limit of the session in minutes, when set.
+    pub fn idle_limit(&self) -> Option<i64> {
+        self.idle_seeding_limit_enabled
+            .unwrap_or(false)
+            .then(|| self.idle_seeding_limit.unwrap_or(30))
+    }
+
+    /// The process-wide (upload, download) limits in bytes per second:
+    /// the alternative ones while enabled.
+    pub fn rate_limits(&self) -> (Option<u64>, Option<u64>) {
+        const KB: u64 = 1000;
+        if self.alt_speed_enabled.unwrap_or(false) {
+            return (
+                Some(self.alt_speed_up.unwrap_or(50).saturating_mul(KB)),
+                Some(self.alt_speed_down.unwrap_or(50).saturating_mul(KB)),
+            );
+        }
+        let pick = |on: Option<bool>, v: Option<u64>| {
+            on.unwrap_or(false)
+                .then(|| v.unwrap_or(100).saturating_mul(KB))
+        };
+        (
+            pick(self.speed_limit_up_enabled, self.speed_limit_up),
+            pick(self.speed_limit_down_enabled, self.speed_limit_down),
+        )
+    }
 }
 
 /// One torrent read back from the state directory.
@@ -142,15 +230,16 @@ impl StateDir {
         self.root.join("torrents").join(format!("{hex}.magnet"))
     }
 
-    /// Writes a new magnet link and its settings.
+    /// Writes a new magnet link and its settings (as [`StateDir::add`]).
     pub fn add_magnet(
         &self,
         hex: &str,
         uri: &str,
         settings: &TorrentSettings,
     ) -> anyhow::Result<()> {
-        write(&self.magnet_path(hex), uri.as_bytes())?;
-        self.save_settings(hex, settings)
+        write_synced(&self.magnet_path(hex), uri.as_bytes())?;
+        write_synced(&self.settings_path(hex), &encode(settings)?)?;
+        sync_dir(&self.root.join("torrents"))
     }
 
     /// The metadata of a magnet is known: the .torrent replaces the link.
@@ -169,17 +258,37 @@ impl StateDir {
         self.root.join("resume").join(format!("{hex}.resume"))
     }
 
-    /// Writes a new torrent's metainfo and settings (metainfo first: a
-    /// crash between the two leaves a torrent that loads with defaults).
+    /// Writes a new torrent's metainfo and settings, each atomically
+    /// (temp file, fsync, rename), then syncs their directory once for
+    /// both renames: three fsyncs, not four. A crash before that sync
+    /// loses the add, or keeps the metainfo alone, which loads with
+    /// default settings.
     pub fn add(&self, hex: &str, torrent: &[u8], settings: &TorrentSettings) -> anyhow::Result<()> {
-        write(&self.torrent_path(hex), torrent)?;
-        self.save_settings(hex, settings)
+        write_synced(&self.torrent_path(hex), torrent)?;
+        write_synced(&self.settings_path(hex), &encode(settings)?)?;
+        sync_dir(&self.root.join("torrents"))
     }
 
     /// Rewrites a torrent's settings.
     pub fn save_settings(&self, hex: &str, settings: &TorrentSettings) -> anyhow::Result<()> {
-        let json = serde_json::to_vec_pretty(settings).context("encoding settings")?;
-        write(&self.settings_path(hex), &json)
+        write(&self.settings_path(hex), &encode(settings)?)
+    }
+
+    /// Rewrites several torrents' settings, each atomically, with one sync
+    /// of their directory for all. Returns the failures.
+    pub fn save_settings_many(&self, all: &[(&str, &TorrentSettings)]) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        for (hex, s) in all {
+            if let Err(e) = encode(s).and_then(|j| write_synced(&self.settings_path(hex), &j)) {
+                errors.push(e);
+            }
+        }
+        if !all.is_empty()
+            && let Err(e) = sync_dir(&self.root.join("torrents"))
+        {
+            errors.push(e);
+        }
+        errors
     }
 
     /// Forgets a torrent: its metainfo, settings, resume data and part file.
@@ -307,6 +416,32 @@ impl StateDir {
             settings,
         })
     }
+}
+
+fn encode(settings: &TorrentSettings) -> anyhow::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(settings).context("encoding settings")
+}
+
+/// Temp file, fsync, rename: never a torn file, but the rename is durable
+/// only once the directory is synced ([`sync_dir`]).
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

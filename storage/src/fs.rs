@@ -15,8 +15,10 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Result, StorageError};
+use crate::fdcache::{FdCache, Slot};
 use crate::layout::check_component;
 
 /// How files are sized when they are created.
@@ -31,9 +33,14 @@ pub enum Preallocation {
 }
 
 /// An opened target: a file of the torrent, or the raw device/image.
-#[derive(Debug)]
+///
+/// A file target's descriptor is held in a slot that the process-wide
+/// [`FdCache`] may close; [`Target::file`] reopens it (below its root, as it
+/// was first opened, but never creating it). A raw target or a part file
+/// stays open.
 pub(crate) struct Target {
-    pub file: File,
+    slot: Arc<Slot>,
+    reopen: Option<Reopen>,
     /// For error messages.
     pub path: PathBuf,
     /// Device the bytes land on (st_rdev for a block device, st_dev else);
@@ -41,6 +48,118 @@ pub(crate) struct Target {
     pub device: u64,
     /// Process-unique id: the writer sorts by (id, offset).
     pub id: u64,
+}
+
+/// How a closed file target is opened again.
+struct Reopen {
+    root: PathBuf,
+    comps: Vec<String>,
+    cache: Arc<FdCache>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("path", &self.path)
+            .field("device", &self.device)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_TARGET_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Target {
+    /// A target that stays open (a raw device or image, a part file).
+    pub fn new(file: File, path: PathBuf) -> Result<Target> {
+        Self::build(file, path, None)
+    }
+
+    /// A torrent file opened as `root/comps...`, its descriptor counted in
+    /// `cache` (which may close it; it is reopened on use).
+    pub fn cached(
+        file: File,
+        path: PathBuf,
+        root: &Path,
+        comps: &[String],
+        cache: &Arc<FdCache>,
+    ) -> Result<Target> {
+        let t = Self::build(
+            file,
+            path,
+            Some(Reopen {
+                root: root.to_path_buf(),
+                comps: comps.to_vec(),
+                cache: cache.clone(),
+            }),
+        )?;
+        cache.touch(t.id, &t.slot, false);
+        Ok(t)
+    }
+
+    fn build(file: File, path: PathBuf, reopen: Option<Reopen>) -> Result<Target> {
+        let meta = file
+            .metadata()
+            .map_err(|e| StorageError::from_io(&path, 0, e))?;
+        let device = if meta.file_type().is_block_device() {
+            meta.rdev()
+        } else {
+            meta.dev()
+        };
+        Ok(Target {
+            slot: Arc::new(Mutex::new(Some(Arc::new(file)))),
+            reopen,
+            path,
+            device,
+            id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// The open file, reopened if the cache closed it. Hold the returned
+    /// reference only for the call that uses it.
+    pub fn file(&self) -> io::Result<Arc<File>> {
+        let open = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(reopen) = &self.reopen else {
+            return open.ok_or_else(|| io::Error::other("target closed"));
+        };
+        if let Some(f) = open {
+            reopen.cache.touch(self.id, &self.slot, false);
+            return Ok(f);
+        }
+        let f = Arc::new(
+            open_existing_under_root(&reopen.root, &reopen.comps).map_err(|e| match e {
+                StorageError::Io { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })?,
+        );
+        {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            // Another thread may have reopened it meanwhile: keep one.
+            if let Some(other) = &*slot {
+                return Ok(other.clone());
+            }
+            *slot = Some(f.clone());
+        }
+        reopen.cache.touch(self.id, &self.slot, true);
+        Ok(f)
+    }
+
+    /// Size and times of the file, without reopening a closed one.
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        let open = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match open {
+            Some(f) => f.metadata(),
+            None => std::fs::symlink_metadata(&self.path),
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(r) = &self.reopen {
+            r.cache.forget(self.id);
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temp file beside it (`path` +
@@ -68,31 +187,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::result::Result<(), (PathB
     File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
 }
 
-static NEXT_TARGET_ID: AtomicU64 = AtomicU64::new(1);
-
-impl Target {
-    pub fn new(file: File, path: PathBuf) -> Result<Target> {
-        let meta = file
-            .metadata()
-            .map_err(|e| StorageError::from_io(&path, 0, e))?;
-        let device = if meta.file_type().is_block_device() {
-            meta.rdev()
-        } else {
-            meta.dev()
-        };
-        Ok(Target {
-            file,
-            path,
-            device,
-            id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
-        })
-    }
-
-    pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-}
-
 fn cstr(c: &str) -> io::Result<CString> {
     CString::new(c).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))
 }
@@ -110,6 +204,16 @@ fn escape_or_io(path: &Path, e: io::Error) -> StorageError {
 /// refusing symbolic links and non-directories on the way.
 pub(crate) fn open_under_root(root: &Path, comps: &[String]) -> Result<File> {
     std::fs::create_dir_all(root).map_err(|e| StorageError::from_io(root, 0, e))?;
+    open_below(root, comps, true)
+}
+
+/// [`open_under_root`] for a file that must exist already: nothing is
+/// created (a file deleted meanwhile is an error, not a new empty file).
+pub(crate) fn open_existing_under_root(root: &Path, comps: &[String]) -> Result<File> {
+    open_below(root, comps, false)
+}
+
+fn open_below(root: &Path, comps: &[String], create: bool) -> Result<File> {
     let mut dir = File::open(root).map_err(|e| StorageError::from_io(root, 0, e))?;
     let mut path = root.to_path_buf();
     let Some((name, dirs)) = comps.split_last() else {
@@ -126,7 +230,11 @@ pub(crate) fn open_under_root(root: &Path, comps: &[String]) -> Result<File> {
         path.push(c);
         let cs = cstr(c).map_err(|e| StorageError::from_io(&path, 0, e))?;
         // SAFETY: `dir` is an open directory fd and `cs` a NUL-terminated name.
-        let r = unsafe { libc::mkdirat(dir.as_raw_fd(), cs.as_ptr(), 0o755) };
+        let r = if create {
+            unsafe { libc::mkdirat(dir.as_raw_fd(), cs.as_ptr(), 0o755) }
+        } else {
+            0
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EEXIST) {
@@ -154,7 +262,11 @@ pub(crate) fn open_under_root(root: &Path, comps: &[String]) -> Result<File> {
         libc::openat(
             dir.as_raw_fd(),
             cs.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            libc::O_RDWR
+                | if create { libc::O_CREAT } else { 0 }
+                | libc::O_NOFOLLOW
+                | libc::O_CLOEXEC
+                | libc::O_NONBLOCK,
             0o644 as libc::c_uint,
         )
     };

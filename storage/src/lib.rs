@@ -23,6 +23,7 @@
 //! device registry), [`resume`], [`recheck`], [`error`].
 
 pub mod error;
+mod fdcache;
 mod fs;
 pub mod hash;
 pub mod layout;
@@ -37,6 +38,7 @@ pub mod storage;
 pub mod writer;
 
 pub use error::StorageError;
+pub use fdcache::FdCacheStats;
 pub use fs::{Preallocation, write_atomic};
 pub use hash::{
     HashCounters, HashDone, HashHandle, HashJob, HashPool, HashPoolConfig, Reply, VerifiedPiece,

@@ -6,6 +6,7 @@
 //! thread never holds the last reference to a device and never has to join
 //! itself.
 
+use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +79,9 @@ pub(crate) fn read_parts(parts: &[ReadPart]) -> Result<Bytes, StorageError> {
         let n = p.length as usize;
         let dst = &mut spare[at..at + n];
         match &p.target {
-            Some(t) => pread_exact_uninit(t.fd(), p.offset, dst)
+            Some(t) => t
+                .file()
+                .and_then(|f| pread_exact_uninit(f.as_raw_fd(), p.offset, dst))
                 .map_err(|e| StorageError::from_io(&t.path, p.offset, e))?,
             None => dst.fill(std::mem::MaybeUninit::new(0)),
         }

@@ -22,6 +22,7 @@
 //! part with a blocking push (bounded by one writer draining one slot).
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 
 use crate::error::{Result, StorageError};
+use crate::fdcache::{FdCache, FdCacheStats};
 use crate::fs::{Preallocation, Target, open_raw_target, open_under_root, preallocate};
 use crate::hash::{Reply, VerifiedPiece};
 use crate::layout::{FileSpec, Layout, Placement, Slice, TargetSpec};
@@ -51,6 +53,10 @@ pub struct DiskIoConfig {
     pub readers_per_device: usize,
     /// Read jobs that may wait per device.
     pub reader_queue_capacity: usize,
+    /// Most torrent files open at once, across every torrent of the
+    /// process; the least recently used is closed (and reopened on its
+    /// next use) beyond it. Raw targets and part files are not counted.
+    pub max_open_files: usize,
 }
 
 impl Default for DiskIoConfig {
@@ -59,6 +65,7 @@ impl Default for DiskIoConfig {
             writer: WriterConfig::default(),
             readers_per_device: 2,
             reader_queue_capacity: 64,
+            max_open_files: 512,
         }
     }
 }
@@ -72,6 +79,7 @@ pub(crate) struct Device {
 
 struct DiskIoInner {
     config: DiskIoConfig,
+    fd_cache: Arc<FdCache>,
     devices: Mutex<HashMap<u64, Arc<Device>>>,
 }
 
@@ -88,6 +96,7 @@ impl DiskIo {
     pub fn new(config: DiskIoConfig) -> DiskIo {
         DiskIo {
             inner: Arc::new(DiskIoInner {
+                fd_cache: Arc::new(FdCache::new(config.max_open_files)),
                 config,
                 devices: Mutex::new(HashMap::new()),
             }),
@@ -127,6 +136,11 @@ impl DiskIo {
             .collect();
         v.sort_unstable_by_key(|x| x.0);
         (v, self.inner.config.writer.queue_capacity)
+    }
+
+    /// The open-file cache: files open now, its cap, reopens, closes.
+    pub fn open_files(&self) -> FdCacheStats {
+        self.inner.fd_cache.stats()
     }
 
     /// Counters of every device's writer, by device id.
@@ -284,7 +298,13 @@ impl Storage {
             }
             let file = open_under_root(root, path)?;
             preallocate(&file, &shown, 0, *length, config.preallocation)?;
-            targets.push(Some(Target::new(file, shown)?));
+            targets.push(Some(Target::cached(
+                file,
+                shown,
+                root,
+                path,
+                &io.inner.fd_cache,
+            )?));
         }
         let parked = (0..layout.files().len())
             .map(|f| match layout.files()[f].placement {
@@ -502,7 +522,8 @@ impl Storage {
                 let shown = path.iter().fold(root.clone(), |p, c| p.join(c));
                 let file = open_under_root(root, path)?;
                 preallocate(&file, &shown, 0, *length, self.inner.preallocation)?;
-                opened.push((f, Some((target, Target::new(file, shown)?))));
+                let t = Target::cached(file, shown, root, path, &self.inner.io.inner.fd_cache)?;
+                opened.push((f, Some((target, t))));
             } else {
                 opened.push((f, None));
             }
@@ -977,7 +998,9 @@ impl Storage {
                 let n = part.length as usize;
                 let dst = &mut buf[at..at + n];
                 match &part.target {
-                    Some(t) => crate::fs::pread_exact(t.fd(), part.offset, dst)
+                    Some(t) => t
+                        .file()
+                        .and_then(|f| crate::fs::pread_exact(f.as_raw_fd(), part.offset, dst))
                         .map_err(|e| StorageError::from_io(&t.path, part.offset, e))?,
                     None => dst.fill(0),
                 }
@@ -991,9 +1014,10 @@ impl Storage {
     /// Tells the kernel each target will be read sequentially (recheck).
     pub(crate) fn advise_sequential(&self) {
         for t in self.routing().targets.iter().flatten() {
+            let Ok(f) = t.file() else { continue };
             // SAFETY: advisory call on an fd we own; failure is harmless.
             unsafe {
-                libc::posix_fadvise(t.fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
             }
         }
     }
@@ -1017,7 +1041,6 @@ impl Storage {
 
 fn stamp_of(t: &Target) -> Result<FileStamp> {
     let m = t
-        .file
         .metadata()
         .map_err(|e| StorageError::from_io(&t.path, 0, e))?;
     Ok(FileStamp {

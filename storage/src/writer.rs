@@ -15,6 +15,7 @@
 //! interleave seeks; two disks should write in parallel. Grouping is by the
 //! device id of each target (see `fs::Target`).
 
+use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -330,7 +331,11 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
         bufs.extend(keys[start..end].iter().map(|k| &chunk_of(k).data[..]));
         let target = &first.target;
         let began = std::time::Instant::now();
-        match pwritev_all(target.fd(), first.offset, &bufs, s.config.max_iovecs) {
+        let written = target
+            .file()
+            .map_err(|e| (e, first.offset))
+            .and_then(|f| pwritev_all(f.as_raw_fd(), first.offset, &bufs, s.config.max_iovecs));
+        match written {
             Ok(calls) => {
                 let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
                 crate::metrics::WRITE_LATENCY_US.observe(us);
@@ -369,7 +374,7 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
         if let WriterItem::Sync { targets, .. } = item {
             s.counters.syncs.fetch_add(1, Ordering::Relaxed);
             for t in targets {
-                if let Err(e) = datasync(t.fd()) {
+                if let Err(e) = t.file().and_then(|f| datasync(f.as_raw_fd())) {
                     failed[i] = Some(StorageError::from_io(&t.path, 0, e));
                     break;
                 }

@@ -35,7 +35,9 @@ Run with /usr/bin/python3 (the distribution's python3-libtorrent); the
         before DONE: libtorrent 2.x writes through mmap, so "finished" means
         the page cache, and actorrent's download exits only after fsync.
 
-Both seed and leech take `--listen IP:PORT` (the lab: 0.0.0.0:6881) and
+Both seed and leech take `--listen IP:PORT` (the lab: 0.0.0.0:6881),
+`--dht HOST:PORT` (libtorrent's DHT on, bootstrapped from that node only,
+one-node-per-address rules off for loopback; see dht_settings) and
 `--stats FILE`, which gets one JSON object per line like actorrent's
 --stats-json: every 0.5 s and on a state change, with `t` (Unix seconds),
 `event` (`progress`, `complete` once a leecher has every piece, `stopped`
@@ -131,9 +133,32 @@ def encryption_settings(a):
     return s
 
 
+def dht_settings(bootstrap):
+    """--dht HOST:PORT: libtorrent's DHT on, bootstrapped from that node
+    only. Every node of a test shares 127.0.0.1, so the one-node-per-address
+    rules (dht_restrict_routing_ips, dht_restrict_search_ips) and the
+    per-address rate limit (dht_block_ratelimit, 5 packets a second) are
+    lifted, as actors/tests/dht_support/lt_dht.py does."""
+    if not bootstrap:
+        return {}
+    return {
+        "enable_dht": True,
+        "dht_bootstrap_nodes": bootstrap,
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_block_ratelimit": 1000000,
+        "dht_upload_rate_limit": 10000000,
+        # Magnet torrents announce at once; 15 s between re-announces
+        # instead of 15 min so a lookup that ran before the swarm knew the
+        # seed is retried within the test.
+        "dht_announce_interval": 15,
+    }
+
+
 def start_session(a, pex=True):
     s = settings(a.profile, a.listen)
     s.update(encryption_settings(a))
+    s.update(dht_settings(getattr(a, "dht", None)))
     limit = getattr(a, "upload_limit", 0)
     if limit:
         s.update({"upload_rate_limit": limit, "ignore_limits_on_local_network": False})
@@ -377,6 +402,7 @@ def main():
         c.add_argument("--enc-level", choices=("plaintext", "rc4", "both"))
         c.add_argument("--listen", default="127.0.0.1:0", help="IP:PORT (port 0: any)")
         c.add_argument("--stats", help="FILE: JSON lines of progress")
+        c.add_argument("--dht", help="HOST:PORT: DHT on, bootstrapped from this node only")
         if name == "seed":
             c.add_argument(
                 "--upload-limit",

@@ -28,7 +28,7 @@ pub struct Actorrent {
     readers: Vec<JoinHandle<()>>,
 }
 
-fn bin() -> std::ffi::OsString {
+pub fn bin() -> std::ffi::OsString {
     // As in `client.rs`: ACTORRENT_TEST_BIN runs these tests against
     // another build with the same command line.
     std::env::var_os("ACTORRENT_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_actorrent").into())

@@ -74,6 +74,7 @@
 //! | a connection to ourselves | disconnect (`self_connection`) | never dialled again; not counted as a protocol error |
 
 pub mod msg;
+mod readbuf;
 pub mod session;
 mod upload;
 
@@ -101,7 +102,7 @@ use crate::mse_stream::Kind;
 use crate::net::{self, ConnCounters, Direction};
 use crate::picker::{BLOCK_SIZE, Bitfield, Block, PeerId};
 use crate::pipeline::RateMeter;
-use crate::ratelimit::{self, Limiter};
+use crate::ratelimit::{self, LimitCell};
 use crate::torrent::msg::{ExchangeReply, PeerFault, TorrentMsg};
 use session::{Arrival, PeerSession, SessionConfig};
 use upload::Upload;
@@ -156,9 +157,9 @@ pub struct PeerContext {
     /// The torrent's storage, for serving blocks.
     pub storage: Storage,
     /// Upload rate limits (process, torrent) this connection obeys.
-    pub up_limits: Vec<Arc<Limiter>>,
+    pub up_limits: Vec<LimitCell>,
     /// Download rate limits this connection obeys.
-    pub down_limits: Vec<Arc<Limiter>>,
+    pub down_limits: Vec<LimitCell>,
     /// Process-wide connection counters (by kind, MSE failures).
     pub conn: Arc<ConnCounters>,
     /// The raw info dictionary, served to peers that ask by BEP 9
@@ -171,6 +172,42 @@ pub struct PeerContext {
     /// The process's DHT node, for public torrents: our handshake sets the
     /// DHT bit, and a remote's BEP 5 `port` message gives it a node.
     pub dht: Option<crate::dht::DhtHandle>,
+    /// Our listener's address, if we listen: told to the remote as BEP 10
+    /// `ipv6` when it is (or, dual-stack, the connection is) global IPv6.
+    pub listen: Option<SocketAddr>,
+}
+
+/// BEP 10 `yourip`: the remote's address as we see it (IPv4-mapped shown
+/// as IPv4), so a peer behind NAT learns its external address.
+fn your_ip(remote: SocketAddr) -> std::net::IpAddr {
+    net::canonical(remote).ip()
+}
+
+/// BEP 10 `ipv6`: our IPv6 address, for a peer that reached us over IPv4
+/// to try IPv6. Only when we listen on IPv6: the listener's own address
+/// when it names one, else (`[::]`, dual-stack) the local address of this
+/// connection when it is IPv6. Never loopback, link-local, multicast or an
+/// IPv4-mapped address, which a remote could not reach us on.
+fn our_ipv6(listen: Option<SocketAddr>, local: Option<SocketAddr>) -> Option<std::net::Ipv6Addr> {
+    let usable = |ip: std::net::Ipv6Addr| {
+        let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+        (!ip.is_loopback()
+            && !ip.is_unspecified()
+            && !ip.is_multicast()
+            && !link_local
+            && ip.to_ipv4_mapped().is_none())
+        .then_some(ip)
+    };
+    let std::net::IpAddr::V6(bound) = listen?.ip() else {
+        return None;
+    };
+    if !bound.is_unspecified() {
+        return usable(bound);
+    }
+    match local?.ip() {
+        std::net::IpAddr::V6(ip) => usable(ip),
+        std::net::IpAddr::V4(_) => None,
+    }
 }
 
 /// The extension message ids we assign in our extended handshake's `m`
@@ -237,6 +274,7 @@ pub async fn connect_and_run(ctx: PeerContext) {
                     known: None,
                     ours_sent: d.handshake_sent,
                     outgoing: Some(d.kind),
+                    local: d.stream.get_ref().local_addr().ok(),
                 };
                 run_inner(d.stream, how, &ctx).await
             }
@@ -257,12 +295,25 @@ pub async fn run<S>(stream: S, theirs: Option<Handshake>, ctx: PeerContext)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    run_with_local(stream, theirs, None, ctx).await
+}
+
+/// [`run`] for an accepted socket whose local address is `local`.
+pub async fn run_with_local<S>(
+    stream: S,
+    theirs: Option<Handshake>,
+    local: Option<SocketAddr>,
+    ctx: PeerContext,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let span = info_span!("peer", addr = %ctx.addr);
     async move {
         let how = Setup {
             known: theirs,
             ours_sent: false,
             outgoing: None,
+            local,
         };
         let end = run_inner(stream, how, &ctx).await;
         finish(&ctx, end).await;
@@ -280,6 +331,8 @@ struct Setup {
     /// A connection we dialled, and its kind: counted once the handshake
     /// completes (the listener counts incoming ones).
     outgoing: Option<Kind>,
+    /// The socket's local address (BEP 10 `ipv6`), when it is a socket.
+    local: Option<SocketAddr>,
 }
 
 async fn finish(ctx: &PeerContext, end: End) {
@@ -348,6 +401,8 @@ where
 /// The connection's state inside the actor loop.
 struct Conn<'a> {
     ctx: &'a PeerContext,
+    /// The socket's local address, if known (BEP 10 `ipv6`).
+    local: Option<SocketAddr>,
     session: PeerSession,
     out: BytesMut,
     fast: bool,
@@ -406,6 +461,7 @@ where
             id: ctx.id,
             cmds: cmd_tx,
             peer_id: theirs.peer_id,
+            encrypted: how.outgoing.map(|k| k == crate::mse_stream::Kind::MseRc4),
         })
         .await
         .is_err()
@@ -459,6 +515,7 @@ where
         pex: crate::pex::PexSender::default(),
         pex_received: None,
         pex_list: None,
+        local: how.local.map(net::canonical),
     };
     let end = conn.drive(stream, theirs, &mut cmd_rx, &mut reads_rx).await;
     conn.session.flush_metrics();
@@ -558,6 +615,8 @@ impl Conn<'_> {
             let mut ext = ExtendedHandshake {
                 v: Some(concat!("actorrent ", env!("CARGO_PKG_VERSION")).to_string()),
                 reqq: Some(ctx.config.max_upload_queue.min(u32::MAX as usize) as u32),
+                yourip: Some(your_ip(ctx.addr)),
+                ipv6: our_ipv6(ctx.listen, self.local),
                 ..Default::default()
             };
             if let Some(info) = &ctx.metadata {
@@ -602,6 +661,7 @@ impl Conn<'_> {
             piece_count: Some(ctx.piece_count),
         };
         let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
+        let mut spare = readbuf::ReadBuffers::new(ctx.config.read_buffer / 4);
         let mut tick = tokio::time::interval(ctx.config.peer_tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -633,7 +693,7 @@ impl Conn<'_> {
                                 }
                             }
                             Ok(Decoded::NeedMore(n)) => {
-                                buf.reserve(n.max(ctx.config.read_buffer / 4));
+                                spare.make_room(&mut buf, n);
                                 break;
                             }
                             Err(e) => {
@@ -697,6 +757,7 @@ impl Conn<'_> {
                     }
                 }
                 _ = tick.tick() => {
+                    spare.trim();
                     let now = Instant::now();
                     self.session.flush_metrics();
                     self.up.turnaround.flush_into(&metrics::SERVE_TURNAROUND_US);
@@ -1208,6 +1269,7 @@ impl Conn<'_> {
             up_rate: self.up.meter.rate(now),
             uploaded,
             oddities: std::mem::take(&mut self.oddities),
+            choking_us: self.session.peer_choking,
         };
         self.ctx
             .torrent
@@ -1300,5 +1362,62 @@ impl Conn<'_> {
         }
         self.session.requested(&requests, now);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn yourip_is_the_remote_address_as_seen_mapped_shown_as_ipv4() {
+        assert_eq!(your_ip(a("198.18.0.7:6881")), a("198.18.0.7:1").ip());
+        assert_eq!(
+            your_ip(a("[::ffff:198.18.0.7]:6881")),
+            a("198.18.0.7:1").ip()
+        );
+        assert_eq!(your_ip(a("[2001:db8::7]:6881")), a("[2001:db8::7]:1").ip());
+    }
+
+    #[test]
+    fn ipv6_is_our_listen_address_or_the_connections_when_dual_stack() {
+        let global = "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap();
+        // Not listening, or listening on IPv4 only: nothing to tell.
+        assert_eq!(our_ipv6(None, Some(a("[2001:db8::1]:5000"))), None);
+        assert_eq!(
+            our_ipv6(Some(a("0.0.0.0:6881")), Some(a("[2001:db8::1]:5000"))),
+            None
+        );
+        // A listener on a global IPv6 address: that one, whatever the
+        // connection (an IPv4 peer learns it too).
+        assert_eq!(
+            our_ipv6(Some(a("[2001:db8::1]:6881")), Some(a("198.18.0.1:6881"))),
+            Some(global)
+        );
+        assert_eq!(our_ipv6(Some(a("[2001:db8::1]:6881")), None), Some(global));
+        // Dual-stack `[::]`: the address this connection uses, if IPv6.
+        assert_eq!(
+            our_ipv6(Some(a("[::]:6881")), Some(a("[2001:db8::1]:6881"))),
+            Some(global)
+        );
+        assert_eq!(
+            our_ipv6(Some(a("[::]:6881")), Some(a("198.18.0.1:6881"))),
+            None
+        );
+        assert_eq!(our_ipv6(Some(a("[::]:6881")), None), None);
+        // Addresses nobody else can reach us on are never sent.
+        for bad in [
+            "[::1]:6881",
+            "[fe80::1]:6881",
+            "[ff02::1]:6881",
+            "[::ffff:198.18.0.1]:6881",
+        ] {
+            assert_eq!(our_ipv6(Some(a(bad)), None), None, "{bad}");
+            assert_eq!(our_ipv6(Some(a("[::]:6881")), Some(a(bad))), None, "{bad}");
+        }
     }
 }

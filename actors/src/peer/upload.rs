@@ -51,6 +51,25 @@ fn covers(entry: &(u32, u32, Bytes), r: &wire::BlockRef) -> bool {
     entry.0 == r.index && entry.1 <= r.begin && r.begin as usize + r.length as usize <= end
 }
 
+/// Pieces the queued requests span (counting a change of piece as a new
+/// one), at least 1 and at most `limit`: the read-ahead follows the
+/// remote's queue, so a peer asking for one piece at a time does not hold
+/// `limit` pieces of the budget, and a deep queue gets all of `limit`.
+fn queued_pieces(queue: &VecDeque<(wire::BlockRef, Instant)>, limit: usize) -> usize {
+    let mut n = 0;
+    let mut last = None;
+    for (r, _) in queue {
+        if last != Some(r.index) {
+            last = Some(r.index);
+            n += 1;
+            if n >= limit {
+                break;
+            }
+        }
+    }
+    n.clamp(1, limit)
+}
+
 impl Conn<'_> {
     /// Answers a request we will not serve: a reject with the fast
     /// extension, silence without it (BEP 3 has no way to say no).
@@ -157,7 +176,7 @@ impl Conn<'_> {
         if self.up.am_choking {
             return;
         }
-        let cap = self.ctx.config.read_cache_pieces.max(1);
+        let cap = queued_pieces(&self.up.queue, self.ctx.config.read_cache_pieces.max(1));
         while self.up.reading.len() < cap {
             let up = &self.up;
             let Some((next_at, next)) = up.queue.iter().map(|q| q.0).enumerate().find(|(_, r)| {
@@ -254,5 +273,34 @@ impl Conn<'_> {
                 Err(End::network(format!("read for upload failed: {e}")))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pieces: &[u32]) -> VecDeque<(wire::BlockRef, Instant)> {
+        let now = Instant::now();
+        pieces
+            .iter()
+            .map(|&index| {
+                let r = wire::BlockRef {
+                    index,
+                    begin: 0,
+                    length: 16384,
+                };
+                (r, now)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn read_ahead_follows_the_queue() {
+        assert_eq!(queued_pieces(&q(&[]), 8), 1);
+        assert_eq!(queued_pieces(&q(&[3, 3, 3]), 8), 1);
+        assert_eq!(queued_pieces(&q(&[3, 3, 4, 4, 9]), 8), 3);
+        let deep: Vec<u32> = (0..40).flat_map(|p| [p; 16]).collect();
+        assert_eq!(queued_pieces(&q(&deep), 8), 8);
     }
 }

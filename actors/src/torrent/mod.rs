@@ -10,11 +10,15 @@
 //! storage fails (a write error stops the torrent with the error shown).
 //!
 //! Data path: peers send blocks in [`TorrentMsg::Exchange`]; complete pieces
-//! wait in `pending_hash` for a hash-pool permit, verified pieces in
-//! `pending_write` for a writer permit. Completions come back on `done_rx`,
-//! whose capacity covers every permit, so the hash and writer threads'
-//! `try_send` cannot fail; each completion carries its permit, so a slot is
-//! free again only once the torrent has taken the result.
+//! wait in `pending_hash` for a hash-pool permit. A piece submitted with a
+//! writer permit too goes from the hash worker straight to the disk writer
+//! (one wake-up of this actor per piece, by the write completion); without
+//! one, or when the writer's queue is full, the verified piece comes back
+//! and waits in `pending_write` for a writer permit. Completions come back
+//! on `done_rx`, whose capacity covers every permit, so the hash and writer
+//! threads' `try_send` cannot fail; each completion carries its permit, so
+//! a slot is free again only once the torrent has taken the result. The
+//! actor drains every completion waiting in one wake-up.
 //!
 //! The actor's methods are split by concern: `peers` (address book,
 //! connections, reconnect policy, choking), `pieces` (the data path
@@ -53,8 +57,8 @@ mod streams;
 mod superseed;
 
 pub use msg::{
-    ExchangeReply, FileProgress, PeerFault, SetPrioritiesError, StreamError, TorrentHandle,
-    TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
+    ExchangeReply, FileProgress, PeerFault, PeerInfo, SetPrioritiesError, StreamError,
+    TorrentHandle, TorrentMsg, TorrentState, TorrentStats, TorrentStopped,
 };
 use peers::{AddrState, PeerEntry};
 use pieces::{Done, bytes_of};
@@ -65,7 +69,7 @@ use crate::choker::Choker;
 use crate::config::ClientConfig;
 use crate::picker::{Bitfield, PeerId, Picker, PickerConfig, Priority, Strategy};
 use crate::pipeline::RateMeter;
-use crate::ratelimit::{self, Limiter};
+use crate::ratelimit::{self, LimitCell};
 use crate::tracker::{AnnounceProgress, TorrentRegistration, TrackerHandle};
 
 /// Where a torrent's payload goes.
@@ -122,9 +126,15 @@ pub(crate) struct Shared {
     pub tracker: TrackerHandle,
     /// Our listen port (0 until the session listens), for announces.
     pub listen_port: Arc<AtomicU16>,
-    /// Process-wide rate limits.
-    pub up_limit: Option<Arc<Limiter>>,
-    pub down_limit: Option<Arc<Limiter>>,
+    /// Our listener's address once bound: the `ipv6` of our extended
+    /// handshake comes from it.
+    pub listen_addr: Arc<std::sync::OnceLock<SocketAddr>>,
+    /// Process-wide rate limits (changed through the session).
+    pub up_limit: LimitCell,
+    pub down_limit: LimitCell,
+    /// Connections per torrent (`max_peers_per_torrent`, changed through
+    /// the session).
+    pub max_peers: Arc<std::sync::atomic::AtomicUsize>,
     /// Process-wide connection counters.
     pub conn: Arc<crate::net::ConnCounters>,
 }
@@ -204,10 +214,14 @@ struct Torrent {
     finishing: bool,
     /// A writer queue was full despite our permit: wait before retrying.
     write_backoff: bool,
+    /// Pieces were written since the last [`Torrent::after_writes`].
+    written_unsettled: bool,
     bytes_down: u64,
     down: RateMeter,
     hash_failures: u64,
     banned_peers: u64,
+    /// Addresses not taken because the address book was full.
+    addrs_skipped: u64,
     protocol_errors: u64,
     protocol_oddities: u64,
     bytes_wasted: u64,
@@ -215,8 +229,8 @@ struct Torrent {
     up: RateMeter,
     seed: bool,
     choker: Choker,
-    up_limits: Vec<Arc<Limiter>>,
-    down_limits: Vec<Arc<Limiter>>,
+    up_limits: Vec<LimitCell>,
+    down_limits: Vec<LimitCell>,
     /// Addresses of the last connections that ended, for a ban decided
     /// after the peer left.
     recently_gone: VecDeque<(PeerId, SocketAddr, Option<[u8; 20]>)>,
@@ -247,6 +261,9 @@ struct Torrent {
 /// Peers from the tracker session wait here; it drops a batch that finds the
 /// channel full (the next announce brings them again).
 const TRACKER_PEER_BATCHES: usize = 16;
+/// Most completions handled in one wake-up before the loop looks at its
+/// other inputs again.
+const DONE_BATCH: usize = 64;
 
 async fn run(
     params: TorrentParams,
@@ -307,10 +324,10 @@ async fn run(
     let (done_tx, mut done_rx) = mpsc::channel(write_cap + hash_cap + 2);
     let policy: ResumePolicy = shared.config.resume;
     let shared_choker = shared.config.choker;
-    let mut up_limits: Vec<Arc<Limiter>> = shared.up_limit.iter().cloned().collect();
-    up_limits.extend(params.upload_limit.map(ratelimit::limiter));
-    let mut down_limits: Vec<Arc<Limiter>> = shared.down_limit.iter().cloned().collect();
-    down_limits.extend(params.download_limit.map(ratelimit::limiter));
+    let mut up_limits: Vec<LimitCell> = vec![shared.up_limit.clone()];
+    up_limits.extend(params.upload_limit.map(ratelimit::fixed));
+    let mut down_limits: Vec<LimitCell> = vec![shared.down_limit.clone()];
+    down_limits.extend(params.download_limit.map(ratelimit::fixed));
     let journal = storage::resume::WriteJournal::new(
         &params.resume_file,
         meta.info_hash.0,
@@ -343,10 +360,12 @@ async fn run(
         checkpoint: None,
         finishing: false,
         write_backoff: false,
+        written_unsettled: false,
         bytes_down: 0,
         down: RateMeter::new(Duration::from_secs(5), 10),
         hash_failures: 0,
         banned_peers: 0,
+        addrs_skipped: 0,
         protocol_errors: 0,
         protocol_oddities: 0,
         bytes_wasted: 0,
@@ -416,7 +435,19 @@ async fn run(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some(done) = done_rx.recv() => t.on_done(done).await,
+            Some(done) = done_rx.recv() => {
+                t.on_done(done).await;
+                // The writer finishes a batch at once: take all of it in
+                // this wake-up (its HAVEs reach each peer before the peer
+                // runs, so they cost the peer one wake-up too).
+                for _ in 1..DONE_BATCH {
+                    match done_rx.try_recv() {
+                        Ok(d) => t.on_done(d).await,
+                        Err(_) => break,
+                    }
+                }
+                t.after_writes();
+            }
             permit = hash_permits.acquire_owned(), if !t.pending_hash.is_empty() => {
                 if let Ok(p) = permit { t.submit_hash(p); }
             }
@@ -670,8 +701,16 @@ impl Torrent {
 
     fn on_msg(&mut self, msg: TorrentMsg) {
         match msg {
-            TorrentMsg::PeerConnected { id, cmds, peer_id } => {
+            TorrentMsg::PeerConnected {
+                id,
+                cmds,
+                peer_id,
+                encrypted,
+            } => {
                 if let Some(p) = self.peers.get_mut(&id) {
+                    if let Some(e) = encrypted {
+                        p.encrypted = e;
+                    }
                     if self.banned.peer(&p.addr, &peer_id) {
                         // A banned host, found by its peer id at a new address.
                         self.drop_peer(id, "banned peer id".into());
@@ -760,6 +799,9 @@ impl Torrent {
             TorrentMsg::SetFilePriorities { priorities, reply } => {
                 self.set_priorities(priorities, reply)
             }
+            TorrentMsg::Peers { max, reply } => {
+                let _ = reply.send(self.peer_list(max));
+            }
             TorrentMsg::Progress { reply } => {
                 let layout = self.storage.layout();
                 let _ = reply.send(FileProgress {
@@ -780,6 +822,7 @@ impl Torrent {
                 up_rate,
                 uploaded,
                 oddities,
+                choking_us,
             } => {
                 self.bytes_up += uploaded;
                 self.protocol_oddities += oddities;
@@ -789,6 +832,7 @@ impl Torrent {
                 };
                 p.down_rate = down_rate;
                 p.up_rate = up_rate;
+                p.choking_us = choking_us;
                 p.exchanged += uploaded;
                 if p.wants_us != interested {
                     p.wants_us = interested;

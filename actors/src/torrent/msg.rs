@@ -125,6 +125,9 @@ pub enum TorrentMsg {
         cmds: mpsc::Sender<PeerCmd>,
         /// The peer id of its handshake (a ban covers it).
         peer_id: [u8; 20],
+        /// Whether its payload is RC4-encrypted, when the peer actor
+        /// dialled (the torrent knows it of connections it accepted).
+        encrypted: Option<bool>,
     },
     /// Addresses a peer told us of by BEP 11 (`ut_pex` added), checked
     /// and capped by the peer actor.
@@ -217,6 +220,13 @@ pub enum TorrentMsg {
         /// and their parked bytes move into place in the background).
         reply: oneshot::Sender<Result<(), SetPrioritiesError>>,
     },
+    /// What a controller (the daemon's RPC) shows of the peers.
+    Peers {
+        /// At most this many.
+        max: usize,
+        /// The answer.
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
     /// What a controller (the daemon's RPC) shows per file.
     Progress {
         /// The answer.
@@ -259,7 +269,36 @@ pub enum TorrentMsg {
         uploaded: u64,
         /// Odd but tolerated messages it sent since the last status.
         oddities: u64,
+        /// It chokes us.
+        choking_us: bool,
     },
+}
+
+/// One connected peer as a controller shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerInfo {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The peer id of its handshake (names its client).
+    pub peer_id: Option<[u8; 20]>,
+    /// The fraction of the torrent it has.
+    pub progress: f64,
+    /// Bytes per second it sends us.
+    pub rate_to_us: u64,
+    /// Bytes per second we send it.
+    pub rate_to_peer: u64,
+    /// We want something it has.
+    pub we_interested: bool,
+    /// It wants something we have.
+    pub peer_interested: bool,
+    /// We choke it.
+    pub we_choking: bool,
+    /// It chokes us.
+    pub peer_choking: bool,
+    /// Its payload is RC4-encrypted (MSE).
+    pub encrypted: bool,
+    /// It dialled us.
+    pub incoming: bool,
 }
 
 /// Per-file progress and priorities, in the user's file numbering
@@ -400,6 +439,17 @@ impl TorrentHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(TorrentMsg::Progress { reply })
+            .await
+            .map_err(|_| TorrentStopped)?;
+        rx.await.map_err(|_| TorrentStopped)
+    }
+
+    /// The connected peers, at most `max` (the busiest first). Fails if
+    /// the torrent has stopped.
+    pub async fn peers(&self, max: usize) -> Result<Vec<PeerInfo>, TorrentStopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(TorrentMsg::Peers { max, reply })
             .await
             .map_err(|_| TorrentStopped)?;
         rx.await.map_err(|_| TorrentStopped)

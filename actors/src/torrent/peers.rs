@@ -4,17 +4,17 @@
 //! choker's decisions. Methods of the torrent actor, kept apart from its
 //! data path ([`super::pieces`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Torrent;
-use super::msg::{PeerFault, TorrentState};
+use super::msg::{PeerFault, PeerInfo, TorrentState};
 use crate::choker::Candidate;
 use crate::peer::msg::PeerCmd;
 use crate::peer::{self, PeerContext};
@@ -43,6 +43,10 @@ pub(super) struct PeerEntry {
     pub(super) leaving: bool,
     /// We dialled it (else it dialled us).
     pub(super) outgoing: bool,
+    /// Its payload is RC4-encrypted (MSE), once known.
+    pub(super) encrypted: bool,
+    /// It chokes us (as of its last status report).
+    pub(super) choking_us: bool,
     /// Closed as the losing half of a duplicate pair: its end is nobody's
     /// fault and its address is not retried while the winner lives.
     pub(super) duplicate: bool,
@@ -194,11 +198,22 @@ impl Torrent {
     /// the limits.
     pub(super) fn add_peers(&mut self, addrs: Vec<SocketAddr>) {
         let port = self.shared.listen_port.load(Ordering::Relaxed);
+        let cap = self.shared.config.max_known_addrs_per_torrent;
         for a in addrs {
             let a = crate::net::canonical(a);
             // Ourselves, as a tracker lists us back.
             let own = a.port() == port && (a.ip().is_loopback() || a.ip().is_unspecified());
-            if own || self.banned.addr(&a) {
+            if own || self.banned.addr(&a) || a.port() == 0 {
+                continue;
+            }
+            if !make_room(&mut self.addrs, &a, cap) {
+                if self.addrs_skipped == 0 {
+                    info!(
+                        cap,
+                        "address book full (max_known_addrs_per_torrent); new addresses skipped until some are given up"
+                    );
+                }
+                self.addrs_skipped += 1;
                 continue;
             }
             let s = self.addrs.entry(a).or_default();
@@ -218,7 +233,7 @@ impl Torrent {
         handshake: protocol::wire::Handshake,
     ) {
         let staying = self.peers.values().filter(|p| !p.leaving).count();
-        let full = staying >= self.shared.config.max_peers_per_torrent;
+        let full = staying >= self.shared.max_peers.load(Ordering::Relaxed);
         let done = !self.picker.needs_anything() && !self.seed;
         if self.banned.peer(&addr, &handshake.peer_id) {
             debug!(%addr, "banned host dialled in; dropped");
@@ -237,9 +252,13 @@ impl Torrent {
             return;
         }
         let ctx = self.new_peer(addr, Some(handshake.peer_id), false);
+        let local = stream.get_ref().local_addr().ok();
+        if let Some(p) = self.peers.get_mut(&ctx.id) {
+            p.encrypted = stream.kind() == crate::mse_stream::Kind::MseRc4;
+        }
         self.tasks.spawn(async move {
             let _permit = permit;
-            peer::run(stream, Some(handshake), ctx).await;
+            peer::run_with_local(stream, Some(handshake), local, ctx).await;
         });
     }
 
@@ -298,7 +317,7 @@ impl Torrent {
             return;
         }
         let now = Instant::now();
-        let limit = self.shared.config.max_peers_per_torrent;
+        let limit = self.shared.max_peers.load(Ordering::Relaxed);
         let mut slots = limit.saturating_sub(self.peers.len());
         if slots == 0 {
             return;
@@ -360,6 +379,8 @@ impl Torrent {
                 exchanged: 0,
                 leaving: false,
                 outgoing,
+                encrypted: false,
+                choking_us: true,
                 duplicate: false,
             },
         );
@@ -390,6 +411,7 @@ impl Torrent {
             metadata: Some(self.metadata.clone()),
             pex: self.pex_enabled(),
             dht: self.dht.clone().filter(|_| !self.meta.info.private),
+            listen: self.shared.listen_addr.get().copied(),
         }
     }
 
@@ -619,6 +641,59 @@ impl Torrent {
     }
 }
 
+/// Whether `a` may go into the book `addrs` of at most `cap` addresses:
+/// known already, or room, or room made by forgetting one address given up
+/// on (never a refused one: its refusal must outlive the churn).
+fn make_room(addrs: &mut HashMap<SocketAddr, AddrState>, a: &SocketAddr, cap: usize) -> bool {
+    if addrs.contains_key(a) || addrs.len() < cap {
+        return true;
+    }
+    let victim = addrs
+        .iter()
+        .find(|(_, s)| s.given_up && !s.refused && !s.connected)
+        .map(|(a, _)| *a);
+    match victim {
+        Some(v) => {
+            addrs.remove(&v);
+            true
+        }
+        None => false,
+    }
+}
+
+impl Torrent {
+    /// What a controller shows of the connected peers, at most `max` of
+    /// them (the busiest first).
+    pub(super) fn peer_list(&self, max: usize) -> Vec<PeerInfo> {
+        let pieces = self.picker.num_pieces();
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.cmds.is_some() && !p.leaving)
+            .map(|(id, p)| PeerInfo {
+                addr: p.addr,
+                peer_id: p.peer_id,
+                progress: if pieces == 0 {
+                    0.0
+                } else {
+                    f64::from(self.picker.peer_piece_count(*id)) / f64::from(pieces)
+                },
+                rate_to_us: p.down_rate,
+                rate_to_peer: p.up_rate,
+                we_interested: p.interested,
+                peer_interested: p.wants_us,
+                we_choking: !self.choker.is_unchoked(*id),
+                peer_choking: p.choking_us,
+                encrypted: p.encrypted,
+                incoming: !p.outgoing,
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.rate_to_us + p.rate_to_peer));
+        out.truncate(max);
+        out
+    }
+}
+
 impl Torrent {
     /// The super-seeding state when new peers are to be super-seeded:
     /// `super_seed` is on and every piece is ours.
@@ -689,6 +764,31 @@ impl Torrent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_address_book_forgets_given_up_addresses_only() {
+        let addr = |i: u8| SocketAddr::from(([198, 18, 0, i], 6881));
+        let mut book: HashMap<SocketAddr, AddrState> = HashMap::new();
+        for i in 0..3 {
+            assert!(make_room(&mut book, &addr(i), 3));
+            book.insert(addr(i), AddrState::default());
+        }
+        // Full of live addresses: a new one is skipped, a known one is not.
+        assert!(!make_room(&mut book, &addr(9), 3));
+        assert!(make_room(&mut book, &addr(1), 3));
+        // A refused address given up on stays (its refusal holds).
+        book.get_mut(&addr(0)).unwrap().given_up = true;
+        book.get_mut(&addr(0)).unwrap().refused = true;
+        assert!(!make_room(&mut book, &addr(9), 3));
+        // One given up on and not refused makes room, and only one.
+        book.get_mut(&addr(2)).unwrap().given_up = true;
+        assert!(make_room(&mut book, &addr(9), 3));
+        book.insert(addr(9), AddrState::default());
+        assert_eq!(book.len(), 3);
+        assert!(!book.contains_key(&addr(2)));
+        assert!(book.contains_key(&addr(0)));
+        assert!(!make_room(&mut book, &addr(10), 3));
+    }
 
     #[test]
     fn a_ban_covers_the_host_its_port_changes_and_its_peer_id() {

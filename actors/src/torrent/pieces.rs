@@ -118,13 +118,46 @@ impl Torrent {
             return;
         };
         let tx = self.done_tx.clone();
+        // Direct: the hash worker queues the verified piece to the writer
+        // itself, so a piece costs one wake-up of the torrent (the write
+        // completion) instead of two, and no hop between the threads. It
+        // needs a write permit now (held while hashing) and no smart-ban
+        // evidence (a piece that failed before is judged here first).
+        let direct = if self.write_backoff || self.picker.has_evidence(index) {
+            None
+        } else {
+            self.write_permits
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|w| (self.storage.clone(), w))
+        };
         let job = HashJob {
             piece: index,
             blocks,
             expected,
-            reply: Box::new(move |d| {
+            reply: Box::new(move |d| match (d, direct) {
+                (HashDone::Verified(piece), Some((storage, write_permit))) => {
+                    let wtx = tx.clone();
+                    let job = WriteJob {
+                        piece,
+                        reply: Box::new(move |w| {
+                            // Cannot fail: a slot per write permit.
+                            let _ = wtx.try_send(Done::Write(w, write_permit));
+                        }),
+                    };
+                    if let Err(e) = storage.try_write(job) {
+                        // The device's queue is full (another torrent) or
+                        // closing: the torrent queues it as before. The
+                        // hash permit backs this message's slot.
+                        let piece = e.into_inner().piece;
+                        let _ = tx.try_send(Done::Hash(HashDone::Verified(piece), permit));
+                    }
+                }
                 // Cannot fail: the channel has a slot per permit.
-                let _ = tx.try_send(Done::Hash(d, permit));
+                (d, _) => {
+                    let _ = tx.try_send(Done::Hash(d, permit));
+                }
             }),
         };
         if let Err(e) = self.shared.hash.try_submit(job) {
@@ -209,11 +242,9 @@ impl Torrent {
                                 let _ = tx.try_send(PeerCmd::Have(piece));
                             }
                         }
-                        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
-                        for id in ids {
-                            self.update_interest(id);
-                        }
-                        self.check_complete();
+                        // Interest and completion once per drained batch
+                        // (`after_writes`), not once per piece.
+                        self.written_unsettled = true;
                     }
                     Err(e) => self.fail(format!("writing piece {piece}: {e}")),
                 }
@@ -261,6 +292,19 @@ impl Torrent {
                 }
             }
         }
+    }
+
+    /// After a batch of completions: what written pieces change for every
+    /// peer (interest) and for the torrent (completion), once.
+    pub(super) fn after_writes(&mut self) {
+        if !std::mem::take(&mut self.written_unsettled) {
+            return;
+        }
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.update_interest(id);
+        }
+        self.check_complete();
     }
 
     pub(super) async fn save_resume(&self) -> Result<(), String> {

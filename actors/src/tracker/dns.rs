@@ -11,19 +11,34 @@
 //!
 //! [`DnsHandle`] implements reqwest's `Resolve`, which is how the HTTP
 //! client uses the same cache.
+//!
+//! Queries leave through the session's [`Binding`]: every UDP and TCP
+//! socket the resolver opens is made by [`BoundRuntime`], tied to
+//! `bind_interface` (SO_BINDTODEVICE) and `bind_address` like the peer and
+//! tracker sockets, so a name lookup cannot leak by another route when the
+//! bound interface is down.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
+use std::future::Future;
+use std::pin::Pin;
+
+use hickory_resolver::Resolver;
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::name_server::GenericConnector;
+use hickory_resolver::proto::runtime::iocompat::AsyncIoTokioAsStd;
+use hickory_resolver::proto::runtime::{
+    RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::net::Binding;
 
 /// Tunables of the DNS cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -162,9 +177,84 @@ struct Entry {
 
 type LookupResult = (String, Result<(Addrs, Duration), DnsError>);
 
+/// hickory's tokio runtime with every socket opened through a [`Binding`]
+/// (its proxy aside: names are resolved here, not by the SOCKS5 proxy,
+/// only for UDP trackers and the DHT, which a proxy turns off anyway).
+#[derive(Clone)]
+pub struct BoundRuntime {
+    inner: TokioRuntimeProvider,
+    binding: Arc<Binding>,
+}
+
+impl BoundRuntime {
+    /// A runtime whose sockets follow `binding`.
+    pub fn new(binding: Binding) -> BoundRuntime {
+        BoundRuntime {
+            inner: TokioRuntimeProvider::default(),
+            binding: Arc::new(binding),
+        }
+    }
+
+    fn unbound(&self) -> bool {
+        self.binding.interface.is_none() && self.binding.address.is_none()
+    }
+}
+
+type BoxIo<T> = Pin<Box<dyn Send + Future<Output = std::io::Result<T>>>>;
+
+impl RuntimeProvider for BoundRuntime {
+    type Handle = TokioHandle;
+    type Timer = TokioTime;
+    type Udp = tokio::net::UdpSocket;
+    type Tcp = AsyncIoTokioAsStd<tokio::net::TcpStream>;
+
+    fn create_handle(&self) -> Self::Handle {
+        self.inner.create_handle()
+    }
+
+    fn connect_tcp(
+        &self,
+        server_addr: SocketAddr,
+        bind_addr: Option<SocketAddr>,
+        timeout: Option<Duration>,
+    ) -> BoxIo<Self::Tcp> {
+        if self.unbound() {
+            return self.inner.connect_tcp(server_addr, bind_addr, timeout);
+        }
+        let binding = self.binding.clone();
+        // hickory's own default for a TCP connect.
+        let wait = timeout.unwrap_or(Duration::from_secs(5));
+        Box::pin(async move {
+            match tokio::time::timeout(wait, binding.connect_direct(server_addr)).await {
+                Ok(Ok(stream)) => {
+                    stream.set_nodelay(true)?;
+                    Ok(AsyncIoTokioAsStd(stream))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("DNS over TCP to {server_addr} timed out after {wait:?}"),
+                )),
+            }
+        })
+    }
+
+    fn bind_udp(&self, local_addr: SocketAddr, server_addr: SocketAddr) -> BoxIo<Self::Udp> {
+        if self.unbound() {
+            return self.inner.bind_udp(local_addr, server_addr);
+        }
+        // hickory picks the random source port (and retries when it is
+        // taken); the binding decides the device and the address.
+        let socket = self.binding.udp_bound(server_addr, local_addr.port());
+        Box::pin(std::future::ready(socket))
+    }
+}
+
+type BoundResolver = Resolver<GenericConnector<BoundRuntime>>;
+
 struct DnsActor {
     config: DnsConfig,
-    resolver: TokioResolver,
+    resolver: BoundResolver,
     cache: HashMap<String, Entry>,
     /// Names with a query under way, and who waits for it.
     pending: HashMap<String, Vec<Reply>>,
@@ -175,14 +265,15 @@ struct DnsActor {
 /// Builds the resolver from the system configuration (`/etc/resolv.conf`),
 /// or, if that cannot be read, one with no name servers that still answers
 /// `localhost` and `/etc/hosts` names.
-fn system_resolver() -> TokioResolver {
-    match TokioResolver::builder_tokio() {
+fn system_resolver(binding: Binding) -> BoundResolver {
+    let provider = GenericConnector::new(BoundRuntime::new(binding));
+    match BoundResolver::builder(provider.clone()) {
         Ok(b) => b.build(),
         Err(e) => {
             tracing::warn!(error = %e, "no system DNS configuration; only hosts-file names resolve");
-            TokioResolver::builder_with_config(
+            BoundResolver::builder_with_config(
                 ResolverConfig::from_parts(None, Vec::new(), NameServerConfigGroup::new()),
-                TokioConnectionProvider::default(),
+                provider,
             )
             .build()
         }
@@ -193,12 +284,13 @@ fn system_resolver() -> TokioResolver {
 /// dropped.
 pub fn spawn(
     config: DnsConfig,
+    binding: Binding,
     cancel: CancellationToken,
 ) -> (DnsHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.mailbox_capacity.max(1));
     let actor = DnsActor {
         config,
-        resolver: system_resolver(),
+        resolver: system_resolver(binding),
         cache: HashMap::new(),
         pending: HashMap::new(),
         lookups: JoinSet::new(),

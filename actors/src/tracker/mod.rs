@@ -371,7 +371,7 @@ pub fn spawn(
     // The DNS actor gets a child token: it must outlive the tracker's
     // shutdown `stopped` announces, so the tracker cancels it itself.
     let dns_cancel = CancellationToken::new();
-    let (dns, dns_join) = dns::spawn(config.dns, dns_cancel.clone());
+    let (dns, dns_join) = dns::spawn(config.dns, config.binding.clone(), dns_cancel.clone());
     let handle = TrackerHandle {
         tx,
         dns: dns.clone(),
