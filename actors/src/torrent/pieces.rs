@@ -132,6 +132,11 @@ impl Torrent {
                 .ok()
                 .map(|w| (self.storage.clone(), w))
         };
+        if direct.is_some() {
+            // The hash worker may write it without coming back here: noted
+            // now (a piece noted and then not written is only rechecked).
+            self.note_write(index);
+        }
         let job = HashJob {
             piece: index,
             blocks,
@@ -167,17 +172,22 @@ impl Torrent {
         }
     }
 
-    pub(super) fn submit_write(&mut self, permit: OwnedSemaphorePermit) {
-        let Some(piece) = self.pending_write.pop_front() else {
-            return;
-        };
-        // Noted before the write is handed over (see `WriteJournal`).
-        if let Err(e) = self.journal.note(piece.piece())
+    /// Notes `piece` in the write journal before its write is handed over
+    /// (see `storage::resume::WriteJournal`).
+    fn note_write(&mut self, piece: u32) {
+        if let Err(e) = self.journal.note(piece)
             && !self.journal_failed
         {
             self.journal_failed = true;
             warn!(error = %e, "writing the write journal failed; a crash will mean a recheck");
         }
+    }
+
+    pub(super) fn submit_write(&mut self, permit: OwnedSemaphorePermit) {
+        let Some(piece) = self.pending_write.pop_front() else {
+            return;
+        };
+        self.note_write(piece.piece());
         let tx = self.done_tx.clone();
         let job = WriteJob {
             piece,
