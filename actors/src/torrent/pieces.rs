@@ -133,9 +133,10 @@ impl Torrent {
                 .map(|w| (self.storage.clone(), w))
         };
         if direct.is_some() {
-            // The hash worker may write it without coming back here: noted
-            // now (a piece noted and then not written is only rechecked).
-            self.note_write(index);
+            // The hash worker may hand the piece to the writer without
+            // coming back here: note it now (see `WriteJournal`), so a
+            // crash after its write still finds it listed for recheck.
+            self.note_journal(index);
         }
         let job = HashJob {
             piece: index,
@@ -172,9 +173,8 @@ impl Torrent {
         }
     }
 
-    /// Notes `piece` in the write journal before its write is handed over
-    /// (see `storage::resume::WriteJournal`).
-    fn note_write(&mut self, piece: u32) {
+    /// Appends `piece` to the write journal (once per piece until cleared).
+    fn note_journal(&mut self, piece: u32) {
         if let Err(e) = self.journal.note(piece)
             && !self.journal_failed
         {
@@ -187,7 +187,8 @@ impl Torrent {
         let Some(piece) = self.pending_write.pop_front() else {
             return;
         };
-        self.note_write(piece.piece());
+        // Noted before the write is handed over (see `WriteJournal`).
+        self.note_journal(piece.piece());
         let tx = self.done_tx.clone();
         let job = WriteJob {
             piece,
