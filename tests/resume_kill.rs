@@ -86,7 +86,17 @@ fn kill_9_mid_download_resumes_without_a_full_recheck() {
         .unwrap()
         .filter_map(Result::ok)
         .any(|e| e.file_name().to_string_lossy().ends_with(".writing"));
-    assert!(journal, "the killed run left its write journal");
+    assert!(
+        journal,
+        "the killed run left its write journal; {:?} holds {:?}; its log:\n{}",
+        resume,
+        std::fs::read_dir(&resume)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>(),
+        first.log_tail(30)
+    );
 
     let mut second = downloader("second run", &t, &out, port);
     let s = second.wait_stats(DONE, "every piece", |v| v["pieces_done"] == n);
