@@ -167,6 +167,18 @@ pub enum MetainfoError {
         /// The value given.
         got: i64,
     },
+    /// A BEP 47 symlink entry (`attr` contains `l`): not supported.
+    #[error("file \"{file}\" is a symbolic link (BEP 47 attr `l`), which is not supported")]
+    Symlink {
+        /// The entry's path, components joined with `/`.
+        file: String,
+    },
+    /// A BitTorrent v2-only torrent (BEP 52): no v1 `pieces`, which is
+    /// all this client reads (hybrid torrents work through their v1 half).
+    #[error(
+        "a v2-only torrent (BEP 52: `file tree` without v1 `pieces`), which is not supported; a hybrid v1+v2 torrent works"
+    )]
+    V2Only,
     /// `pieces` is not a whole number of 20-byte SHA-1 hashes.
     #[error("`pieces` is {len} bytes, not a multiple of 20")]
     PiecesNotMultipleOf20 {
@@ -423,7 +435,15 @@ impl Info {
 
         let pieces_bytes = info
             .get(b"pieces")
-            .ok_or_else(|| missing("info.pieces"))?
+            .ok_or_else(|| {
+                // BEP 52: a v2-only torrent has a `file tree` and no v1
+                // hashes; say so rather than only "missing key".
+                if info.get(b"file tree").is_some() || info.get(b"meta version").is_some() {
+                    MetainfoError::V2Only
+                } else {
+                    missing("info.pieces")
+                }
+            })?
             .as_bytes()
             .ok_or_else(|| wrong_type("info.pieces", "a string"))?;
         if pieces_bytes.len() % 20 != 0 {
@@ -516,6 +536,14 @@ fn file_list(files: &Value<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
             .iter()
             .map(|c| component(c, &raw_components))
             .collect::<Result<Vec<String>, _>>()?;
+        let attr = entry.get(b"attr").and_then(Value::as_bytes).unwrap_or(b"");
+        if attr.contains(&b'l') {
+            // BEP 47 symlink: its bytes are not in the torrent's data (its
+            // `length`, if any, must not count), and we create no links.
+            return Err(MetainfoError::Symlink {
+                file: path.join("/"),
+            });
+        }
         let length_value = entry
             .get(b"length")
             .ok_or_else(|| missing(&format!("info.files[{i}].length")))?;
@@ -524,10 +552,7 @@ fn file_list(files: &Value<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
             &format!("info.files[{i}].length"),
             &path.join("/"),
         )?;
-        let padding = entry
-            .get(b"attr")
-            .and_then(Value::as_bytes)
-            .is_some_and(|attr| attr.contains(&b'p'));
+        let padding = attr.contains(&b'p');
 
         // BEP 47 padding files are never written and several may share a
         // name (`.pad/N`), so only real files claim paths.
