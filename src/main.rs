@@ -92,7 +92,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Download(args) => config::load(file).and_then(|c| download::run(&args, c)),
         Command::Seed(args) => config::load(file).and_then(|c| download::seed(&args, c)),
-        Command::Daemon(args) => config::load(file).and_then(|c| daemon::run(&args, c)),
+        Command::Daemon(args) => config::load(file).and_then(|c| daemon::run(&args, c, file)),
         Command::Config(args) => config::run(&args, file),
         Command::Demo(args) => config::load(file).and_then(|c| demo::run(&args, c)),
         Command::Create(args) => create::run(&args),

@@ -1217,6 +1217,48 @@ fn session_set_applies_live_persists_and_sighup_reloads() {
     d.terminate();
 }
 
+/// SIGHUP also re-reads `--config`: what can change at run time (rate and
+/// connection limits) is applied, what cannot is named; a broken file
+/// changes nothing.
+#[test]
+fn sighup_rereads_the_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dl) = (tmp.path().join("state"), tmp.path().join("dl"));
+    let cfg = tmp.path().join("actorrent.toml");
+    std::fs::write(&cfg, "max_connections = 200\n").unwrap();
+    let mut d = Daemon::start(&state, &dl, &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(d.session()["peer-limit-global"], 200);
+    let hup = |d: &Daemon| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &d.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP");
+    };
+    std::fs::write(&cfg, "max_connections = 150\nhash_workers = 1\n").unwrap();
+    hup(&d);
+    assert!(
+        wait_until(WAIT, || d.session()["peer-limit-global"] == 150),
+        "the new limit was not applied:\n{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(log.contains("applied: max_connections"), "{log}");
+    assert!(
+        log.contains("only read at start (restart to apply): hash_workers"),
+        "{log}"
+    );
+    std::fs::write(&cfg, "max_connections = \"many\"\n").unwrap();
+    hup(&d);
+    assert!(
+        wait_until(WAIT, || d.log().contains("not reloaded: config")),
+        "a broken file is reported:\n{}",
+        d.log()
+    );
+    assert_eq!(d.session()["peer-limit-global"], 150, "and changes nothing");
+    d.terminate();
+}
+
 #[test]
 fn torrent_get_lists_the_connected_peers() {
     let tmp = tempfile::tempdir().unwrap();

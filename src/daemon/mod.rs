@@ -21,7 +21,7 @@ pub mod state;
 pub mod watch;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use actors::config::ClientConfig;
 use actors::session::Session;
@@ -93,7 +93,11 @@ fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
         .join(p))
 }
 
-pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
+pub fn run(
+    args: &DaemonArgs,
+    config: ClientConfig,
+    config_path: Option<&Path>,
+) -> Result<(), Failure> {
     let bad = Failure::BadInput;
     let state_dir = match &args.state_dir {
         Some(d) => d.clone(),
@@ -154,6 +158,10 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
         dht_config.dht.bind_interface = binding.interface.clone();
         let config_rates = (config.upload_limit, config.download_limit);
         let config_peers = (config.max_connections, config.max_peers_per_torrent);
+        let reloadable = Reloadable {
+            path: config_path.map(Path::to_path_buf),
+            running: config.clone(),
+        };
         let session = Session::start(config)
             .context("starting the session")
             .map_err(Failure::Runtime)?;
@@ -240,7 +248,7 @@ pub fn run(args: &DaemonArgs, config: ClientConfig) -> Result<(), Failure> {
             ))),
             None => None,
         };
-        let hup = tokio::spawn(reload_on_hup(daemon.clone(), hup, stop.clone()));
+        let hup = tokio::spawn(reload_on_hup(daemon.clone(), hup, stop.clone(), reloadable));
         drop(daemon);
         tokio::select! {
             _ = signals.recv() => {}
@@ -288,23 +296,138 @@ fn raise_fd_limit() {
     }
 }
 
-/// SIGHUP re-reads the session settings (`settings.json` in the state
-/// directory) and applies them, as transmission-daemon does.
+/// The config file the daemon started from, and what it said then.
+struct Reloadable {
+    path: Option<PathBuf>,
+    running: ClientConfig,
+}
+
+/// The keys a re-read config file can change in a running daemon: the
+/// defaults under the session settings' own limits.
+const RUNTIME_KEYS: &[&str] = &[
+    "upload_limit",
+    "download_limit",
+    "max_connections",
+    "max_peers_per_torrent",
+];
+
+/// Dotted keys whose values differ between two configs.
+fn changed_keys(old: &ClientConfig, new: &ClientConfig) -> Vec<String> {
+    fn flat(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flat(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.to_string());
+            }
+        }
+    }
+    let table = |c: &ClientConfig| {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(v) = toml::Value::try_from(c) {
+            flat("", &v, &mut out);
+        }
+        out
+    };
+    let (a, b) = (table(old), table(new));
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// SIGHUP re-reads the config file (`--config`), applies what can change
+/// at run time and names what needs a restart; then the session settings
+/// (`settings.json` in the state directory), as transmission-daemon does.
 async fn reload_on_hup(
     daemon: registry::DaemonHandle,
     mut hup: tokio::signal::unix::Signal,
     stop: CancellationToken,
+    mut config: Reloadable,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             r = hup.recv() => if r.is_none() { return },
         }
+        if let Some(path) = config.path.clone() {
+            match crate::config::load(Some(&path)) {
+                Err(Failure::BadInput(e) | Failure::Runtime(e)) => {
+                    eprintln!("actorrent: SIGHUP: {} not reloaded: {e:#}", path.display());
+                }
+                Ok(new) => {
+                    let changed = changed_keys(&config.running, &new);
+                    let (now, later): (Vec<&String>, Vec<&String>) = changed
+                        .iter()
+                        .partition(|k| RUNTIME_KEYS.contains(&k.as_str()));
+                    let applied = daemon
+                        .set_config_limits(
+                            (new.upload_limit, new.download_limit),
+                            (new.max_connections, new.max_peers_per_torrent),
+                        )
+                        .await;
+                    match applied {
+                        Ok(()) => eprintln!(
+                            "actorrent: SIGHUP: {} reloaded; applied: {}",
+                            path.display(),
+                            if now.is_empty() {
+                                "nothing changed".into()
+                            } else {
+                                join(&now)
+                            }
+                        ),
+                        Err(e) => eprintln!("actorrent: SIGHUP: limits not applied: {e}"),
+                    }
+                    if !later.is_empty() {
+                        eprintln!(
+                            "actorrent: SIGHUP: changed in {} but only read at start (restart to apply): {}",
+                            path.display(),
+                            join(&later)
+                        );
+                    }
+                    // The next SIGHUP compares with what is in effect: the
+                    // start-only keys keep their old values until a restart.
+                    for k in &now {
+                        match k.as_str() {
+                            "upload_limit" => config.running.upload_limit = new.upload_limit,
+                            "download_limit" => config.running.download_limit = new.download_limit,
+                            "max_connections" => {
+                                config.running.max_connections = new.max_connections
+                            }
+                            "max_peers_per_torrent" => {
+                                config.running.max_peers_per_torrent = new.max_peers_per_torrent
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
         match daemon.reload().await {
             Ok(()) => eprintln!("actorrent: SIGHUP: session settings reloaded"),
             Err(e) => eprintln!("actorrent: SIGHUP: session settings not reloaded: {e}"),
         }
     }
+}
+
+fn join(keys: &[&String]) -> String {
+    keys.iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// SIGINT and SIGTERM; a second one exits at once.

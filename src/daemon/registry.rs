@@ -159,6 +159,12 @@ enum Cmd {
     Reload {
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// New defaults under the session settings, from a re-read `--config`.
+    ConfigLimits {
+        rates: (Option<u64>, Option<u64>),
+        peers: (usize, usize),
+        reply: oneshot::Sender<()>,
+    },
     Relocate {
         ids: Ids,
         dir: PathBuf,
@@ -273,6 +279,22 @@ impl DaemonHandle {
     /// Reads the session settings file again and applies it (SIGHUP).
     pub async fn reload(&self) -> Result<(), String> {
         self.ask(|reply| Cmd::Reload { reply }).await?
+    }
+
+    /// Replaces the config file's rate and connection limits, which apply
+    /// where the session settings set none (SIGHUP after `--config`
+    /// changed).
+    pub async fn set_config_limits(
+        &self,
+        rates: (Option<u64>, Option<u64>),
+        peers: (usize, usize),
+    ) -> Result<(), String> {
+        self.ask(|reply| Cmd::ConfigLimits {
+            rates,
+            peers,
+            reply,
+        })
+        .await
     }
 
     /// Changes session settings (fields left `None` keep theirs).
@@ -1035,6 +1057,16 @@ impl Daemon {
             }
             Cmd::Reload { reply } => {
                 let _ = reply.send(self.reload());
+            }
+            Cmd::ConfigLimits {
+                rates,
+                peers,
+                reply,
+            } => {
+                self.opts.config_rates = rates;
+                self.opts.config_peers = peers;
+                self.apply_session();
+                let _ = reply.send(());
             }
             Cmd::SessionSet { settings, reply } => {
                 self.session_settings.merge(settings);
