@@ -1276,9 +1276,19 @@ fn torrent_get_lists_the_connected_peers() {
     d.remote(&["-u", "20"]);
     let mut leech = leecher(&t, &out, &d);
     let fields = ["peers", "peersConnected"];
-    let v = d.wait_id(1, &fields, WAIT, "serving a peer", |v| {
+    let mut v = Value::Null;
+    let serving = wait_until(WAIT, || {
+        let r = d.call("torrent-get", json!({ "ids": [1], "fields": fields }));
+        v = r["arguments"]["torrents"][0].clone();
         v["peers"][0]["rateToPeer"].as_u64().is_some_and(|r| r > 0)
     });
+    if !serving {
+        // The leecher's side says why it is not there (its log).
+        leech.fail(&format!(
+            "the daemon lists no peer it serves; last: {v}\ndaemon log:\n{}",
+            d.log()
+        ));
+    }
     assert_eq!(v["peersConnected"], 1, "{v}");
     let p = &v["peers"][0];
     assert_eq!(p["address"], "127.0.0.1", "{p}");
