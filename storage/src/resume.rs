@@ -355,6 +355,30 @@ pub fn save(path: &Path, data: &ResumeData) -> Result<(), StorageError> {
     }
 }
 
+/// [`save`], unless `<path>` already holds exactly these bytes and its
+/// spare is in place: then nothing is written and `Ok(false)` returned.
+/// A torrent restarted from valid resume data with nothing changed would
+/// otherwise rewrite (and fsync) the same record at every start. Equal
+/// bytes mean equal stamps, pieces, priorities and slots, so the record on
+/// disk already says what a save would.
+pub fn save_if_changed(path: &Path, data: &ResumeData) -> Result<bool, StorageError> {
+    use std::io::Read as _;
+    let bytes = data.encode();
+    let spare_ok =
+        std::fs::metadata(with_suffix(path, ".spare")).is_ok_and(|m| m.len() >= bytes.len() as u64);
+    // Read only as many bytes as the new record has, plus one to see a
+    // longer file: the old record is not trusted for its length.
+    let same = spare_ok
+        && File::open(path).is_ok_and(|f| {
+            let mut old = Vec::with_capacity(bytes.len() + 1);
+            f.take(bytes.len() as u64 + 1).read_to_end(&mut old).is_ok() && old == bytes
+        });
+    if same {
+        return Ok(false);
+    }
+    save(path, data).map(|()| true)
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
@@ -827,6 +851,32 @@ mod tests {
             ResumeData::decode(b"short"),
             Err(ResumeError::BadMagic)
         ));
+    }
+
+    #[test]
+    fn an_unchanged_record_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.resume");
+        let mut d = sample();
+        assert!(save_if_changed(&path, &d).unwrap(), "no file yet");
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let first = ino(&path);
+        assert!(!save_if_changed(&path, &d).unwrap());
+        assert_eq!(ino(&path), first, "the same file, not a rewrite");
+        // A changed record is written.
+        d.have[1] = !d.have[1];
+        assert!(save_if_changed(&path, &d).unwrap());
+        assert_eq!(load(&path).unwrap().unwrap(), d);
+        // Without its spare the record is saved again (the save makes one).
+        std::fs::remove_file(dir.path().join("x.resume.spare")).unwrap();
+        assert!(save_if_changed(&path, &d).unwrap());
+        assert!(dir.path().join("x.resume.spare").exists());
+        // Same bytes followed by more: not the same record.
+        let mut longer = d.encode();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        assert!(save_if_changed(&path, &d).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), d.encode());
     }
 
     #[test]

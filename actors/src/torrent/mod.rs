@@ -389,7 +389,9 @@ async fn run(
     };
     // What the check found, saved now: a crash before the first
     // checkpoint need not hash again, and the save leaves the spare that a
-    // save on a full disk writes into (see `storage::resume::save`).
+    // save on a full disk writes into (see `storage::resume::save`). A
+    // record and spare already on disk that say the same are not rewritten
+    // (`save_resume`); with a journal it always is.
     match t.save_resume().await {
         // What a crashed run's journal listed is settled by that save.
         Ok(()) => {

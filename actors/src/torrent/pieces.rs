@@ -324,13 +324,22 @@ impl Torrent {
         let info_hash = self.meta.info_hash.0;
         let have = self.resume.have().to_vec();
         let priorities = self.selection.levels(self.storage.layout().files().len());
+        // A journal is settled only by a record written now; otherwise an
+        // unchanged record is not written again (a restart with nothing to
+        // recheck, a seed's completion check).
+        let force = self.journal.exists();
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
             }
             let data = storage::ResumeData::of(&storage, info_hash, have, priorities)
                 .map_err(|e| e.to_string())?;
-            storage::resume::save(&path, &data).map_err(|e| e.to_string())
+            if force {
+                storage::resume::save(&path, &data)
+            } else {
+                storage::resume::save_if_changed(&path, &data).map(|_| ())
+            }
+            .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?
