@@ -13,7 +13,9 @@ Per daemon, in one run:
   CPU idle %     CPU time over 10 s of idling, in % of one core
   get ms         torrent-get of every torrent with Sonarr's field list:
                  median and p99 of --gets calls, and the response size
+  fds idle       open descriptors of the daemon (/proc/PID/fd) at idle
   restart s      SIGTERM, start again: spawn to every torrent seeding
+  fds restart    open descriptors once every torrent seeds again
   rechecked      pieces rechecked after the restart (actorrent: from its
                  log; should be 0)
 
@@ -126,6 +128,10 @@ def rss_kib(pid):
     return 0
 
 
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
 def cpu_ticks(pid):
     with open("/proc/%d/stat" % pid) as f:
         rest = f.read().rsplit(")", 1)[1].split()
@@ -228,6 +234,7 @@ def measure(d, metas, gets):
     rss = rss_kib(d.p.pid)
     r["RSS idle MiB"] = rss / 1024
     r["KiB/torrent"] = (rss - empty_rss) / n
+    r["fds idle"] = fd_count(d.p.pid)
     c0, w0 = cpu_ticks(d.p.pid), time.time()
     time.sleep(10)
     hz = os.sysconf("SC_CLK_TCK")
@@ -249,6 +256,7 @@ def measure(d, metas, gets):
     if not wait_seeding(rpc, n, 600):
         raise RuntimeError("%s: not every torrent seeds after the restart" % d.name)
     r["restart s"] = time.time() - t1
+    r["fds restart"] = fd_count(d.p.pid)
     r["rechecked"] = d.rechecked()
     d.stop()
     return r
