@@ -392,6 +392,18 @@ impl Drop for NsChild {
     }
 }
 
+/// A tracker-only download (no `--peer`) bound to c1.
+fn bound_to_c1<'a>(t: &'a TestTorrent, out: &'a std::path::Path) -> Vec<&'a std::ffi::OsStr> {
+    vec![
+        "download".as_ref(),
+        t.path.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--bind-interface".as_ref(),
+        "c1".as_ref(),
+    ]
+}
+
 /// Tracker host names are resolved through the bound interface too: the
 /// DNS query is a socket like any other, and with the interface down no
 /// query leaves by the other route.
@@ -461,15 +473,7 @@ fn tracker_names_resolve_through_the_bound_interface() {
     // announce and the peer connection all leave through c1.
     let c2 = net.tx_packets("c2");
     let out = dir.path().join("out-bound");
-    let args: Vec<&std::ffi::OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--bind-interface".as_ref(),
-        "c1".as_ref(),
-    ];
-    let mut d = Actorrent::spawn_in(&net.client, "bound leecher", &args);
+    let mut d = Actorrent::spawn_in(&net.client, "bound leecher", &bound_to_c1(&t, &out));
     let status = d.wait_exit(DONE);
     if !status.success() {
         d.fail(&format!("exited with {status}"));
@@ -491,15 +495,11 @@ fn tracker_names_resolve_through_the_bound_interface() {
     let c2 = net.tx_packets("c2");
     let asked = asked_from("198.18.2.1");
     let out = dir.path().join("out-down");
-    let args: Vec<&std::ffi::OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--bind-interface".as_ref(),
-        "c1".as_ref(),
-    ];
-    let mut d = Actorrent::spawn_in(&net.client, "bound leecher, c1 down", &args);
+    let mut d = Actorrent::spawn_in(
+        &net.client,
+        "bound leecher, c1 down",
+        &bound_to_c1(&t, &out),
+    );
     let s = d.wait_stats(START, "a failed announce", |v| {
         v["trackers"][announce.as_str()]["announces_failed"]
             .as_u64()

@@ -970,6 +970,15 @@ impl Daemon {
         last
     }
 
+    /// Sends the daemon SIGHUP.
+    fn hup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP");
+    }
+
     fn session(&self) -> Value {
         let v = self.call("session-get", json!({}));
         assert_eq!(v["result"], "success", "{v}");
@@ -1194,21 +1203,14 @@ fn session_set_applies_live_persists_and_sighup_reloads() {
     file["peer_limit_global"] = json!(9);
     file["alt_speed_enabled"] = json!(false);
     std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
-    let hup = |d: &Daemon| {
-        let ok = Command::new("kill")
-            .args(["-HUP", &d.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -HUP");
-    };
-    hup(&d);
+    d.hup();
     assert!(
         wait_until(WAIT, || d.session()["peer-limit-global"] == 9),
         "reloaded on SIGHUP"
     );
     assert_eq!(d.session()["alt-speed-enabled"], false);
     std::fs::write(&path, b"{ not json").unwrap();
-    hup(&d);
+    d.hup();
     assert!(
         wait_until(WAIT, || d.log().contains("session settings not reloaded")),
         "a broken file is reported"
@@ -1228,15 +1230,8 @@ fn sighup_rereads_the_config_file() {
     std::fs::write(&cfg, "max_connections = 200\n").unwrap();
     let mut d = Daemon::start(&state, &dl, &["--config", cfg.to_str().unwrap()]);
     assert_eq!(d.session()["peer-limit-global"], 200);
-    let hup = |d: &Daemon| {
-        let ok = Command::new("kill")
-            .args(["-HUP", &d.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -HUP");
-    };
     std::fs::write(&cfg, "max_connections = 150\nhash_workers = 1\n").unwrap();
-    hup(&d);
+    d.hup();
     assert!(
         wait_until(WAIT, || d.session()["peer-limit-global"] == 150),
         "the new limit was not applied:\n{}",
@@ -1249,7 +1244,7 @@ fn sighup_rereads_the_config_file() {
         "{log}"
     );
     std::fs::write(&cfg, "max_connections = \"many\"\n").unwrap();
-    hup(&d);
+    d.hup();
     assert!(
         wait_until(WAIT, || d.log().contains("not reloaded: config")),
         "a broken file is reported:\n{}",
