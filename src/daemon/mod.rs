@@ -400,19 +400,10 @@ async fn reload_on_hup(
                     }
                     // The next SIGHUP compares with what is in effect: the
                     // start-only keys keep their old values until a restart.
-                    for k in &now {
-                        match k.as_str() {
-                            "upload_limit" => config.running.upload_limit = new.upload_limit,
-                            "download_limit" => config.running.download_limit = new.download_limit,
-                            "max_connections" => {
-                                config.running.max_connections = new.max_connections
-                            }
-                            "max_peers_per_torrent" => {
-                                config.running.max_peers_per_torrent = new.max_peers_per_torrent
-                            }
-                            _ => {}
-                        }
-                    }
+                    config.running.upload_limit = new.upload_limit;
+                    config.running.download_limit = new.download_limit;
+                    config.running.max_connections = new.max_connections;
+                    config.running.max_peers_per_torrent = new.max_peers_per_torrent;
                 }
             }
         }

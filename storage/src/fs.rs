@@ -229,8 +229,8 @@ fn open_below(root: &Path, comps: &[String], create: bool) -> Result<File> {
     for c in dirs {
         path.push(c);
         let cs = cstr(c).map_err(|e| StorageError::from_io(&path, 0, e))?;
-        // SAFETY: `dir` is an open directory fd and `cs` a NUL-terminated name.
         let r = if create {
+            // SAFETY: `dir` is an open directory fd and `cs` a NUL-terminated name.
             unsafe { libc::mkdirat(dir.as_raw_fd(), cs.as_ptr(), 0o755) }
         } else {
             0
