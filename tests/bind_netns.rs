@@ -189,6 +189,19 @@ fn download(net: &Net, t: &TestTorrent, out: &std::path::Path, extra: &[&str]) {
     t.assert_downloaded(out);
 }
 
+/// `actorrent seed` of `t` from `data` on the seed namespace's 198.19.0.1.
+fn start_seed(net: &Net, t: &TestTorrent, data: &std::path::Path) -> Actorrent {
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "seed".as_ref(),
+        t.path.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "198.19.0.1:6881".as_ref(),
+    ];
+    Actorrent::spawn_in(&net.seed, "seed", &args)
+}
+
 #[test]
 fn bound_traffic_leaves_only_through_the_interface_and_stops_when_it_is_down() {
     let Some(net) = Net::create("p") else { return };
@@ -202,15 +215,7 @@ fn bound_traffic_leaves_only_through_the_interface_and_stops_when_it_is_down() {
     );
     let data = dir.path().join("data");
     t.write_payload(&data);
-    let seed_args: Vec<&std::ffi::OsStr> = vec![
-        "seed".as_ref(),
-        t.path.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--listen".as_ref(),
-        "198.19.0.1:6881".as_ref(),
-    ];
-    let mut seed = Actorrent::spawn_in(&net.seed, "seed", &seed_args);
+    let mut seed = start_seed(&net, &t, &data);
     seed.listen_port(START);
     seed.wait_stats(START, "seeding", |v| v["state"] == "seeding");
 
@@ -445,15 +450,7 @@ fn tracker_names_resolve_through_the_bound_interface() {
         dir.path(),
     );
 
-    let seed_args: Vec<&std::ffi::OsStr> = vec![
-        "seed".as_ref(),
-        t.path.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--listen".as_ref(),
-        "198.19.0.1:6881".as_ref(),
-    ];
-    let mut seed = Actorrent::spawn_in(&net.seed, "seed", &seed_args);
+    let mut seed = start_seed(&net, &t, &data);
     seed.wait_stats(START, "announced to the tracker by name", |v| {
         v["state"] == "seeding"
             && v["trackers"][announce.as_str()]["announces_sent"]
