@@ -225,7 +225,7 @@ def start_libtorrent(torrent, data, profile):
     )
 
 
-def actorrent_leechers(binary, seed, torrent, size, outs, timeout):
+def actorrent_leechers(binary, seed, torrent, size, outs, timeout, encryption):
     """actorrent downloads into each of `outs` at once; returns each one's
     (start, end) wall-clock span, from spawn to exit (it exits once the
     data is verified and synced)."""
@@ -233,7 +233,8 @@ def actorrent_leechers(binary, seed, torrent, size, outs, timeout):
     for o in outs:
         start = time.time()
         p = subprocess.Popen(
-            [binary, "download", torrent, "--output", o, "--peer", f"127.0.0.1:{seed.port}", "--stats-json", "-"],
+            [binary, "download", torrent, "--output", o, "--peer", f"127.0.0.1:{seed.port}", "--stats-json", "-"]
+            + (["--encryption", encryption] if encryption else []),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -333,7 +334,7 @@ def trial(seed, torrent, size, n, workdir, a, kind):
     hist0 = turnaround_buckets(seed)
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if kind == "actorrent":
-        spans, failed = actorrent_leechers(a.actorrent, seed, torrent, size, outs, a.timeout)
+        spans, failed = actorrent_leechers(a.actorrent, seed, torrent, size, outs, a.timeout, a.actorrent_encryption)
     else:
         spans, failed = lt_leechers(seed, torrent, size, outs, a.lt_profile, a.timeout, a.lt_plaintext)
     cpu = cpu_seconds(seed.pid) - cpu0
@@ -391,6 +392,13 @@ def main():
         action="store_true",
         help="libtorrent leechers handshake in plaintext; by default they try MSE first, "
         "which actorrent does not speak, and reconnect in plaintext about 1 s later",
+    )
+    ap.add_argument(
+        "--actorrent-encryption",
+        choices=("prefer", "require", "disable"),
+        default=None,
+        help="--encryption for actorrent leechers (default: theirs, prefer, so an actorrent seed "
+        "serves them RC4-encrypted; disable for plaintext)",
     )
     ap.add_argument("--timeout", type=float, default=600, help="per leecher, seconds")
     ap.add_argument("--json", default=None, help="also write every trial here")
