@@ -17,7 +17,7 @@
 
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -79,6 +79,9 @@ pub struct WriterCounters {
     pub batches: AtomicU64,
     /// Sync requests served.
     pub syncs: AtomicU64,
+    /// Batches (of one piece) written by the thread that verified them
+    /// because this writer was idle (counted in `batches` too).
+    pub inline_batches: AtomicU64,
 }
 
 /// A snapshot of [`WriterCounters`].
@@ -102,6 +105,8 @@ pub struct WriterStats {
     pub batches: u64,
     /// See [`WriterCounters::syncs`].
     pub syncs: u64,
+    /// See [`WriterCounters::inline_batches`].
+    pub inline_batches: u64,
 }
 
 impl WriterCounters {
@@ -118,6 +123,7 @@ impl WriterCounters {
             errors: r(&self.errors),
             batches: r(&self.batches),
             syncs: r(&self.syncs),
+            inline_batches: r(&self.inline_batches),
         }
     }
 }
@@ -207,6 +213,50 @@ pub(crate) struct WriterShared {
     pub queue: WorkQueue<WriterItem>,
     pub counters: WriterCounters,
     config: WriterConfig,
+    /// Held by whichever thread writes for the device now: the writer
+    /// thread, or a thread writing its own job in [`WriterShared::write_here`].
+    /// So the device still has one writer at a time.
+    busy: AtomicBool,
+}
+
+impl WriterShared {
+    /// Writes `item` on the calling thread when the writer thread is parked
+    /// with nothing queued and no rate limit applies: handing it over would
+    /// cost a wake-up of the writer (and its completion another thread
+    /// switch) for work the caller can do at once. Gives the item back
+    /// otherwise (queue it then). For threads that may block on a write
+    /// (the hash workers), never a runtime thread.
+    pub(crate) fn write_here(&self, item: WriterItem) -> Result<(), WriterItem> {
+        let limited = self.config.max_bytes_per_sec.is_some_and(|r| r > 0);
+        if limited || !self.queue.consumer_parked(0) {
+            return Err(item);
+        }
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(item);
+        }
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.inline_batches.fetch_add(1, Ordering::Relaxed);
+        let mut batch = vec![item];
+        process_batch(self, &mut batch);
+        self.busy.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits until no other thread writes for the device, then holds it.
+    /// Contended only while a hash worker writes one piece of its own.
+    fn claim(&self) {
+        while self
+            .busy
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
 }
 
 /// One device's writer thread; dropping it finishes queued jobs and joins.
@@ -221,6 +271,7 @@ impl DiskWriter {
             queue: WorkQueue::new(config.queue_capacity, 1),
             counters: WriterCounters::default(),
             config,
+            busy: AtomicBool::new(false),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -259,7 +310,9 @@ fn writer_loop(s: &WriterShared) {
         s.counters.batches.fetch_add(1, Ordering::Relaxed);
         let bytes = batch_bytes(&batch);
         let started = std::time::Instant::now();
+        s.claim();
         process_batch(s, &mut batch);
+        s.busy.store(false, Ordering::Release);
         if let Some(rate) = s.config.max_bytes_per_sec.filter(|r| *r > 0) {
             let due = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
             if let Some(rest) = due.checked_sub(started.elapsed()) {
