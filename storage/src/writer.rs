@@ -6,7 +6,11 @@
 //! chunks (target, offset, bytes), sorts the chunks by (target, offset),
 //! merges chunks that touch end-to-start into runs, and writes each run with
 //! `pwritev` (split at `max_iovecs`, resumed after short writes, EINTR
-//! retried). Sync requests in the batch run after its writes, so a sync
+//! retried). Sync requests in the batch are handed, after its writes, to
+//! the device's sync thread, so a sync covers every write queued before it
+//! and the writes queued after it go on while `fdatasync` waits on the
+//! disk (on a real disk a checkpoint's sync stalled the writer for tens of
+//! milliseconds, and every piece of the device behind it). A
 //! covers every write queued before it. Only then are completions sent: a
 //! job succeeds only if every run holding one of its chunks succeeded, and a
 //! failed run fails all its jobs with the OS error, the file and the offset.
@@ -217,7 +221,13 @@ pub(crate) struct WriterShared {
     /// thread, or a thread writing its own job in [`WriterShared::write_here`].
     /// So the device still has one writer at a time.
     busy: AtomicBool,
+    /// Syncs handed over by the writer thread, for the sync thread.
+    syncs: WorkQueue<(Vec<Arc<Target>>, Arc<Countdown>)>,
 }
+
+/// Syncs that may wait for the sync thread (each covers its device's
+/// targets; a writer with more waits for room).
+const SYNC_QUEUE: usize = 8;
 
 impl WriterShared {
     /// Writes `item` on the calling thread when the writer thread is parked
@@ -263,6 +273,7 @@ impl WriterShared {
 pub(crate) struct DiskWriter {
     pub shared: Arc<WriterShared>,
     thread: Option<JoinHandle<()>>,
+    syncer: Option<JoinHandle<()>>,
 }
 
 impl DiskWriter {
@@ -272,14 +283,28 @@ impl DiskWriter {
             counters: WriterCounters::default(),
             config,
             busy: AtomicBool::new(false),
+            syncs: WorkQueue::new(SYNC_QUEUE, 1),
         });
         let s = shared.clone();
-        let thread = std::thread::Builder::new()
+        let syncer = std::thread::Builder::new()
+            .name(format!("disk-sync-{device:x}"))
+            .spawn(move || sync_loop(&s))?;
+        let s = shared.clone();
+        let thread = match std::thread::Builder::new()
             .name(format!("disk-writer-{device:x}"))
-            .spawn(move || writer_loop(&s))?;
+            .spawn(move || writer_loop(&s))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                shared.syncs.close();
+                let _ = syncer.join();
+                return Err(e);
+            }
+        };
         Ok(DiskWriter {
             shared,
             thread: Some(thread),
+            syncer: Some(syncer),
         })
     }
 }
@@ -288,6 +313,13 @@ impl Drop for DiskWriter {
     fn drop(&mut self) {
         self.shared.queue.close();
         if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+        // After the writer: the syncs it handed over still run.
+        self.shared.syncs.close();
+        if let Some(t) = self.syncer.take()
             && t.thread().id() != std::thread::current().id()
         {
             let _ = t.join();
@@ -319,6 +351,24 @@ fn writer_loop(s: &WriterShared) {
                 std::thread::sleep(rest);
             }
         }
+    }
+}
+
+fn sync_loop(s: &WriterShared) {
+    s.syncs.register(0);
+    while let Some((targets, done)) = s.syncs.pop_or_park(0) {
+        s.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        let mut result = Ok(());
+        for t in &targets {
+            if let Err(e) = t.file().and_then(|f| datasync(f.as_raw_fd())) {
+                result = Err(StorageError::from_io(&t.path, 0, e));
+                break;
+            }
+        }
+        if result.is_err() {
+            s.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        done.finish(result);
     }
 }
 
@@ -422,18 +472,6 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
         start = end;
     }
     drop(bufs);
-    // Syncs after the batch's writes: they cover everything queued earlier.
-    for (i, item) in batch.iter().enumerate() {
-        if let WriterItem::Sync { targets, .. } = item {
-            s.counters.syncs.fetch_add(1, Ordering::Relaxed);
-            for t in targets {
-                if let Err(e) = t.file().and_then(|f| datasync(f.as_raw_fd())) {
-                    failed[i] = Some(StorageError::from_io(&t.path, 0, e));
-                    break;
-                }
-            }
-        }
-    }
     for (item, err) in batch.drain(..).zip(failed) {
         let done = match item {
             WriterItem::Write { done, .. } => {
@@ -442,7 +480,15 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
                 }
                 done
             }
-            WriterItem::Sync { done, .. } => done,
+            // After the batch's writes: the sync covers everything queued
+            // before it. Waiting for room here is rare (8 syncs behind).
+            WriterItem::Sync { targets, done } => {
+                if let Err((_, done)) = s.syncs.push((targets, done)) {
+                    s.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    done.finish(Err(StorageError::Closed));
+                }
+                continue;
+            }
         };
         match err {
             Some(e) => {

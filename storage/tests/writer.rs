@@ -394,3 +394,55 @@ fn rate_limited_writer_always_takes_the_queue() {
     assert_eq!(io.writer_stats()[0].1.inline_batches, 0);
     assert_eq!(read_all(dir.path(), &files), &all[..]);
 }
+
+/// Syncs run on the device's sync thread, handed over after the writes of
+/// their batch: every write queued before a sync has replied when the sync
+/// replies, and the bytes are on disk.
+#[test]
+fn sync_replies_after_every_write_queued_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![FileSpec::new(["t", "a.bin"], 16 * 65_536)];
+    let all = Bytes::from(data(16 * 65_536, 5));
+    let io = io_with(WriterConfig::default());
+    let st = Storage::open_files(
+        &io,
+        dir.path(),
+        files.clone(),
+        65_536,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+    let (tx, rx) = sync_channel(32);
+    for round in 0..2u32 {
+        for p in round * 8..round * 8 + 8 {
+            let tx = tx.clone();
+            st.write(WriteJob {
+                piece: verified(&layout, &all, p),
+                reply: Box::new(move |d| tx.send(Ok(d.piece)).unwrap()),
+            })
+            .unwrap();
+        }
+        let tx = tx.clone();
+        st.sync(Box::new(move |r| tx.send(Err(r.is_ok())).unwrap()));
+    }
+    let mut written = 0;
+    for round in 1..=2 {
+        loop {
+            match rx.recv().unwrap() {
+                Ok(_) => written += 1,
+                Err(ok) => {
+                    assert!(ok, "sync failed");
+                    break;
+                }
+            }
+        }
+        assert!(
+            written >= 8,
+            "a sync replied before the writes queued ahead of it"
+        );
+    }
+    assert_eq!(read_all(dir.path(), &files), &all[..]);
+    let s = io.writer_stats()[0].1;
+    assert_eq!((s.syncs, s.errors), (2, 0));
+}
