@@ -437,8 +437,9 @@ fn sync_replies_after_every_write_queued_before_it() {
                 }
             }
         }
-        assert!(
-            written >= 8,
+        assert_eq!(
+            written,
+            8 * round,
             "a sync replied before the writes queued ahead of it"
         );
     }
