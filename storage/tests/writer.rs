@@ -437,9 +437,10 @@ fn sync_replies_after_every_write_queued_before_it() {
                 }
             }
         }
-        assert_eq!(
-            written,
-            8 * round,
+        // Writes queued after a sync may reply first: they do not wait
+        // for its fdatasync.
+        assert!(
+            written >= 8 * round,
             "a sync replied before the writes queued ahead of it"
         );
     }
