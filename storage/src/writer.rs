@@ -10,10 +10,16 @@
 //! the device's sync thread, so a sync covers every write queued before it
 //! and the writes queued after it go on while `fdatasync` waits on the
 //! disk (on a real disk a checkpoint's sync stalled the writer for tens of
-//! milliseconds, and every piece of the device behind it). A
-//! covers every write queued before it. Only then are completions sent: a
-//! job succeeds only if every run holding one of its chunks succeeded, and a
-//! failed run fails all its jobs with the OS error, the file and the offset.
+//! milliseconds, and every piece of the device behind it). Write
+//! completions are sent after the batch's writes: a job succeeds only if
+//! every run holding one of its chunks succeeded, and a failed run fails
+//! all its jobs with the OS error, the file and the offset.
+//!
+//! A thread that verified a piece (a hash worker) may write it itself
+//! while the writer thread is parked with nothing queued
+//! ([`WriterShared::write_here`]): the same batch code, under the device's
+//! `busy` flag, so the device still has one writer at a time and no
+//! wake-up is spent on the hand-over.
 //!
 //! Why one writer per device: writes to one disk from two threads only
 //! interleave seeks; two disks should write in parallel. Grouping is by the
