@@ -17,7 +17,7 @@
 //!
 //! A thread that verified a piece (a hash worker) may write it itself
 //! while the writer thread is parked with nothing queued
-//! ([`WriterShared::write_here`]): the same batch code, under the device's
+//! (`WriterShared::write_here`): the same batch code, under the device's
 //! `busy` flag, so the device still has one writer at a time and no
 //! wake-up is spent on the hand-over.
 //!

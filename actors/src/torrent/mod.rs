@@ -15,7 +15,7 @@
 //! (one wake-up of this actor per piece, by the write completion); without
 //! one, or when the writer's queue is full, the verified piece comes back
 //! and waits in `pending_write` for a writer permit. Completions come back
-//! in a [`done::DoneBox`], whose capacity covers every permit, so the hash
+//! in a `done::DoneBox`, whose capacity covers every permit, so the hash
 //! and writer threads' pushes cannot fail; each completion carries its
 //! permit, so a slot is free again only once the torrent has taken the
 //! result. A written piece does not wake the actor (its budget is returned
