@@ -57,6 +57,11 @@ pub struct DiskIoConfig {
     /// process; the least recently used is closed (and reopened on its
     /// next use) beyond it. Raw targets and part files are not counted.
     pub max_open_files: usize,
+    /// Raw targets (block devices, image files) are written and read with
+    /// O_DIRECT, bypassing the page cache; the unaligned edges of a run
+    /// (the last short piece) go through the page cache. Opening fails,
+    /// naming the target, where the file system refuses O_DIRECT.
+    pub direct_io: bool,
 }
 
 impl Default for DiskIoConfig {
@@ -66,6 +71,7 @@ impl Default for DiskIoConfig {
             readers_per_device: 2,
             reader_queue_capacity: 64,
             max_open_files: 512,
+            direct_io: false,
         }
     }
 }
@@ -355,7 +361,15 @@ impl Storage {
                 }
             }
         }
-        let t = Target::new(file, target.to_path_buf())?;
+        let mut t = Target::new(file, target.to_path_buf())?;
+        if io.inner.config.direct_io {
+            t.direct = Some(crate::fs::open_direct(
+                target,
+                t.file()
+                    .map_err(|e| StorageError::from_io(target, 0, e))?
+                    .as_ref(),
+            )?);
+        }
         let parked = layout
             .files()
             .iter()
@@ -1027,8 +1041,7 @@ impl Storage {
                 let dst = &mut buf[at..at + n];
                 match &part.target {
                     Some(t) => t
-                        .file()
-                        .and_then(|f| crate::fs::pread_exact(f.as_raw_fd(), part.offset, dst))
+                        .read_at(part.offset, crate::fs::as_uninit(dst))
                         .map_err(|e| StorageError::from_io(&t.path, part.offset, e))?,
                     None => dst.fill(0),
                 }

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::fs::{Target, datasync, pwritev_all};
+use crate::fs::{Target, datasync};
 use crate::hash::Reply;
 use crate::queue::WorkQueue;
 
@@ -440,10 +440,8 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
         bufs.extend(keys[start..end].iter().map(|k| &chunk_of(k).data[..]));
         let target = &first.target;
         let began = std::time::Instant::now();
-        let written = target
-            .file()
-            .map_err(|e| (e, first.offset))
-            .and_then(|f| pwritev_all(f.as_raw_fd(), first.offset, &bufs, s.config.max_iovecs));
+        // Through O_DIRECT for a raw target with `disk.direct_io`.
+        let written = target.write_run(first.offset, &bufs, s.config.max_iovecs);
         match written {
             Ok(calls) => {
                 let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
