@@ -203,7 +203,7 @@ impl Target {
             },
         )?;
         if offset + len > a1 {
-            let tail = sub_slices(bufs, a1 - offset, offset + len - offset);
+            let tail = sub_slices(bufs, a1 - offset, len);
             calls += pwritev_all(f.as_raw_fd(), a1, &tail, max_iov)?;
         }
         Ok(calls)
@@ -701,15 +701,7 @@ pub(crate) fn pwritev_all<B: AsRef<[u8]>>(
 /// reads. Reading past the end of the file is an `UnexpectedEof` error.
 #[cfg(test)]
 pub(crate) fn pread_exact(fd: RawFd, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    // SAFETY: an initialised buffer viewed as possibly uninitialised bytes
-    // of the same length; only ever written through.
-    let uninit = unsafe {
-        std::slice::from_raw_parts_mut(
-            buf.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
-            buf.len(),
-        )
-    };
-    pread_exact_uninit(fd, offset, uninit)
+    pread_exact_uninit(fd, offset, as_uninit(buf))
 }
 
 /// An initialised buffer viewed as possibly uninitialised bytes (only ever
