@@ -391,7 +391,7 @@ def main():
         "--lt-plaintext",
         action="store_true",
         help="libtorrent leechers handshake in plaintext; by default they try MSE first, "
-        "which actorrent does not speak, and reconnect in plaintext about 1 s later",
+        "and each seed settles the encryption by its own settings",
     )
     ap.add_argument(
         "--actorrent-encryption",
