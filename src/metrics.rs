@@ -273,8 +273,9 @@ pub fn render(
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let hashed = load(&hash.pieces);
     let mismatched = load(&hash.mismatches);
+    let pool = session.read_pool_stats();
 
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "actorrent_bytes_down_total",
             "Bytes of accepted blocks received.",
@@ -329,6 +330,16 @@ pub fn render(
             "actorrent_bytes_wasted_total",
             "Bytes of received blocks thrown away (duplicates, unrequested).",
             sum(|s| s.bytes_wasted),
+        ),
+        (
+            "actorrent_read_buffers_reused_total",
+            "Disk reads for upload into a buffer from the read pool.",
+            pool.hits,
+        ),
+        (
+            "actorrent_read_buffers_allocated_total",
+            "Disk reads for upload into a new allocation (pool empty, or a size it does not keep).",
+            pool.misses + pool.unpooled,
         ),
     ];
     for (name, help, v) in counters {
@@ -401,7 +412,7 @@ pub fn render(
     }
 
     let files = session.open_files();
-    let gauges: [(&str, &str, u64); 6] = [
+    let gauges: [(&str, &str, u64); 7] = [
         (
             "actorrent_peers",
             "Connected peers.",
@@ -431,6 +442,11 @@ pub fn render(
             "actorrent_open_files_capacity",
             "disk.max_open_files.",
             files.capacity as u64,
+        ),
+        (
+            "actorrent_read_pool_idle_bytes",
+            "Idle read buffers kept for reuse (disk.read_pool_bytes caps them).",
+            pool.idle_bytes,
         ),
     ];
     for (name, help, v) in gauges {

@@ -392,6 +392,11 @@ impl Session {
         self.disk.open_files()
     }
 
+    /// The seeding reads' buffer pool (reuse, allocations, idle bytes).
+    pub fn read_pool_stats(&self) -> storage::BufPoolStats {
+        self.disk.read_pool_stats()
+    }
+
     /// Hash pool counters (pieces hashed, bytes, mismatches).
     pub fn hash_counters(&self) -> &storage::HashCounters {
         self.hash.counters()

@@ -19,8 +19,9 @@
 //!
 //! Modules: [`layout`] (pure byte mapping and name checks), `fs` (safe
 //! opening, preallocation, syscalls), `queue` (the mailbox), [`hash`],
-//! [`writer`], [`reader`], [`storage`] (a torrent's opened files and the
-//! device registry), [`resume`], [`recheck`], [`error`].
+//! [`writer`], [`reader`], [`pool`] (reused read buffers), [`storage`] (a
+//! torrent's opened files and the device registry), [`resume`],
+//! [`recheck`], [`error`].
 
 pub mod error;
 mod fdcache;
@@ -29,6 +30,7 @@ pub mod hash;
 pub mod layout;
 pub mod metrics;
 pub mod parts;
+pub mod pool;
 mod queue;
 pub mod reader;
 pub mod recheck;
@@ -46,6 +48,7 @@ pub use hash::{
 };
 pub use layout::{FileEntry, FileSpec, Layout, Placement, Slice, TargetSpec};
 pub use parts::{SlotRecord, SlotTable, relocate_blocking};
+pub use pool::{BufPool, BufPoolStats, PooledBuf};
 pub use queue::SubmitError;
 pub use reader::{ReadDone, ReadJob};
 pub use recheck::{RecheckConfig, RecheckReport, recheck};

@@ -1,6 +1,7 @@
 //! Readers for seeding: a small pool of OS threads per device that `pread`
 //! blocks for upload, with the same bounded mailbox and parking as the
-//! writers.
+//! writers. Blocks are read into buffers of the process's read
+//! [`BufPool`], which get them back once the last slice is sent.
 //!
 //! A read item carries the targets it touches (not the storage), so a reader
 //! thread never holds the last reference to a device and never has to join
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use crate::error::StorageError;
 use crate::fs::Target;
 use crate::hash::Reply;
+use crate::pool::BufPool;
 use crate::queue::WorkQueue;
 
 /// A block to read for a peer.
@@ -65,13 +67,14 @@ pub(crate) struct ReadItem {
     pub reply: Reply<ReadDone>,
 }
 
-/// Reads the parts into one buffer on the calling thread. The buffer is
-/// not zero-filled first: every byte is either read or padding (zeroed
-/// here), and it is exposed only once all of it is written.
-pub(crate) fn read_parts(parts: &[ReadPart]) -> Result<Bytes, StorageError> {
+/// Reads the parts into one buffer from `pool` on the calling thread. The
+/// buffer is not zero-filled first (a pooled one still holds an earlier
+/// read): every byte is either read or padding (zeroed here), and it is
+/// exposed only once all of it is written.
+pub(crate) fn read_parts(parts: &[ReadPart], pool: &BufPool) -> Result<Bytes, StorageError> {
     // A read is at most a piece (u32 lengths): it fits in usize.
     let total = parts.iter().map(|p| p.length).sum::<u64>() as usize;
-    let mut buf: Vec<u8> = Vec::with_capacity(total);
+    let mut buf = pool.take(total);
     let spare = &mut buf.spare_capacity_mut()[..total];
     let mut at = 0usize;
     for p in parts {
@@ -88,7 +91,7 @@ pub(crate) fn read_parts(parts: &[ReadPart]) -> Result<Bytes, StorageError> {
     // SAFETY: the loop above initialised all `total` bytes (the parts'
     // lengths sum to `total`; a failed read returned early).
     unsafe { buf.set_len(total) };
-    Ok(Bytes::from(buf))
+    Ok(buf.freeze())
 }
 
 /// Counters of a reader pool.
@@ -105,6 +108,7 @@ pub struct ReaderCounters {
 pub(crate) struct ReaderShared {
     pub queue: WorkQueue<ReadItem>,
     pub counters: ReaderCounters,
+    pub pool: BufPool,
 }
 
 /// One device's reader threads.
@@ -114,11 +118,17 @@ pub(crate) struct ReaderPool {
 }
 
 impl ReaderPool {
-    pub fn start(device: u64, threads: usize, capacity: usize) -> std::io::Result<ReaderPool> {
+    pub fn start(
+        device: u64,
+        threads: usize,
+        capacity: usize,
+        buffers: BufPool,
+    ) -> std::io::Result<ReaderPool> {
         let threads_n = threads.max(1);
         let shared = Arc::new(ReaderShared {
             queue: WorkQueue::new(capacity, threads_n),
             counters: ReaderCounters::default(),
+            pool: buffers,
         });
         let mut pool = ReaderPool {
             shared: shared.clone(),
@@ -151,7 +161,7 @@ impl Drop for ReaderPool {
 fn reader_loop(s: &ReaderShared, idx: usize) {
     s.queue.register(idx);
     while let Some(item) = s.queue.pop_or_park(idx) {
-        let result = read_parts(&item.parts);
+        let result = read_parts(&item.parts, &s.pool);
         match &result {
             Ok(b) => {
                 s.counters.reads.fetch_add(1, Ordering::Relaxed);

@@ -262,6 +262,99 @@ fn reader_pool_serves_blocks() {
     }
 }
 
+/// Reads one piece through the reader threads, waiting for it.
+fn read_piece(st: &Storage, piece: u32, length: u32) -> Bytes {
+    let (tx, rx) = sync_channel(1);
+    st.read(ReadJob {
+        piece,
+        begin: 0,
+        length,
+        reply: Box::new(move |d| tx.send(d).unwrap()),
+    })
+    .unwrap();
+    rx.recv().unwrap().result.unwrap()
+}
+
+/// A piece read for upload goes into a buffer that came back from an
+/// earlier read once all of its slices were dropped, and every byte of it
+/// is the new piece's: padding is zeroed over the old data, a short piece
+/// shows nothing past its end. A live slice keeps its buffer out of the
+/// pool; a pool of 0 bytes reuses nothing.
+#[test]
+fn read_buffers_are_reused_and_never_show_an_earlier_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let pl = 65_536usize;
+    let mut pad = FileSpec::new([".pad", "65536"], pl as u64);
+    pad.padding = true;
+    let files = vec![
+        FileSpec::new(["t", "a.bin"], pl as u64),
+        pad,
+        FileSpec::new(["t", "b.bin"], pl as u64 + 40_000),
+    ];
+    let mut all = data(4 * pl, 11);
+    all[pl..2 * pl].fill(0);
+    all.truncate(3 * pl + 40_000);
+    let all = Bytes::from(all);
+    let io = io_with(WriterConfig::default());
+    let st = Storage::open_files(
+        &io,
+        dir.path(),
+        files.clone(),
+        pl as u32,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+    for p in 0..layout.piece_count() {
+        st.write_blocking(verified(&layout, &all, p)).unwrap();
+    }
+    st.sync_blocking().unwrap();
+    let start = io.read_pool_stats();
+    let piece = |p: usize| &all[p * pl..((p + 1) * pl).min(all.len())];
+
+    let first = read_piece(&st, 0, pl as u32);
+    assert_eq!(&first[..], piece(0));
+    let block = first.slice(16_384..32_768);
+    drop(first);
+    // The block still pins the buffer: the next read allocates.
+    let second = read_piece(&st, 2, pl as u32);
+    assert_eq!(&second[..], piece(2));
+    drop(second);
+    drop(block);
+    let s = io.read_pool_stats();
+    assert_eq!((s.hits - start.hits, s.misses - start.misses), (0, 2));
+    assert_eq!(s.idle_bytes, 2 * pl as u64);
+    // Padding over a reused buffer reads as zeros; the short last piece
+    // reuses one too.
+    let padding = read_piece(&st, 1, pl as u32);
+    assert!(padding.iter().all(|&b| b == 0));
+    let last = read_piece(&st, 3, 40_000);
+    assert_eq!(&last[..], piece(3));
+    let s = io.read_pool_stats();
+    assert_eq!((s.hits - start.hits, s.misses - start.misses), (2, 2));
+    assert_eq!(s.idle_bytes, 0);
+    drop((padding, last));
+    assert_eq!(io.read_pool_stats().idle_bytes, 2 * pl as u64);
+
+    let off = DiskIo::new(DiskIoConfig {
+        read_pool_bytes: 0,
+        ..DiskIoConfig::default()
+    });
+    let st = Storage::open_files(
+        &off,
+        dir.path(),
+        files,
+        pl as u32,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    for p in [0, 0, 2] {
+        assert_eq!(&read_piece(&st, p, pl as u32)[..], piece(p as usize));
+    }
+    let s = off.read_pool_stats();
+    assert_eq!((s.hits, s.returned, s.idle_bytes), (0, 0, 0));
+}
+
 #[test]
 fn padding_only_pieces_need_no_disk() {
     let dir = tempfile::tempdir().unwrap();
