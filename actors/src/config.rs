@@ -113,11 +113,13 @@ pub struct ClientConfig {
     /// Consecutive request timeouts after which a peer is snubbed (one
     /// request at a time until it delivers again). Default 2.
     pub snub_after_timeouts: u32,
-    /// Socket receive buffer (SO_RCVBUF); `None` leaves the OS default
-    /// (Linux autotuning). Default `None`.
+    /// Socket receive buffer (SO_RCVBUF) of dialled and accepted
+    /// connections; `None` leaves the OS default (Linux autotuning).
+    /// Default `None`.
     #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub socket_recv_buffer: Option<usize>,
-    /// Socket send buffer (SO_SNDBUF); `None` leaves the OS default.
+    /// Socket send buffer (SO_SNDBUF) of dialled and accepted
+    /// connections; `None` leaves the OS default.
     #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub socket_send_buffer: Option<usize>,
     /// Bytes reserved for each socket read. Default 256 KiB: sixteen blocks,

@@ -532,8 +532,15 @@ pub async fn tcp_connect(
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-    let sock = socket2::SockRef::from(&stream);
-    // Failing to tune a socket is not worth losing the peer over.
+    tune(&stream, config);
+    Ok(stream)
+}
+
+/// TCP_NODELAY and the configured socket buffers, on a dialled or an
+/// accepted connection alike. Failing to tune a socket is not worth losing
+/// the peer over.
+fn tune(stream: &TcpStream, config: &ClientConfig) {
+    let sock = socket2::SockRef::from(stream);
     let _ = sock.set_nodelay(true);
     if let Some(n) = config.socket_recv_buffer {
         let _ = sock.set_recv_buffer_size(n);
@@ -541,7 +548,6 @@ pub async fn tcp_connect(
     if let Some(n) = config.socket_send_buffer {
         let _ = sock.set_send_buffer_size(n);
     }
-    Ok(stream)
 }
 
 /// A dialled connection, ready for the BitTorrent handshake.
@@ -742,7 +748,7 @@ pub async fn accept(
         .unwrap_or_else(|_| Err(("handshake timed out".into(), None)));
     match outcome {
         Ok(a) => {
-            let _ = socket2::SockRef::from(a.stream.get_ref()).set_nodelay(true);
+            tune(a.stream.get_ref(), config);
             Some(a)
         }
         Err((reason, err)) => {
