@@ -356,6 +356,73 @@ fn memory_stays_bounded_under_floods() {
     seed.stop(STEP);
 }
 
+/// A leecher that asks for tiny blocks, each of another piece, and never
+/// reads: every block queued for its socket is a slice of a whole piece
+/// read for it, and keeps that piece's buffer alive after the read-ahead
+/// cache has moved on. 2500 blocks of 256 bytes are 0.7 MiB of output,
+/// under `max_send_queue`; past the first few hundred (what the socket
+/// buffers take, kept small here) each pins a 256 KiB piece: 400-500 MiB
+/// if only the cache counted in the budget. The pinned pieces hold their
+/// budget until the last block is dropped, so the seed's memory stays
+/// within the 32 MiB budget set here (once it is full, the seed reads just
+/// the blocks asked for); then the leecher reads, and every block is right.
+#[test]
+fn tiny_blocks_of_many_pieces_pin_no_more_than_the_budget() {
+    const BOUND: u64 = 160 << 20;
+    const PIECE: u32 = 256 * 1024;
+    const BLOCKS: usize = 2500;
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTorrent::multi(dir.path(), "pin", PIECE, &[("image.bin", 16 << 20)], 7);
+    // A small fixed send buffer (ours stays small while we do not read), so
+    // the blocks wait in the seed's queue rather than in the kernel's.
+    let config = dir.path().join("pin.toml");
+    std::fs::write(
+        &config,
+        "socket_send_buffer = 16384\n[budget]\ncapacity = 33554432\n",
+    )
+    .unwrap();
+    let (mut seed, port) = start_seed(dir.path(), &t, &["--config", config.to_str().unwrap()]);
+    let mut l = unchoked(&seed, port, &t);
+    let pieces = (16 << 20) / PIECE;
+    let wanted: Vec<BlockRef> = (0..BLOCKS as u32)
+        .map(|i| BlockRef {
+            index: i % pieces,
+            begin: (i / pieces) * 256,
+            length: 256,
+        })
+        .collect();
+    // In batches well under the 500 requests the seed lets a peer queue,
+    // paced so that its reads keep up.
+    for batch in wanted.chunks(100) {
+        let reqs: Vec<Message> = batch.iter().map(|b| Message::Request(*b)).collect();
+        l.send(&reqs)
+            .unwrap_or_else(|e| seed.fail(&format!("sending requests: {e:?}")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let peak = seed.vm_hwm();
+    eprintln!(
+        "seed VmHWM {} MiB with {BLOCKS} tiny blocks unread",
+        peak >> 20
+    );
+    assert!(peak > 0, "no VmHWM read for pid {}", seed.pid());
+    assert!(
+        peak < BOUND,
+        "seed peak RSS {} MiB exceeds {} MiB",
+        peak >> 20,
+        BOUND >> 20
+    );
+    l.wait_for(FETCH, "the tiny blocks", |p| p.good_blocks >= BLOCKS)
+        .unwrap_or_else(|e| {
+            seed.fail(&format!(
+                "tiny blocks not served: {e:?}; the seed's log of it:\n{}",
+                seed.log_about(l.local_port())
+            ))
+        });
+    assert_still_serves(&mut seed, port, &t, &t.blocks());
+    seed.stop(STEP);
+}
+
 /// Raw-disk mode: the payload's "files" are byte ranges of one image file
 /// (EZIO's hex-offset names), and `--raw-target` seeds from that image.
 #[test]

@@ -44,8 +44,10 @@
 //! it stays within capacity) and pauses the budget for the next ones; one
 //! that would exceed the capacity fails without changing anything.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 /// Sizes of the buffer budget. These become named config values.
@@ -479,6 +481,42 @@ impl BufferBudget {
     }
 }
 
+/// Data that holds `bytes` of a [`BufferBudget`] until the last slice of
+/// it is dropped, not until whoever reserved them lets go of it: a block
+/// sliced from a piece read for upload keeps the whole piece buffer alive
+/// while it waits in a send queue, so a peer that asks for tiny blocks of
+/// many pieces and never reads would otherwise pin piece after piece the
+/// budget no longer counts.
+pub fn held(budget: &Arc<BufferBudget>, data: Bytes, bytes: u64) -> Bytes {
+    if bytes == 0 {
+        return data;
+    }
+    Bytes::from_owner(Held {
+        data,
+        budget: budget.clone(),
+        bytes,
+    })
+}
+
+/// The owner behind [`held`]'s bytes.
+struct Held {
+    data: Bytes,
+    budget: Arc<BufferBudget>,
+    bytes: u64,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +528,23 @@ mod tests {
             low_watermark_percent: 70,
             backlog: 0,
         }
+    }
+
+    #[test]
+    fn held_bytes_give_the_budget_back_with_their_last_slice() {
+        let b = Arc::new(BufferBudget::new(small()).unwrap());
+        assert!(b.try_reserve(600));
+        let data = held(&b, Bytes::from(vec![5u8; 600]), 600);
+        let block = data.slice(100..116);
+        drop(data);
+        assert_eq!(b.in_use(), 600, "a live slice still holds it");
+        assert_eq!(&block[..], &[5u8; 16]);
+        drop(block);
+        assert_eq!(b.in_use(), 0);
+        // Nothing reserved, nothing given back.
+        assert!(b.try_reserve(10));
+        drop(held(&b, Bytes::from_static(b"abc"), 0));
+        assert_eq!(b.in_use(), 10);
     }
 
     #[test]

@@ -525,12 +525,13 @@ where
         conn.up.status_interested = !conn.up.peer_interested;
         let _ = conn.report(false).await;
     }
-    // Requests that will never be answered now give their budget back, and
-    // so does the read-ahead cache.
+    // Requests that will never be answered now give their budget back; the
+    // read-ahead cache and the queued blocks give theirs back when they are
+    // dropped (`budget::held`).
     let left = conn.session.drain();
     conn.release_blocks(&left);
-    let cached: u64 = conn.up.cache.drain(..).map(|c| c.2.len() as u64).sum();
-    conn.release(cached);
+    conn.up.cache.clear();
+    conn.frames.clear();
     // Reads still in flight hold budget until they land; wait for them.
     while !conn.up.reading.is_empty() {
         let Some(d) = reads_rx.recv().await else {

@@ -31,7 +31,8 @@ pub(super) struct Upload {
     /// [`crate::metrics::SERVE_TURNAROUND_US`] every tick.
     pub(super) turnaround: LocalHistogram,
     /// Recently read ranges `(piece, begin, data)`: read-ahead of whole
-    /// pieces, each holding its bytes of the buffer budget.
+    /// pieces, each holding its bytes of the buffer budget until the last
+    /// slice of it (a cached entry, a queued block) is dropped.
     pub(super) cache: VecDeque<(u32, u32, Bytes)>,
     /// Reads in flight `(piece, begin, length)`; with the cache, at most
     /// `read_cache_pieces` in all.
@@ -200,10 +201,10 @@ impl Conn<'_> {
                     }
                 }
                 match victim {
+                    // Its budget comes back with the last of its blocks
+                    // still queued for the socket (`budget::held`).
                     Some((i, need)) if need > next_at => {
-                        if let Some((_, _, d)) = self.up.cache.remove(i) {
-                            self.release(d.len() as u64);
-                        }
+                        self.up.cache.remove(i);
                     }
                     _ => return,
                 }
@@ -265,6 +266,7 @@ impl Conn<'_> {
         }
         match done.result {
             Ok(data) => {
+                let data = crate::budget::held(&self.ctx.budget, data, reserved);
                 self.up.cache.push_back((done.piece, done.begin, data));
                 Ok(())
             }
