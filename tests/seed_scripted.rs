@@ -397,7 +397,7 @@ fn tiny_blocks_of_many_pieces_pin_no_more_than_the_budget() {
         let reqs: Vec<Message> = batch.iter().map(|b| Message::Request(*b)).collect();
         l.send(&reqs)
             .unwrap_or_else(|e| seed.fail(&format!("sending requests: {e:?}")));
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
     let peak = seed.vm_hwm();
