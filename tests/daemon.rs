@@ -988,18 +988,7 @@ impl Daemon {
 
 /// `actorrent download` of `t` from the daemon's listener into `out`.
 fn leecher(t: &TestTorrent, out: &Path, daemon: &Daemon) -> Actorrent {
-    let peer = daemon.peers.to_string();
-    let args: Vec<&std::ffi::OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--peer".as_ref(),
-        peer.as_ref(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ];
-    Actorrent::spawn("leecher", &args)
+    Actorrent::download("leecher", &t.path, out, &[daemon.peers], &[])
 }
 
 const SEED_FIELDS: [&str; 6] = [

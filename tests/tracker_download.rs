@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::ffi::OsStr;
 use std::time::Duration;
 
 use support::lt::LtPeer;
@@ -42,15 +41,7 @@ fn download_through(tracker_url: impl Fn(&Tracker) -> String, name: &str) {
     );
 
     let out = dir.path().join("out");
-    let args: Vec<&OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ];
-    let mut dl = Actorrent::spawn("download via tracker", &args);
+    let mut dl = Actorrent::download("download via tracker", &t.path, &out, &[], &[]);
     let status = dl.wait_exit(Duration::from_secs(120));
     if !status.success() {
         dl.fail(&format!("exited with {status}"));
