@@ -10,7 +10,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::process::Actorrent;
+use support::process::{Actorrent, strip_ansi};
 use support::torrent::TestTorrent;
 
 const START: Duration = Duration::from_secs(120);
@@ -33,20 +33,6 @@ fn logged_number(log: &str, marker: &str, key: &str) -> Option<u64> {
         .collect::<String>()
         .parse()
         .ok()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }
 
 #[test]

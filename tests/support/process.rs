@@ -372,7 +372,7 @@ impl Drop for Actorrent {
 }
 
 /// `s` without ANSI colour sequences (tracing colours its output).
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
