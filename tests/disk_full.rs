@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 use support::client::Client;
+use support::process::strip_ansi;
 use support::scripted::{Script, Seed};
 use support::torrent::TestTorrent;
 
@@ -71,25 +72,6 @@ fn mount_ext2(image: &Path, dir: &Path, kib: u64) -> Result<Mount, String> {
     Ok(Mount {
         dir: dir.to_path_buf(),
     })
-}
-
-/// The log without its colours.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: up to the final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Pieces whose bytes on disk hash right.
@@ -172,7 +154,7 @@ fn a_full_disk_stops_the_torrent_and_keeps_every_verified_piece() {
         "the restart fetched a verified piece again: {done}"
     );
     assert!(
-        plain(&second.stderr).contains(&format!("checked have={held} ")),
+        strip_ansi(&second.stderr).contains(&format!("checked have={held} ")),
         "the restart did not start from the {held} recorded pieces\n{}",
         support::client::tail(&second.stderr, 200)
     );
