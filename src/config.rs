@@ -316,7 +316,7 @@ preallocation = \"fast\"
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("disk.preallocation") && e.contains("auto") && e.contains("sparse"),
+            e.contains("disk.preallocation") && e.contains("full") && e.contains("sparse"),
             "{e}"
         );
     }

@@ -8,9 +8,9 @@
 //! The file system is a real one that fills: a small ext2 image on a loop
 //! device (ext2 has no fallocate, so the preallocation falls back to sparse
 //! files and the disk fills while pieces arrive, as on any file system
-//! without it), and a small tmpfs (where `disk.preallocation = "auto"`
-//! leaves the files sparse). Mounting needs root (and `mkfs.ext2` and a
-//! loop device for ext2); without them the test says why and passes.
+//! without it), and a small tmpfs with `disk.preallocation = "sparse"`.
+//! Mounting needs root (and `mkfs.ext2` and a loop device for ext2);
+//! without them the test says why and passes.
 
 mod support;
 
@@ -132,12 +132,12 @@ fn a_full_disk_stops_the_torrent_and_keeps_every_verified_piece() {
             return;
         }
     };
-    fill_then_free(dir.path(), &mnt);
+    fill_then_free(dir.path(), &mnt, &[]);
     drop(mount);
 }
 
-/// The same on a tmpfs, where the default preallocation (`auto`) leaves
-/// the files sparse, so here too the disk fills while pieces arrive.
+/// The same on a tmpfs with sparse files (`disk.preallocation`), so here
+/// too the disk fills while pieces arrive.
 #[test]
 fn a_full_tmpfs_stops_the_torrent_and_keeps_every_verified_piece() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,21 +149,24 @@ fn a_full_tmpfs_stops_the_torrent_and_keeps_every_verified_piece() {
             return;
         }
     };
-    fill_then_free(dir.path(), &mnt);
+    let config = dir.path().join("sparse.toml");
+    std::fs::write(&config, "[disk]\npreallocation = \"sparse\"\n").unwrap();
+    fill_then_free(dir.path(), &mnt, &["--config", config.to_str().unwrap()]);
     drop(mount);
 }
 
 /// Fills most of the file system mounted at `mnt`, downloads into it until
 /// it is full, checks the stop and the resume data, frees the room and
-/// finishes the download from where it stopped. The torrent lives in `dir`.
-fn fill_then_free(dir: &Path, mnt: &Path) {
+/// finishes the download from where it stopped. The torrent lives in `dir`;
+/// `args` go to both downloads.
+fn fill_then_free(dir: &Path, mnt: &Path, args: &[&str]) {
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![1u8; 4 << 20]).unwrap();
 
     let t = TestTorrent::single(dir, "image.bin", PIECE, PIECE as usize * PIECES, 14);
     let seed = Seed::start(&t, Script::new());
     let out = mnt.join("out");
-    let first = Client::download(&t.path, &out, &[seed.addr()], &[]).wait(STEP);
+    let first = Client::download(&t.path, &out, &[seed.addr()], args).wait(STEP);
     assert!(
         !first.status.success(),
         "the download succeeded on a full disk\n{}",
@@ -200,7 +203,7 @@ fn fill_then_free(dir: &Path, mnt: &Path) {
 
     // Room again: the restart trusts the resume data and fetches the rest.
     std::fs::remove_file(&filler).unwrap();
-    let second = Client::download(&t.path, &out, &[seed.addr()], &[]).wait(STEP);
+    let second = Client::download(&t.path, &out, &[seed.addr()], args).wait(STEP);
     second.assert_success();
     let done = second.final_stats();
     let missing = (PIECES - held) as u64 * u64::from(PIECE);

@@ -230,7 +230,7 @@ fn default_config_round_trips_through_a_file_and_bad_keys_are_named() {
     let (st, _, err) = run(&["--config", f, "config", "--print"], &[]);
     assert_eq!(st.code(), Some(2));
     assert!(
-        err.contains("disk.preallocation") && err.contains("`auto`"),
+        err.contains("disk.preallocation") && err.contains("`sparse`"),
         "{err}"
     );
     let env = [("ACTORRENT_BUDGET_CAPACITY", "-1")];

@@ -25,45 +25,15 @@ use crate::layout::check_component;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preallocation {
-    /// `Full` on file systems with blocks to lay out, `Sparse` on tmpfs and
-    /// ramfs: there `fallocate` keeps nothing contiguous, it only allocates
-    /// and zero-fills memory pages that the writes then overwrite (0.1-0.3
-    /// CPU s per GiB downloaded, docs/benchmarks.md), and pins the whole
-    /// size in memory before the first byte arrives.
-    #[default]
-    Auto,
     /// Reserve the blocks with `fallocate` (falls back to sparse where the
     /// file system does not support it). A full disk is found at open time.
+    /// Also on tmpfs: there sparse files save no CPU, the page allocation
+    /// only moves from `fallocate` into the writes (docs/benchmarks.md).
+    #[default]
     Full,
     /// Only set the size; blocks are allocated as data arrives, and a full
     /// disk is found by the write that hits it.
     Sparse,
-}
-
-/// ramfs's `statfs` type (linux/magic.h; the libc crate lacks it).
-const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
-
-impl Preallocation {
-    /// What `Auto` means for `file`: `Sparse` on a memory file system,
-    /// else `Full` (also when `fstatfs` fails: the old default).
-    fn resolve(self, file: &File) -> Preallocation {
-        if self != Preallocation::Auto {
-            return self;
-        }
-        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-        // SAFETY: fstatfs fills `st` on success; it is read only then.
-        let r = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
-        if r != 0 {
-            return Preallocation::Full;
-        }
-        // SAFETY: initialised by the successful call above.
-        let kind = unsafe { st.assume_init() }.f_type;
-        if kind == libc::TMPFS_MAGIC || kind == RAMFS_MAGIC {
-            Preallocation::Sparse
-        } else {
-            Preallocation::Full
-        }
-    }
 }
 
 /// An opened target: a file of the torrent, or the raw device/image.
@@ -640,7 +610,7 @@ pub(crate) fn preallocate(
         // the resume data would then distrust every piece of it.
         return Ok(());
     }
-    if mode.resolve(file) == Preallocation::Full {
+    if mode == Preallocation::Full {
         // SAFETY: plain fallocate on an fd we own.
         let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as i64, len as i64) };
         if r == 0 {

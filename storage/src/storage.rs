@@ -63,12 +63,11 @@ pub struct DiskIoConfig {
     /// naming the target, where the file system refuses O_DIRECT.
     pub direct_io: bool,
     /// How new files (and the extents of a new image file) are sized:
-    /// `"auto"` (the default) reserves their blocks with `fallocate`, so a
-    /// full disk is found when the torrent opens and the files are laid out
-    /// contiguously, except on tmpfs and ramfs, where that only zero-fills
-    /// memory the writes overwrite and files are left sparse; `"full"`
-    /// always reserves; `"sparse"` never does (a full disk is then found
-    /// by the write that hits it: the torrent stops with "disk full").
+    /// `"full"` (the default) reserves their blocks with `fallocate`, so a
+    /// full disk is found when the torrent opens and the files are laid
+    /// out contiguously; `"sparse"` only sets their size (a full disk is
+    /// then found by the write that hits it: the torrent stops with "disk
+    /// full").
     pub preallocation: Preallocation,
 }
 
@@ -80,7 +79,7 @@ impl Default for DiskIoConfig {
             reader_queue_capacity: 64,
             max_open_files: 512,
             direct_io: false,
-            preallocation: Preallocation::Auto,
+            preallocation: Preallocation::Full,
         }
     }
 }

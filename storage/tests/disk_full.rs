@@ -64,9 +64,8 @@ fn disk_full_is_reported_earlier_data_intact_and_not_claimed() {
     let resume_path: PathBuf = state.path().join("t.resume");
     let info_hash = [0xAB; 20];
 
-    // 2 MiB torrent on a 1 MiB file system. The default preallocation
-    // (`Auto`) leaves files on a tmpfs sparse, so the writes (not the
-    // preallocation) hit the wall.
+    // 2 MiB torrent on a 1 MiB file system, sparse so that the writes (not
+    // the preallocation) hit the wall.
     let piece = 64 * 1024u32;
     let files = vec![
         FileSpec::new(["t", "first"], 700_000),
@@ -74,8 +73,10 @@ fn disk_full_is_reported_earlier_data_intact_and_not_claimed() {
     ];
     let all = Bytes::from(data(2 * 1024 * 1024, 21));
     let io = DiskIo::new(DiskIoConfig::default());
-    let cfg = StorageConfig::default();
-    assert_eq!(cfg.preallocation, Preallocation::Auto);
+    let cfg = StorageConfig {
+        preallocation: Preallocation::Sparse,
+        ..StorageConfig::default()
+    };
     let st = Storage::open_files(&io, fs.path(), files, piece, &cfg).unwrap();
     let layout = st.layout().clone();
     let now = Instant::now();
@@ -142,10 +143,7 @@ fn disk_full_is_reported_earlier_data_intact_and_not_claimed() {
         fs.path(),
         vec![FileSpec::new(["big"], 4 << 20)],
         piece,
-        &StorageConfig {
-            preallocation: Preallocation::Full,
-            ..StorageConfig::default()
-        },
+        &StorageConfig::default(),
     );
     assert!(
         matches!(r, Err(StorageError::DiskFull { .. })),

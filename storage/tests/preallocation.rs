@@ -1,7 +1,6 @@
-//! `disk.preallocation`: `Auto` reserves a new file's blocks on a file
-//! system with blocks to lay out, leaves it sparse on tmpfs (where
-//! `fallocate` only zero-fills memory pages the writes overwrite), and
-//! either way the pieces written land intact.
+//! `disk.preallocation`: `Full` (the default) reserves a new file's
+//! blocks, `Sparse` only sizes it, on the disk and on tmpfs; either way the
+//! pieces written land intact.
 
 mod common;
 
@@ -69,40 +68,37 @@ fn write_all_and_check(st: &Storage, root: &Path) {
     assert!(on_disk == all[..], "the file holds the pieces written");
 }
 
-#[test]
-fn auto_is_sparse_on_tmpfs_and_writes_land() {
-    let shm = Path::new("/dev/shm");
-    if !shm.is_dir() || !memory_fs(shm).0 {
-        eprintln!("SKIP auto_is_sparse_on_tmpfs: /dev/shm is not a tmpfs here");
-        return;
-    }
+/// Both modes below `base`: what each reserves, and that the writes land.
+fn full_reserves_sparse_does_not(base: &Path) {
+    assert_eq!(StorageConfig::default().preallocation, Preallocation::Full);
     let io = DiskIo::new(DiskIoConfig::default());
-    let full = tempfile::tempdir_in(shm).unwrap();
-    let (_, reserved) = open(&io, full.path(), Preallocation::Full);
-    assert!(reserved >= LEN, "full reserves on tmpfs too: {reserved}");
-    let auto = tempfile::tempdir_in(shm).unwrap();
-    let (st, reserved) = open(&io, auto.path(), Preallocation::Auto);
-    assert_eq!(reserved, 0, "auto leaves a tmpfs file sparse");
-    write_all_and_check(&st, auto.path());
+    let full = tempfile::tempdir_in(base).unwrap();
+    let (st, reserved) = open(&io, full.path(), Preallocation::Full);
+    assert!(reserved >= LEN, "full reserves: {reserved}");
+    write_all_and_check(&st, full.path());
+    let sparse = tempfile::tempdir_in(base).unwrap();
+    let (st, reserved) = open(&io, sparse.path(), Preallocation::Sparse);
+    assert_eq!(reserved, 0, "sparse reserves nothing");
+    write_all_and_check(&st, sparse.path());
 }
 
 #[test]
-fn auto_reserves_on_a_disk_file_system() {
+fn on_tmpfs() {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() || !memory_fs(shm).0 {
+        eprintln!("SKIP preallocation on_tmpfs: /dev/shm is not a tmpfs here");
+        return;
+    }
+    full_reserves_sparse_does_not(shm);
+}
+
+#[test]
+fn on_a_disk_file_system() {
     // The build's own scratch space: on the machine's disk, normally.
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     if memory_fs(base).1 {
-        eprintln!("SKIP auto_reserves_on_a_disk_file_system: the target dir is in memory");
+        eprintln!("SKIP preallocation on_a_disk_file_system: the target dir is in memory");
         return;
     }
-    let io = DiskIo::new(DiskIoConfig::default());
-    let sparse = tempfile::tempdir_in(base).unwrap();
-    let (_, reserved) = open(&io, sparse.path(), Preallocation::Sparse);
-    assert_eq!(reserved, 0, "sparse reserves nothing");
-    let full = tempfile::tempdir_in(base).unwrap();
-    let (_, full_reserved) = open(&io, full.path(), Preallocation::Full);
-    let auto = tempfile::tempdir_in(base).unwrap();
-    let (st, auto_reserved) = open(&io, auto.path(), Preallocation::Auto);
-    // Where the file system has no fallocate both fall back to sparse.
-    assert_eq!(auto_reserved, full_reserved, "auto is full on a disk");
-    write_all_and_check(&st, auto.path());
+    full_reserves_sparse_does_not(base);
 }
