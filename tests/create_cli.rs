@@ -8,6 +8,8 @@
 //! These tests need the tools that `scripts/test.sh` installs; a missing tool
 //! is a test failure, not a skip.
 
+mod support;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use bytes::Bytes;
 use protocol::metainfo::Metainfo;
 use serde_json::Value;
 use storage::{DiskIo, DiskIoConfig, Storage, StorageConfig, VerifiedPiece};
+use support::payload::payload;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -230,19 +233,6 @@ fn assert_tools_agree(torrent: &Path) -> Value {
     ours_sorted.sort();
     assert_eq!(ours_sorted, files, "transmission-show file list");
     v
-}
-
-/// Deterministic pseudo-random bytes so pieces differ from each other.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn flip_byte(path: &Path, at: u64) {

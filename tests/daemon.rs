@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::process::Actorrent;
@@ -988,18 +988,7 @@ impl Daemon {
 
 /// `actorrent download` of `t` from the daemon's listener into `out`.
 fn leecher(t: &TestTorrent, out: &Path, daemon: &Daemon) -> Actorrent {
-    let peer = daemon.peers.to_string();
-    let args: Vec<&std::ffi::OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--peer".as_ref(),
-        peer.as_ref(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ];
-    Actorrent::spawn("leecher", &args)
+    Actorrent::download("leecher", &t.path, out, &[daemon.peers], &[])
 }
 
 const SEED_FIELDS: [&str; 6] = [
@@ -1134,7 +1123,7 @@ fn session_set_applies_live_persists_and_sighup_reloads() {
     let s = d.session();
     assert_eq!(s["speed-limit-up"], 10, "{s}");
     assert_eq!(s["speed-limit-up-enabled"], true, "{s}");
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mut leech = leecher(&t, &out, &d);
     std::thread::sleep(Duration::from_secs(5));
     let v = d.torrents(&["uploadedEver"]);
@@ -1272,15 +1261,29 @@ fn torrent_get_lists_the_connected_peers() {
     let mut leech = leecher(&t, &out, &d);
     let fields = ["peers", "peersConnected"];
     let mut v = Value::Null;
+    // When the peer was first and last listed (and how), for the failure
+    // message: a peer listed with `rateToPeer` 0 is not a peer never seen.
+    let start = Instant::now();
+    let mut listed: Option<(Duration, Duration, Value)> = None;
     let serving = wait_until(WAIT, || {
         let r = d.call("torrent-get", json!({ "ids": [1], "fields": fields }));
         v = r["arguments"]["torrents"][0].clone();
+        if v["peers"][0].is_object() {
+            let now = start.elapsed();
+            let first = listed.as_ref().map_or(now, |l| l.0);
+            listed = Some((first, now, v["peers"][0].clone()));
+        }
         v["peers"][0]["rateToPeer"].as_u64().is_some_and(|r| r > 0)
     });
     if !serving {
+        let seen = match &listed {
+            Some((first, last, p)) => format!("listed from {first:?} to {last:?}, last as {p}"),
+            None => "never listed".into(),
+        };
         // The leecher's side says why it is not there (its log).
         leech.fail(&format!(
-            "the daemon lists no peer it serves; last: {v}\ndaemon log:\n{}",
+            "the daemon never showed a rate to the peer it serves (peer {seen}); \
+             last: {v}\ndaemon log:\n{}",
             d.log()
         ));
     }

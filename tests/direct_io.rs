@@ -7,11 +7,14 @@
 //! tail cannot go through O_DIRECT: it must land exactly, and the device's
 //! bytes after it must stay untouched.
 
+mod support;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::payload::payload;
 
 const MIB: u64 = 1 << 20;
 /// `O_DIRECT` as /proc/PID/fdinfo prints `flags` (octal, x86-64 value).
@@ -19,18 +22,6 @@ const O_DIRECT_FLAG: u64 = libc::O_DIRECT as u64;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 struct Reaped(Child);

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 use support::client::Client;
+use support::process::strip_ansi;
 use support::scripted::{Script, Seed};
 use support::torrent::TestTorrent;
 
@@ -72,25 +73,6 @@ fn mount_ext2(image: &Path, dir: &Path, kib: u64) -> Result<Mount, String> {
     Ok(Mount {
         dir: dir.to_path_buf(),
     })
-}
-
-/// The log without its colours.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: up to the final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Pieces whose bytes on disk hash right.
@@ -212,7 +194,7 @@ fn fill_then_free(dir: &Path, mnt: &Path, args: &[&str]) {
         "the restart fetched a verified piece again: {done}"
     );
     assert!(
-        plain(&second.stderr).contains(&format!("checked have={held} ")),
+        strip_ansi(&second.stderr).contains(&format!("checked have={held} ")),
         "the restart did not start from the {held} recorded pieces\n{}",
         support::client::tail(&second.stderr, 200)
     );

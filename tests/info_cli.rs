@@ -5,10 +5,13 @@
 //! These tests need the tools that `scripts/test.sh` installs; a missing tool
 //! is a test failure, not a skip.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::payload::payload;
 
 fn actorrent(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_actorrent"))
@@ -38,19 +41,6 @@ fn run_tool(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Deterministic pseudo-random payload so pieces differ from each other.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A multi-file tree: a file spanning pieces, an empty file, a nested one.

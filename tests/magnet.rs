@@ -22,7 +22,7 @@ use protocol::wire::{self, Decoded, ExtendedHandshake, Handshake, Message};
 use support::lt::LtPeer;
 use support::process::Actorrent;
 use support::torrent::TestTorrent;
-use support::tracker::Tracker;
+use support::tracker::{Tracker, seeds_known};
 
 /// Bound on the seed checking its data and binding its listener.
 const START: Duration = Duration::from_secs(60);
@@ -80,12 +80,7 @@ fn libtorrent_fetches_the_metadata_from_actorrent_seed() {
     let mut lt = LtPeer::spawn_magnet(&magnet, &out, &extra);
     lt.expect_line("METADATA", DOWNLOAD);
     lt.expect_line("DONE ", DOWNLOAD);
-    let status = lt.wait(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "libtorrent exited with {status:?}:\n{}",
-        lt.stderr_text()
-    );
+    lt.wait_success(Duration::from_secs(30));
     t.assert_downloaded(&out);
     let got = protocol::metainfo::Metainfo::from_bytes(&std::fs::read(&saved).unwrap()).unwrap();
     assert_eq!(got.info_hash.0, t.info_hash);
@@ -459,28 +454,6 @@ fn a_magnet_with_only_a_tracker_completes() {
     let magnet = format!("magnet:?xt=urn:btih:{}&tr={enc}", hex(&t.info_hash));
     magnet_download(&t, dir.path(), &magnet, &[]);
     seed.finish(Duration::from_secs(30));
-}
-
-/// Seeds opentracker knows for `info_hash`, from its HTTP scrape.
-fn seeds_known(tracker: &Tracker, info_hash: &[u8; 20]) -> u64 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", tracker.port)) else {
-        return 0;
-    };
-    let ih: String = info_hash.iter().map(|b| format!("%{b:02X}")).collect();
-    let req = format!("GET /scrape?info_hash={ih} HTTP/1.0\r\n\r\n");
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(req.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut body = Vec::new();
-    let _ = s.read_to_end(&mut body);
-    let Some(start) = body.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return 0;
-    };
-    protocol::tracker::parse_scrape_response(&body[start + 4..])
-        .ok()
-        .and_then(|r| r.files.into_iter().find(|(h, _)| h == info_hash))
-        .map_or(0, |(_, f)| u64::from(f.complete))
 }
 
 /// The pids whose parent is `parent` (from /proc).

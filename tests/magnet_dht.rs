@@ -158,12 +158,7 @@ fn libtorrent_finds_actorrent_seed_through_the_dht() {
     let mut lt = LtPeer::spawn_magnet(&magnet, &out, &extra);
     lt.expect_line("METADATA", DOWNLOAD);
     lt.expect_line("DONE ", DOWNLOAD);
-    let status = lt.wait(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "libtorrent exited with {status:?}:\n{}",
-        lt.stderr_text()
-    );
+    lt.wait_success(Duration::from_secs(30));
     t.assert_downloaded(&out);
     let got = protocol::metainfo::Metainfo::from_bytes(&std::fs::read(&saved).unwrap()).unwrap();
     assert_eq!(got.info_hash.0, t.info_hash);

@@ -7,30 +7,20 @@
 
 mod support;
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use support::process::Actorrent;
+use support::process::{Actorrent, strip_ansi};
 use support::torrent::TestTorrent;
 
 const START: Duration = Duration::from_secs(120);
 const DONE: Duration = Duration::from_secs(240);
 
 fn downloader(name: &str, t: &TestTorrent, out: &Path, seed_port: u16) -> Actorrent {
-    let peer = format!("127.0.0.1:{seed_port}");
-    let args: Vec<&OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--peer".as_ref(),
-        peer.as_ref(),
-    ];
+    let peer = ([127, 0, 0, 1], seed_port).into();
     // Saves every 16 pieces, so a kill finds many saved and some not.
-    Actorrent::spawn_env(name, &args, &[("ACTORRENT_RESUME_EVERY_PIECES", "16")])
+    let env = [("ACTORRENT_RESUME_EVERY_PIECES", "16")];
+    Actorrent::download_env(name, &t.path, out, &[peer], &[], &env)
 }
 
 /// `key=<number>` in the first line of `log` containing `marker`.
@@ -43,20 +33,6 @@ fn logged_number(log: &str, marker: &str, key: &str) -> Option<u64> {
         .collect::<String>()
         .parse()
         .ok()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }
 
 #[test]

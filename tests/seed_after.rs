@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -35,20 +34,14 @@ fn torrent(dir: &Path, name: &str, seed: u64) -> TestTorrent {
 /// `actorrent download <t> --output <out> --listen 127.0.0.1:0 --peer
 /// <from> --seed-after <extra>`.
 fn download(t: &TestTorrent, out: &Path, from: &Seed, extra: &[&str]) -> Actorrent {
-    let peer = from.addr().to_string();
-    let mut args: Vec<&OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--peer".as_ref(),
-        peer.as_ref(),
-        "--seed-after".as_ref(),
-    ];
-    args.extend(extra.iter().map(OsStr::new));
-    Actorrent::spawn("actorrent download --seed-after", &args)
+    let args = [&["--seed-after"], extra].concat();
+    Actorrent::download(
+        "actorrent download --seed-after",
+        &t.path,
+        out,
+        &[from.addr()],
+        &args,
+    )
 }
 
 fn addr(port: u16) -> std::net::SocketAddr {

@@ -56,12 +56,7 @@ fn leech_and_check(seed: &mut Actorrent, t: &TestTorrent, out: &Path, peer: Opti
         done.starts_with(&t.payload.len().to_string()),
         "libtorrent reports another size: {done}"
     );
-    let status = lt.wait(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "libtorrent exited with {status:?}:\n{}",
-        lt.stderr_text()
-    );
+    lt.wait_success(Duration::from_secs(30));
     t.assert_downloaded(out);
     let want = t.payload.len() as u64;
     let s = seed.wait_stats(
@@ -113,12 +108,7 @@ fn the_seed_dials_a_leecher_that_does_not() {
     let mut seed = Actorrent::seed("actorrent seed", &t.path, &data, &["--peer", &peer]);
     seed.listen_port(START);
     lt.expect_line("DONE ", DOWNLOAD + Duration::from_secs(30));
-    let status = lt.wait(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "libtorrent exited with {status:?}:\n{}",
-        lt.stderr_text()
-    );
+    lt.wait_success(Duration::from_secs(30));
     t.assert_downloaded(&out);
     seed.stop(Duration::from_secs(30));
 }

@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,22 +25,9 @@ const SWARM: Duration = Duration::from_secs(300);
 const SEED_UPLOAD_LIMIT: &str = "8388608";
 const LEECHERS: usize = 4;
 
-fn leecher(name: &str, t: &TestTorrent, out: &Path, peers: &[u16]) -> Actorrent {
-    let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut args: Vec<&OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--seed-after".as_ref(),
-    ];
-    for p in &peers {
-        args.push("--peer".as_ref());
-        args.push(p.as_ref());
-    }
-    Actorrent::spawn(name, &args)
+fn leecher(name: &str, t: &TestTorrent, out: &Path, ports: &[u16]) -> Actorrent {
+    let peers: Vec<SocketAddr> = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+    Actorrent::download(name, &t.path, out, &peers, &["--seed-after"])
 }
 
 /// Runs the swarm with the seed started with `seed_args`; returns the

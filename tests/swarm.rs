@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,22 +45,9 @@ fn torrent(dir: &Path, name: &str) -> TestTorrent {
 
 /// Starts a leecher downloading into `out`, listening on a free port and
 /// dialling `peers`.
-fn leecher(name: &str, t: &TestTorrent, out: &Path, peers: &[u16]) -> Actorrent {
-    let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut args: Vec<&OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--seed-after".as_ref(),
-    ];
-    for p in &peers {
-        args.push("--peer".as_ref());
-        args.push(p.as_ref());
-    }
-    Actorrent::spawn(name, &args)
+fn leecher(name: &str, t: &TestTorrent, out: &Path, ports: &[u16]) -> Actorrent {
+    let peers: Vec<SocketAddr> = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+    Actorrent::download(name, &t.path, out, &peers, &["--seed-after"])
 }
 
 /// Waits for every leecher to finish, checks the files and that leechers

@@ -8,13 +8,12 @@
 
 mod support;
 
-use std::ffi::OsStr;
 use std::time::Duration;
 
 use support::lt::LtPeer;
 use support::process::Actorrent;
 use support::torrent::TestTorrent;
-use support::tracker::Tracker;
+use support::tracker::{Tracker, seeds_known};
 
 fn download_through(tracker_url: impl Fn(&Tracker) -> String, name: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -42,15 +41,7 @@ fn download_through(tracker_url: impl Fn(&Tracker) -> String, name: &str) {
     );
 
     let out = dir.path().join("out");
-    let args: Vec<&OsStr> = vec![
-        "download".as_ref(),
-        t.path.as_os_str(),
-        "--output".as_ref(),
-        out.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ];
-    let mut dl = Actorrent::spawn("download via tracker", &args);
+    let mut dl = Actorrent::download("download via tracker", &t.path, &out, &[], &[]);
     let status = dl.wait_exit(Duration::from_secs(120));
     if !status.success() {
         dl.fail(&format!("exited with {status}"));
@@ -66,29 +57,6 @@ fn download_through(tracker_url: impl Fn(&Tracker) -> String, name: &str) {
     );
     assert_eq!(ours["announces_failed"], 0, "{ours}");
     seed.finish(Duration::from_secs(30));
-}
-
-/// Seeds opentracker knows for `info_hash`, from its HTTP scrape.
-fn seeds_known(tracker: &Tracker, info_hash: &[u8; 20]) -> u64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", tracker.port)) else {
-        return 0;
-    };
-    let ih: String = info_hash.iter().map(|b| format!("%{b:02X}")).collect();
-    let req = format!("GET /scrape?info_hash={ih} HTTP/1.0\r\n\r\n");
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(req.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let Some(start) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return 0;
-    };
-    protocol::tracker::parse_scrape_response(&resp[start + 4..])
-        .ok()
-        .and_then(|r| r.files.into_iter().next())
-        .map_or(0, |(_, f)| u64::from(f.complete))
 }
 
 #[test]

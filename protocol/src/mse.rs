@@ -20,7 +20,7 @@
 //! 5 A->B  ENCRYPT2(payload)
 //! ```
 //!
-//! `Y = 2^X mod P` with the 768-bit prime [`P`] and 160-bit private keys,
+//! `Y = 2^X mod P` with the 768-bit prime `P` ([`P_HEX`]) and 160-bit private keys,
 //! `S` the shared secret (96 bytes, big-endian), `SKEY` the torrent's
 //! info-hash, `HASH` SHA-1, `VC` eight zero bytes. `ENCRYPT` is RC4 keyed
 //! with `HASH('keyA', S, SKEY)` from A to B and `HASH('keyB', S, SKEY)` from

@@ -294,17 +294,17 @@ impl Handshake {
         }
     }
 
-    /// Whether the BEP 10 extension protocol bit (reserved[5] & 0x10) is set.
+    /// Whether the BEP 10 extension protocol bit (`reserved[5] & 0x10`) is set.
     pub fn supports_extended(&self) -> bool {
         self.reserved[5] & 0x10 != 0
     }
 
-    /// Whether the BEP 6 fast extension bit (reserved[7] & 0x04) is set.
+    /// Whether the BEP 6 fast extension bit (`reserved[7] & 0x04`) is set.
     pub fn supports_fast(&self) -> bool {
         self.reserved[7] & 0x04 != 0
     }
 
-    /// Whether the BEP 5 DHT bit (reserved[7] & 0x01) is set.
+    /// Whether the BEP 5 DHT bit (`reserved[7] & 0x01`) is set.
     pub fn supports_dht(&self) -> bool {
         self.reserved[7] & 0x01 != 0
     }

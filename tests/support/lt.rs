@@ -155,6 +155,17 @@ impl LtPeer {
         None
     }
 
+    /// [`LtPeer::wait`], then a panic with libtorrent's stderr unless it
+    /// exited with 0.
+    pub fn wait_success(&mut self, timeout: Duration) {
+        let status = self.wait(timeout);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "libtorrent exited with {status:?}:\n{}",
+            self.stderr_text()
+        );
+    }
+
     fn kill(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();

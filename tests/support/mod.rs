@@ -11,6 +11,7 @@ pub mod dht;
 pub mod leecher;
 pub mod lt;
 pub mod netns;
+pub mod payload;
 pub mod process;
 pub mod scripted;
 pub mod torrent;

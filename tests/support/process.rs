@@ -6,6 +6,7 @@
 //! assertion never leaks a client.
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -135,6 +136,44 @@ impl Actorrent {
         ];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
         Actorrent::spawn(name, &args)
+    }
+
+    /// `actorrent download <torrent> --output <out> --listen 127.0.0.1:0`,
+    /// a `--peer` for each of `peers`, then `<extra>...`.
+    pub fn download(
+        name: &str,
+        torrent: &Path,
+        out: &Path,
+        peers: &[SocketAddr],
+        extra: &[&str],
+    ) -> Actorrent {
+        Self::download_env(name, torrent, out, peers, extra, &[])
+    }
+
+    /// [`Actorrent::download`] with `env` added to its environment.
+    pub fn download_env(
+        name: &str,
+        torrent: &Path,
+        out: &Path,
+        peers: &[SocketAddr],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Actorrent {
+        let peers: Vec<String> = peers.iter().map(SocketAddr::to_string).collect();
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "download".as_ref(),
+            torrent.as_os_str(),
+            "--output".as_ref(),
+            out.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ];
+        for p in &peers {
+            args.push("--peer".as_ref());
+            args.push(p.as_ref());
+        }
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        Actorrent::spawn_env(name, &args, env)
     }
 
     /// The process id.
@@ -333,7 +372,7 @@ impl Drop for Actorrent {
 }
 
 /// `s` without ANSI colour sequences (tracing colours its output).
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
