@@ -307,6 +307,18 @@ strategy = \"random\"
         .unwrap_err()
         .to_string();
         assert!(e.contains("picker.strategy"), "{e}");
+        // A preallocation mode that is none: the key and the choices named.
+        let e = from_toml(
+            "[disk]
+preallocation = \"fast\"
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("disk.preallocation") && e.contains("full") && e.contains("sparse"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -327,16 +339,18 @@ strategy = \"random\"
                 ("ACTORRENT_PIPELINE_MAX_PIPELINE", "64"),
                 ("ACTORRENT_DISK_WRITER_BATCH_LIMIT", "8"),
                 ("ACTORRENT_PICKER_STRATEGY", "sequential"),
+                ("ACTORRENT_DISK_PREALLOCATION", "sparse"),
                 ("ACTORRENT_TEST_BIN", "/elsewhere"),
                 ("HOME", "/root"),
             ]),
         )
         .unwrap();
-        assert_eq!(applied.len(), 3);
+        assert_eq!(applied.len(), 4);
         let c = from_table(t, &applied).unwrap();
         assert_eq!(c.pipeline.max_pipeline, 64);
         assert_eq!(c.disk.writer.batch_limit, 8);
         assert_eq!(c.picker.strategy, actors::picker::Strategy::Sequential);
+        assert_eq!(c.disk.preallocation, storage::Preallocation::Sparse);
     }
 
     #[test]

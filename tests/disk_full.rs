@@ -8,8 +8,9 @@
 //! The file system is a real one that fills: a small ext2 image on a loop
 //! device (ext2 has no fallocate, so the preallocation falls back to sparse
 //! files and the disk fills while pieces arrive, as on any file system
-//! without it). Mounting needs root, `mkfs.ext2` and a loop device; without
-//! them the test says why and passes.
+//! without it), and a small tmpfs with `disk.preallocation = "sparse"`.
+//! Mounting needs root (and `mkfs.ext2` and a loop device for ext2);
+//! without them the test says why and passes.
 
 mod support;
 
@@ -87,6 +88,17 @@ fn verified_on_disk(t: &TestTorrent, file: &Path) -> Vec<bool> {
         .collect()
 }
 
+/// A tmpfs of `kib` KiB mounted at `dir`, or why not.
+fn mount_tmpfs(dir: &Path, kib: u64) -> Result<Mount, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+        .arg(dir))?;
+    Ok(Mount {
+        dir: dir.to_path_buf(),
+    })
+}
+
 #[test]
 fn a_full_disk_stops_the_torrent_and_keeps_every_verified_piece() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,13 +114,41 @@ fn a_full_disk_stops_the_torrent_and_keeps_every_verified_piece() {
             return;
         }
     };
+    fill_then_free(dir.path(), &mnt, &[]);
+    drop(mount);
+}
+
+/// The same on a tmpfs with sparse files (`disk.preallocation`), so here
+/// too the disk fills while pieces arrive.
+#[test]
+fn a_full_tmpfs_stops_the_torrent_and_keeps_every_verified_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let mount = match mount_tmpfs(&mnt, 8 * 1024) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIP a_full_tmpfs_stops_the_torrent: cannot mount a tmpfs: {why}");
+            return;
+        }
+    };
+    let config = dir.path().join("sparse.toml");
+    std::fs::write(&config, "[disk]\npreallocation = \"sparse\"\n").unwrap();
+    fill_then_free(dir.path(), &mnt, &["--config", config.to_str().unwrap()]);
+    drop(mount);
+}
+
+/// Fills most of the file system mounted at `mnt`, downloads into it until
+/// it is full, checks the stop and the resume data, frees the room and
+/// finishes the download from where it stopped. The torrent lives in `dir`;
+/// `args` go to both downloads.
+fn fill_then_free(dir: &Path, mnt: &Path, args: &[&str]) {
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![1u8; 4 << 20]).unwrap();
 
-    let t = TestTorrent::single(dir.path(), "image.bin", PIECE, PIECE as usize * PIECES, 14);
+    let t = TestTorrent::single(dir, "image.bin", PIECE, PIECE as usize * PIECES, 14);
     let seed = Seed::start(&t, Script::new());
     let out = mnt.join("out");
-    let first = Client::download(&t.path, &out, &[seed.addr()], &[]).wait(STEP);
+    let first = Client::download(&t.path, &out, &[seed.addr()], args).wait(STEP);
     assert!(
         !first.status.success(),
         "the download succeeded on a full disk\n{}",
@@ -145,7 +185,7 @@ fn a_full_disk_stops_the_torrent_and_keeps_every_verified_piece() {
 
     // Room again: the restart trusts the resume data and fetches the rest.
     std::fs::remove_file(&filler).unwrap();
-    let second = Client::download(&t.path, &out, &[seed.addr()], &[]).wait(STEP);
+    let second = Client::download(&t.path, &out, &[seed.addr()], args).wait(STEP);
     second.assert_success();
     let done = second.final_stats();
     let missing = (PIECES - held) as u64 * u64::from(PIECE);
@@ -159,5 +199,4 @@ fn a_full_disk_stops_the_torrent_and_keeps_every_verified_piece() {
         support::client::tail(&second.stderr, 200)
     );
     t.assert_downloaded(&out);
-    drop(mount);
 }

@@ -226,6 +226,13 @@ fn default_config_round_trips_through_a_file_and_bad_keys_are_named() {
     let (st, _, err) = run(&["--config", f, "config", "--print"], &[]);
     assert_eq!(st.code(), Some(2));
     assert!(err.contains("choker.interval_ms"), "{err}");
+    std::fs::write(&file, "[disk]\npreallocation = \"lazy\"\n").unwrap();
+    let (st, _, err) = run(&["--config", f, "config", "--print"], &[]);
+    assert_eq!(st.code(), Some(2));
+    assert!(
+        err.contains("disk.preallocation") && err.contains("`sparse`"),
+        "{err}"
+    );
     let env = [("ACTORRENT_BUDGET_CAPACITY", "-1")];
     let (st, _, err) = run(&["config", "--print"], &env);
     assert_eq!(st.code(), Some(2));

@@ -122,8 +122,11 @@ pub struct ClientConfig {
     /// connections; `None` leaves the OS default.
     #[serde(with = "storage::serde_fmt::zero_is_none")]
     pub socket_send_buffer: Option<usize>,
-    /// Bytes reserved for each socket read. Default 256 KiB: sixteen blocks,
-    /// so one read and one message to the torrent carry many blocks.
+    /// Bytes a connection reads, while the socket has them ready, before it
+    /// hands their blocks to the torrent in one message. Default 256 KiB:
+    /// sixteen blocks, so one message (one wake-up of the torrent) carries
+    /// many. Each read fills a buffer of a quarter of this (plus room for a
+    /// partial frame), the most memory one block keeps alive.
     pub read_buffer: usize,
     /// Largest message accepted from a peer (length prefix).
     pub max_message_len: u32,

@@ -24,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 const PIECE: usize = 32 * 1024;
 
-fn meta() -> Metainfo {
+fn meta(pieces: usize) -> Metainfo {
     let mut info = BTreeMap::new();
     info.insert(b"name".to_vec(), Bencode::from("duplex.bin"));
-    info.insert(b"length".to_vec(), Bencode::Int(2 * PIECE as i64));
+    info.insert(b"length".to_vec(), Bencode::Int((pieces * PIECE) as i64));
     info.insert(b"piece length".to_vec(), Bencode::Int(PIECE as i64));
-    info.insert(b"pieces".to_vec(), Bencode::Bytes(vec![0; 40]));
+    info.insert(b"pieces".to_vec(), Bencode::Bytes(vec![0; 20 * pieces]));
     let mut top = BTreeMap::new();
     top.insert(b"info".to_vec(), Bencode::Dict(info));
     Metainfo::from_bytes(&Bencode::Dict(top).encode()).unwrap()
@@ -72,7 +72,7 @@ fn answer(reply: tokio::sync::oneshot::Sender<ExchangeReply>, requests: Vec<Bloc
 
 #[tokio::test]
 async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
-    let meta = meta();
+    let meta = meta(2);
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open_info(
         &DiskIo::new(DiskIoConfig::default()),
@@ -204,4 +204,118 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     // The block's budget travelled to the (fake) torrent, which holds it;
     // nothing else is left reserved by the peer.
     assert_eq!(budget.in_use(), 16384);
+}
+
+/// What one socket read cannot hold (a read fills a quarter of
+/// `read_buffer`, 64 KiB and room for a partial frame) but the socket has
+/// ready at once goes to the torrent a `read_buffer` (256 KiB, sixteen
+/// blocks) per exchange, not a read per exchange; the end of the stream
+/// right behind those blocks loses none of them.
+#[tokio::test]
+async fn blocks_ready_together_go_to_the_torrent_a_read_buffer_per_exchange() {
+    const BLOCKS: u32 = 48; // 768 KiB: three exchanges' worth, 9 reads'
+    let meta = meta(BLOCKS as usize / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_info(
+        &DiskIo::new(DiskIoConfig::default()),
+        &meta.info,
+        dir.path(),
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let (torrent_tx, mut torrent_rx) = mpsc::channel(16);
+    let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
+    let config = ClientConfig::default();
+    assert_eq!(config.read_buffer, 256 * 1024, "the sizes below assume it");
+    let ctx = PeerContext {
+        id: PeerId(8),
+        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+        info_hash: meta.info_hash.0,
+        our_id: *b"-AR0001-duplextest01",
+        piece_count: BLOCKS / 2,
+        have: Bitfield::new(BLOCKS / 2),
+        torrent: torrent_tx,
+        budget: budget.clone(),
+        config: Arc::new(config),
+        cancel: CancellationToken::new(),
+        storage,
+        up_limits: Vec::new(),
+        down_limits: Vec::new(),
+        conn: Default::default(),
+        metadata: None,
+        pex: false,
+        dht: None,
+        listen: None,
+    };
+    let (local, mut remote) = tokio::io::duplex(1 << 20);
+    let task = tokio::spawn(peer::run(local, None, ctx));
+    let mut hs = [0u8; Handshake::LEN];
+    remote.read_exact(&mut hs).await.unwrap();
+    let mut mine = Handshake::new([0; 8], meta.info_hash.0, *b"-SCRIPT-remote000001");
+    mine.set_fast(true);
+    let mut out = BytesMut::new();
+    mine.encode(&mut out);
+    Message::HaveAll.encode(&mut out);
+    remote.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(next_msg(&mut remote, &mut buf).await, Message::HaveNone);
+
+    // Every block of the torrent, then the end of the stream, in one go.
+    let payload = |i: u32| Bytes::from(vec![i as u8; 16384]);
+    out.clear();
+    for i in 0..BLOCKS {
+        Message::Piece {
+            index: i / 2,
+            begin: (i % 2) * 16384,
+            data: payload(i),
+        }
+        .encode(&mut out);
+    }
+    remote.write_all(&out).await.unwrap();
+    remote.shutdown().await.unwrap();
+
+    let mut exchanges = Vec::new();
+    let mut _cmds = None; // held: a dropped sender would end the peer
+    let gone = loop {
+        match next_event(&mut torrent_rx).await {
+            TorrentMsg::PeerConnected { cmds, .. } => _cmds = Some(cmds),
+            TorrentMsg::Exchange { blocks, reply, .. } => {
+                if !blocks.is_empty() {
+                    exchanges.push(blocks);
+                }
+                answer(reply, Vec::new());
+            }
+            TorrentMsg::PeerGone { fault, reason, .. } => break (fault, reason),
+            _ => {}
+        }
+    };
+    task.await.unwrap();
+    assert_eq!(gone.0, PeerFault::Network, "reason: {}", gone.1);
+    assert!(gone.1.contains("closed by the peer"), "reason: {}", gone.1);
+    let sizes: Vec<usize> = exchanges.iter().map(Vec::len).collect();
+    // A turn ends once it read 256 KiB (15.99 block messages, the last
+    // of them maybe partial and carried into the next turn): at least 15
+    // blocks in every exchange but the last, so 3 exchanges (a read per
+    // exchange would make 9).
+    assert!(sizes.len() <= 3, "blocks per exchange: {sizes:?}");
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|&n| n >= 15),
+        "blocks per exchange: {sizes:?}"
+    );
+    let all: Vec<&(Block, Bytes)> = exchanges.iter().flatten().collect();
+    assert_eq!(all.len(), BLOCKS as usize, "blocks per exchange: {sizes:?}");
+    for (i, (block, data)) in all.into_iter().enumerate() {
+        let i = i as u32;
+        assert_eq!(
+            *block,
+            Block {
+                piece: i / 2,
+                begin: (i % 2) * 16384,
+                length: 16384
+            }
+        );
+        assert_eq!(*data, payload(i));
+    }
+    // Unrequested, each took its own budget, which travelled with it.
+    assert_eq!(budget.in_use(), u64::from(BLOCKS) * 16384);
 }

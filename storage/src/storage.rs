@@ -70,6 +70,13 @@ pub struct DiskIoConfig {
     /// (the last short piece) go through the page cache. Opening fails,
     /// naming the target, where the file system refuses O_DIRECT.
     pub direct_io: bool,
+    /// How new files (and the extents of a new image file) are sized:
+    /// `"full"` (the default) reserves their blocks with `fallocate`, so a
+    /// full disk is found when the torrent opens and the files are laid
+    /// out contiguously; `"sparse"` only sets their size (a full disk is
+    /// then found by the write that hits it: the torrent stops with "disk
+    /// full").
+    pub preallocation: Preallocation,
 }
 
 impl Default for DiskIoConfig {
@@ -81,6 +88,7 @@ impl Default for DiskIoConfig {
             read_pool_bytes: 16 << 20,
             max_open_files: 512,
             direct_io: false,
+            preallocation: Preallocation::Full,
         }
     }
 }

@@ -3,11 +3,12 @@
 //! RTT, pipeline) and its read buffer, and talks to its torrent only through
 //! the torrent's bounded mailbox.
 //!
-//! Per socket read it decodes every complete message, forwards all the
-//! blocks of that read to the torrent in one [`TorrentMsg::Exchange`] that
+//! It reads what the socket has ready (several reads of a chunk each, up to
+//! `read_buffer` bytes), decodes every complete message, forwards all the
+//! blocks of those reads to the torrent in one [`TorrentMsg::Exchange`] that
 //! also asks for new blocks to request, and waits for the answer (the
 //! torrent never waits on a peer, so this cannot deadlock). Blocks travel as
-//! `Bytes` slices of the read buffer: no copy.
+//! `Bytes` slices of the read buffers: no copy.
 //!
 //! The two directions do not wait for each other: the loop's `select!`
 //! reads whenever the socket has input and writes whenever it has room and
@@ -558,6 +559,18 @@ enum Wrote {
     Flushed,
 }
 
+/// Polls `fut` once: its output if it is ready now, `None` (and `fut`
+/// dropped) if not. With a no-op waker: a socket that has nothing now must
+/// not wake the task while it waits on the torrent; the loop's `select!`
+/// polls the read again with the task's waker before it sleeps.
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(fut).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// One vectored write of the queue's front frames, or, with the queue
 /// empty, a flush: an RC4 stream (`MseStream`) accepts a write before all
 /// of its ciphertext reached the socket, and sends the rest on its next
@@ -661,8 +674,8 @@ impl Conn<'_> {
             max_request_len: wire::DEFAULT_MAX_REQUEST_LEN,
             piece_count: Some(ctx.piece_count),
         };
-        let mut buf = BytesMut::with_capacity(ctx.config.read_buffer);
         let mut spare = readbuf::ReadBuffers::new(ctx.config.read_buffer / 4);
+        let mut buf = spare.first();
         let mut tick = tokio::time::interval(ctx.config.peer_tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -677,35 +690,53 @@ impl Conn<'_> {
                 biased;
                 _ = ctx.cancel.cancelled() => return End::network("dropped by the torrent"),
                 read = reader.read_buf(&mut buf), if can_read => {
-                    match read {
+                    let mut n = match read {
                         Ok(0) => return End::network("closed by the peer"),
-                        Ok(n) => ratelimit::take(&ctx.down_limits, n).await,
+                        Ok(n) => n,
                         Err(e) => return End::network(format!("read: {e}")),
-                    }
-                    let now = Instant::now();
-                    self.session.received(now);
+                    };
                     let mut blocks = Vec::new();
+                    let mut turn = 0;
+                    let mut ended = None;
                     loop {
-                        match wire::decode_message(&mut buf, &limits) {
-                            Ok(Decoded::Complete(msg)) => {
-                                if let Err(end) = self.on_message(msg, now, &mut blocks).await {
-                                    self.release_blocks(blocks.iter().map(|(b, _)| b));
-                                    return end;
-                                }
-                            }
-                            Ok(Decoded::NeedMore(n)) => {
-                                spare.make_room(&mut buf, n);
+                        ratelimit::take(&ctx.down_limits, n).await;
+                        let now = Instant::now();
+                        self.session.received(now);
+                        let decoded = self.decode(&mut buf, &mut spare, &limits, now, &mut blocks);
+                        if let Err(end) = decoded.await {
+                            self.release_blocks(blocks.iter().map(|(b, _)| b));
+                            return end;
+                        }
+                        turn += n;
+                        // A read fills at most a chunk; when more is waiting
+                        // (tokio polls the socket again only after a read
+                        // that filled its room, so asking costs no syscall
+                        // otherwise), read it too: up to `read_buffer` bytes
+                        // go to the torrent in one exchange, one wake-up.
+                        if turn >= ctx.config.read_buffer
+                            || self.frames_len >= ctx.config.max_send_queue + CONTROL_BACKLOG
+                        {
+                            break;
+                        }
+                        match ready_now(reader.read_buf(&mut buf)) {
+                            None => break,
+                            Some(Ok(m)) if m > 0 => n = m,
+                            // The end (or an error) after the blocks in hand
+                            // are passed on.
+                            Some(Ok(_)) => {
+                                ended = Some(End::network("closed by the peer"));
                                 break;
                             }
-                            Err(e) => {
-                                if let Err(end) = self.on_bad_message(e, &mut buf, &limits) {
-                                    self.release_blocks(blocks.iter().map(|(b, _)| b));
-                                    return end;
-                                }
+                            Some(Err(e)) => {
+                                ended = Some(End::network(format!("read: {e}")));
+                                break;
                             }
                         }
                     }
                     if let Err(end) = self.exchange(blocks, false).await {
+                        return end;
+                    }
+                    if let Some(end) = ended {
                         return end;
                     }
                     if let Err(end) = self.report(false).await {
@@ -1212,6 +1243,28 @@ impl Conn<'_> {
             self.oddity(&format!("late {what} replaces the pieces announced before"));
         }
         late
+    }
+
+    /// Handles every complete message in `buf`, collecting blocks into
+    /// `blocks`, and makes room for the rest of the partial one.
+    async fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        spare: &mut readbuf::ReadBuffers,
+        limits: &Limits,
+        now: Instant,
+        blocks: &mut Vec<(Block, Bytes)>,
+    ) -> Result<(), End> {
+        loop {
+            match wire::decode_message(buf, limits) {
+                Ok(Decoded::Complete(msg)) => self.on_message(msg, now, blocks).await?,
+                Ok(Decoded::NeedMore(n)) => {
+                    spare.make_room(buf, n);
+                    return Ok(());
+                }
+                Err(e) => self.on_bad_message(e, buf, limits)?,
+            }
+        }
     }
 
     /// Decides what a message the codec refused costs the connection: a

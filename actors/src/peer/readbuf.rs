@@ -11,10 +11,10 @@
 //! tick) if the connection received nothing since, so an idle connection
 //! keeps no spare memory.
 //!
-//! Every buffer after the first is `chunk` bytes (a quarter of
-//! `read_buffer`) plus room for a carried partial frame, unless one frame
-//! needs more, so a block pins at most that much memory (96 KiB by
-//! default). The counts are logged when the connection ends.
+//! Every buffer is `chunk` bytes (a quarter of `read_buffer`) plus room
+//! for a carried partial frame, unless one frame needs more, so a block
+//! pins at most that much memory (96 KiB by default). The counts are
+//! logged when the connection ends.
 
 use std::collections::VecDeque;
 
@@ -62,6 +62,13 @@ impl ReadBuffers {
             received: false,
             stats: ReadBufferStats::default(),
         }
+    }
+
+    /// The connection's first buffer: one chunk and room for a carried
+    /// frame, like every later one, so no block pins more.
+    pub fn first(&mut self) -> BytesMut {
+        self.stats.allocated += 1;
+        BytesMut::with_capacity(self.chunk + CARRY)
     }
 
     /// What was done so far.

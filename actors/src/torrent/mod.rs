@@ -534,6 +534,7 @@ async fn check(
     let resume_file = params.resume_file.clone();
     let info_hash = params.meta.info_hash.0;
     let recheck_cfg = shared.config.recheck.clone();
+    let preallocation = shared.config.disk.preallocation;
     let priorities = params.priorities.clone();
     tokio::task::spawn_blocking(move || {
         // A target that does not exist yet holds nothing: skip reading it.
@@ -578,7 +579,7 @@ async fn check(
                 part_path: resume_file.with_extension("parts"),
                 slots,
             }),
-            ..StorageConfig::default()
+            preallocation,
         };
         let storage = match &target {
             Target::Directory(dir) => Storage::open_info(&disk, &info, dir, &cfg),
