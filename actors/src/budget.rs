@@ -40,6 +40,18 @@
 //! at half of it: memory follows the work (rate x latency in the network,
 //! plus a bounded backlog), with `capacity` the ceiling.
 //!
+//! **The effective limit.** The capacity is a ceiling, not a target: the
+//! bytes the network needs are rate x (request latency + hash + write time),
+//! a few MiB on a fast disk. So [`BufferBudget`] also holds an *effective
+//! limit*, starting at `floor`, that new reservations may not cross (same
+//! watermark percentages, applied to it). [`Governor`], driven by the
+//! session's tick, doubles it after a tick in which a peer was refused by it
+//! with its pipeline less than half full while most bytes in use were in the
+//! network (starved: more room would become more requests on a drying link), and halves it, never below `floor`, after
+//! [`SHRINK_TICKS`] ticks in which the use stayed under half of it (idle).
+//! Refusals while most bytes are landed (a slow disk) do not grow it: more
+//! room would only hold more unwritten blocks.
+//!
 //! A reservation that crosses the high watermark still succeeds (as long as
 //! it stays within capacity) and pauses the budget for the next ones; one
 //! that would exceed the capacity fails without changing anything.
@@ -67,6 +79,10 @@ pub struct BudgetConfig {
     /// are refused until half of them are written; 0 for no such bound.
     /// Default 8 MiB: a few pieces per hash worker plus a write batch.
     pub backlog: u64,
+    /// The smallest effective limit, where it starts (see the module
+    /// docs); at or above `capacity` the limit is fixed at `capacity`.
+    /// Default 4 MiB: 40 ms of data at 100 MiB/s before it has to grow.
+    pub floor: u64,
 }
 
 impl Default for BudgetConfig {
@@ -76,6 +92,7 @@ impl Default for BudgetConfig {
             high_watermark_percent: 90,
             low_watermark_percent: 70,
             backlog: 8 * 1024 * 1024,
+            floor: 4 * 1024 * 1024,
         }
     }
 }
@@ -371,22 +388,127 @@ pub struct BufferBudget {
     /// A reservation was refused for the backlog: the release that brings
     /// it down to half wakes the peers.
     backlog_paused: std::sync::atomic::AtomicBool,
+    /// The effective limit in bytes (see the module docs), set by
+    /// [`Self::tick`]; at most the capacity.
+    limit: AtomicU64,
+    /// Watermark percentages, applied to `limit`.
+    high_percent: u8,
+    low_percent: u8,
+    /// Use reached the effective high watermark: refused until a release
+    /// brings it to the effective low one.
+    limit_paused: std::sync::atomic::AtomicBool,
+    /// A peer reported starving (see [`Self::starving`]) since the last
+    /// tick.
+    starved: std::sync::atomic::AtomicBool,
+    /// Highest use since the last tick.
+    window_peak: AtomicU64,
+    /// Highest effective limit set.
+    limit_peak: AtomicU64,
+}
+
+/// How often the session steps the effective limit: growing from the
+/// 4 MiB floor to 256 MiB takes 6 ticks.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Ticks of low use after which [`Governor`] halves the effective limit.
+pub const SHRINK_TICKS: u32 = 10;
+
+/// Grows and shrinks the effective limit of a [`BufferBudget`], one step
+/// per tick; owned by whoever ticks (the session), so the rules are plain
+/// arithmetic on explicit ticks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Governor {
+    floor: u64,
+    ceiling: u64,
+    limit: u64,
+    idle_ticks: u32,
+}
+
+impl Governor {
+    /// Starts at the floor (at most the capacity).
+    pub fn new(config: BudgetConfig) -> Self {
+        let ceiling = config.capacity;
+        let floor = config.floor.clamp(1, ceiling.max(1));
+        Self {
+            floor,
+            ceiling,
+            limit: floor,
+            idle_ticks: 0,
+        }
+    }
+
+    /// One tick: `starved` if peers were refused by the limit since the
+    /// last one, `peak` the highest use since then. Doubles the limit when
+    /// starved (up to the capacity), halves it (down to the floor) after
+    /// [`SHRINK_TICKS`] ticks in a row with the use under half of it.
+    /// Returns the new limit.
+    pub fn tick(&mut self, starved: bool, peak: u64) -> u64 {
+        if starved {
+            self.idle_ticks = 0;
+            self.limit = self.limit.saturating_mul(2).min(self.ceiling);
+        } else if peak < self.limit / 2 {
+            self.idle_ticks += 1;
+            if self.idle_ticks >= SHRINK_TICKS {
+                self.idle_ticks = 0;
+                self.limit = (self.limit / 2).max(self.floor);
+            }
+        } else {
+            self.idle_ticks = 0;
+        }
+        self.limit
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
 }
 
 impl BufferBudget {
     /// A budget sized by `config`.
     pub fn new(config: BudgetConfig) -> Result<Self, BudgetConfigError> {
+        let budget = AtomicBudget::new(config)?;
+        let limit = Governor::new(config).limit();
         Ok(BufferBudget {
-            budget: AtomicBudget::new(config)?,
+            budget,
             resumed: Notify::new(),
             landed: AtomicU64::new(0),
             backlog: config.backlog,
             backlog_paused: std::sync::atomic::AtomicBool::new(false),
+            limit: AtomicU64::new(limit),
+            high_percent: config.high_watermark_percent,
+            low_percent: config.low_watermark_percent,
+            limit_paused: std::sync::atomic::AtomicBool::new(false),
+            starved: std::sync::atomic::AtomicBool::new(false),
+            window_peak: AtomicU64::new(0),
+            limit_peak: AtomicU64::new(limit),
         })
     }
 
-    /// Takes `bytes` unless the budget is paused or full, or the landed
-    /// backlog is at its bound.
+    /// The effective watermarks: (limit, high, low) in bytes.
+    fn effective(&self) -> (u64, u64, u64) {
+        let limit = self.limit.load(Ordering::Acquire);
+        let of = |p: u8| u64::try_from(u128::from(limit) * u128::from(p) / 100).unwrap_or(u64::MAX);
+        (limit, of(self.high_percent), of(self.low_percent))
+    }
+
+    /// A peer was refused (some of) its requests with its pipeline less
+    /// than half full: the limit, not the remote, holds it back. Counts as
+    /// starvation for the next tick unless the bytes in use are mostly
+    /// landed (the disk, not the network, holds them; more room would only
+    /// hold more unwritten blocks).
+    pub fn starving(&self) {
+        let used = self.budget.in_use();
+        if self.landed.load(Ordering::Acquire).saturating_mul(2) <= used {
+            self.starved.store(true, Ordering::Release);
+        }
+    }
+
+    /// Takes `bytes` unless the budget is paused or full, the landed
+    /// backlog is at its bound, or they would cross the effective limit.
+    /// The limit check and the reservation are two steps, so concurrent
+    /// peers may overshoot the limit by a reservation each; the capacity is
+    /// exact.
     pub fn try_reserve(&self, bytes: u64) -> bool {
         if self.backlog > 0 {
             let landed = self.landed.load(Ordering::Acquire);
@@ -401,7 +523,62 @@ impl BufferBudget {
                 return false;
             }
         }
-        self.budget.try_reserve(bytes)
+        let (limit, high, low) = self.effective();
+        let used = self.budget.in_use();
+        if self.limit_paused.load(Ordering::Acquire) {
+            if used > low {
+                return false;
+            }
+            self.limit_paused.store(false, Ordering::Release);
+        }
+        if used.saturating_add(bytes) > limit {
+            if used >= high {
+                // Pause so the release that drains it wakes the peers.
+                self.limit_paused.store(true, Ordering::Release);
+            }
+            return false;
+        }
+        if !self.budget.try_reserve(bytes) {
+            return false;
+        }
+        let now = self.budget.in_use();
+        self.window_peak.fetch_max(now, Ordering::Relaxed);
+        if now >= high {
+            self.limit_paused.store(true, Ordering::Release);
+        }
+        true
+    }
+
+    /// Wakes the peers if the use is at or below the effective low
+    /// watermark while they are paused by the limit.
+    fn wake_if_drained(&self) -> bool {
+        let (_, _, low) = self.effective();
+        self.budget.in_use() <= low && self.limit_paused.swap(false, Ordering::AcqRel)
+    }
+
+    /// One step of the effective limit: `governor` decides from what
+    /// happened since the last tick (see [`Governor::tick`]).
+    pub fn tick(&self, governor: &mut Governor) {
+        let starved = self.starved.swap(false, Ordering::AcqRel);
+        let peak = self
+            .window_peak
+            .swap(self.budget.in_use(), Ordering::AcqRel);
+        let limit = governor.tick(starved, peak);
+        self.limit.store(limit, Ordering::Release);
+        self.limit_peak.fetch_max(limit, Ordering::Relaxed);
+        if self.wake_if_drained() {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    /// The effective limit now.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// The highest effective limit set.
+    pub fn limit_peak(&self) -> u64 {
+        self.limit_peak.load(Ordering::Relaxed)
     }
 
     /// Moves `bytes` already reserved to the landed backlog: blocks a
@@ -429,7 +606,8 @@ impl BufferBudget {
         let now = prev.saturating_sub(bytes);
         let resumed = self.budget.release(bytes);
         let drained = now <= self.backlog / 2 && self.backlog_paused.swap(false, Ordering::AcqRel);
-        if resumed || drained {
+        let under_limit = self.wake_if_drained();
+        if resumed || drained || under_limit {
             self.resumed.notify_waiters();
         }
     }
@@ -443,11 +621,17 @@ impl BufferBudget {
     /// for the one use that is sound.
     pub fn force_reserve(&self, bytes: u64) {
         self.budget.force_reserve(bytes);
+        self.window_peak
+            .fetch_max(self.budget.in_use(), Ordering::Relaxed);
     }
 
     /// Gives back `bytes`; wakes the peers waiting if this resumed it.
     pub fn release(&self, bytes: u64) {
-        if bytes > 0 && self.budget.release(bytes) {
+        if bytes == 0 {
+            return;
+        }
+        let resumed = self.budget.release(bytes);
+        if self.wake_if_drained() || resumed {
             self.resumed.notify_waiters();
         }
     }
@@ -489,6 +673,7 @@ mod tests {
             high_watermark_percent: 90,
             low_watermark_percent: 70,
             backlog: 0,
+            floor: u64::MAX,
         }
     }
 
@@ -512,6 +697,7 @@ mod tests {
             high_watermark_percent: high,
             low_watermark_percent: low,
             backlog: 0,
+            floor: u64::MAX,
         };
         assert_eq!(
             Budget::new(bad(0, 90, 70)).unwrap_err(),
@@ -686,6 +872,7 @@ mod tests {
             high_watermark_percent: 90,
             low_watermark_percent: 70,
             backlog: 0,
+            floor: u64::MAX,
         })
         .unwrap();
         assert!(b.try_reserve(95));
@@ -728,5 +915,112 @@ mod tests {
         b.release(10);
         b.release_landed(40);
         assert_eq!((b.in_use(), b.landed()), (0, 0));
+    }
+
+    fn adaptive(capacity: u64, floor: u64) -> BudgetConfig {
+        BudgetConfig {
+            capacity,
+            floor,
+            backlog: 0,
+            ..BudgetConfig::default()
+        }
+    }
+
+    #[test]
+    fn governor_doubles_when_starved_up_to_capacity() {
+        let mut g = Governor::new(adaptive(1000, 100));
+        assert_eq!(g.limit(), 100);
+        assert_eq!(g.tick(true, 100), 200);
+        assert_eq!(g.tick(true, 200), 400);
+        assert_eq!(g.tick(false, 300), 400, "busy, not starved: stays");
+        assert_eq!(g.tick(true, 400), 800);
+        assert_eq!(g.tick(true, 800), 1000, "the capacity is the ceiling");
+        assert_eq!(g.tick(true, 1000), 1000);
+    }
+
+    #[test]
+    fn governor_halves_after_idle_ticks_down_to_floor() {
+        let mut g = Governor::new(adaptive(1000, 100));
+        for _ in 0..4 {
+            g.tick(true, 0);
+        }
+        assert_eq!(g.limit(), 1000);
+        for _ in 0..SHRINK_TICKS - 1 {
+            assert_eq!(g.tick(false, 499), 1000);
+        }
+        // A busy tick restarts the count.
+        assert_eq!(g.tick(false, 500), 1000);
+        for _ in 0..SHRINK_TICKS - 1 {
+            assert_eq!(g.tick(false, 0), 1000);
+        }
+        assert_eq!(g.tick(false, 0), 500);
+        let mut ticks = 0;
+        while g.limit() > 100 {
+            g.tick(false, 0);
+            ticks += 1;
+        }
+        assert_eq!(g.limit(), 100, "never below the floor");
+        assert_eq!(ticks, 3 * SHRINK_TICKS, "500 -> 250 -> 125 -> 100");
+    }
+
+    #[test]
+    fn governor_floor_at_or_above_capacity_is_fixed() {
+        let mut g = Governor::new(adaptive(1000, u64::MAX));
+        assert_eq!(g.limit(), 1000);
+        for _ in 0..3 * SHRINK_TICKS {
+            assert_eq!(g.tick(false, 0), 1000);
+        }
+    }
+
+    #[test]
+    fn effective_limit_refuses_grows_when_starved_and_shrinks_when_idle() {
+        let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
+        let mut g = Governor::new(adaptive(10_000, 1000));
+        assert_eq!(b.limit(), 1000);
+        assert!(b.try_reserve(800));
+        assert!(!b.try_reserve(300), "would cross the 1000 limit");
+        assert!(!b.is_paused(), "the capacity is far");
+        b.tick(&mut g);
+        assert_eq!(b.limit(), 1000, "refused, but no peer said it starved");
+        b.starving();
+        b.tick(&mut g);
+        assert_eq!(b.limit(), 2000, "refused with the bytes in the network");
+        assert!(b.try_reserve(300));
+        b.release(1100);
+        b.tick(&mut g);
+        assert_eq!(b.limit(), 2000, "that window peaked at 1100: busy");
+        // Idle: the use stays under half the limit.
+        for _ in 0..SHRINK_TICKS {
+            b.tick(&mut g);
+        }
+        assert_eq!(b.limit(), 1000);
+        assert_eq!(b.limit_peak(), 2000);
+    }
+
+    #[test]
+    fn effective_limit_pauses_at_its_high_watermark_and_wakes_at_low() {
+        let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
+        assert!(b.try_reserve(900), "reaches 90 % of the limit: pauses");
+        assert!(!b.try_reserve(1));
+        b.release(150);
+        assert!(!b.try_reserve(1), "750 is above the 700 low watermark");
+        b.release(50);
+        assert!(b.try_reserve(100), "700: resumed");
+        b.release(800);
+    }
+
+    #[test]
+    fn refusals_while_bytes_are_landed_do_not_grow_the_limit() {
+        let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
+        let mut g = Governor::new(adaptive(10_000, 1000));
+        assert!(b.try_reserve(900));
+        b.land(600);
+        assert!(!b.try_reserve(16));
+        b.starving();
+        b.tick(&mut g);
+        assert_eq!(b.limit(), 1000, "a slow disk, not a starved network");
+        b.release_landed(600);
+        b.release(300);
+        assert_eq!(b.in_use(), 0);
     }
 }

@@ -1297,8 +1297,15 @@ impl Conn<'_> {
             } else {
                 // Ask for less rather than nothing: a deep pipeline may not
                 // fit in a small budget at once.
+                let asked = want;
                 while want > 0 && !ctx.budget.try_reserve(want as u64 * u64::from(BLOCK_SIZE)) {
                     want /= 2;
+                }
+                // Cut short with the pipe less than half full: the budget's
+                // effective limit starves this peer, so it should grow.
+                let out = self.session.outstanding();
+                if want < asked && (out + want) * 2 < out + asked {
+                    ctx.budget.starving();
                 }
                 if want > 0 {
                     reserved = want as u64 * u64::from(BLOCK_SIZE);
