@@ -419,6 +419,9 @@ struct Conn<'a> {
     starved: bool,
     /// Waiting for the budget to resume.
     budget_blocked: bool,
+    /// The budget's resume count taken before the refusal that set
+    /// `budget_blocked`.
+    budget_epoch: u64,
     /// Frames waiting for the socket, oldest first (control messages go
     /// before the blocks, behind any frame already partly written).
     frames: VecDeque<Frame>,
@@ -491,6 +494,7 @@ where
         oddities: 0,
         starved: false,
         budget_blocked: false,
+        budget_epoch: 0,
         frames: VecDeque::new(),
         frames_len: 0,
         front_started: false,
@@ -667,6 +671,7 @@ impl Conn<'_> {
         loop {
             self.stage_control();
             let budget = ctx.budget.clone();
+            let budget_epoch = self.budget_epoch;
             let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG;
             // Biased, in this order: a ready read, then a ready write, then
             // the rest; the tick last. Random choice let the tick win over a
@@ -750,7 +755,7 @@ impl Conn<'_> {
                         return end;
                     }
                 }
-                _ = budget.resumed(), if self.budget_blocked => {
+                _ = budget.resumed_since(budget_epoch), if self.budget_blocked => {
                     self.budget_blocked = false;
                     if let Err(end) = self.exchange(Vec::new(), true).await {
                         return end;
@@ -1298,6 +1303,7 @@ impl Conn<'_> {
                 // Ask for less rather than nothing: a deep pipeline may not
                 // fit in a small budget at once.
                 let asked = want;
+                let epoch = ctx.budget.epoch();
                 while want > 0 && !ctx.budget.try_reserve(want as u64 * u64::from(BLOCK_SIZE)) {
                     want /= 2;
                 }
@@ -1316,6 +1322,7 @@ impl Conn<'_> {
                     want = self.session.wanted();
                     partial_only = true;
                     self.budget_blocked = true;
+                    self.budget_epoch = epoch;
                 }
             }
         }
