@@ -140,6 +140,10 @@ pub struct DownloadArgs {
     /// device or image file.
     #[arg(long, value_name = "PATH")]
     pub raw_target: Option<PathBuf>,
+    /// With `--raw-target`: write and read it with O_DIRECT, bypassing the
+    /// page cache (config `disk.direct_io`).
+    #[arg(long, requires = "raw_target")]
+    pub direct_io: bool,
     /// Accept incoming connections on this address (port 0: any free
     /// port). Default: `[::]:6881` (both families), or the next free port
     /// up to 6889, or any free port; 0.0.0.0 where IPv6 is off.
@@ -183,6 +187,10 @@ pub struct SeedArgs {
     /// Raw-disk mode: serve from this block device or image file.
     #[arg(long, value_name = "PATH")]
     pub raw_target: Option<PathBuf>,
+    /// With `--raw-target`: read it with O_DIRECT, bypassing the
+    /// page cache (config `disk.direct_io`).
+    #[arg(long, requires = "raw_target")]
+    pub direct_io: bool,
     /// Accept incoming connections on this address (port 0: any free port).
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:6881")]
     pub listen: SocketAddr,
@@ -261,6 +269,7 @@ struct Plan {
 pub fn run(args: &DownloadArgs, mut config: ClientConfig) -> Result<(), Failure> {
     // Before anything opens a socket (a magnet's metadata fetch included).
     apply_binding(&args.net, &mut config)?;
+    config.disk.direct_io |= args.direct_io;
     let target = match (&args.output, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),
@@ -359,6 +368,7 @@ fn open_stats(net: &NetArgs) -> Result<Option<Box<dyn Write + Send>>, Failure> {
 pub fn seed(args: &SeedArgs, mut config: ClientConfig) -> Result<(), Failure> {
     apply_binding(&args.net, &mut config)?;
     config.super_seed |= args.super_seed;
+    config.disk.direct_io |= args.direct_io;
     let target = match (&args.data, &args.raw_target) {
         (Some(dir), None) => Target::Directory(dir.clone()),
         (None, Some(path)) => Target::Raw(path.clone()),

@@ -17,8 +17,10 @@
 //!   Torrent ─permit─> hash pool       complete pieces (semaphore: one permit per slot)
 //!   Torrent ─permit─> disk writer     verified pieces (semaphore: one permit per slot)
 //!   hash pool ─try──> disk writer     verified pieces whose write permit came with the
-//!                                     hash job (a full queue: back to the Torrent)
-//!   hash pool / disk writer ─try──> Torrent   completions (channel with a slot per permit)
+//!                                     hash job (written on the hash worker's thread when
+//!                                     the writer is parked; a full queue: back to the Torrent)
+//!   hash pool / disk writer ─push──> Torrent  completions (`torrent::done::DoneBox`, a slot
+//!                                     per permit; a written piece does not wake the Torrent)
 //!
 //!   FileStream ──await──> Torrent     StreamOpen / StreamWant (reply by oneshot when the
 //!                                     piece is ours), SetFilePriorities (TorrentHandle)
@@ -61,9 +63,11 @@
 //!   dropped (the block then arrives as a duplicate and its budget is
 //!   released); a HAVE is dropped (it only informs the remote); an interest
 //!   change must not be lost, so the peer is disconnected instead.
-//! - Hash and disk completions use `try_send` into a channel with one slot
-//!   per permit, and each completion carries its permit, so the channel
-//!   cannot be full when a thread sends.
+//! - Hash and disk completions are pushed into a bounded queue with one
+//!   slot per permit, and each completion carries its permit, so the queue
+//!   cannot be full when a thread pushes. A written piece's budget is
+//!   returned by the writing thread; the torrent takes the completion on
+//!   its next run (or a timer), so it wakes nobody.
 //! - The torrent never awaits a peer, so a peer waiting on the torrent
 //!   (including for a oneshot reply) always makes progress.
 //! - A stream ([`stream`]) is downstream like a peer: it awaits the

@@ -6,7 +6,12 @@ leechers at once (each a fresh process with its own empty save directory),
 alternating seeds within each run. For every trial it reports the seed's
 total egress (payload bytes to all leechers / span from the first leecher's
 start to the last one's finish) and the seed's CPU seconds per GiB served
-(utime + stime from /proc/<pid>/stat before and after). Prints a markdown
+(utime + stime from /proc/<pid>/stat before and after). For actorrent
+seeds it also reports the serve turnaround (a request's arrival to its
+block written to the socket): the seed runs with --metrics and
+`actorrent_serve_turnaround_seconds` is scraped before and after each
+trial, the difference of the two histograms giving the trial's median and
+p99 (each the upper bound of the bucket it falls in). Prints a markdown
 table of medians over --runs runs.
 
     cargo build --release
@@ -29,6 +34,8 @@ import sys
 import tempfile
 import threading
 import time
+import socket
+import urllib.request
 
 import libtorrent as lt
 
@@ -78,6 +85,7 @@ class Seed:
 
     def __init__(self, kind, argv, port_of):
         self.kind = kind
+        self.metrics = None
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -123,9 +131,50 @@ class Seed:
                 self.proc.wait()
 
 
+def free_port():
+    # Racy in principle (another process may take it before the seed binds),
+    # harmless here: the seed fails to start and the run stops loudly.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TURNAROUND = "actorrent_serve_turnaround_seconds_bucket"
+
+
+def turnaround_buckets(seed):
+    """Cumulative buckets {upper bound s: count} of the seed's serve
+    turnaround histogram, or None for a seed without --metrics."""
+    if seed.metrics is None:
+        return None
+    with urllib.request.urlopen(f"http://127.0.0.1:{seed.metrics}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(TURNAROUND + "{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if le == "+Inf" else float(le)] = int(line.rsplit(" ", 1)[1])
+    return out
+
+
+def quantiles(before, after, qs=(0.5, 0.99)):
+    """Quantiles (bucket upper bounds, seconds) of the requests recorded
+    between two scrapes; None when there were none."""
+    if before is None or after is None:
+        return [None for _ in qs]
+    bounds = sorted(after)
+    cum = [after[b] - before.get(b, 0) for b in bounds]
+    total = cum[-1] if cum else 0
+    if total <= 0:
+        return [None for _ in qs]
+    return [next(b for b, c in zip(bounds, cum) if c >= q * total) for q in qs]
+
+
 def start_actorrent(binary, torrent, data, kind="actorrent"):
     def port_of(line):
         return json.loads(line)["listen_port"] or None
+
+    metrics = free_port()
 
     s = Seed(
         kind,
@@ -143,9 +192,12 @@ def start_actorrent(binary, torrent, data, kind="actorrent"):
             "unlimited",
             "--stats-json",
             "-",
+            "--metrics",
+            f"127.0.0.1:{metrics}",
         ],
         port_of,
     )
+    s.metrics = metrics
     s.wait_ready()
     return s
 
@@ -173,7 +225,7 @@ def start_libtorrent(torrent, data, profile):
     )
 
 
-def actorrent_leechers(binary, seed, torrent, size, outs, timeout):
+def actorrent_leechers(binary, seed, torrent, size, outs, timeout, encryption):
     """actorrent downloads into each of `outs` at once; returns each one's
     (start, end) wall-clock span, from spawn to exit (it exits once the
     data is verified and synced)."""
@@ -181,7 +233,8 @@ def actorrent_leechers(binary, seed, torrent, size, outs, timeout):
     for o in outs:
         start = time.time()
         p = subprocess.Popen(
-            [binary, "download", torrent, "--output", o, "--peer", f"127.0.0.1:{seed.port}", "--stats-json", "-"],
+            [binary, "download", torrent, "--output", o, "--peer", f"127.0.0.1:{seed.port}", "--stats-json", "-"]
+            + (["--encryption", encryption] if encryption else []),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -269,7 +322,8 @@ def fs_type(path):
 def trial(seed, torrent, size, n, workdir, a, kind):
     """n leechers of `kind` from `seed` at once; returns (MB/s, seed CPU
     s/GiB, span s, leechers' CPU s/GiB, share of the machine's CPUs the
-    seed and leechers used over the span) or raises."""
+    seed and leechers used over the span, serve turnaround median and p99
+    in seconds or None) or raises."""
     outs = [os.path.join(workdir, f"leech-{seed.kind}-{n}-{i}") for i in range(n)]
     for o in outs:
         shutil.rmtree(o, ignore_errors=True)
@@ -277,12 +331,14 @@ def trial(seed, torrent, size, n, workdir, a, kind):
     if a.cold:
         drop_caches()
     cpu0 = cpu_seconds(seed.pid)
+    hist0 = turnaround_buckets(seed)
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if kind == "actorrent":
-        spans, failed = actorrent_leechers(a.actorrent, seed, torrent, size, outs, a.timeout)
+        spans, failed = actorrent_leechers(a.actorrent, seed, torrent, size, outs, a.timeout, a.actorrent_encryption)
     else:
         spans, failed = lt_leechers(seed, torrent, size, outs, a.lt_profile, a.timeout, a.lt_plaintext)
     cpu = cpu_seconds(seed.pid) - cpu0
+    turn = quantiles(hist0, turnaround_buckets(seed))
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The leechers are the only children reaped during the trial (with
     # --cold, also one `sync`, which costs nothing to speak of).
@@ -294,7 +350,16 @@ def trial(seed, torrent, size, n, workdir, a, kind):
     span = max(e for _, e in spans) - min(s for s, _ in spans)
     served = n * size
     busy = (cpu + leech_cpu) / (span * os.cpu_count())
-    return served / span / 1e6, cpu / (served / GIB), span, leech_cpu / (served / GIB), busy
+    return served / span / 1e6, cpu / (served / GIB), span, leech_cpu / (served / GIB), busy, turn
+
+
+def ms(v):
+    return "-" if v is None else ("inf" if v == float("inf") else f"{1000 * v:.2f}")
+
+
+def median_or_none(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
 
 
 def main():
@@ -326,7 +391,14 @@ def main():
         "--lt-plaintext",
         action="store_true",
         help="libtorrent leechers handshake in plaintext; by default they try MSE first, "
-        "which actorrent does not speak, and reconnect in plaintext about 1 s later",
+        "and each seed settles the encryption by its own settings",
+    )
+    ap.add_argument(
+        "--actorrent-encryption",
+        choices=("prefer", "require", "disable"),
+        default=None,
+        help="--encryption for actorrent leechers (default: theirs, prefer, so an actorrent seed "
+        "serves them RC4-encrypted; disable for plaintext)",
     )
     ap.add_argument("--timeout", type=float, default=600, help="per leecher, seconds")
     ap.add_argument("--json", default=None, help="also write every trial here")
@@ -370,11 +442,12 @@ def main():
                 for n in counts:
                     for seed in seeds:
                         loads.append(os.getloadavg()[0])
-                        mbs, cpu, span, lcpu, busy = trial(seed, torrent, size, n, workdir, a, lk)
+                        mbs, cpu, span, lcpu, busy, turn = trial(seed, torrent, size, n, workdir, a, lk)
                         log(
                             f"run {r + 1}: {seed.kind} -> {n} {lk} leechers: "
                             f"{mbs:.0f} MB/s, {cpu:.2f} CPU s/GiB ({span:.1f} s), "
-                            f"leechers {lcpu:.2f} CPU s/GiB, CPUs {100 * busy:.0f} % busy"
+                            f"leechers {lcpu:.2f} CPU s/GiB, CPUs {100 * busy:.0f} % busy, "
+                            f"turnaround p50/p99 {ms(turn[0])}/{ms(turn[1])} ms"
                         )
                         results.append(
                             {
@@ -387,6 +460,8 @@ def main():
                                 "span_s": span,
                                 "leechers_cpu_s_per_gib": lcpu,
                                 "cpu_busy": busy,
+                                "turnaround_p50_s": turn[0],
+                                "turnaround_p99_s": turn[1],
                                 "load": loads[-1],
                             }
                         )
@@ -408,8 +483,11 @@ def main():
         f"{fstype}, {'cold' if a.cold else 'warm'} page cache, median of {a.runs}; "
         f"load average {statistics.median(loads) if loads else 0:.1f} (median at trial starts)\n"
     )
-    print("| leechers | seed | total MB/s | seed CPU s/GiB served | leechers CPU s/GiB | CPUs busy |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| leechers | seed | total MB/s | seed CPU s/GiB served | leechers CPU s/GiB | CPUs busy "
+        "| serve turnaround p50 / p99 ms |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for lk in leecher_kinds:
         med = {}
         for n in counts:
@@ -422,10 +500,15 @@ def main():
                 med[(kind, n)] = m
                 lc = statistics.median(x["leechers_cpu_s_per_gib"] for x in rows)
                 busy = statistics.median(x["cpu_busy"] for x in rows)
-                print(f"| {n} {lk} | {kind} | {m[0]:.0f} | {m[1]:.2f} | {lc:.2f} | {100 * busy:.0f} % |")
+                p50 = median_or_none(x["turnaround_p50_s"] for x in rows)
+                p99 = median_or_none(x["turnaround_p99_s"] for x in rows)
+                print(
+                    f"| {n} {lk} | {kind} | {m[0]:.0f} | {m[1]:.2f} | {lc:.2f} | {100 * busy:.0f} % "
+                    f"| {ms(p50)} / {ms(p99)} |"
+                )
             for other in kinds[1:]:
                 (a0, c0), (a1, c1) = med[(kinds[0], n)], med[(other, n)]
-                print(f"| {n} {lk} | {kinds[0]} / {other} | {a0 / a1:.2f} | {c0 / c1:.2f} | | |")
+                print(f"| {n} {lk} | {kinds[0]} / {other} | {a0 / a1:.2f} | {c0 / c1:.2f} | | | |")
 
 
 if __name__ == "__main__":

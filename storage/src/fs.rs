@@ -48,6 +48,19 @@ pub(crate) struct Target {
     pub device: u64,
     /// Process-unique id: the writer sorts by (id, offset).
     pub id: u64,
+    /// A raw target opened for O_DIRECT as well (`disk.direct_io`).
+    pub direct: Option<Direct>,
+}
+
+/// The O_DIRECT side of a raw target: a second descriptor on the same
+/// device or image, and the alignment its offsets, lengths and buffers
+/// need. The buffered descriptor stays for what cannot be aligned (the
+/// unaligned head or tail of a run, the last short piece), so no byte
+/// outside the verified run is ever written and nothing past the target's
+/// end is touched.
+pub(crate) struct Direct {
+    pub file: File,
+    pub align: usize,
 }
 
 /// How a closed file target is opened again.
@@ -112,6 +125,138 @@ impl Target {
             path,
             device,
             id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
+            direct: None,
+        })
+    }
+
+    /// Writes `bufs` (one run of adjacent bytes) at `offset`: through the
+    /// O_DIRECT descriptor for the aligned middle when there is one, else
+    /// (and for the unaligned edges) with `pwritev`. Returns the number of
+    /// write calls; on failure the error and the offset of the failing call.
+    pub fn write_run<B: AsRef<[u8]>>(
+        &self,
+        offset: u64,
+        bufs: &[B],
+        max_iov: usize,
+    ) -> std::result::Result<u64, (io::Error, u64)> {
+        let f = self.file().map_err(|e| (e, offset))?;
+        let Some(d) = &self.direct else {
+            return pwritev_all(f.as_raw_fd(), offset, bufs, max_iov);
+        };
+        let len: u64 = bufs.iter().map(|b| b.as_ref().len() as u64).sum();
+        let align = d.align as u64;
+        let (a0, a1) = (
+            offset.next_multiple_of(align),
+            (offset + len) / align * align,
+        );
+        if a1 <= a0 {
+            return pwritev_all(f.as_raw_fd(), offset, bufs, max_iov);
+        }
+        let mut calls = 0;
+        if a0 > offset {
+            let head = sub_slices(bufs, 0, a0 - offset);
+            calls += pwritev_all(f.as_raw_fd(), offset, &head, max_iov)?;
+        }
+        calls += with_aligned_buf(
+            d.align,
+            |buf| -> std::result::Result<u64, (io::Error, u64)> {
+                let mut calls = 0;
+                let mut pos = a0;
+                while pos < a1 {
+                    let n = (a1 - pos).min(buf.len() as u64) as usize;
+                    copy_range(bufs, pos - offset, &mut buf[..n]);
+                    let mut done = 0;
+                    while done < n {
+                        // SAFETY: `buf` is valid for reads of `n` bytes; `pos +
+                        // done` and `n - done` stay multiples of the alignment
+                        // unless a short write broke them (handled below).
+                        let r = unsafe {
+                            libc::pwrite(
+                                d.file.as_raw_fd(),
+                                buf[done..n].as_ptr().cast(),
+                                n - done,
+                                (pos + done as u64) as libc::off_t,
+                            )
+                        };
+                        calls += 1;
+                        if r < 0 {
+                            let e = io::Error::last_os_error();
+                            if e.kind() == io::ErrorKind::Interrupted {
+                                continue;
+                            }
+                            return Err((e, pos + done as u64));
+                        }
+                        if r == 0 {
+                            return Err((io::ErrorKind::WriteZero.into(), pos + done as u64));
+                        }
+                        done += r as usize;
+                        if done < n && done % d.align != 0 {
+                            // An unaligned short write: finish buffered.
+                            calls +=
+                                pwritev_all(f.as_raw_fd(), pos + done as u64, &[&buf[done..n]], 1)?;
+                            done = n;
+                        }
+                    }
+                    pos += n as u64;
+                }
+                Ok(calls)
+            },
+        )?;
+        if offset + len > a1 {
+            let tail = sub_slices(bufs, a1 - offset, len);
+            calls += pwritev_all(f.as_raw_fd(), a1, &tail, max_iov)?;
+        }
+        Ok(calls)
+    }
+
+    /// Reads exactly `dst.len()` bytes at `offset`: the aligned superset
+    /// through the O_DIRECT descriptor (sliced into `dst`) when there is
+    /// one, the rest (past a short read at the target's end) buffered.
+    pub fn read_at(&self, offset: u64, dst: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<()> {
+        let f = self.file()?;
+        let Some(d) = &self.direct else {
+            return pread_exact_uninit(f.as_raw_fd(), offset, dst);
+        };
+        let align = d.align as u64;
+        let end = offset + dst.len() as u64;
+        let mut pos = offset;
+        with_aligned_buf(d.align, |buf| {
+            while pos < end {
+                let a = pos / align * align;
+                let want = ((end - a).next_multiple_of(align)).min(buf.len() as u64) as usize;
+                // SAFETY: `buf` is valid for writes of `want` bytes, `a` and
+                // `want` are multiples of the alignment, as is `buf`'s start.
+                let r = unsafe {
+                    libc::pread(
+                        d.file.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        want,
+                        a as libc::off_t,
+                    )
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                let got = a + r as u64;
+                if got <= pos {
+                    // Past what O_DIRECT can give (the end of an image
+                    // file or of a device not a multiple of the alignment).
+                    let at = (pos - offset) as usize;
+                    return pread_exact_uninit(f.as_raw_fd(), pos, &mut dst[at..]);
+                }
+                let upto = got.min(end);
+                let src = &buf[(pos - a) as usize..(upto - a) as usize];
+                let at = (pos - offset) as usize;
+                for (o, i) in dst[at..at + src.len()].iter_mut().zip(src) {
+                    *o = std::mem::MaybeUninit::new(*i);
+                }
+                pos = upto;
+            }
+            Ok(())
         })
     }
 
@@ -320,6 +465,124 @@ pub(crate) fn open_raw_target(path: &Path) -> Result<(File, Option<u64>)> {
     Ok((file, capacity))
 }
 
+/// Opens `path` (a raw target already opened buffered as `file`) a second
+/// time with O_DIRECT. A file system that refuses it (EINVAL) is an error
+/// naming the target, not a silent fallback: the user asked for it.
+pub(crate) fn open_direct(path: &Path, file: &File) -> Result<Direct> {
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                StorageError::Io {
+                    path: path.to_path_buf(),
+                    offset: 0,
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "the file system refuses O_DIRECT (disk.direct_io / --direct-io)",
+                    ),
+                }
+            } else {
+                StorageError::from_io(path, 0, e)
+            }
+        })?;
+    let mut align = 4096usize;
+    let meta = file
+        .metadata()
+        .map_err(|e| StorageError::from_io(path, 0, e))?;
+    if meta.file_type().is_block_device() {
+        let mut lbs: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer.
+        if unsafe { libc::ioctl(direct.as_raw_fd(), BLKSSZGET, &mut lbs) } == 0 && lbs > 0 {
+            align = align.max(lbs as usize).next_power_of_two();
+        }
+    }
+    Ok(Direct {
+        file: direct,
+        align,
+    })
+}
+
+/// `_IO(0x12, 104)`: the logical block size of a block device.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+/// Bytes per O_DIRECT call, and the size of each thread's aligned buffer.
+const DIRECT_CHUNK: usize = 1 << 20;
+
+/// A heap buffer aligned for O_DIRECT; one per I/O thread, reused.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn new(align: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(DIRECT_CHUNK, align)
+            .expect("alignment is a power of two below the chunk size");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, layout }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+thread_local! {
+    // Pooled per thread: the writer and reader threads of a device are few
+    // and fixed, so this is a bounded number of 1 MiB buffers.
+    static ALIGNED: std::cell::RefCell<Option<AlignedBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's aligned buffer (made on first use).
+fn with_aligned_buf<R>(align: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    ALIGNED.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|b| b.layout.align() < align) {
+            *slot = Some(AlignedBuf::new(align));
+        }
+        let b = slot.as_mut().expect("set above");
+        // SAFETY: the allocation is `DIRECT_CHUNK` initialised bytes owned
+        // by this thread; the borrow ends with `f`.
+        let buf = unsafe { std::slice::from_raw_parts_mut(b.ptr.as_ptr(), DIRECT_CHUNK) };
+        f(buf)
+    })
+}
+
+/// The bytes `[from, to)` of the concatenation of `bufs`, as slices.
+fn sub_slices<B: AsRef<[u8]>>(bufs: &[B], from: u64, to: u64) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for b in bufs {
+        let b = b.as_ref();
+        let (s, e) = (at, at + b.len() as u64);
+        at = e;
+        if e <= from || s >= to {
+            continue;
+        }
+        out.push(&b[(from.max(s) - s) as usize..(to.min(e) - s) as usize]);
+    }
+    out
+}
+
+/// Copies the bytes `[from, from + dst.len())` of the concatenation of
+/// `bufs` into `dst`.
+fn copy_range<B: AsRef<[u8]>>(bufs: &[B], from: u64, dst: &mut [u8]) {
+    let mut at = 0usize;
+    for s in sub_slices(bufs, from, from + dst.len() as u64) {
+        dst[at..at + s.len()].copy_from_slice(s);
+        at += s.len();
+    }
+}
+
 /// Makes `[offset, offset + len)` of a regular file exist, per `mode`.
 /// Never shrinks a file.
 pub(crate) fn preallocate(
@@ -436,16 +699,22 @@ pub(crate) fn pwritev_all<B: AsRef<[u8]>>(
 
 /// Reads exactly `buf.len()` bytes at `offset`, retrying EINTR and short
 /// reads. Reading past the end of the file is an `UnexpectedEof` error.
+#[cfg(test)]
 pub(crate) fn pread_exact(fd: RawFd, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    // SAFETY: an initialised buffer viewed as possibly uninitialised bytes
-    // of the same length; only ever written through.
-    let uninit = unsafe {
+    pread_exact_uninit(fd, offset, as_uninit(buf))
+}
+
+/// An initialised buffer viewed as possibly uninitialised bytes (only ever
+/// written through), for the readers that take either.
+pub(crate) fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+    // SAFETY: same length and layout; writing initialised bytes keeps it
+    // initialised.
+    unsafe {
         std::slice::from_raw_parts_mut(
             buf.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
             buf.len(),
         )
-    };
-    pread_exact_uninit(fd, offset, uninit)
+    }
 }
 
 /// [`pread_exact`] into memory not yet initialised (a buffer's spare

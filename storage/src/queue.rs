@@ -78,6 +78,15 @@ impl<T> WorkQueue<T> {
         self.queue.len()
     }
 
+    /// Whether consumer `idx` is parked (or about to park) with nothing to
+    /// do: a racy snapshot, for choosing who does a job, never for
+    /// correctness.
+    pub fn consumer_parked(&self, idx: usize) -> bool {
+        self.sleepers[idx].sleeping.load(Ordering::SeqCst)
+            && self.queue.is_empty()
+            && !self.closed.load(Ordering::SeqCst)
+    }
+
     /// Called once by consumer `idx` on its own thread before it pops.
     pub fn register(&self, idx: usize) {
         let _ = self.sleepers[idx].thread.set(std::thread::current());

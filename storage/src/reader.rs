@@ -6,7 +6,6 @@
 //! thread never holds the last reference to a device and never has to join
 //! itself.
 
-use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +14,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::fs::{Target, pread_exact_uninit};
+use crate::fs::Target;
 use crate::hash::Reply;
 use crate::queue::WorkQueue;
 
@@ -80,8 +79,7 @@ pub(crate) fn read_parts(parts: &[ReadPart]) -> Result<Bytes, StorageError> {
         let dst = &mut spare[at..at + n];
         match &p.target {
             Some(t) => t
-                .file()
-                .and_then(|f| pread_exact_uninit(f.as_raw_fd(), p.offset, dst))
+                .read_at(p.offset, dst)
                 .map_err(|e| StorageError::from_io(&t.path, p.offset, e))?,
             None => dst.fill(std::mem::MaybeUninit::new(0)),
         }

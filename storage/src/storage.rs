@@ -57,6 +57,11 @@ pub struct DiskIoConfig {
     /// process; the least recently used is closed (and reopened on its
     /// next use) beyond it. Raw targets and part files are not counted.
     pub max_open_files: usize,
+    /// Raw targets (block devices, image files) are written and read with
+    /// O_DIRECT, bypassing the page cache; the unaligned edges of a run
+    /// (the last short piece) go through the page cache. Opening fails,
+    /// naming the target, where the file system refuses O_DIRECT.
+    pub direct_io: bool,
 }
 
 impl Default for DiskIoConfig {
@@ -66,8 +71,20 @@ impl Default for DiskIoConfig {
             readers_per_device: 2,
             reader_queue_capacity: 64,
             max_open_files: 512,
+            direct_io: false,
         }
     }
+}
+
+/// How a write is handed to the writers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Submit {
+    /// Give it back if the first device's queue is full.
+    Try,
+    /// Write it on this thread if its one device's writer is idle, else as `Try`.
+    HereOrTry,
+    /// Wait for room.
+    Wait,
 }
 
 /// One device's threads.
@@ -344,7 +361,15 @@ impl Storage {
                 }
             }
         }
-        let t = Target::new(file, target.to_path_buf())?;
+        let mut t = Target::new(file, target.to_path_buf())?;
+        if io.inner.config.direct_io {
+            t.direct = Some(crate::fs::open_direct(
+                target,
+                t.file()
+                    .map_err(|e| StorageError::from_io(target, 0, e))?
+                    .as_ref(),
+            )?);
+        }
         let parked = layout
             .files()
             .iter()
@@ -669,20 +694,30 @@ impl Storage {
     /// pieces straddling devices). An invalid piece (wrong length) is
     /// answered through its reply at once, on this thread.
     pub fn try_write(&self, job: WriteJob) -> Result<(), SubmitError<WriteJob>> {
-        self.submit_write(job, false, false)
+        self.submit_write(job, Submit::Try, false)
+    }
+
+    /// [`Storage::try_write`], except that a piece on one device whose
+    /// writer thread is parked with nothing queued is written on the
+    /// calling thread, its reply called there: no hand-over, so no wake-up
+    /// of the writer. The device still has one writer at a time. For
+    /// threads that may block on a write (the hash workers), not async
+    /// code.
+    pub fn write_here_or_queue(&self, job: WriteJob) -> Result<(), SubmitError<WriteJob>> {
+        self.submit_write(job, Submit::HereOrTry, false)
     }
 
     /// Queues a verified piece, waiting for room. Fails only when the
     /// writers are shut down.
     pub fn write(&self, job: WriteJob) -> Result<(), WriteJob> {
-        self.submit_write(job, true, false)
+        self.submit_write(job, Submit::Wait, false)
             .map_err(SubmitError::into_inner)
     }
 
     fn submit_write(
         &self,
         job: WriteJob,
-        blocking: bool,
+        how: Submit,
         relocate: bool,
     ) -> Result<(), SubmitError<WriteJob>> {
         let WriteJob { piece, reply } = job;
@@ -717,13 +752,20 @@ impl Storage {
             // The completion was just built as a write.
             _ => unreachable!("write completion"),
         };
+        let single = groups.len() == 1;
         for (k, (dev, chunks)) in groups.into_iter().enumerate() {
             let q = &dev.writer.shared.queue;
-            let item = WriterItem::Write {
+            let mut item = WriterItem::Write {
                 chunks,
                 done: done.clone(),
             };
-            let r = if blocking || k > 0 {
+            if single && how == Submit::HereOrTry {
+                match dev.writer.shared.write_here(item) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => item = back,
+                }
+            }
+            let r = if how == Submit::Wait || k > 0 {
                 q.push(item).map_err(SubmitError::Closed)
             } else {
                 q.try_push(item)
@@ -761,7 +803,7 @@ impl Storage {
                 let _ = tx.send(d.result);
             }),
         };
-        self.submit_write(job, true, relocate)
+        self.submit_write(job, Submit::Wait, relocate)
             .map_err(|_| StorageError::Closed)?;
         rx.recv().map_err(|_| StorageError::Closed)?
     }
@@ -999,8 +1041,7 @@ impl Storage {
                 let dst = &mut buf[at..at + n];
                 match &part.target {
                     Some(t) => t
-                        .file()
-                        .and_then(|f| crate::fs::pread_exact(f.as_raw_fd(), part.offset, dst))
+                        .read_at(part.offset, crate::fs::as_uninit(dst))
                         .map_err(|e| StorageError::from_io(&t.path, part.offset, e))?,
                     None => dst.fill(0),
                 }

@@ -6,10 +6,20 @@
 //! chunks (target, offset, bytes), sorts the chunks by (target, offset),
 //! merges chunks that touch end-to-start into runs, and writes each run with
 //! `pwritev` (split at `max_iovecs`, resumed after short writes, EINTR
-//! retried). Sync requests in the batch run after its writes, so a sync
-//! covers every write queued before it. Only then are completions sent: a
-//! job succeeds only if every run holding one of its chunks succeeded, and a
-//! failed run fails all its jobs with the OS error, the file and the offset.
+//! retried). Sync requests in the batch are handed, after its writes, to
+//! the device's sync thread, so a sync covers every write queued before it
+//! and the writes queued after it go on while `fdatasync` waits on the
+//! disk (on a real disk a checkpoint's sync stalled the writer for tens of
+//! milliseconds, and every piece of the device behind it). Write
+//! completions are sent after the batch's writes: a job succeeds only if
+//! every run holding one of its chunks succeeded, and a failed run fails
+//! all its jobs with the OS error, the file and the offset.
+//!
+//! A thread that verified a piece (a hash worker) may write it itself
+//! while the writer thread is parked with nothing queued
+//! (`WriterShared::write_here`): the same batch code, under the device's
+//! `busy` flag, so the device still has one writer at a time and no
+//! wake-up is spent on the hand-over.
 //!
 //! Why one writer per device: writes to one disk from two threads only
 //! interleave seeks; two disks should write in parallel. Grouping is by the
@@ -17,14 +27,14 @@
 
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::fs::{Target, datasync, pwritev_all};
+use crate::fs::{Target, datasync};
 use crate::hash::Reply;
 use crate::queue::WorkQueue;
 
@@ -79,6 +89,9 @@ pub struct WriterCounters {
     pub batches: AtomicU64,
     /// Sync requests served.
     pub syncs: AtomicU64,
+    /// Batches (of one piece) written by the thread that verified them
+    /// because this writer was idle (counted in `batches` too).
+    pub inline_batches: AtomicU64,
 }
 
 /// A snapshot of [`WriterCounters`].
@@ -102,6 +115,8 @@ pub struct WriterStats {
     pub batches: u64,
     /// See [`WriterCounters::syncs`].
     pub syncs: u64,
+    /// See [`WriterCounters::inline_batches`].
+    pub inline_batches: u64,
 }
 
 impl WriterCounters {
@@ -118,6 +133,7 @@ impl WriterCounters {
             errors: r(&self.errors),
             batches: r(&self.batches),
             syncs: r(&self.syncs),
+            inline_batches: r(&self.inline_batches),
         }
     }
 }
@@ -207,12 +223,63 @@ pub(crate) struct WriterShared {
     pub queue: WorkQueue<WriterItem>,
     pub counters: WriterCounters,
     config: WriterConfig,
+    /// Held by whichever thread writes for the device now: the writer
+    /// thread, or a thread writing its own job in [`WriterShared::write_here`].
+    /// So the device still has one writer at a time.
+    busy: AtomicBool,
+    /// Syncs handed over by the writer thread, for the sync thread.
+    syncs: WorkQueue<(Vec<Arc<Target>>, Arc<Countdown>)>,
+}
+
+/// Syncs that may wait for the sync thread (each covers its device's
+/// targets; a writer with more waits for room).
+const SYNC_QUEUE: usize = 8;
+
+impl WriterShared {
+    /// Writes `item` on the calling thread when the writer thread is parked
+    /// with nothing queued and no rate limit applies: handing it over would
+    /// cost a wake-up of the writer (and its completion another thread
+    /// switch) for work the caller can do at once. Gives the item back
+    /// otherwise (queue it then). For threads that may block on a write
+    /// (the hash workers), never a runtime thread.
+    pub(crate) fn write_here(&self, item: WriterItem) -> Result<(), WriterItem> {
+        let limited = self.config.max_bytes_per_sec.is_some_and(|r| r > 0);
+        if limited || !self.queue.consumer_parked(0) {
+            return Err(item);
+        }
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(item);
+        }
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.inline_batches.fetch_add(1, Ordering::Relaxed);
+        let mut batch = vec![item];
+        process_batch(self, &mut batch);
+        self.busy.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits until no other thread writes for the device, then holds it.
+    /// Contended only while a hash worker writes one piece of its own.
+    fn claim(&self) {
+        while self
+            .busy
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
 }
 
 /// One device's writer thread; dropping it finishes queued jobs and joins.
 pub(crate) struct DiskWriter {
     pub shared: Arc<WriterShared>,
     thread: Option<JoinHandle<()>>,
+    syncer: Option<JoinHandle<()>>,
 }
 
 impl DiskWriter {
@@ -221,14 +288,29 @@ impl DiskWriter {
             queue: WorkQueue::new(config.queue_capacity, 1),
             counters: WriterCounters::default(),
             config,
+            busy: AtomicBool::new(false),
+            syncs: WorkQueue::new(SYNC_QUEUE, 1),
         });
         let s = shared.clone();
-        let thread = std::thread::Builder::new()
+        let syncer = std::thread::Builder::new()
+            .name(format!("disk-sync-{device:x}"))
+            .spawn(move || sync_loop(&s))?;
+        let s = shared.clone();
+        let thread = match std::thread::Builder::new()
             .name(format!("disk-writer-{device:x}"))
-            .spawn(move || writer_loop(&s))?;
+            .spawn(move || writer_loop(&s))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                shared.syncs.close();
+                let _ = syncer.join();
+                return Err(e);
+            }
+        };
         Ok(DiskWriter {
             shared,
             thread: Some(thread),
+            syncer: Some(syncer),
         })
     }
 }
@@ -237,6 +319,13 @@ impl Drop for DiskWriter {
     fn drop(&mut self) {
         self.shared.queue.close();
         if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+        // After the writer: the syncs it handed over still run.
+        self.shared.syncs.close();
+        if let Some(t) = self.syncer.take()
             && t.thread().id() != std::thread::current().id()
         {
             let _ = t.join();
@@ -259,13 +348,33 @@ fn writer_loop(s: &WriterShared) {
         s.counters.batches.fetch_add(1, Ordering::Relaxed);
         let bytes = batch_bytes(&batch);
         let started = std::time::Instant::now();
+        s.claim();
         process_batch(s, &mut batch);
+        s.busy.store(false, Ordering::Release);
         if let Some(rate) = s.config.max_bytes_per_sec.filter(|r| *r > 0) {
             let due = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
             if let Some(rest) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(rest);
             }
         }
+    }
+}
+
+fn sync_loop(s: &WriterShared) {
+    s.syncs.register(0);
+    while let Some((targets, done)) = s.syncs.pop_or_park(0) {
+        s.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        let mut result = Ok(());
+        for t in &targets {
+            if let Err(e) = t.file().and_then(|f| datasync(f.as_raw_fd())) {
+                result = Err(StorageError::from_io(&t.path, 0, e));
+                break;
+            }
+        }
+        if result.is_err() {
+            s.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        done.finish(result);
     }
 }
 
@@ -331,10 +440,8 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
         bufs.extend(keys[start..end].iter().map(|k| &chunk_of(k).data[..]));
         let target = &first.target;
         let began = std::time::Instant::now();
-        let written = target
-            .file()
-            .map_err(|e| (e, first.offset))
-            .and_then(|f| pwritev_all(f.as_raw_fd(), first.offset, &bufs, s.config.max_iovecs));
+        // Through O_DIRECT for a raw target with `disk.direct_io`.
+        let written = target.write_run(first.offset, &bufs, s.config.max_iovecs);
         match written {
             Ok(calls) => {
                 let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -369,18 +476,6 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
         start = end;
     }
     drop(bufs);
-    // Syncs after the batch's writes: they cover everything queued earlier.
-    for (i, item) in batch.iter().enumerate() {
-        if let WriterItem::Sync { targets, .. } = item {
-            s.counters.syncs.fetch_add(1, Ordering::Relaxed);
-            for t in targets {
-                if let Err(e) = t.file().and_then(|f| datasync(f.as_raw_fd())) {
-                    failed[i] = Some(StorageError::from_io(&t.path, 0, e));
-                    break;
-                }
-            }
-        }
-    }
     for (item, err) in batch.drain(..).zip(failed) {
         let done = match item {
             WriterItem::Write { done, .. } => {
@@ -389,7 +484,15 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
                 }
                 done
             }
-            WriterItem::Sync { done, .. } => done,
+            // After the batch's writes: the sync covers everything queued
+            // before it. Waiting for room here is rare (8 syncs behind).
+            WriterItem::Sync { targets, done } => {
+                if let Err((_, done)) = s.syncs.push((targets, done)) {
+                    s.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    done.finish(Err(StorageError::Closed));
+                }
+                continue;
+            }
         };
         match err {
             Some(e) => {

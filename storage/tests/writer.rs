@@ -279,3 +279,172 @@ fn padding_only_pieces_need_no_disk() {
     assert_eq!(st.read_blocking(1, 0, 36).unwrap(), vec![0u8; 36]);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// `write_here_or_queue` writes on the calling thread when the writer is
+/// parked (no hand-over), queues while it is busy, and a sync after both
+/// covers them; every byte lands either way.
+#[test]
+fn idle_writer_lets_the_caller_write_busy_writer_takes_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![FileSpec::new(["t", "a.bin"], 8 * 65_536)];
+    let all = Bytes::from(data(8 * 65_536, 3));
+    let io = io_with(WriterConfig::default());
+    let st = Storage::open_files(
+        &io,
+        dir.path(),
+        files.clone(),
+        65_536,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+    // Let the writer thread start and park.
+    let mut parked = false;
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let me = std::thread::current().id();
+        let (tx, rx) = sync_channel(1);
+        st.write_here_or_queue(WriteJob {
+            piece: verified(&layout, &all, 0),
+            reply: Box::new(move |d| tx.send((d, std::thread::current().id())).unwrap()),
+        })
+        .unwrap();
+        let (d, on) = rx.recv().unwrap();
+        d.result.unwrap();
+        if on == me {
+            parked = true;
+            break;
+        }
+    }
+    assert!(parked, "a parked writer never let the caller write");
+    assert!(io.writer_stats()[0].1.inline_batches >= 1);
+    // A writer busy with a held reply: the next piece is queued, not
+    // written here, and waits for it.
+    let gate = Arc::new(Barrier::new(2));
+    let g = gate.clone();
+    st.write(WriteJob {
+        piece: verified(&layout, &all, 1),
+        reply: Box::new(move |d| {
+            d.result.unwrap();
+            g.wait();
+        }),
+    })
+    .unwrap();
+    // The writer may not have popped it yet; either way it is not parked.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let me = std::thread::current().id();
+    let (tx, rx) = sync_channel(8);
+    for p in 2..8 {
+        let tx = tx.clone();
+        st.write_here_or_queue(WriteJob {
+            piece: verified(&layout, &all, p),
+            reply: Box::new(move |d| tx.send((d, std::thread::current().id())).unwrap()),
+        })
+        .unwrap();
+    }
+    gate.wait();
+    for _ in 2..8 {
+        let (d, on) = rx.recv().unwrap();
+        d.result.unwrap();
+        assert_ne!(on, me, "written here while the writer was busy");
+    }
+    st.sync_blocking().unwrap();
+    assert_eq!(read_all(dir.path(), &files), &all[..]);
+    let s = io.writer_stats()[0].1;
+    assert_eq!(
+        s.inline_batches, 1,
+        "only the one piece written while parked"
+    );
+    assert_eq!(s.errors, 0);
+}
+
+/// A rate-limited writer is never bypassed: its limit is what slows the
+/// download.
+#[test]
+fn rate_limited_writer_always_takes_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![FileSpec::new(["t", "a.bin"], 4 * 65_536)];
+    let all = Bytes::from(data(4 * 65_536, 4));
+    let io = io_with(WriterConfig {
+        max_bytes_per_sec: Some(64 << 20),
+        ..WriterConfig::default()
+    });
+    let st = Storage::open_files(
+        &io,
+        dir.path(),
+        files.clone(),
+        65_536,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let me = std::thread::current().id();
+    for p in 0..4 {
+        let (tx, rx) = sync_channel(1);
+        st.write_here_or_queue(WriteJob {
+            piece: verified(&layout, &all, p),
+            reply: Box::new(move |d| tx.send((d, std::thread::current().id())).unwrap()),
+        })
+        .unwrap();
+        let (d, on) = rx.recv().unwrap();
+        d.result.unwrap();
+        assert_ne!(on, me);
+    }
+    assert_eq!(io.writer_stats()[0].1.inline_batches, 0);
+    assert_eq!(read_all(dir.path(), &files), &all[..]);
+}
+
+/// Syncs run on the device's sync thread, handed over after the writes of
+/// their batch: every write queued before a sync has replied when the sync
+/// replies, and the bytes are on disk.
+#[test]
+fn sync_replies_after_every_write_queued_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![FileSpec::new(["t", "a.bin"], 16 * 65_536)];
+    let all = Bytes::from(data(16 * 65_536, 5));
+    let io = io_with(WriterConfig::default());
+    let st = Storage::open_files(
+        &io,
+        dir.path(),
+        files.clone(),
+        65_536,
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let layout = st.layout().clone();
+    let (tx, rx) = sync_channel(32);
+    for round in 0..2u32 {
+        for p in round * 8..round * 8 + 8 {
+            let tx = tx.clone();
+            st.write(WriteJob {
+                piece: verified(&layout, &all, p),
+                reply: Box::new(move |d| tx.send(Ok(d.piece)).unwrap()),
+            })
+            .unwrap();
+        }
+        let tx = tx.clone();
+        st.sync(Box::new(move |r| tx.send(Err(r.is_ok())).unwrap()));
+    }
+    let mut written = 0;
+    for round in 1..=2 {
+        loop {
+            match rx.recv().unwrap() {
+                Ok(_) => written += 1,
+                Err(ok) => {
+                    assert!(ok, "sync failed");
+                    break;
+                }
+            }
+        }
+        // Writes queued after a sync may reply first: they do not wait
+        // for its fdatasync.
+        assert!(
+            written >= 8 * round,
+            "a sync replied before the writes queued ahead of it"
+        );
+    }
+    assert_eq!(read_all(dir.path(), &files), &all[..]);
+    let s = io.writer_stats()[0].1;
+    assert_eq!((s.syncs, s.errors), (2, 0));
+}

@@ -15,10 +15,12 @@
 //! (one wake-up of this actor per piece, by the write completion); without
 //! one, or when the writer's queue is full, the verified piece comes back
 //! and waits in `pending_write` for a writer permit. Completions come back
-//! on `done_rx`, whose capacity covers every permit, so the hash and writer
-//! threads' `try_send` cannot fail; each completion carries its permit, so
-//! a slot is free again only once the torrent has taken the result. The
-//! actor drains every completion waiting in one wake-up.
+//! in a `done::DoneBox`, whose capacity covers every permit, so the hash
+//! and writer threads' pushes cannot fail; each completion carries its
+//! permit, so a slot is free again only once the torrent has taken the
+//! result. A written piece does not wake the actor (its budget is returned
+//! by the writing thread): the actor drains the box whenever it runs, and
+//! on a short timer while writes are out.
 //!
 //! The actor's methods are split by concern: `peers` (address book,
 //! connections, reconnect policy, choking), `pieces` (the data path
@@ -49,6 +51,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod done;
 pub mod msg;
 mod peers;
 mod pieces;
@@ -208,7 +211,10 @@ struct Torrent {
     pending_hash: VecDeque<(u32, Vec<Bytes>)>,
     pending_write: VecDeque<storage::VerifiedPiece>,
     write_permits: Arc<Semaphore>,
-    done_tx: mpsc::Sender<Done>,
+    done: Arc<done::DoneBox>,
+    /// How long the actor sleeps with writes out before it looks at
+    /// `done` unasked; doubles while it finds nothing.
+    done_poll: Duration,
     /// A sync for a checkpoint is in flight.
     checkpoint: Option<storage::Checkpoint>,
     /// The final sync has been asked for.
@@ -265,6 +271,12 @@ const TRACKER_PEER_BATCHES: usize = 16;
 /// Most completions handled in one wake-up before the loop looks at its
 /// other inputs again.
 const DONE_BATCH: usize = 64;
+/// Bounds of the delay after which an idle actor with writes out looks for
+/// their quiet completions (see [`done`]): the first is what the last piece
+/// of a download waits at most, the second what an actor waiting on a slow
+/// disk costs in wake-ups.
+const DONE_POLL_MIN: Duration = Duration::from_millis(2);
+const DONE_POLL_MAX: Duration = Duration::from_millis(64);
 
 async fn run(
     params: TorrentParams,
@@ -322,7 +334,7 @@ async fn run(
     let write_cap = storage.write_capacity().max(1);
     let hash_cap = shared.hash.capacity();
     // Every permit can have one completion waiting, plus the one sync.
-    let (done_tx, mut done_rx) = mpsc::channel(write_cap + hash_cap + 2);
+    let done = Arc::new(done::DoneBox::new(write_cap + hash_cap + 2));
     let policy: ResumePolicy = shared.config.resume;
     let shared_choker = shared.config.choker;
     let mut up_limits: Vec<LimitCell> = vec![shared.up_limit.clone()];
@@ -357,7 +369,8 @@ async fn run(
         tasks: JoinSet::new(),
         pending_hash: VecDeque::new(),
         pending_write: VecDeque::new(),
-        done_tx,
+        done,
+        done_poll: DONE_POLL_MIN,
         checkpoint: None,
         finishing: false,
         write_backoff: false,
@@ -429,27 +442,44 @@ async fn run(
     let mut pex_tick =
         tokio::time::interval(t.shared.config.pex.interval.max(Duration::from_secs(1)));
     pex_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let poll = tokio::time::sleep(DONE_POLL_MIN);
+    tokio::pin!(poll);
+    let mut poll_armed;
     loop {
+        if matches!(t.state, TorrentState::Complete | TorrentState::Error(_)) {
+            break;
+        }
+        // Whatever woke the actor, it takes the completions waiting first
+        // (their HAVEs reach each peer before the peer runs, so a batch
+        // costs the peer one wake-up too).
+        let found = t.drain_done().await;
         if matches!(t.state, TorrentState::Complete | TorrentState::Error(_)) {
             break;
         }
         let hash_permits = t.shared.hash_permits.clone();
         let write_permits = t.write_permits.clone();
+        if found {
+            t.done_poll = DONE_POLL_MIN;
+        }
+        // One timer, pushed later each time the actor runs, so it fires
+        // only once the actor has been idle that long. Not a new timer per
+        // message: a timer due earlier than the one the parked runtime
+        // thread waits for wakes that thread (an eventfd write per
+        // message, measured), while moving one later only marks it.
+        poll_armed = write_permits.available_permits() < write_cap;
+        if poll_armed {
+            poll.as_mut()
+                .reset(tokio::time::Instant::now() + t.done_poll);
+        }
+        let done = t.done.clone();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some(done) = done_rx.recv() => {
-                t.on_done(done).await;
-                // The writer finishes a batch at once: take all of it in
-                // this wake-up (its HAVEs reach each peer before the peer
-                // runs, so they cost the peer one wake-up too).
-                for _ in 1..DONE_BATCH {
-                    match done_rx.try_recv() {
-                        Ok(d) => t.on_done(d).await,
-                        Err(_) => break,
-                    }
-                }
-                t.after_writes();
+            _ = done.woken() => {}
+            () = &mut poll, if poll_armed => {
+                // Back off while the polls find nothing (a slow disk); the
+                // next drain that finds something resets it.
+                t.done_poll = (t.done_poll * 2).min(DONE_POLL_MAX);
             }
             permit = hash_permits.acquire_owned(), if !t.pending_hash.is_empty() => {
                 if let Ok(p) = permit { t.submit_hash(p); }
@@ -479,7 +509,7 @@ async fn run(
         }
         t.announce_completion().await;
     }
-    t.shutdown(&mut rx, &mut done_rx).await;
+    t.shutdown(&mut rx).await;
 }
 
 /// The end of the relocation task, or never when none runs.
@@ -852,11 +882,7 @@ impl Torrent {
         }
     }
 
-    async fn shutdown(
-        &mut self,
-        rx: &mut mpsc::Receiver<TorrentMsg>,
-        done_rx: &mut mpsc::Receiver<Done>,
-    ) {
+    async fn shutdown(&mut self, rx: &mut mpsc::Receiver<TorrentMsg>) {
         self.cancel.cancel();
         // Peers may be blocked sending to us: keep draining while they stop.
         loop {
@@ -875,15 +901,19 @@ impl Torrent {
         let in_flight = self.write_permits.clone();
         let cap = self.storage.write_capacity().max(1) as u32;
         loop {
-            tokio::select! {
-                Some(d) = done_rx.recv() => match d {
-                    Done::Write(WriteDone { piece, result: Ok(()) }, _p) => {
-                        self.release_landed(u64::from(self.picker.piece_size(piece)));
+            while let Some(d) = self.done.pop() {
+                match d {
+                    // Their landed bytes went back when they were written.
+                    Done::Write(
+                        WriteDone {
+                            piece,
+                            result: Ok(()),
+                        },
+                        _p,
+                    ) => {
                         self.resume.written(piece);
                     }
-                    Done::Write(WriteDone { piece, .. }, _p) => {
-                        self.release_landed(u64::from(self.picker.piece_size(piece)));
-                    }
+                    Done::Write(..) | Done::Sync(_) => {}
                     Done::Hash(d, _p) => {
                         let bytes = match &d {
                             HashDone::Verified(v) => v.len(),
@@ -891,8 +921,12 @@ impl Torrent {
                         };
                         self.release_landed(bytes);
                     }
-                    Done::Sync(_) => {}
-                },
+                }
+            }
+            // Written pieces wake nobody: look again shortly.
+            tokio::select! {
+                _ = self.done.woken() => {}
+                _ = tokio::time::sleep(DONE_POLL_MIN) => {}
                 all = in_flight.acquire_many(cap) => {
                     drop(all);
                     break;

@@ -3,6 +3,7 @@
 //! completions back, and checkpoints of the resume data. Methods of the
 //! torrent actor; the peers are in [`super::peers`].
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -10,8 +11,10 @@ use storage::{HashDone, HashJob, StorageError, WriteDone, WriteJob};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
-use super::Torrent;
+use super::done::DoneBox;
 use super::msg::{ExchangeReply, TorrentState};
+use super::{DONE_BATCH, Torrent};
+use crate::budget::BufferBudget;
 use crate::peer::msg::PeerCmd;
 use crate::picker::{Block, PeerId, Received};
 
@@ -98,6 +101,29 @@ impl Torrent {
         }
     }
 
+    /// Takes the completions waiting (at most [`DONE_BATCH`] before the
+    /// loop looks at its other inputs; then it comes back at once), and
+    /// settles what written pieces change. True if there were any.
+    pub(super) async fn drain_done(&mut self) -> bool {
+        let mut any = false;
+        for _ in 0..DONE_BATCH {
+            match self.done.pop() {
+                Some(d) => {
+                    any = true;
+                    self.on_done(d).await;
+                }
+                None => break,
+            }
+        }
+        if any {
+            if !self.done.is_empty() {
+                self.done.nudge();
+            }
+            self.after_writes();
+        }
+        any
+    }
+
     pub(super) fn release(&self, bytes: u64) {
         if bytes > 0 {
             self.shared.budget.release(bytes);
@@ -117,12 +143,15 @@ impl Torrent {
         let Some(expected) = self.meta.info.piece_hash(index).copied() else {
             return;
         };
-        let tx = self.done_tx.clone();
-        // Direct: the hash worker queues the verified piece to the writer
-        // itself, so a piece costs one wake-up of the torrent (the write
-        // completion) instead of two, and no hop between the threads. It
-        // needs a write permit now (held while hashing) and no smart-ban
-        // evidence (a piece that failed before is judged here first).
+        let done = self.done.clone();
+        // Direct: the hash worker hands the verified piece to the disk
+        // writer itself (or, when the device's writer is parked, writes it
+        // on its own thread: no hand-over at all), returns its buffer
+        // budget and leaves a quiet completion that the torrent takes on
+        // its next run. So a piece costs the wake-up of a hash worker and
+        // nothing more. It needs a write permit now (held while hashing)
+        // and no smart-ban evidence (a piece that failed before is judged
+        // here first).
         let direct = if self.write_backoff || self.picker.has_evidence(index) {
             None
         } else {
@@ -130,7 +159,7 @@ impl Torrent {
                 .clone()
                 .try_acquire_owned()
                 .ok()
-                .map(|w| (self.storage.clone(), w))
+                .map(|w| (self.storage.clone(), self.shared.budget.clone(), w))
         };
         if direct.is_some() {
             // The hash worker may hand the piece to the writer without
@@ -143,27 +172,20 @@ impl Torrent {
             blocks,
             expected,
             reply: Box::new(move |d| match (d, direct) {
-                (HashDone::Verified(piece), Some((storage, write_permit))) => {
-                    let wtx = tx.clone();
+                (HashDone::Verified(piece), Some((storage, budget, write_permit))) => {
                     let job = WriteJob {
+                        reply: written(done.clone(), budget, piece.len(), write_permit),
                         piece,
-                        reply: Box::new(move |w| {
-                            // Cannot fail: a slot per write permit.
-                            let _ = wtx.try_send(Done::Write(w, write_permit));
-                        }),
                     };
-                    if let Err(e) = storage.try_write(job) {
+                    if let Err(e) = storage.write_here_or_queue(job) {
                         // The device's queue is full (another torrent) or
                         // closing: the torrent queues it as before. The
                         // hash permit backs this message's slot.
                         let piece = e.into_inner().piece;
-                        let _ = tx.try_send(Done::Hash(HashDone::Verified(piece), permit));
+                        done.push(Done::Hash(HashDone::Verified(piece), permit), true);
                     }
                 }
-                // Cannot fail: the channel has a slot per permit.
-                (d, _) => {
-                    let _ = tx.try_send(Done::Hash(d, permit));
-                }
+                (d, _) => done.push(Done::Hash(d, permit), true),
             }),
         };
         if let Err(e) = self.shared.hash.try_submit(job) {
@@ -189,12 +211,14 @@ impl Torrent {
         };
         // Noted before the write is handed over (see `WriteJournal`).
         self.note_journal(piece.piece());
-        let tx = self.done_tx.clone();
         let job = WriteJob {
+            reply: written(
+                self.done.clone(),
+                self.shared.budget.clone(),
+                piece.len(),
+                permit,
+            ),
             piece,
-            reply: Box::new(move |d| {
-                let _ = tx.try_send(Done::Write(d, permit));
-            }),
         };
         if let Err(e) = self.storage.try_write(job) {
             // Another torrent on the same device filled the writer's queue:
@@ -233,8 +257,7 @@ impl Torrent {
                 }
             }
             Done::Write(WriteDone { piece, result }, _permit) => {
-                let size = u64::from(self.picker.piece_size(piece));
-                self.release_landed(size);
+                // Its landed bytes were given back by the writing thread.
                 match result {
                     Ok(()) => {
                         if let Err(e) = self.picker.piece_verified(piece) {
@@ -348,15 +371,13 @@ impl Torrent {
     pub(super) fn start_sync(&mut self) {
         let cp = self.resume.begin();
         self.checkpoint = Some(cp);
-        let tx = self.done_tx.clone();
+        let done = self.done.clone();
         // `Storage::sync` waits for room in the writer queues; on a runtime
         // worker that wait stalls every task (stats, signals) for as long
         // as a slow disk takes to drain a full queue.
         let storage = self.storage.clone();
         tokio::task::spawn_blocking(move || {
-            storage.sync(Box::new(move |r| {
-                let _ = tx.try_send(Done::Sync(r));
-            }));
+            storage.sync(Box::new(move |r| done.push(Done::Sync(r), true)));
         });
     }
 
@@ -387,6 +408,23 @@ impl Torrent {
             self.start_sync();
         }
     }
+}
+
+/// The reply of a piece's write, on the writing thread: gives the piece's
+/// landed bytes back to the budget at once (peers waiting on it resume
+/// without a hop through the torrent) and leaves the result in the
+/// torrent's mailbox, waking it only for a failure.
+fn written(
+    done: Arc<DoneBox>,
+    budget: Arc<BufferBudget>,
+    bytes: u64,
+    permit: OwnedSemaphorePermit,
+) -> storage::Reply<WriteDone> {
+    Box::new(move |w: WriteDone| {
+        budget.release_landed(bytes);
+        let failed = w.result.is_err();
+        done.push(Done::Write(w, permit), failed);
+    })
 }
 
 /// Bytes held by a piece's blocks (what they hold of the buffer budget).
