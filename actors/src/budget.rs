@@ -43,20 +43,26 @@
 //! **The effective limit.** The capacity is a ceiling, not a target: the
 //! bytes the network needs are rate x (request latency + hash + write time),
 //! a few MiB on a fast disk. So [`BufferBudget`] also holds an *effective
-//! limit*, starting at `floor`, that new reservations may not cross (same
-//! watermark percentages, applied to it). [`Governor`], driven by the
-//! session's tick, doubles it after a tick in which a peer was refused by it
-//! with its pipeline less than half full while most bytes in use were in the
-//! network (starved: more room would become more requests on a drying link), and halves it, never below `floor`, after
-//! [`SHRINK_TICKS`] ticks in which the use stayed under half of it (idle).
-//! Refusals while most bytes are landed (a slow disk) do not grow it: more
-//! room would only hold more unwritten blocks.
+//! limit*, starting at `floor`, that new reservations may not cross. It has
+//! no pause of its own: a reservation that does not fit is refused (the
+//! peer asks for less), and the peers left with nothing outstanding wait
+//! until releases bring the use under the limit's high watermark. A pause
+//! with hysteresis here let the network run dry while the landed blocks
+//! drained (a stop-and-go pipeline: 3.7 s for 1 GiB against 2.2 s).
+//! [`Governor`], driven by the session's tick, doubles the limit after a
+//! tick in which the limit (not the backlog bound, not the capacity) cut a
+//! peer that had request slots to less than half its pipeline (starved: more
+//! room would become more requests on a drying link), and halves it, never
+//! below `floor`, after [`SHRINK_TICKS`] ticks in which the use stayed under
+//! half of it (idle). Landed bytes count against the limit but are bounded
+//! by the backlog, so growth stops at about backlog + half the pipelines; on
+//! a slow disk the backlog bound refuses first and the limit stays put.
 //!
 //! A reservation that crosses the high watermark still succeeds (as long as
 //! it stays within capacity) and pauses the budget for the next ones; one
 //! that would exceed the capacity fails without changing anything.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use tokio::sync::Notify;
 
@@ -115,6 +121,18 @@ pub enum BudgetConfigError {
         /// The high watermark given, in percent.
         high: u8,
     },
+}
+
+/// What refused a [`BufferBudget::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The landed backlog is at its bound: the hash workers or the disk
+    /// are behind.
+    Backlog,
+    /// The bytes would cross the effective limit.
+    Limit,
+    /// The budget is paused at its watermark or the capacity is reached.
+    Budget,
 }
 
 /// Watermarks in bytes, computed once from a validated config.
@@ -395,22 +413,31 @@ pub struct BufferBudget {
     /// The effective limit in bytes (see the module docs), set by
     /// [`Self::tick`]; at most the capacity.
     limit: AtomicU64,
-    /// Watermark percentages, applied to `limit`.
+    /// High watermark percentage, applied to `limit`: peers refused by the
+    /// limit are woken once the use is at or under it.
     high_percent: u8,
-    low_percent: u8,
-    /// Use reached the effective high watermark: refused until a release
-    /// brings it to the effective low one.
-    limit_paused: std::sync::atomic::AtomicBool,
-    /// A peer reported starving (see [`Self::starving`]) since the last
+    /// A reservation was refused by the limit: the release that brings the
+    /// use under its high watermark wakes the peers.
+    limit_waiting: std::sync::atomic::AtomicBool,
+    /// Peers that reported starving (see [`Self::starving`]) since the last
     /// tick.
-    starved: std::sync::atomic::AtomicBool,
-    /// Highest use since the last tick.
+    starved: AtomicU64,
+    /// Reservations refused since the last tick, by the limit and by the
+    /// backlog bound (for the trace at each tick).
+    refused_limit: AtomicU64,
+    refused_backlog: AtomicU64,
+    /// Highest use and highest landed bytes since the last tick.
     window_peak: AtomicU64,
+    window_landed: AtomicU64,
     /// Highest effective limit set.
     limit_peak: AtomicU64,
     /// Resumes so far (see [`Self::resumed_since`]).
     epoch: AtomicU64,
 }
+
+/// A request's size (BitTorrent's 16 KiB block): the smallest
+/// reservation a peer makes.
+const BLOCK: u64 = 16 * 1024;
 
 /// How often the session steps the effective limit: growing from the
 /// 16 MiB floor to 256 MiB takes 4 ticks.
@@ -483,103 +510,138 @@ impl BufferBudget {
             backlog_paused: std::sync::atomic::AtomicBool::new(false),
             limit: AtomicU64::new(limit),
             high_percent: config.high_watermark_percent,
-            low_percent: config.low_watermark_percent,
-            limit_paused: std::sync::atomic::AtomicBool::new(false),
-            starved: std::sync::atomic::AtomicBool::new(false),
+            limit_waiting: std::sync::atomic::AtomicBool::new(false),
+            starved: AtomicU64::new(0),
+            refused_limit: AtomicU64::new(0),
+            refused_backlog: AtomicU64::new(0),
             window_peak: AtomicU64::new(0),
+            window_landed: AtomicU64::new(0),
             limit_peak: AtomicU64::new(limit),
             epoch: AtomicU64::new(0),
         })
     }
 
-    /// The effective watermarks: (limit, high, low) in bytes.
-    fn effective(&self) -> (u64, u64, u64) {
+    /// The effective limit and the use at or under which peers it refused
+    /// are woken, in bytes: its high watermark, and at least one block
+    /// under the limit (with a limit under 160 KiB the watermark alone
+    /// would leave a refused block no wake-up).
+    fn effective(&self) -> (u64, u64) {
         let limit = self.limit.load(Ordering::Acquire);
-        let of = |p: u8| u64::try_from(u128::from(limit) * u128::from(p) / 100).unwrap_or(u64::MAX);
-        (limit, of(self.high_percent), of(self.low_percent))
+        let high = u64::try_from(u128::from(limit) * u128::from(self.high_percent) / 100)
+            .unwrap_or(u64::MAX)
+            .min(limit.saturating_sub(BLOCK));
+        (limit, high)
     }
 
-    /// A peer was refused (some of) its requests with its pipeline less
-    /// than half full: the limit, not the remote, holds it back. Counts as
-    /// starvation for the next tick unless the bytes in use are mostly
-    /// landed (the disk, not the network, holds them; more room would only
-    /// hold more unwritten blocks).
+    /// A peer with request slots (unchoked, interested, pipeline not full)
+    /// was cut by the effective limit ([`Refused::Limit`]) to less than half
+    /// its pipeline: it counts as starvation for the next tick. Refusals by
+    /// the backlog bound are not starvation (the disk or the hash workers
+    /// are behind; more room would only hold more unwritten blocks), and
+    /// neither is a cut that leaves the pipeline more than half full.
     pub fn starving(&self) {
-        let used = self.budget.in_use();
-        if self.landed.load(Ordering::Acquire).saturating_mul(2) <= used {
-            self.starved.store(true, Ordering::Release);
-        }
+        self.starved.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes `bytes` unless the budget is paused or full, the landed
     /// backlog is at its bound, or they would cross the effective limit.
-    /// The limit check and the reservation are two steps, so concurrent
-    /// peers may overshoot the limit by a reservation each; the capacity is
-    /// exact.
     pub fn try_reserve(&self, bytes: u64) -> bool {
+        self.reserve(bytes).is_ok()
+    }
+
+    /// [`Self::try_reserve`], saying what refused. The limit check and the
+    /// reservation are two steps, so concurrent peers may overshoot the
+    /// limit by a reservation each; the capacity is exact.
+    pub fn reserve(&self, bytes: u64) -> Result<(), Refused> {
         if self.backlog > 0 {
             let landed = self.landed.load(Ordering::Acquire);
             if landed >= self.backlog {
                 self.backlog_paused.store(true, Ordering::Release);
-                // A release may have crossed half before the flag was set.
+                // A release may have crossed half before the flag was set
+                // (the fence pairs with the one in `release_landed`).
+                fence(Ordering::SeqCst);
                 if self.landed.load(Ordering::Acquire) > self.backlog / 2 {
-                    return false;
+                    self.refused_backlog.fetch_add(1, Ordering::Relaxed);
+                    return Err(Refused::Backlog);
                 }
                 if self.backlog_paused.swap(false, Ordering::AcqRel) {
                     self.notify();
                 }
             } else if landed > self.backlog / 2 && self.backlog_paused.load(Ordering::Acquire) {
-                return false;
+                self.refused_backlog.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Backlog);
             }
         }
-        let (limit, high, low) = self.effective();
+        let (limit, high) = self.effective();
         let used = self.budget.in_use();
-        if self.limit_paused.load(Ordering::Acquire) {
-            if used > low {
-                return false;
-            }
-            // Drained without a release noticing: the peers waiting on the
-            // resume must hear it, or they sit until their tick.
-            if self.limit_paused.swap(false, Ordering::AcqRel) {
-                self.notify();
-            }
-        }
         if used.saturating_add(bytes) > limit {
-            if used >= high {
-                // Pause so the release that drains it wakes the peers.
-                self.limit_paused.store(true, Ordering::Release);
+            self.refused_limit.fetch_add(1, Ordering::Relaxed);
+            // Under the high watermark a smaller reservation fits: the
+            // caller asks for less and nobody needs waking.
+            if used > high {
+                self.limit_waiting.store(true, Ordering::Release);
+                // A release may have made room before the flag was set;
+                // then nobody else would wake the peers. The fence pairs
+                // with the one in `wake_if_room`: flag store then use load
+                // here, use update then flag load there, so at least one
+                // side sees the other.
+                fence(Ordering::SeqCst);
+                if self.budget.in_use() <= high && self.limit_waiting.swap(false, Ordering::AcqRel)
+                {
+                    self.notify();
+                }
             }
-            return false;
+            return Err(Refused::Limit);
         }
         if !self.budget.try_reserve(bytes) {
-            return false;
+            return Err(Refused::Budget);
         }
-        let now = self.budget.in_use();
-        self.window_peak.fetch_max(now, Ordering::Relaxed);
-        if now >= high {
-            self.limit_paused.store(true, Ordering::Release);
-        }
-        true
+        self.window_peak
+            .fetch_max(self.budget.in_use(), Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Wakes the peers if the use is at or below the effective low
-    /// watermark while they are paused by the limit.
-    fn wake_if_drained(&self) -> bool {
-        let (_, _, low) = self.effective();
-        self.budget.in_use() <= low && self.limit_paused.swap(false, Ordering::AcqRel)
+    /// Whether peers refused by the limit should be woken now (the use is
+    /// at or under its high watermark); true once per refusal episode.
+    fn wake_if_room(&self) -> bool {
+        fence(Ordering::SeqCst);
+        if !self.limit_waiting.load(Ordering::Acquire) {
+            return false;
+        }
+        let (_, high) = self.effective();
+        self.budget.in_use() <= high && self.limit_waiting.swap(false, Ordering::AcqRel)
     }
 
     /// One step of the effective limit: `governor` decides from what
-    /// happened since the last tick (see [`Governor::tick`]).
+    /// happened since the last tick (see [`Governor::tick`]). Logs the
+    /// window at debug level (`actors::budget`), the trace to tune it by.
     pub fn tick(&self, governor: &mut Governor) {
-        let starved = self.starved.swap(false, Ordering::AcqRel);
-        let peak = self
-            .window_peak
-            .swap(self.budget.in_use(), Ordering::AcqRel);
-        let limit = governor.tick(starved, peak);
+        let starved = self.starved.swap(0, Ordering::AcqRel);
+        let in_use = self.budget.in_use();
+        let landed = self.landed();
+        let peak = self.window_peak.swap(in_use, Ordering::AcqRel);
+        let landed_peak = self.window_landed.swap(landed, Ordering::AcqRel);
+        let refused_limit = self.refused_limit.swap(0, Ordering::Relaxed);
+        let refused_backlog = self.refused_backlog.swap(0, Ordering::Relaxed);
+        let before = governor.limit();
+        let limit = governor.tick(starved > 0, peak);
+        if peak > 0 || limit != before {
+            tracing::debug!(
+                limit_kib = before >> 10,
+                next_kib = limit >> 10,
+                in_use_kib = in_use >> 10,
+                peak_kib = peak >> 10,
+                landed_kib = landed >> 10,
+                landed_peak_kib = landed_peak >> 10,
+                starved,
+                refused_limit,
+                refused_backlog,
+                "budget tick"
+            );
+        }
         self.limit.store(limit, Ordering::Release);
         self.limit_peak.fetch_max(limit, Ordering::Relaxed);
-        if self.wake_if_drained() {
+        if self.wake_if_room() {
             self.notify();
         }
     }
@@ -598,7 +660,8 @@ impl BufferBudget {
     /// torrent took, to be given back with [`Self::release_landed`].
     pub fn land(&self, bytes: u64) {
         if bytes > 0 {
-            self.landed.fetch_add(bytes, Ordering::AcqRel);
+            let now = self.landed.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            self.window_landed.fetch_max(now, Ordering::Relaxed);
         }
     }
 
@@ -618,9 +681,12 @@ impl BufferBudget {
         debug_assert!(bytes <= prev, "landed {prev} bytes, released {bytes}");
         let now = prev.saturating_sub(bytes);
         let resumed = self.budget.release(bytes);
+        // Landed update then flag load here, flag store then landed load in
+        // `reserve`: without the fences both could miss the other.
+        fence(Ordering::SeqCst);
         let drained = now <= self.backlog / 2 && self.backlog_paused.swap(false, Ordering::AcqRel);
-        let under_limit = self.wake_if_drained();
-        if resumed || drained || under_limit {
+        let room = self.wake_if_room();
+        if resumed || drained || room {
             self.notify();
         }
     }
@@ -644,7 +710,7 @@ impl BufferBudget {
             return;
         }
         let resumed = self.budget.release(bytes);
-        if self.wake_if_drained() || resumed {
+        if self.wake_if_room() || resumed {
             self.notify();
         }
     }
@@ -1012,13 +1078,13 @@ mod tests {
         let mut g = Governor::new(adaptive(10_000, 1000));
         assert_eq!(b.limit(), 1000);
         assert!(b.try_reserve(800));
-        assert!(!b.try_reserve(300), "would cross the 1000 limit");
+        assert_eq!(b.reserve(300), Err(Refused::Limit), "would cross 1000");
         assert!(!b.is_paused(), "the capacity is far");
         b.tick(&mut g);
         assert_eq!(b.limit(), 1000, "refused, but no peer said it starved");
         b.starving();
         b.tick(&mut g);
-        assert_eq!(b.limit(), 2000, "refused with the bytes in the network");
+        assert_eq!(b.limit(), 2000, "a peer starved: doubled");
         assert!(b.try_reserve(300));
         b.release(1100);
         b.tick(&mut g);
@@ -1032,40 +1098,77 @@ mod tests {
     }
 
     #[test]
-    fn effective_limit_pauses_at_its_high_watermark_and_wakes_at_low() {
+    fn effective_limit_takes_what_fits_without_a_pause() {
         let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
-        assert!(b.try_reserve(900), "reaches 90 % of the limit: pauses");
-        assert!(!b.try_reserve(1));
-        b.release(150);
-        assert!(!b.try_reserve(1), "750 is above the 700 low watermark");
-        b.release(50);
-        assert!(b.try_reserve(100), "700: resumed");
-        b.release(800);
+        assert!(b.try_reserve(900), "90 % of the limit");
+        assert!(b.try_reserve(100), "up to the limit itself: no hysteresis");
+        assert_eq!(b.reserve(1), Err(Refused::Limit));
+        b.release(1);
+        assert!(b.try_reserve(1), "room again after one byte");
+        b.release(1000);
+        assert_eq!(b.in_use(), 0);
     }
 
     #[test]
-    fn refusals_while_bytes_are_landed_do_not_grow_the_limit() {
-        let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
-        let mut g = Governor::new(adaptive(10_000, 1000));
-        assert!(b.try_reserve(900));
-        b.land(600);
-        assert!(!b.try_reserve(16));
-        b.starving();
-        b.tick(&mut g);
-        assert_eq!(b.limit(), 1000, "a slow disk, not a starved network");
-        b.release_landed(600);
-        b.release(300);
+    fn peers_refused_by_the_limit_wake_at_its_high_watermark() {
+        const K: u64 = 1024;
+        let b = BufferBudget::new(adaptive(10_000 * K, 1000 * K)).unwrap();
+        assert!(b.try_reserve(1000 * K));
+        let epoch = b.epoch();
+        assert_eq!(b.reserve(BLOCK), Err(Refused::Limit));
+        b.release(50 * K);
+        assert_eq!(b.epoch(), epoch, "950 K is above the 900 K high watermark");
+        b.release(50 * K);
+        assert_ne!(b.epoch(), epoch, "900 K: the waiting peers are woken");
+        let again = b.epoch();
+        b.release(100 * K);
+        assert_eq!(b.epoch(), again, "once per refusal");
+        b.release(800 * K);
+    }
+
+    #[test]
+    fn a_block_refused_under_a_small_limits_watermark_still_wakes() {
+        const K: u64 = 1024;
+        // 100 KiB: the 90 % watermark is less than a block under the limit.
+        let b = BufferBudget::new(adaptive(10_000 * K, 100 * K)).unwrap();
+        assert!(b.try_reserve(90 * K));
+        let epoch = b.epoch();
+        assert_eq!(b.reserve(BLOCK), Err(Refused::Limit), "90 + 16 > 100");
+        b.release(4 * K);
+        assert_eq!(b.epoch(), epoch, "86 K: a block still does not fit");
+        b.release(2 * K);
+        assert_ne!(b.epoch(), epoch, "84 K: a block fits, the peer is woken");
+        assert_eq!(b.reserve(BLOCK), Ok(()));
+        b.release(84 * K + BLOCK);
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn backlog_refusals_are_not_the_limit() {
+        let b = BufferBudget::new(BudgetConfig {
+            capacity: 10_000,
+            floor: 1000,
+            backlog: 500,
+            ..BudgetConfig::default()
+        })
+        .unwrap();
+        assert!(b.try_reserve(600));
+        b.land(600);
+        assert_eq!(b.reserve(16), Err(Refused::Backlog), "a slow disk");
+        b.release_landed(600);
+        assert_eq!(b.reserve(16), Ok(()));
+        b.release(16);
+        assert_eq!((b.in_use(), b.landed()), (0, 0));
     }
 
     #[tokio::test]
     async fn a_resume_before_the_wait_is_not_lost() {
         let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
         let epoch = b.epoch();
-        assert!(b.try_reserve(900), "pauses at the limit's high watermark");
-        assert!(!b.try_reserve(1));
-        // Drains to the low watermark before anyone waits.
-        b.release(900);
+        assert!(b.try_reserve(1000));
+        assert!(!b.try_reserve(1), "at the limit");
+        // Drains before anyone waits.
+        b.release(1000);
         tokio::time::timeout(std::time::Duration::from_secs(5), b.resumed_since(epoch))
             .await
             .expect("the resume happened before the wait and was lost");

@@ -311,3 +311,101 @@ async fn effective_budget_grows_when_starved_and_shrinks_when_idle() {
     assert!(grown <= CAPACITY, "the limit {grown} passed the capacity");
     assert_eq!(after, FLOOR, "the idle limit did not shrink to the floor");
 }
+
+/// On a slow disk the effective limit stays bounded: the landed blocks
+/// reach the backlog bound, whose refusals are not starvation, so with the
+/// default 256 MiB capacity the limit grows at most to cover the backlog
+/// and the pipelines, never to the capacity, and the requests stay that
+/// close to the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_disk_does_not_grow_the_effective_limit() {
+    let _serial = SERIAL.lock().await;
+    const TOTAL: usize = 32 << 20;
+    const FLOOR: u64 = 1 << 20;
+    const BACKLOG: u64 = 2 << 20;
+    // Backlog plus three full pipelines (256 blocks of 16 KiB), doubled
+    // once past them: a limit that grew on every 100 ms tick of the 2 s
+    // download would reach the 256 MiB capacity.
+    const BOUND: u64 = 2 * (BACKLOG + 3 * (4 << 20));
+    let mut payload = vec![0u8; TOTAL];
+    rand::rngs::StdRng::seed_from_u64(8).fill_bytes(&mut payload);
+    let payload = Arc::new(payload);
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(Metainfo::from_bytes(&torrent("slowgrow.bin", &payload)).unwrap());
+    let asked = Arc::new(AtomicU64::new(0));
+    let mut peers: Vec<SocketAddr> = Vec::new();
+    for _ in 0..3 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.push(l.local_addr().unwrap());
+        tokio::spawn(seed(l, meta.info_hash.0, payload.clone(), asked.clone()));
+    }
+    let mut config = ClientConfig {
+        budget: BudgetConfig {
+            floor: FLOOR,
+            backlog: BACKLOG,
+            ..BudgetConfig::default()
+        },
+        ..ClientConfig::default()
+    };
+    config.disk.writer.max_bytes_per_sec = Some(16 << 20);
+    let session = Session::start(config).unwrap();
+    let handle = session
+        .add_torrent(TorrentParams {
+            meta: meta.clone(),
+            target: Target::Directory(dir.path().to_path_buf()),
+            resume_file: dir.path().join("slowgrow.resume"),
+            peers,
+            strategy: Strategy::RarestFirst,
+            seed: false,
+            upload_limit: None,
+            download_limit: None,
+            priorities: None,
+            dht: None,
+        })
+        .await
+        .unwrap();
+    let stats = handle.stats();
+    let mut max_ahead = 0u64;
+    let mut samples = 0u32;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let requested = asked.load(Ordering::SeqCst);
+        let written: u64 = session
+            .writer_stats()
+            .iter()
+            .map(|(_, s)| s.bytes_written)
+            .sum();
+        max_ahead = max_ahead.max(requested.saturating_sub(written));
+        samples += 1;
+        let state = stats.borrow().state.clone();
+        match state {
+            TorrentState::Complete => break,
+            TorrentState::Error(e) => panic!("download failed: {e}"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "download did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let limit_peak = session.budget().limit_peak();
+    let peak = session.budget().peak();
+    session.shutdown().await;
+    eprintln!(
+        "samples {samples}, max ahead {max_ahead}, budget peak {peak}, limit peak {limit_peak}"
+    );
+    let got = std::fs::read(dir.path().join("slowgrow.bin")).unwrap();
+    assert!(got == *payload, "downloaded file differs");
+    assert!(samples > 50, "too few samples ({samples}) to say anything");
+    assert!(
+        limit_peak <= BOUND,
+        "the limit grew to {limit_peak} on a slow disk (bound {BOUND})"
+    );
+    // Past the limit only the blocks that finish started pieces
+    // (`force_reserve`) go; a backlog's worth of slack for them.
+    assert!(
+        max_ahead <= limit_peak + BACKLOG,
+        "requests ran {max_ahead} bytes ahead of the disk, limit peak {limit_peak}"
+    );
+}

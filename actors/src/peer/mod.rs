@@ -95,7 +95,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
-use crate::budget::BufferBudget;
+use crate::budget::{BufferBudget, Refused};
 use crate::config::ClientConfig;
 use crate::metrics::{self, LocalHistogram};
 use crate::mse_stream::Kind;
@@ -1304,13 +1304,21 @@ impl Conn<'_> {
                 // fit in a small budget at once.
                 let asked = want;
                 let epoch = ctx.budget.epoch();
-                while want > 0 && !ctx.budget.try_reserve(want as u64 * u64::from(BLOCK_SIZE)) {
+                let mut by_limit = false;
+                while want > 0 {
+                    match ctx.budget.reserve(want as u64 * u64::from(BLOCK_SIZE)) {
+                        Ok(()) => break,
+                        Err(Refused::Limit) => by_limit = true,
+                        Err(_) => {}
+                    }
                     want /= 2;
                 }
-                // Cut short with the pipe less than half full: the budget's
-                // effective limit starves this peer, so it should grow.
+                // `asked > 0` says the remote unchokes us and the pipeline
+                // has slots; cut by the effective limit (not by the backlog
+                // of unwritten blocks) to less than half the pipeline, the
+                // limit starves this peer, so it should grow.
                 let out = self.session.outstanding();
-                if want < asked && (out + want) * 2 < out + asked {
+                if by_limit && (out + want) * 2 < out + asked {
                     ctx.budget.starving();
                 }
                 if want > 0 {
