@@ -1288,6 +1288,14 @@ impl Conn<'_> {
     /// found nothing.
     async fn exchange(&mut self, blocks: Vec<(Block, Bytes)>, force: bool) -> Result<(), End> {
         let ctx = self.ctx;
+        // The budget resumed but the select has not polled its wake-up yet
+        // (while blocks keep arriving the read branch wins the biased
+        // select): this is that wake-up, or the pipe drains before it runs.
+        let resumed = self.budget_blocked && ctx.budget.epoch() != self.budget_epoch;
+        if resumed {
+            self.budget_blocked = false;
+        }
+        let force = force || resumed;
         let mut want = if self.starved && !force {
             0
         } else {
@@ -1370,8 +1378,11 @@ impl Conn<'_> {
             self.release_blocks(&requests);
             return Err(End::protocol(v));
         }
-        if want > 0 && requests.is_empty() {
-            self.starved = true;
+        // A pick that found blocks ends the starvation: left set, the peer
+        // would ask again only on wake-ups and ticks (after a partial-only
+        // pick found nothing, a 250 ms stop-and-go at every budget pause).
+        if want > 0 {
+            self.starved = requests.is_empty();
         }
         let now = Instant::now();
         for b in &requests {
