@@ -45,10 +45,8 @@
 //! a few MiB on a fast disk. So [`BufferBudget`] also holds an *effective
 //! limit*, starting at `floor`, on the bytes *in the network* (reserved and
 //! not landed): what rate x latency sizes; the landed bytes have their own
-//! bound, the backlog. Counting landed bytes against the limit too let the
-//! blocks waiting for the hash workers and the writer fill a limit near the
-//! backlog, and the network starved in a way growth did not see (a 4 MiB
-//! floor: 2.9 s for 256 MiB on tmpfs against 0.6 s). It has no pause of its
+//! bound, the backlog, so a limit near the backlog is not filled by blocks
+//! waiting for the hash workers and the writer. It has no pause of its
 //! own: a reservation that does not fit is refused (the peer asks for
 //! less), and the peers left with nothing outstanding wait until the bytes
 //! in the network fall under the limit's high watermark (blocks landing or
