@@ -799,6 +799,7 @@ fn stats_json(s: &TorrentStats, event: &str, listen_port: u16) -> serde_json::Va
         "bytes_wasted": s.bytes_wasted,
         "budget_in_use": s.budget_in_use,
         "budget_peak": s.budget_peak,
+        "budget_limit_peak": s.budget_limit_peak,
         "wanted_bytes": s.wanted_bytes,
         "done_bytes": s.done_bytes,
         "stream_readers": s.stream_readers,

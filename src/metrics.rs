@@ -412,7 +412,7 @@ pub fn render(
     }
 
     let files = session.open_files();
-    let gauges: [(&str, &str, u64); 7] = [
+    let gauges: [(&str, &str, u64); 9] = [
         (
             "actorrent_peers",
             "Connected peers.",
@@ -432,6 +432,16 @@ pub fn render(
             "actorrent_budget_peak_bytes",
             "Highest buffer budget use seen.",
             session.budget().peak(),
+        ),
+        (
+            "actorrent_budget_limit_bytes",
+            "Effective buffer budget limit now (grows when peers starve, shrinks when idle; capacity is the ceiling).",
+            session.budget().limit(),
+        ),
+        (
+            "actorrent_budget_limit_peak_bytes",
+            "Highest effective buffer budget limit set.",
+            session.budget().limit_peak(),
         ),
         (
             "actorrent_open_files",

@@ -40,12 +40,34 @@
 //! at half of it: memory follows the work (rate x latency in the network,
 //! plus a bounded backlog), with `capacity` the ceiling.
 //!
+//! **The effective limit.** The capacity is a ceiling, not a target: the
+//! bytes the network needs are rate x (request latency + hash + write time),
+//! a few MiB on a fast disk. So [`BufferBudget`] also holds an *effective
+//! limit*, starting at `floor`, on the bytes *in the network* (reserved and
+//! not landed): what rate x latency sizes; the landed bytes have their own
+//! bound, the backlog, so a limit near the backlog is not filled by blocks
+//! waiting for the hash workers and the writer. It has no pause of its
+//! own: a reservation that does not fit is refused (the peer asks for
+//! less), and the peers left with nothing outstanding wait until the bytes
+//! in the network fall under the limit's high watermark (blocks landing or
+//! requests given back). A pause
+//! with hysteresis here let the network run dry while the landed blocks
+//! drained (a stop-and-go pipeline: 3.7 s for 1 GiB against 2.2 s).
+//! [`Governor`], driven by the session's tick, doubles the limit after a
+//! tick in which the limit (not the backlog bound, not the capacity) cut a
+//! peer that had request slots to less than half its pipeline (starved: more
+//! room would become more requests on a drying link), and halves it, never
+//! below `floor`, after [`SHRINK_TICKS`] ticks in which the use stayed under
+//! half of it (idle). On a slow disk the backlog bound refuses first and the
+//! limit stays put. The use is at most limit + backlog (+ the blocks that
+//! finish started pieces), and never more than the capacity.
+//!
 //! A reservation that crosses the high watermark still succeeds (as long as
 //! it stays within capacity) and pauses the budget for the next ones; one
 //! that would exceed the capacity fails without changing anything.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -69,6 +91,11 @@ pub struct BudgetConfig {
     /// are refused until half of them are written; 0 for no such bound.
     /// Default 8 MiB: a few pieces per hash worker plus a write batch.
     pub backlog: u64,
+    /// The smallest effective limit on the bytes in the network (requested,
+    /// not landed), where it starts (see the module docs); at or above
+    /// `capacity` the limit is fixed at `capacity`. Default 16 MiB: four
+    /// full 256-block pipelines before it has to grow.
+    pub floor: u64,
 }
 
 impl Default for BudgetConfig {
@@ -78,6 +105,7 @@ impl Default for BudgetConfig {
             high_watermark_percent: 90,
             low_watermark_percent: 70,
             backlog: 8 * 1024 * 1024,
+            floor: 16 * 1024 * 1024,
         }
     }
 }
@@ -96,6 +124,18 @@ pub enum BudgetConfigError {
         /// The high watermark given, in percent.
         high: u8,
     },
+}
+
+/// What refused a [`BufferBudget::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The landed backlog is at its bound: the hash workers or the disk
+    /// are behind.
+    Backlog,
+    /// The bytes would cross the effective limit.
+    Limit,
+    /// The budget is paused at its watermark or the capacity is reached.
+    Budget,
 }
 
 /// Watermarks in bytes, computed once from a validated config.
@@ -373,44 +413,275 @@ pub struct BufferBudget {
     /// A reservation was refused for the backlog: the release that brings
     /// it down to half wakes the peers.
     backlog_paused: std::sync::atomic::AtomicBool,
+    /// The effective limit in bytes (see the module docs), set by
+    /// [`Self::tick`]; at most the capacity.
+    limit: AtomicU64,
+    /// High watermark percentage, applied to `limit`: peers refused by the
+    /// limit are woken once the use is at or under it.
+    high_percent: u8,
+    /// A reservation was refused by the limit: the release that brings the
+    /// use under its high watermark wakes the peers.
+    limit_waiting: std::sync::atomic::AtomicBool,
+    /// Peers that reported starving (see [`Self::starving`]) since the last
+    /// tick.
+    starved: AtomicU64,
+    /// Reservations refused since the last tick, by the limit and by the
+    /// backlog bound (for the trace at each tick).
+    refused_limit: AtomicU64,
+    refused_backlog: AtomicU64,
+    /// Highest use and highest landed bytes since the last tick.
+    window_peak: AtomicU64,
+    window_landed: AtomicU64,
+    /// Highest effective limit set.
+    limit_peak: AtomicU64,
+    /// Resumes so far (see [`Self::resumed_since`]).
+    epoch: AtomicU64,
+}
+
+/// A request's size (BitTorrent's 16 KiB block): the smallest
+/// reservation a peer makes.
+const BLOCK: u64 = 16 * 1024;
+
+/// How often the session steps the effective limit: growing from the
+/// 16 MiB floor to 256 MiB takes 4 ticks.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Ticks of low use after which [`Governor`] halves the effective limit.
+pub const SHRINK_TICKS: u32 = 10;
+
+/// Grows and shrinks the effective limit of a [`BufferBudget`], one step
+/// per tick; owned by whoever ticks (the session), so the rules are plain
+/// arithmetic on explicit ticks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Governor {
+    floor: u64,
+    ceiling: u64,
+    limit: u64,
+    idle_ticks: u32,
+}
+
+impl Governor {
+    /// Starts at the floor (at most the capacity).
+    pub fn new(config: BudgetConfig) -> Self {
+        let ceiling = config.capacity;
+        let floor = config.floor.clamp(1, ceiling.max(1));
+        Self {
+            floor,
+            ceiling,
+            limit: floor,
+            idle_ticks: 0,
+        }
+    }
+
+    /// One tick: `starved` if peers were refused by the limit since the
+    /// last one, `peak` the most bytes in the network since then. Doubles the limit when
+    /// starved (up to the capacity), halves it (down to the floor) after
+    /// [`SHRINK_TICKS`] ticks in a row with the use under half of it.
+    /// Returns the new limit.
+    pub fn tick(&mut self, starved: bool, peak: u64) -> u64 {
+        if starved {
+            self.idle_ticks = 0;
+            self.limit = self.limit.saturating_mul(2).min(self.ceiling);
+        } else if peak < self.limit / 2 {
+            self.idle_ticks += 1;
+            if self.idle_ticks >= SHRINK_TICKS {
+                self.idle_ticks = 0;
+                self.limit = (self.limit / 2).max(self.floor);
+            }
+        } else {
+            self.idle_ticks = 0;
+        }
+        self.limit
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
 }
 
 impl BufferBudget {
     /// A budget sized by `config`.
     pub fn new(config: BudgetConfig) -> Result<Self, BudgetConfigError> {
+        let budget = AtomicBudget::new(config)?;
+        let limit = Governor::new(config).limit();
         Ok(BufferBudget {
-            budget: AtomicBudget::new(config)?,
+            budget,
             resumed: Notify::new(),
             landed: AtomicU64::new(0),
             backlog: config.backlog,
             backlog_paused: std::sync::atomic::AtomicBool::new(false),
+            limit: AtomicU64::new(limit),
+            high_percent: config.high_watermark_percent,
+            limit_waiting: std::sync::atomic::AtomicBool::new(false),
+            starved: AtomicU64::new(0),
+            refused_limit: AtomicU64::new(0),
+            refused_backlog: AtomicU64::new(0),
+            window_peak: AtomicU64::new(0),
+            window_landed: AtomicU64::new(0),
+            limit_peak: AtomicU64::new(limit),
+            epoch: AtomicU64::new(0),
         })
     }
 
-    /// Takes `bytes` unless the budget is paused or full, or the landed
-    /// backlog is at its bound.
+    /// The effective limit and the use at or under which peers it refused
+    /// are woken, in bytes: its high watermark, and at least one block
+    /// under the limit (with a limit under 160 KiB the watermark alone
+    /// would leave a refused block no wake-up).
+    fn effective(&self) -> (u64, u64) {
+        let limit = self.limit.load(Ordering::Acquire);
+        let high = u64::try_from(u128::from(limit) * u128::from(self.high_percent) / 100)
+            .unwrap_or(u64::MAX)
+            .min(limit.saturating_sub(BLOCK));
+        (limit, high)
+    }
+
+    /// A peer with request slots (unchoked, interested, pipeline not full)
+    /// was cut by the effective limit ([`Refused::Limit`]) to less than half
+    /// its pipeline: it counts as starvation for the next tick. Refusals by
+    /// the backlog bound are not starvation (the disk or the hash workers
+    /// are behind; more room would only hold more unwritten blocks), and
+    /// neither is a cut that leaves the pipeline more than half full.
+    pub fn starving(&self) {
+        self.starved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes `bytes` unless the budget is paused or full, the landed
+    /// backlog is at its bound, or they would cross the effective limit.
     pub fn try_reserve(&self, bytes: u64) -> bool {
+        self.reserve(bytes).is_ok()
+    }
+
+    /// [`Self::try_reserve`], saying what refused. The limit check and the
+    /// reservation are two steps, so concurrent peers may overshoot the
+    /// limit by a reservation each; the capacity is exact.
+    pub fn reserve(&self, bytes: u64) -> Result<(), Refused> {
         if self.backlog > 0 {
             let landed = self.landed.load(Ordering::Acquire);
             if landed >= self.backlog {
                 self.backlog_paused.store(true, Ordering::Release);
-                // A release may have crossed half before the flag was set.
+                // A release may have crossed half before the flag was set
+                // (the fence pairs with the one in `release_landed`).
+                fence(Ordering::SeqCst);
                 if self.landed.load(Ordering::Acquire) > self.backlog / 2 {
-                    return false;
+                    self.refused_backlog.fetch_add(1, Ordering::Relaxed);
+                    return Err(Refused::Backlog);
                 }
-                self.backlog_paused.store(false, Ordering::Release);
+                if self.backlog_paused.swap(false, Ordering::AcqRel) {
+                    self.notify();
+                }
             } else if landed > self.backlog / 2 && self.backlog_paused.load(Ordering::Acquire) {
-                return false;
+                self.refused_backlog.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Backlog);
             }
         }
-        self.budget.try_reserve(bytes)
+        let (limit, high) = self.effective();
+        let used = self.in_network();
+        if used.saturating_add(bytes) > limit {
+            self.refused_limit.fetch_add(1, Ordering::Relaxed);
+            // Under the high watermark a smaller reservation fits: the
+            // caller asks for less and nobody needs waking.
+            if used > high {
+                self.limit_waiting.store(true, Ordering::Release);
+                // A release may have made room before the flag was set;
+                // then nobody else would wake the peers. The fence pairs
+                // with the one in `wake_if_room`: flag store then use load
+                // here, use update then flag load there, so at least one
+                // side sees the other.
+                fence(Ordering::SeqCst);
+                if self.in_network() <= high && self.limit_waiting.swap(false, Ordering::AcqRel) {
+                    self.notify();
+                }
+            }
+            return Err(Refused::Limit);
+        }
+        if !self.budget.try_reserve(bytes) {
+            return Err(Refused::Budget);
+        }
+        self.window_peak
+            .fetch_max(self.in_network(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Bytes reserved and not landed: requests in the network, what the
+    /// effective limit bounds. Two loads, so a concurrent land or release
+    /// may skew it by that call's bytes; every change is followed by a
+    /// [`Self::wake_if_room`], so a skewed refusal still gets its wake-up.
+    fn in_network(&self) -> u64 {
+        self.budget
+            .in_use()
+            .saturating_sub(self.landed.load(Ordering::Acquire))
+    }
+
+    /// Whether peers refused by the limit should be woken now (the bytes in
+    /// the network are at or under its high watermark); true once per
+    /// refusal episode.
+    fn wake_if_room(&self) -> bool {
+        fence(Ordering::SeqCst);
+        if !self.limit_waiting.load(Ordering::Acquire) {
+            return false;
+        }
+        let (_, high) = self.effective();
+        self.in_network() <= high && self.limit_waiting.swap(false, Ordering::AcqRel)
+    }
+
+    /// One step of the effective limit: `governor` decides from what
+    /// happened since the last tick (see [`Governor::tick`]). Logs the
+    /// window at debug level (`actors::budget`), the trace to tune it by.
+    pub fn tick(&self, governor: &mut Governor) {
+        let starved = self.starved.swap(0, Ordering::AcqRel);
+        let in_use = self.budget.in_use();
+        let landed = self.landed();
+        let peak = self
+            .window_peak
+            .swap(in_use.saturating_sub(landed), Ordering::AcqRel);
+        let landed_peak = self.window_landed.swap(landed, Ordering::AcqRel);
+        let refused_limit = self.refused_limit.swap(0, Ordering::Relaxed);
+        let refused_backlog = self.refused_backlog.swap(0, Ordering::Relaxed);
+        let before = governor.limit();
+        let limit = governor.tick(starved > 0, peak);
+        if peak > 0 || limit != before {
+            tracing::debug!(
+                limit_kib = before >> 10,
+                next_kib = limit >> 10,
+                in_use_kib = in_use >> 10,
+                net_peak_kib = peak >> 10,
+                landed_kib = landed >> 10,
+                landed_peak_kib = landed_peak >> 10,
+                starved,
+                refused_limit,
+                refused_backlog,
+                "budget tick"
+            );
+        }
+        self.limit.store(limit, Ordering::Release);
+        self.limit_peak.fetch_max(limit, Ordering::Relaxed);
+        if self.wake_if_room() {
+            self.notify();
+        }
+    }
+
+    /// The effective limit now.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// The highest effective limit set.
+    pub fn limit_peak(&self) -> u64 {
+        self.limit_peak.load(Ordering::Relaxed)
     }
 
     /// Moves `bytes` already reserved to the landed backlog: blocks a
     /// torrent took, to be given back with [`Self::release_landed`].
+    /// Landing takes the bytes out of the network, so it may make room
+    /// under the effective limit and wake the peers it refused.
     pub fn land(&self, bytes: u64) {
         if bytes > 0 {
-            self.landed.fetch_add(bytes, Ordering::AcqRel);
+            let now = self.landed.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            self.window_landed.fetch_max(now, Ordering::Relaxed);
+            if self.wake_if_room() {
+                self.notify();
+            }
         }
     }
 
@@ -430,9 +701,13 @@ impl BufferBudget {
         debug_assert!(bytes <= prev, "landed {prev} bytes, released {bytes}");
         let now = prev.saturating_sub(bytes);
         let resumed = self.budget.release(bytes);
+        // Landed update then flag load here, flag store then landed load in
+        // `reserve`: without the fences both could miss the other.
+        fence(Ordering::SeqCst);
         let drained = now <= self.backlog / 2 && self.backlog_paused.swap(false, Ordering::AcqRel);
-        if resumed || drained {
-            self.resumed.notify_waiters();
+        let room = self.wake_if_room();
+        if resumed || drained || room {
+            self.notify();
         }
     }
 
@@ -445,19 +720,46 @@ impl BufferBudget {
     /// for the one use that is sound.
     pub fn force_reserve(&self, bytes: u64) {
         self.budget.force_reserve(bytes);
+        self.window_peak
+            .fetch_max(self.in_network(), Ordering::Relaxed);
     }
 
     /// Gives back `bytes`; wakes the peers waiting if this resumed it.
     pub fn release(&self, bytes: u64) {
-        if bytes > 0 && self.budget.release(bytes) {
-            self.resumed.notify_waiters();
+        if bytes == 0 {
+            return;
+        }
+        let resumed = self.budget.release(bytes);
+        if self.wake_if_room() || resumed {
+            self.notify();
         }
     }
 
-    /// Resolves the next time the budget resumes (peers also retry on their
-    /// tick, so a wake-up lost to a race only costs one tick).
-    pub async fn resumed(&self) {
-        self.resumed.notified().await;
+    /// Counts the resumes, so a waiter can tell one happened before it
+    /// started waiting (`Notify::notify_waiters` wakes only those already
+    /// waiting).
+    fn notify(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.resumed.notify_waiters();
+    }
+
+    /// The resume count now; take it before the reservation that fails.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the budget has resumed since `epoch` (at once if it
+    /// already did). With a small effective limit pauses are frequent and
+    /// a wake-up lost between the refusal and the wait cost a whole peer
+    /// tick (250 ms): 16 MiB/s with a 4 MiB limit.
+    pub async fn resumed_since(&self, epoch: u64) {
+        let notified = self.resumed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.epoch() != epoch {
+            return;
+        }
+        notified.await;
     }
 
     /// Bytes in use.
@@ -527,6 +829,7 @@ mod tests {
             high_watermark_percent: 90,
             low_watermark_percent: 70,
             backlog: 0,
+            floor: u64::MAX,
         }
     }
 
@@ -567,6 +870,7 @@ mod tests {
             high_watermark_percent: high,
             low_watermark_percent: low,
             backlog: 0,
+            floor: u64::MAX,
         };
         assert_eq!(
             Budget::new(bad(0, 90, 70)).unwrap_err(),
@@ -741,6 +1045,7 @@ mod tests {
             high_watermark_percent: 90,
             low_watermark_percent: 70,
             backlog: 0,
+            floor: u64::MAX,
         })
         .unwrap();
         assert!(b.try_reserve(95));
@@ -783,5 +1088,195 @@ mod tests {
         b.release(10);
         b.release_landed(40);
         assert_eq!((b.in_use(), b.landed()), (0, 0));
+    }
+
+    fn adaptive(capacity: u64, floor: u64) -> BudgetConfig {
+        BudgetConfig {
+            capacity,
+            floor,
+            backlog: 0,
+            ..BudgetConfig::default()
+        }
+    }
+
+    #[test]
+    fn governor_doubles_when_starved_up_to_capacity() {
+        let mut g = Governor::new(adaptive(1000, 100));
+        assert_eq!(g.limit(), 100);
+        assert_eq!(g.tick(true, 100), 200);
+        assert_eq!(g.tick(true, 200), 400);
+        assert_eq!(g.tick(false, 300), 400, "busy, not starved: stays");
+        assert_eq!(g.tick(true, 400), 800);
+        assert_eq!(g.tick(true, 800), 1000, "the capacity is the ceiling");
+        assert_eq!(g.tick(true, 1000), 1000);
+    }
+
+    #[test]
+    fn governor_halves_after_idle_ticks_down_to_floor() {
+        let mut g = Governor::new(adaptive(1000, 100));
+        for _ in 0..4 {
+            g.tick(true, 0);
+        }
+        assert_eq!(g.limit(), 1000);
+        for _ in 0..SHRINK_TICKS - 1 {
+            assert_eq!(g.tick(false, 499), 1000);
+        }
+        // A busy tick restarts the count.
+        assert_eq!(g.tick(false, 500), 1000);
+        for _ in 0..SHRINK_TICKS - 1 {
+            assert_eq!(g.tick(false, 0), 1000);
+        }
+        assert_eq!(g.tick(false, 0), 500);
+        let mut ticks = 0;
+        while g.limit() > 100 {
+            g.tick(false, 0);
+            ticks += 1;
+        }
+        assert_eq!(g.limit(), 100, "never below the floor");
+        assert_eq!(ticks, 3 * SHRINK_TICKS, "500 -> 250 -> 125 -> 100");
+    }
+
+    #[test]
+    fn governor_floor_at_or_above_capacity_is_fixed() {
+        let mut g = Governor::new(adaptive(1000, u64::MAX));
+        assert_eq!(g.limit(), 1000);
+        for _ in 0..3 * SHRINK_TICKS {
+            assert_eq!(g.tick(false, 0), 1000);
+        }
+    }
+
+    #[test]
+    fn effective_limit_refuses_grows_when_starved_and_shrinks_when_idle() {
+        let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
+        let mut g = Governor::new(adaptive(10_000, 1000));
+        assert_eq!(b.limit(), 1000);
+        assert!(b.try_reserve(800));
+        assert_eq!(b.reserve(300), Err(Refused::Limit), "would cross 1000");
+        assert!(!b.is_paused(), "the capacity is far");
+        b.tick(&mut g);
+        assert_eq!(b.limit(), 1000, "refused, but no peer said it starved");
+        b.starving();
+        b.tick(&mut g);
+        assert_eq!(b.limit(), 2000, "a peer starved: doubled");
+        assert!(b.try_reserve(300));
+        b.release(1100);
+        b.tick(&mut g);
+        assert_eq!(b.limit(), 2000, "that window peaked at 1100: busy");
+        // Idle: the use stays under half the limit.
+        for _ in 0..SHRINK_TICKS {
+            b.tick(&mut g);
+        }
+        assert_eq!(b.limit(), 1000);
+        assert_eq!(b.limit_peak(), 2000);
+    }
+
+    #[test]
+    fn effective_limit_takes_what_fits_without_a_pause() {
+        let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
+        assert!(b.try_reserve(900), "90 % of the limit");
+        assert!(b.try_reserve(100), "up to the limit itself: no hysteresis");
+        assert_eq!(b.reserve(1), Err(Refused::Limit));
+        b.release(1);
+        assert!(b.try_reserve(1), "room again after one byte");
+        b.release(1000);
+        assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn peers_refused_by_the_limit_wake_at_its_high_watermark() {
+        const K: u64 = 1024;
+        let b = BufferBudget::new(adaptive(10_000 * K, 1000 * K)).unwrap();
+        assert!(b.try_reserve(1000 * K));
+        let epoch = b.epoch();
+        assert_eq!(b.reserve(BLOCK), Err(Refused::Limit));
+        b.release(50 * K);
+        assert_eq!(b.epoch(), epoch, "950 K is above the 900 K high watermark");
+        b.release(50 * K);
+        assert_ne!(b.epoch(), epoch, "900 K: the waiting peers are woken");
+        let again = b.epoch();
+        b.release(100 * K);
+        assert_eq!(b.epoch(), again, "once per refusal");
+        b.release(800 * K);
+    }
+
+    #[test]
+    fn a_block_refused_under_a_small_limits_watermark_still_wakes() {
+        const K: u64 = 1024;
+        // 100 KiB: the 90 % watermark is less than a block under the limit.
+        let b = BufferBudget::new(adaptive(10_000 * K, 100 * K)).unwrap();
+        assert!(b.try_reserve(90 * K));
+        let epoch = b.epoch();
+        assert_eq!(b.reserve(BLOCK), Err(Refused::Limit), "90 + 16 > 100");
+        b.release(4 * K);
+        assert_eq!(b.epoch(), epoch, "86 K: a block still does not fit");
+        b.release(2 * K);
+        assert_ne!(b.epoch(), epoch, "84 K: a block fits, the peer is woken");
+        assert_eq!(b.reserve(BLOCK), Ok(()));
+        b.release(84 * K + BLOCK);
+        assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn landed_bytes_leave_the_limit_and_landing_wakes_the_refused() {
+        const K: u64 = 1024;
+        let b = BufferBudget::new(BudgetConfig {
+            capacity: 10_000 * K,
+            floor: 1000 * K,
+            backlog: 4000 * K,
+            ..BudgetConfig::default()
+        })
+        .unwrap();
+        assert!(b.try_reserve(1000 * K));
+        let epoch = b.epoch();
+        assert_eq!(
+            b.reserve(BLOCK),
+            Err(Refused::Limit),
+            "1000 K in the network"
+        );
+        b.land(50 * K);
+        assert_eq!(b.epoch(), epoch, "950 K in the network: over the watermark");
+        b.land(50 * K);
+        assert_ne!(
+            b.epoch(),
+            epoch,
+            "900 K: landing made room, the peer is woken"
+        );
+        b.land(900 * K);
+        assert_eq!(b.reserve(1000 * K), Ok(()), "1000 K landed do not count");
+        assert_eq!(b.in_use(), 2000 * K);
+        b.release_landed(1000 * K);
+        b.release(1000 * K);
+        assert_eq!((b.in_use(), b.landed()), (0, 0));
+    }
+
+    #[test]
+    fn backlog_refusals_are_not_the_limit() {
+        let b = BufferBudget::new(BudgetConfig {
+            capacity: 10_000,
+            floor: 1000,
+            backlog: 500,
+            ..BudgetConfig::default()
+        })
+        .unwrap();
+        assert!(b.try_reserve(600));
+        b.land(600);
+        assert_eq!(b.reserve(16), Err(Refused::Backlog), "a slow disk");
+        b.release_landed(600);
+        assert_eq!(b.reserve(16), Ok(()));
+        b.release(16);
+        assert_eq!((b.in_use(), b.landed()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_resume_before_the_wait_is_not_lost() {
+        let b = BufferBudget::new(adaptive(10_000, 1000)).unwrap();
+        let epoch = b.epoch();
+        assert!(b.try_reserve(1000));
+        assert!(!b.try_reserve(1), "at the limit");
+        // Drains before anyone waits.
+        b.release(1000);
+        tokio::time::timeout(std::time::Duration::from_secs(5), b.resumed_since(epoch))
+            .await
+            .expect("the resume happened before the wait and was lost");
     }
 }

@@ -453,11 +453,16 @@ async fn run(
     // the end of the old task does not unregister the new one.
     let mut by_hash: HashMap<[u8; 20], Running> = HashMap::new();
     let mut generation: u64 = 0;
+    // The buffer budget's effective limit moves one step per tick.
+    let mut governor = crate::budget::Governor::new(shared.config.budget);
+    let mut budget_tick = tokio::time::interval(crate::budget::TICK);
+    budget_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Callers of `stop_torrent`, answered when the task has ended.
     let mut stopping: HashMap<([u8; 20], u64), Vec<oneshot::Sender<()>>> = HashMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = budget_tick.tick() => shared.budget.tick(&mut governor),
             cmd = rx.recv() => match cmd {
                 Some(Command::AddTorrent { params, reply }) => {
                     let hash = params.meta.info_hash.0;

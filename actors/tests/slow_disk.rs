@@ -107,6 +107,10 @@ async fn serve(
     }
 }
 
+/// The tests of this file run one at a time: the RSS bound reads the whole
+/// process, which the other test's download would inflate.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -119,6 +123,7 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_disk_pauses_requests_and_memory_stays_flat() {
+    let _serial = SERIAL.lock().await;
     const TOTAL: usize = 64 << 20;
     const BUDGET: u64 = 2 << 20;
     let mut payload = vec![0u8; TOTAL];
@@ -219,5 +224,189 @@ async fn slow_disk_pauses_requests_and_memory_stays_flat() {
         growth <= 32 << 20,
         "resident memory grew by {} MiB",
         growth >> 20
+    );
+}
+
+/// The effective limit follows the work: it starts at the floor, grows
+/// while the peers are starved by it (a fast disk, seeds answering at
+/// once, pipelines wanting more than the floor holds) and shrinks back to
+/// the floor once the download is done and nothing is requested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effective_budget_grows_when_starved_and_shrinks_when_idle() {
+    let _serial = SERIAL.lock().await;
+    const TOTAL: usize = 32 << 20;
+    const CAPACITY: u64 = 16 << 20;
+    const FLOOR: u64 = 256 << 10;
+    let mut payload = vec![0u8; TOTAL];
+    rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut payload);
+    let payload = Arc::new(payload);
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(Metainfo::from_bytes(&torrent("grow.bin", &payload)).unwrap());
+    let asked = Arc::new(AtomicU64::new(0));
+    let mut peers: Vec<SocketAddr> = Vec::new();
+    for _ in 0..3 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.push(l.local_addr().unwrap());
+        tokio::spawn(seed(l, meta.info_hash.0, payload.clone(), asked.clone()));
+    }
+    let config = ClientConfig {
+        budget: BudgetConfig {
+            capacity: CAPACITY,
+            floor: FLOOR,
+            ..BudgetConfig::default()
+        },
+        ..ClientConfig::default()
+    };
+    let session = Session::start(config).unwrap();
+    assert_eq!(session.budget().limit(), FLOOR, "starts at the floor");
+    let handle = session
+        .add_torrent(TorrentParams {
+            meta: meta.clone(),
+            target: Target::Directory(dir.path().to_path_buf()),
+            resume_file: dir.path().join("grow.resume"),
+            peers,
+            strategy: Strategy::RarestFirst,
+            seed: false,
+            upload_limit: None,
+            download_limit: None,
+            priorities: None,
+            dht: None,
+        })
+        .await
+        .unwrap();
+    let stats = handle.stats();
+    let mut max_limit = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        max_limit = max_limit.max(session.budget().limit());
+        let state = stats.borrow().state.clone();
+        match state {
+            TorrentState::Complete => break,
+            TorrentState::Error(e) => panic!("download failed: {e}"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "download did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let grown = max_limit.max(session.budget().limit_peak());
+    // Idle: from at most 16 MiB to 256 KiB is 6 halvings of a second each.
+    let idle_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while session.budget().limit() > FLOOR && tokio::time::Instant::now() < idle_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = session.budget().limit();
+    let peak = session.budget().peak();
+    session.shutdown().await;
+    eprintln!("limit grew to {grown}, back to {after}, budget peak {peak}");
+
+    let got = std::fs::read(dir.path().join("grow.bin")).unwrap();
+    assert!(got == *payload, "downloaded file differs");
+    assert!(
+        grown >= 2 * FLOOR,
+        "the limit never grew above the floor ({grown})"
+    );
+    assert!(grown <= CAPACITY, "the limit {grown} passed the capacity");
+    assert_eq!(after, FLOOR, "the idle limit did not shrink to the floor");
+}
+
+/// On a slow disk the effective limit stays bounded: the landed blocks
+/// reach the backlog bound, whose refusals are not starvation, so with the
+/// default 256 MiB capacity the limit (on the bytes in the network) grows
+/// at most to cover the pipelines, never to the capacity, and the requests
+/// stay within the limit plus the backlog of the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_disk_does_not_grow_the_effective_limit() {
+    let _serial = SERIAL.lock().await;
+    const TOTAL: usize = 32 << 20;
+    const FLOOR: u64 = 1 << 20;
+    const BACKLOG: u64 = 2 << 20;
+    // Three full pipelines (256 blocks of 16 KiB), doubled once past them:
+    // a limit that grew on every 100 ms tick of the 2 s download would
+    // reach the 256 MiB capacity.
+    const BOUND: u64 = 2 * 3 * (4 << 20);
+    let mut payload = vec![0u8; TOTAL];
+    rand::rngs::StdRng::seed_from_u64(8).fill_bytes(&mut payload);
+    let payload = Arc::new(payload);
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(Metainfo::from_bytes(&torrent("slowgrow.bin", &payload)).unwrap());
+    let asked = Arc::new(AtomicU64::new(0));
+    let mut peers: Vec<SocketAddr> = Vec::new();
+    for _ in 0..3 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.push(l.local_addr().unwrap());
+        tokio::spawn(seed(l, meta.info_hash.0, payload.clone(), asked.clone()));
+    }
+    let mut config = ClientConfig {
+        budget: BudgetConfig {
+            floor: FLOOR,
+            backlog: BACKLOG,
+            ..BudgetConfig::default()
+        },
+        ..ClientConfig::default()
+    };
+    config.disk.writer.max_bytes_per_sec = Some(16 << 20);
+    let session = Session::start(config).unwrap();
+    let handle = session
+        .add_torrent(TorrentParams {
+            meta: meta.clone(),
+            target: Target::Directory(dir.path().to_path_buf()),
+            resume_file: dir.path().join("slowgrow.resume"),
+            peers,
+            strategy: Strategy::RarestFirst,
+            seed: false,
+            upload_limit: None,
+            download_limit: None,
+            priorities: None,
+            dht: None,
+        })
+        .await
+        .unwrap();
+    let stats = handle.stats();
+    let mut max_ahead = 0u64;
+    let mut samples = 0u32;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let requested = asked.load(Ordering::SeqCst);
+        let written: u64 = session
+            .writer_stats()
+            .iter()
+            .map(|(_, s)| s.bytes_written)
+            .sum();
+        max_ahead = max_ahead.max(requested.saturating_sub(written));
+        samples += 1;
+        let state = stats.borrow().state.clone();
+        match state {
+            TorrentState::Complete => break,
+            TorrentState::Error(e) => panic!("download failed: {e}"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "download did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let limit_peak = session.budget().limit_peak();
+    let peak = session.budget().peak();
+    session.shutdown().await;
+    eprintln!(
+        "samples {samples}, max ahead {max_ahead}, budget peak {peak}, limit peak {limit_peak}"
+    );
+    let got = std::fs::read(dir.path().join("slowgrow.bin")).unwrap();
+    assert!(got == *payload, "downloaded file differs");
+    assert!(samples > 50, "too few samples ({samples}) to say anything");
+    assert!(
+        limit_peak <= BOUND,
+        "the limit grew to {limit_peak} on a slow disk (bound {BOUND})"
+    );
+    // In the network at most the limit, landed at most the backlog; past
+    // both only the blocks that finish started pieces (`force_reserve`)
+    // go, a backlog's worth of slack for them.
+    assert!(
+        max_ahead <= limit_peak + 2 * BACKLOG,
+        "requests ran {max_ahead} bytes ahead of the disk, limit peak {limit_peak}"
     );
 }

@@ -375,6 +375,8 @@ def measure(client, args, torrent, data, size, work, run, tracker):
     }
     if "budget_peak" in last:
         r["budget_peak_mib"] = last["budget_peak"] / MIB
+    if "budget_limit_peak" in last:
+        r["budget_limit_peak_mib"] = last["budget_limit_peak"] / MIB
     return r
 
 
@@ -643,6 +645,9 @@ def main():
         peaks = [r.get("budget_peak_mib") for r in results[c]["runs"] if "budget_peak_mib" in r]
         if peaks:
             print(f"\n{c} budget_peak (block bytes in flight) median {statistics.median(peaks):.0f} MiB")
+        limits = [r["budget_limit_peak_mib"] for r in results[c]["runs"] if "budget_limit_peak_mib" in r]
+        if limits:
+            print(f"{c} budget effective limit peak median {statistics.median(limits):.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"size": size, "piece_size": args.piece_kib * 1024, "cold": args.cold,

@@ -539,6 +539,7 @@ fn stats_at_rest(
         bytes_wasted: 0,
         budget_in_use: 0,
         budget_peak: 0,
+        budget_limit_peak: 0,
         wanted_bytes,
         done_bytes,
         stream_readers: 0,

@@ -96,7 +96,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
-use crate::budget::BufferBudget;
+use crate::budget::{BufferBudget, Refused};
 use crate::config::ClientConfig;
 use crate::metrics::{self, LocalHistogram};
 use crate::mse_stream::Kind;
@@ -420,6 +420,9 @@ struct Conn<'a> {
     starved: bool,
     /// Waiting for the budget to resume.
     budget_blocked: bool,
+    /// The budget's resume count taken before the refusal that set
+    /// `budget_blocked`.
+    budget_epoch: u64,
     /// Frames waiting for the socket, oldest first (control messages go
     /// before the blocks, behind any frame already partly written).
     frames: VecDeque<Frame>,
@@ -492,6 +495,7 @@ where
         oddities: 0,
         starved: false,
         budget_blocked: false,
+        budget_epoch: 0,
         frames: VecDeque::new(),
         frames_len: 0,
         front_started: false,
@@ -681,6 +685,7 @@ impl Conn<'_> {
         loop {
             self.stage_control();
             let budget = ctx.budget.clone();
+            let budget_epoch = self.budget_epoch;
             let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG;
             // Biased, in this order: a ready read, then a ready write, then
             // the rest; the tick last. Random choice let the tick win over a
@@ -782,7 +787,7 @@ impl Conn<'_> {
                         return end;
                     }
                 }
-                _ = budget.resumed(), if self.budget_blocked => {
+                _ = budget.resumed_since(budget_epoch), if self.budget_blocked => {
                     self.budget_blocked = false;
                     if let Err(end) = self.exchange(Vec::new(), true).await {
                         return end;
@@ -1337,6 +1342,14 @@ impl Conn<'_> {
     /// found nothing.
     async fn exchange(&mut self, blocks: Vec<(Block, Bytes)>, force: bool) -> Result<(), End> {
         let ctx = self.ctx;
+        // The budget resumed but the select has not polled its wake-up yet
+        // (while blocks keep arriving the read branch wins the biased
+        // select): this is that wake-up, or the pipe drains before it runs.
+        let resumed = self.budget_blocked && ctx.budget.epoch() != self.budget_epoch;
+        if resumed {
+            self.budget_blocked = false;
+        }
+        let force = force || resumed;
         let mut want = if self.starved && !force {
             0
         } else {
@@ -1351,8 +1364,24 @@ impl Conn<'_> {
             } else {
                 // Ask for less rather than nothing: a deep pipeline may not
                 // fit in a small budget at once.
-                while want > 0 && !ctx.budget.try_reserve(want as u64 * u64::from(BLOCK_SIZE)) {
+                let asked = want;
+                let epoch = ctx.budget.epoch();
+                let mut by_limit = false;
+                while want > 0 {
+                    match ctx.budget.reserve(want as u64 * u64::from(BLOCK_SIZE)) {
+                        Ok(()) => break,
+                        Err(Refused::Limit) => by_limit = true,
+                        Err(_) => {}
+                    }
                     want /= 2;
+                }
+                // `asked > 0` says the remote unchokes us and the pipeline
+                // has slots; cut by the effective limit (not by the backlog
+                // of unwritten blocks) to less than half the pipeline, the
+                // limit starves this peer, so it should grow.
+                let out = self.session.outstanding();
+                if by_limit && (out + want) * 2 < out + asked {
+                    ctx.budget.starving();
                 }
                 if want > 0 {
                     reserved = want as u64 * u64::from(BLOCK_SIZE);
@@ -1363,6 +1392,7 @@ impl Conn<'_> {
                     want = self.session.wanted();
                     partial_only = true;
                     self.budget_blocked = true;
+                    self.budget_epoch = epoch;
                 }
             }
         }
@@ -1402,8 +1432,11 @@ impl Conn<'_> {
             self.release_blocks(&requests);
             return Err(End::protocol(v));
         }
-        if want > 0 && requests.is_empty() {
-            self.starved = true;
+        // A pick that found blocks ends the starvation: left set, the peer
+        // would ask again only on wake-ups and ticks (after a partial-only
+        // pick found nothing, a 250 ms stop-and-go at every budget pause).
+        if want > 0 {
+            self.starved = requests.is_empty();
         }
         let now = Instant::now();
         for b in &requests {

@@ -220,7 +220,13 @@ impl Conn<'_> {
     pub(super) fn start_read(&mut self, r: wire::BlockRef) -> bool {
         let ctx = self.ctx;
         let piece_len = ctx.storage.layout().piece_len(r.index).unwrap_or(0) as u32;
-        let (begin, length) = if ctx.budget.try_reserve(u64::from(piece_len)) {
+        let reserved = ctx.budget.reserve(u64::from(piece_len));
+        if reserved == Err(crate::budget::Refused::Limit) {
+            // Read-ahead refused by the effective limit: block-sized reads
+            // cost a pread each, so the limit should grow.
+            ctx.budget.starving();
+        }
+        let (begin, length) = if reserved.is_ok() {
             (0, piece_len)
         } else {
             // One block per connection at a time is bounded by the

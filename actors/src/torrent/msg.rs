@@ -76,6 +76,8 @@ pub struct TorrentStats {
     pub budget_in_use: u64,
     /// Highest buffer budget use seen, process-wide, in bytes.
     pub budget_peak: u64,
+    /// Highest effective limit of the buffer budget set, process-wide.
+    pub budget_limit_peak: u64,
     /// Bytes of the selected files.
     pub wanted_bytes: u64,
     /// Bytes of the selected files verified and on disk.
