@@ -419,6 +419,9 @@ struct Conn<'a> {
     starved: bool,
     /// Waiting for the budget to resume.
     budget_blocked: bool,
+    /// Bytes read that the download limits have not granted yet: no
+    /// further read until they have.
+    down_wait: Option<ratelimit::Wait>,
     /// Frames waiting for the socket, oldest first (control messages go
     /// before the blocks, behind any frame already partly written).
     frames: VecDeque<Frame>,
@@ -491,6 +494,7 @@ where
         oddities: 0,
         starved: false,
         budget_blocked: false,
+        down_wait: None,
         frames: VecDeque::new(),
         frames_len: 0,
         front_started: false,
@@ -509,6 +513,7 @@ where
             reported_up: 0,
             last_status: now,
             status_interested: false,
+            throttled: None,
         },
         their_ut_metadata: None,
         their_ut_pex: None,
@@ -667,7 +672,8 @@ impl Conn<'_> {
         loop {
             self.stage_control();
             let budget = ctx.budget.clone();
-            let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG;
+            let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG
+                && self.down_wait.is_none();
             // Biased, in this order: a ready read, then a ready write, then
             // the rest; the tick last. Random choice let the tick win over a
             // pending write, and the tick's exchange then waited on the
@@ -678,7 +684,7 @@ impl Conn<'_> {
                 read = reader.read_buf(&mut buf), if can_read => {
                     match read {
                         Ok(0) => return End::network("closed by the peer"),
-                        Ok(n) => ratelimit::take(&ctx.down_limits, n).await,
+                        Ok(n) => self.down_wait = ratelimit::grant(&ctx.down_limits, n),
                         Err(e) => return End::network(format!("read: {e}")),
                     }
                     let now = Instant::now();
@@ -747,6 +753,15 @@ impl Conn<'_> {
                         return end;
                     }
                     if let Err(end) = self.pump().await {
+                        return end;
+                    }
+                }
+                _ = ratelimit::granted(self.down_wait.as_mut()), if self.down_wait.is_some() => {
+                    self.down_wait = None;
+                }
+                _ = ratelimit::granted(self.up.throttled.as_mut().map(|t| &mut t.wait)),
+                    if self.up.throttled.is_some() => {
+                    if let Err(end) = self.throttle_done().await {
                         return end;
                     }
                 }
@@ -883,6 +898,9 @@ impl Conn<'_> {
                     self.up.am_choking = choke;
                     if choke {
                         Message::Choke.encode(&mut self.out);
+                        if let Some(t) = self.up.throttled.take() {
+                            self.up.queue.push_front(t.req);
+                        }
                         // BEP 6: with the fast extension a choke does not
                         // cancel requests by itself; reject each one.
                         for (r, _) in self.up.queue.drain(..) {
@@ -996,7 +1014,9 @@ impl Conn<'_> {
             }
             Message::Cancel(r) => {
                 // Unknown cancels (already served, never asked) are harmless.
-                if let Some(pos) = self.up.queue.iter().position(|q| q.0 == r) {
+                if self.up.throttled.as_ref().is_some_and(|t| t.req.0 == r) {
+                    self.up.throttled = None;
+                } else if let Some(pos) = self.up.queue.iter().position(|q| q.0 == r) {
                     self.up.queue.remove(pos);
                 }
             }
