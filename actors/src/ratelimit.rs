@@ -5,8 +5,11 @@
 //! a watch of the current limiter, so the process-wide ones can change while
 //! the peers run (the daemon's `session-set`).
 
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use governor::{Quota, RateLimiter};
 use tokio::sync::watch;
@@ -85,6 +88,40 @@ pub async fn take(limits: &[LimitCell], bytes: usize) {
     }
 }
 
+/// A grant still being waited for: the peer loop polls it as one branch of
+/// its `select!`, beside reads, writes and its tick, so a limited direction
+/// does not stop the other or the tick (which reports the rate the choker
+/// ranks by).
+pub type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Whether every limit in `limits` is currently unlimited.
+pub fn unlimited(limits: &[LimitCell]) -> bool {
+    limits.iter().all(|c| c.borrow().is_none())
+}
+
+/// Takes `bytes` from every limit in `limits`: `None` when granted at once
+/// (always, when unlimited: no allocation then), else the wait for the rest.
+pub fn grant(limits: &[LimitCell], bytes: usize) -> Option<Wait> {
+    if unlimited(limits) {
+        return None;
+    }
+    let limits = limits.to_vec();
+    let mut wait: Wait = Box::pin(async move { take(&limits, bytes).await });
+    // One poll takes what is there now; the loop's poll registers its waker.
+    match wait.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(()) => None,
+        Poll::Pending => Some(wait),
+    }
+}
+
+/// Completes when `wait` does; never when it is `None`.
+pub async fn granted(wait: Option<&mut Wait>) {
+    match wait {
+        Some(w) => w.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +153,26 @@ mod tests {
             .await
             .expect("released by the new limit")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn grant_is_immediate_within_the_burst_and_a_wait_beyond_it() {
+        let (_tx, none) = cell(None);
+        assert!(
+            grant(std::slice::from_ref(&none), 1 << 30).is_none(),
+            "unlimited"
+        );
+        let (tx, rx) = cell(Some(1));
+        let limits = std::slice::from_ref(&rx);
+        assert!(
+            grant(limits, CHUNK as usize).is_none(),
+            "the burst is there"
+        );
+        let mut wait = grant(limits, CHUNK as usize);
+        assert!(wait.is_some(), "1 byte/s cannot refill a chunk at once");
+        tx.send_replace(None);
+        tokio::time::timeout(std::time::Duration::from_secs(10), granted(wait.as_mut()))
+            .await
+            .expect("a lifted limit releases the wait");
     }
 }

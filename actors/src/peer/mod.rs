@@ -423,6 +423,9 @@ struct Conn<'a> {
     /// The budget's resume count taken before the refusal that set
     /// `budget_blocked`.
     budget_epoch: u64,
+    /// Bytes read that the download limits have not granted yet: no
+    /// further read until they have.
+    down_wait: Option<ratelimit::Wait>,
     /// Frames waiting for the socket, oldest first (control messages go
     /// before the blocks, behind any frame already partly written).
     frames: VecDeque<Frame>,
@@ -496,6 +499,7 @@ where
         starved: false,
         budget_blocked: false,
         budget_epoch: 0,
+        down_wait: None,
         frames: VecDeque::new(),
         frames_len: 0,
         front_started: false,
@@ -514,6 +518,7 @@ where
             reported_up: 0,
             last_status: now,
             status_interested: false,
+            throttled: None,
         },
         their_ut_metadata: None,
         their_ut_pex: None,
@@ -686,7 +691,8 @@ impl Conn<'_> {
             self.stage_control();
             let budget = ctx.budget.clone();
             let budget_epoch = self.budget_epoch;
-            let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG;
+            let can_read = self.frames_len < ctx.config.max_send_queue + CONTROL_BACKLOG
+                && self.down_wait.is_none();
             // Biased, in this order: a ready read, then a ready write, then
             // the rest; the tick last. Random choice let the tick win over a
             // pending write, and the tick's exchange then waited on the
@@ -704,7 +710,6 @@ impl Conn<'_> {
                     let mut turn = 0;
                     let mut ended = None;
                     loop {
-                        ratelimit::take(&ctx.down_limits, n).await;
                         let now = Instant::now();
                         self.session.received(now);
                         let decoded = self.decode(&mut buf, &mut spare, &limits, now, &mut blocks);
@@ -713,12 +718,16 @@ impl Conn<'_> {
                             return end;
                         }
                         turn += n;
+                        // Under a download limit the next read waits for
+                        // these bytes' grant, as a branch of the loop.
+                        self.down_wait = ratelimit::grant(&ctx.down_limits, n);
                         // A read fills at most a chunk; when more is waiting
                         // (tokio polls the socket again only after a read
                         // that filled its room, so asking costs no syscall
                         // otherwise), read it too: up to `read_buffer` bytes
                         // go to the torrent in one exchange, one wake-up.
-                        if turn >= ctx.config.read_buffer
+                        if self.down_wait.is_some()
+                            || turn >= ctx.config.read_buffer
                             || self.frames_len >= ctx.config.max_send_queue + CONTROL_BACKLOG
                         {
                             break;
@@ -784,6 +793,15 @@ impl Conn<'_> {
                         return end;
                     }
                     if let Err(end) = self.pump().await {
+                        return end;
+                    }
+                }
+                _ = ratelimit::granted(self.down_wait.as_mut()), if self.down_wait.is_some() => {
+                    self.down_wait = None;
+                }
+                _ = ratelimit::granted(self.up.throttled.as_mut().map(|t| &mut t.wait)),
+                    if self.up.throttled.is_some() => {
+                    if let Err(end) = self.throttle_done().await {
                         return end;
                     }
                 }
@@ -920,6 +938,9 @@ impl Conn<'_> {
                     self.up.am_choking = choke;
                     if choke {
                         Message::Choke.encode(&mut self.out);
+                        if let Some(t) = self.up.throttled.take() {
+                            self.up.queue.push_front(t.req);
+                        }
                         // BEP 6: with the fast extension a choke does not
                         // cancel requests by itself; reject each one.
                         for (r, _) in self.up.queue.drain(..) {
@@ -1033,7 +1054,9 @@ impl Conn<'_> {
             }
             Message::Cancel(r) => {
                 // Unknown cancels (already served, never asked) are harmless.
-                if let Some(pos) = self.up.queue.iter().position(|q| q.0 == r) {
+                if self.up.throttled.as_ref().is_some_and(|t| t.req.0 == r) {
+                    self.up.throttled = None;
+                } else if let Some(pos) = self.up.queue.iter().position(|q| q.0 == r) {
                     self.up.queue.remove(pos);
                 }
             }

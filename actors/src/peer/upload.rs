@@ -44,6 +44,16 @@ pub(super) struct Upload {
     pub(super) reported_up: u64,
     pub(super) last_status: Instant,
     pub(super) status_interested: bool,
+    /// The next block, taken off `queue` and waiting for the upload limits;
+    /// nothing behind it is served until it is.
+    pub(super) throttled: Option<Throttled>,
+}
+
+/// A block waiting for the upload limits to grant its bytes.
+pub(super) struct Throttled {
+    pub(super) req: (wire::BlockRef, Instant),
+    pub(super) data: Bytes,
+    pub(super) wait: ratelimit::Wait,
 }
 
 /// Whether a read-ahead cache entry `(piece, begin, data)` holds all of `r`.
@@ -132,7 +142,10 @@ impl Conn<'_> {
     /// into memory.
     pub(super) async fn pump(&mut self) -> Result<(), End> {
         let ctx = self.ctx;
-        while let Some(&(r, asked)) = self.up.queue.front() {
+        while self.up.throttled.is_none() {
+            let Some(&(r, asked)) = self.up.queue.front() else {
+                break;
+            };
             if self.up.am_choking || self.frames_len >= ctx.config.max_send_queue {
                 break;
             }
@@ -146,23 +159,47 @@ impl Conn<'_> {
                 break;
             };
             self.up.queue.pop_front();
-            ratelimit::take(&ctx.up_limits, data.len()).await;
-            // Requests were checked against `max_upload_block` on arrival.
-            let Some(header) = wire::piece_header(r.index, r.begin, r.length) else {
-                return Err(End::protocol(format!(
-                    "unframable block length {}",
-                    r.length
-                )));
-            };
-            self.push_frame(Frame {
-                head: Bytes::copy_from_slice(&header),
-                data,
-                asked: Some(asked),
-            });
-            self.up.bytes_up += u64::from(r.length);
-            self.up.meter.record(Instant::now(), u64::from(r.length));
+            // Under a limit the wait is a branch of the peer loop, not an
+            // await here: the tick (rate reports, timeouts) and the other
+            // direction go on meanwhile.
+            if let Some(wait) = ratelimit::grant(&ctx.up_limits, data.len()) {
+                self.up.throttled = Some(Throttled {
+                    req: (r, asked),
+                    data,
+                    wait,
+                });
+                break;
+            }
+            self.serve(r, asked, data)?;
         }
         self.prefetch();
+        Ok(())
+    }
+
+    /// The throttled block's bytes were granted: it goes to the socket.
+    pub(super) async fn throttle_done(&mut self) -> Result<(), End> {
+        if let Some(t) = self.up.throttled.take() {
+            self.serve(t.req.0, t.req.1, t.data)?;
+        }
+        self.pump().await
+    }
+
+    /// Queues block `r`'s frame (the data is not copied).
+    fn serve(&mut self, r: wire::BlockRef, asked: Instant, data: Bytes) -> Result<(), End> {
+        // Requests were checked against `max_upload_block` on arrival.
+        let Some(header) = wire::piece_header(r.index, r.begin, r.length) else {
+            return Err(End::protocol(format!(
+                "unframable block length {}",
+                r.length
+            )));
+        };
+        self.push_frame(Frame {
+            head: Bytes::copy_from_slice(&header),
+            data,
+            asked: Some(asked),
+        });
+        self.up.bytes_up += u64::from(r.length);
+        self.up.meter.record(Instant::now(), u64::from(r.length));
         Ok(())
     }
 
