@@ -17,6 +17,9 @@
 //! write. The `select!` is biased: a ready read first, then a ready
 //! write, then commands and disk reads, the tick last, so a timer never
 //! runs (and waits on the torrent) ahead of frames that could go out.
+//! Rate limits are waited for in arms of that `select!` too (a throttled
+//! block, bytes read but not yet granted), never inside an arm, so a
+//! limited direction stops neither the other nor the tick.
 //! What waits to be written is bounded: block frames by
 //! `max_send_queue` (the upload side stops framing there), control
 //! messages by [`CONTROL_BACKLOG`] (reading pauses until the remote takes
