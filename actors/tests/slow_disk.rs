@@ -16,7 +16,7 @@ use actors::budget::BudgetConfig;
 use actors::config::ClientConfig;
 use actors::picker::Strategy;
 use actors::session::Session;
-use actors::torrent::{Target, TorrentParams, TorrentState};
+use actors::torrent::{Target, TorrentParams, TorrentState, TorrentStats};
 use bytes::{Bytes, BytesMut};
 use protocol::bencode::Bencode;
 use protocol::metainfo::Metainfo;
@@ -24,6 +24,7 @@ use protocol::wire::{self, Decoded, Handshake, Limits, Message};
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 const PIECE: usize = 256 * 1024;
 
@@ -121,24 +122,102 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// A seeded random payload of `total` bytes named `name`, its torrent, and
+/// three scripted seeds on loopback that count the bytes asked of them.
+struct Swarm {
+    name: &'static str,
+    payload: Arc<Vec<u8>>,
+    meta: Arc<Metainfo>,
+    asked: Arc<AtomicU64>,
+    peers: Vec<SocketAddr>,
+    dir: tempfile::TempDir,
+}
+
+impl Swarm {
+    async fn start(name: &'static str, total: usize, rng_seed: u64) -> Swarm {
+        let mut payload = vec![0u8; total];
+        rand::rngs::StdRng::seed_from_u64(rng_seed).fill_bytes(&mut payload);
+        let payload = Arc::new(payload);
+        let meta = Arc::new(Metainfo::from_bytes(&torrent(name, &payload)).unwrap());
+        let asked = Arc::new(AtomicU64::new(0));
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            peers.push(l.local_addr().unwrap());
+            tokio::spawn(seed(l, meta.info_hash.0, payload.clone(), asked.clone()));
+        }
+        Swarm {
+            name,
+            payload,
+            meta,
+            asked,
+            peers,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The download of the payload into the swarm's directory.
+    fn params(&self) -> TorrentParams {
+        TorrentParams {
+            meta: self.meta.clone(),
+            target: Target::Directory(self.dir.path().to_path_buf()),
+            resume_file: self.dir.path().join(format!("{}.resume", self.name)),
+            peers: self.peers.clone(),
+            strategy: Strategy::RarestFirst,
+            seed: false,
+            upload_limit: None,
+            download_limit: None,
+            priorities: None,
+            dht: None,
+        }
+    }
+
+    /// Bytes the seeds were asked for.
+    fn asked(&self) -> u64 {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    fn assert_downloaded(&self) {
+        let got = std::fs::read(self.dir.path().join(self.name)).unwrap();
+        assert!(got == *self.payload, "downloaded file differs");
+    }
+}
+
+/// Calls `sample` every 10 ms until the torrent is complete (at most
+/// 120 s); a torrent error fails the test.
+async fn until_complete(stats: &watch::Receiver<TorrentStats>, mut sample: impl FnMut()) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        sample();
+        let state = stats.borrow().state.clone();
+        match state {
+            TorrentState::Complete => return,
+            TorrentState::Error(e) => panic!("download failed: {e}"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "download did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Bytes the session's writers have written.
+fn written(session: &Session) -> u64 {
+    session
+        .writer_stats()
+        .iter()
+        .map(|(_, s)| s.bytes_written)
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_disk_pauses_requests_and_memory_stays_flat() {
     let _serial = SERIAL.lock().await;
     const TOTAL: usize = 64 << 20;
     const BUDGET: u64 = 2 << 20;
-    let mut payload = vec![0u8; TOTAL];
-    rand::rngs::StdRng::seed_from_u64(6).fill_bytes(&mut payload);
-    let payload = Arc::new(payload);
-    let dir = tempfile::tempdir().unwrap();
-    let meta = Arc::new(Metainfo::from_bytes(&torrent("slow.bin", &payload)).unwrap());
-
-    let asked = Arc::new(AtomicU64::new(0));
-    let mut peers: Vec<SocketAddr> = Vec::new();
-    for _ in 0..3 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        peers.push(l.local_addr().unwrap());
-        tokio::spawn(seed(l, meta.info_hash.0, payload.clone(), asked.clone()));
-    }
+    let swarm = Swarm::start("slow.bin", TOTAL, 6).await;
 
     let mut config = ClientConfig {
         budget: BudgetConfig {
@@ -151,51 +230,21 @@ async fn slow_disk_pauses_requests_and_memory_stays_flat() {
     config.disk.writer.max_bytes_per_sec = Some(16 << 20);
     let session = Session::start(config).unwrap();
     let rss_before = rss_bytes();
-    let handle = session
-        .add_torrent(TorrentParams {
-            meta: meta.clone(),
-            target: Target::Directory(dir.path().to_path_buf()),
-            resume_file: dir.path().join("slow.resume"),
-            peers,
-            strategy: Strategy::RarestFirst,
-            seed: false,
-            upload_limit: None,
-            download_limit: None,
-            priorities: None,
-            dht: None,
-        })
-        .await
-        .unwrap();
+    let handle = session.add_torrent(swarm.params()).await.unwrap();
     let stats = handle.stats();
 
     let mut max_ahead = 0u64;
     let mut max_rss = rss_before;
     let mut samples = 0u32;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    until_complete(&stats, || {
         // Requested first, written second: the difference can only be
         // overestimated by the order, never hidden.
-        let requested = asked.load(Ordering::SeqCst);
-        let written: u64 = session
-            .writer_stats()
-            .iter()
-            .map(|(_, s)| s.bytes_written)
-            .sum();
-        max_ahead = max_ahead.max(requested.saturating_sub(written));
+        let requested = swarm.asked();
+        max_ahead = max_ahead.max(requested.saturating_sub(written(&session)));
         max_rss = max_rss.max(rss_bytes());
         samples += 1;
-        let state = stats.borrow().state.clone();
-        match state {
-            TorrentState::Complete => break,
-            TorrentState::Error(e) => panic!("download failed: {e}"),
-            _ => {}
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "download did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     let peak = session.budget().peak();
     session.shutdown().await;
 
@@ -203,8 +252,7 @@ async fn slow_disk_pauses_requests_and_memory_stays_flat() {
         "samples {samples}, max ahead {max_ahead}, budget peak {peak}, rss growth {} KiB",
         max_rss.saturating_sub(rss_before) >> 10
     );
-    let got = std::fs::read(dir.path().join("slow.bin")).unwrap();
-    assert!(got == *payload, "downloaded file differs");
+    swarm.assert_downloaded();
     assert!(samples > 50, "too few samples ({samples}) to say anything");
     assert!(
         max_ahead <= BUDGET,
@@ -237,18 +285,7 @@ async fn effective_budget_grows_when_starved_and_shrinks_when_idle() {
     const TOTAL: usize = 32 << 20;
     const CAPACITY: u64 = 16 << 20;
     const FLOOR: u64 = 256 << 10;
-    let mut payload = vec![0u8; TOTAL];
-    rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut payload);
-    let payload = Arc::new(payload);
-    let dir = tempfile::tempdir().unwrap();
-    let meta = Arc::new(Metainfo::from_bytes(&torrent("grow.bin", &payload)).unwrap());
-    let asked = Arc::new(AtomicU64::new(0));
-    let mut peers: Vec<SocketAddr> = Vec::new();
-    for _ in 0..3 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        peers.push(l.local_addr().unwrap());
-        tokio::spawn(seed(l, meta.info_hash.0, payload.clone(), asked.clone()));
-    }
+    let swarm = Swarm::start("grow.bin", TOTAL, 7).await;
     let config = ClientConfig {
         budget: BudgetConfig {
             capacity: CAPACITY,
@@ -259,38 +296,13 @@ async fn effective_budget_grows_when_starved_and_shrinks_when_idle() {
     };
     let session = Session::start(config).unwrap();
     assert_eq!(session.budget().limit(), FLOOR, "starts at the floor");
-    let handle = session
-        .add_torrent(TorrentParams {
-            meta: meta.clone(),
-            target: Target::Directory(dir.path().to_path_buf()),
-            resume_file: dir.path().join("grow.resume"),
-            peers,
-            strategy: Strategy::RarestFirst,
-            seed: false,
-            upload_limit: None,
-            download_limit: None,
-            priorities: None,
-            dht: None,
-        })
-        .await
-        .unwrap();
+    let handle = session.add_torrent(swarm.params()).await.unwrap();
     let stats = handle.stats();
     let mut max_limit = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    until_complete(&stats, || {
         max_limit = max_limit.max(session.budget().limit());
-        let state = stats.borrow().state.clone();
-        match state {
-            TorrentState::Complete => break,
-            TorrentState::Error(e) => panic!("download failed: {e}"),
-            _ => {}
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "download did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     let grown = max_limit.max(session.budget().limit_peak());
     // Idle: from at most 16 MiB to 256 KiB is 6 halvings of a second each.
     let idle_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -302,8 +314,7 @@ async fn effective_budget_grows_when_starved_and_shrinks_when_idle() {
     session.shutdown().await;
     eprintln!("limit grew to {grown}, back to {after}, budget peak {peak}");
 
-    let got = std::fs::read(dir.path().join("grow.bin")).unwrap();
-    assert!(got == *payload, "downloaded file differs");
+    swarm.assert_downloaded();
     assert!(
         grown >= 2 * FLOOR,
         "the limit never grew above the floor ({grown})"
@@ -327,18 +338,7 @@ async fn slow_disk_does_not_grow_the_effective_limit() {
     // a limit that grew on every 100 ms tick of the 2 s download would
     // reach the 256 MiB capacity.
     const BOUND: u64 = 2 * 3 * (4 << 20);
-    let mut payload = vec![0u8; TOTAL];
-    rand::rngs::StdRng::seed_from_u64(8).fill_bytes(&mut payload);
-    let payload = Arc::new(payload);
-    let dir = tempfile::tempdir().unwrap();
-    let meta = Arc::new(Metainfo::from_bytes(&torrent("slowgrow.bin", &payload)).unwrap());
-    let asked = Arc::new(AtomicU64::new(0));
-    let mut peers: Vec<SocketAddr> = Vec::new();
-    for _ in 0..3 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        peers.push(l.local_addr().unwrap());
-        tokio::spawn(seed(l, meta.info_hash.0, payload.clone(), asked.clone()));
-    }
+    let swarm = Swarm::start("slowgrow.bin", TOTAL, 8).await;
     let mut config = ClientConfig {
         budget: BudgetConfig {
             floor: FLOOR,
@@ -349,54 +349,23 @@ async fn slow_disk_does_not_grow_the_effective_limit() {
     };
     config.disk.writer.max_bytes_per_sec = Some(16 << 20);
     let session = Session::start(config).unwrap();
-    let handle = session
-        .add_torrent(TorrentParams {
-            meta: meta.clone(),
-            target: Target::Directory(dir.path().to_path_buf()),
-            resume_file: dir.path().join("slowgrow.resume"),
-            peers,
-            strategy: Strategy::RarestFirst,
-            seed: false,
-            upload_limit: None,
-            download_limit: None,
-            priorities: None,
-            dht: None,
-        })
-        .await
-        .unwrap();
+    let handle = session.add_torrent(swarm.params()).await.unwrap();
     let stats = handle.stats();
     let mut max_ahead = 0u64;
     let mut samples = 0u32;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let requested = asked.load(Ordering::SeqCst);
-        let written: u64 = session
-            .writer_stats()
-            .iter()
-            .map(|(_, s)| s.bytes_written)
-            .sum();
-        max_ahead = max_ahead.max(requested.saturating_sub(written));
+    until_complete(&stats, || {
+        let requested = swarm.asked();
+        max_ahead = max_ahead.max(requested.saturating_sub(written(&session)));
         samples += 1;
-        let state = stats.borrow().state.clone();
-        match state {
-            TorrentState::Complete => break,
-            TorrentState::Error(e) => panic!("download failed: {e}"),
-            _ => {}
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "download did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     let limit_peak = session.budget().limit_peak();
     let peak = session.budget().peak();
     session.shutdown().await;
     eprintln!(
         "samples {samples}, max ahead {max_ahead}, budget peak {peak}, limit peak {limit_peak}"
     );
-    let got = std::fs::read(dir.path().join("slowgrow.bin")).unwrap();
-    assert!(got == *payload, "downloaded file differs");
+    swarm.assert_downloaded();
     assert!(samples > 50, "too few samples ({samples}) to say anything");
     assert!(
         limit_peak <= BOUND,
