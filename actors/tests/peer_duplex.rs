@@ -70,6 +70,40 @@ fn answer(reply: tokio::sync::oneshot::Sender<ExchangeReply>, requests: Vec<Bloc
     });
 }
 
+/// A peer's context on a scripted torrent: no limits, no extensions but
+/// the protocol's own, nothing of ours to serve.
+fn context(
+    id: PeerId,
+    our_id: [u8; 20],
+    meta: &Metainfo,
+    storage: Storage,
+    torrent: mpsc::Sender<TorrentMsg>,
+    budget: &Arc<BufferBudget>,
+    config: Arc<ClientConfig>,
+) -> PeerContext {
+    let pieces = meta.info.piece_count();
+    PeerContext {
+        id,
+        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+        info_hash: meta.info_hash.0,
+        our_id,
+        piece_count: pieces,
+        have: Bitfield::new(pieces),
+        torrent,
+        budget: budget.clone(),
+        config,
+        cancel: CancellationToken::new(),
+        storage,
+        up_limits: Vec::new(),
+        down_limits: Vec::new(),
+        conn: Default::default(),
+        metadata: None,
+        pex: false,
+        dht: None,
+        listen: None,
+    }
+}
+
 #[tokio::test]
 async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     let meta = meta(2);
@@ -83,26 +117,15 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     .unwrap();
     let (torrent_tx, mut torrent_rx) = mpsc::channel(16);
     let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
-    let ctx = PeerContext {
-        id: PeerId(7),
-        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-        info_hash: meta.info_hash.0,
-        our_id: *b"-AR0001-duplextest00",
-        piece_count: 2,
-        have: Bitfield::new(2),
-        torrent: torrent_tx,
-        budget: budget.clone(),
-        config: Arc::new(ClientConfig::default()),
-        cancel: CancellationToken::new(),
+    let ctx = context(
+        PeerId(7),
+        *b"-AR0001-duplextest00",
+        &meta,
         storage,
-        up_limits: Vec::new(),
-        down_limits: Vec::new(),
-        conn: Default::default(),
-        metadata: None,
-        pex: false,
-        dht: None,
-        listen: None,
-    };
+        torrent_tx,
+        &budget,
+        Arc::new(ClientConfig::default()),
+    );
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
 
@@ -227,26 +250,15 @@ async fn blocks_ready_together_go_to_the_torrent_a_read_buffer_per_exchange() {
     let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
     let config = ClientConfig::default();
     assert_eq!(config.read_buffer, 256 * 1024, "the sizes below assume it");
-    let ctx = PeerContext {
-        id: PeerId(8),
-        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-        info_hash: meta.info_hash.0,
-        our_id: *b"-AR0001-duplextest01",
-        piece_count: BLOCKS / 2,
-        have: Bitfield::new(BLOCKS / 2),
-        torrent: torrent_tx,
-        budget: budget.clone(),
-        config: Arc::new(config),
-        cancel: CancellationToken::new(),
+    let ctx = context(
+        PeerId(8),
+        *b"-AR0001-duplextest01",
+        &meta,
         storage,
-        up_limits: Vec::new(),
-        down_limits: Vec::new(),
-        conn: Default::default(),
-        metadata: None,
-        pex: false,
-        dht: None,
-        listen: None,
-    };
+        torrent_tx,
+        &budget,
+        Arc::new(config),
+    );
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
     let mut hs = [0u8; Handshake::LEN];
