@@ -374,6 +374,7 @@ fn sync_loop(s: &WriterShared) {
         if result.is_err() {
             s.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
+        drop(targets);
         done.finish(result);
     }
 }
@@ -478,7 +479,10 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
     drop(bufs);
     for (item, err) in batch.drain(..).zip(failed) {
         let done = match item {
-            WriterItem::Write { done, .. } => {
+            // The chunks (and their targets) go before the reply: once a
+            // caller hears back, the writer holds nothing of its storage.
+            WriterItem::Write { chunks, done } => {
+                drop(chunks);
                 if err.is_none() {
                     s.counters.jobs_written.fetch_add(1, Ordering::Relaxed);
                 }
@@ -487,7 +491,8 @@ fn process_batch(s: &WriterShared, batch: &mut Vec<WriterItem>) {
             // After the batch's writes: the sync covers everything queued
             // before it. Waiting for room here is rare (8 syncs behind).
             WriterItem::Sync { targets, done } => {
-                if let Err((_, done)) = s.syncs.push((targets, done)) {
+                if let Err((targets, done)) = s.syncs.push((targets, done)) {
+                    drop(targets);
                     s.counters.errors.fetch_add(1, Ordering::Relaxed);
                     done.finish(Err(StorageError::Closed));
                 }
