@@ -656,7 +656,11 @@ impl BufferBudget {
         }
         self.limit.store(limit, Ordering::Release);
         self.limit_peak.fetch_max(limit, Ordering::Relaxed);
-        if self.wake_if_room() {
+        // A grown limit wakes every waiter, not only those refused over the
+        // watermark: under a limit smaller than a block (a `floor` under
+        // 16 KiB) the watermark is 0 and a peer refused with nothing in the
+        // network set no flag.
+        if self.wake_if_room() || limit > before {
             self.notify();
         }
     }
@@ -1214,6 +1218,22 @@ mod tests {
         assert_eq!(b.reserve(BLOCK), Ok(()));
         b.release(84 * K + BLOCK);
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn a_limit_under_a_block_wakes_the_refused_when_it_grows() {
+        const K: u64 = 1024;
+        // A 1 KiB floor: its watermark is 0, so a block refused with nothing
+        // in the network sets no waiting flag; the growth must wake it.
+        let config = adaptive(10_000 * K, K);
+        let b = BufferBudget::new(config).unwrap();
+        let mut g = Governor::new(config);
+        let epoch = b.epoch();
+        assert_eq!(b.reserve(BLOCK), Err(Refused::Limit), "16 K > 1 K");
+        b.starving();
+        b.tick(&mut g);
+        assert!(b.limit() > K, "starved: the limit grew");
+        assert_ne!(b.epoch(), epoch, "the growth woke the refused peer");
     }
 
     #[test]
