@@ -331,3 +331,129 @@ async fn blocks_ready_together_go_to_the_torrent_a_read_buffer_per_exchange() {
     // Unrequested, each took its own budget, which travelled with it.
     assert_eq!(budget.in_use(), u64::from(BLOCKS) * 16384);
 }
+
+/// Under a download limit the bytes the remote already sent wait unread in
+/// the socket until the limit grants them: that is not the remote being
+/// late, so none of its requests times out meanwhile (the tick runs during
+/// the wait, the limit being a `select!` arm of its own).
+#[tokio::test]
+async fn requests_do_not_time_out_while_the_download_limit_holds_the_reads() {
+    // 384 KiB: the 256 KiB burst, then a read the 16 KiB/s limit holds
+    // for 4 s, twice the 2 s floor of the request timeout.
+    const BLOCKS: u32 = 24;
+    let meta = meta(BLOCKS as usize / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_info(
+        &DiskIo::new(DiskIoConfig::default()),
+        &meta.info,
+        dir.path(),
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let (torrent_tx, mut torrent_rx) = mpsc::channel(16);
+    let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
+    let mut ctx = context(
+        PeerId(9),
+        *b"-AR0001-duplextest02",
+        &meta,
+        storage,
+        torrent_tx,
+        &budget,
+        Arc::new(ClientConfig::default()),
+    );
+    ctx.down_limits = vec![actors::ratelimit::fixed(16 * 1024)];
+    let (local, remote) = tokio::io::duplex(1 << 20);
+    let task = tokio::spawn(peer::run(local, None, ctx));
+
+    // The remote: handshake, have-all, unchoke, then every request answered
+    // at once.
+    let info_hash = meta.info_hash.0;
+    let remote_task = tokio::spawn(async move {
+        let (mut rd, mut wr) = tokio::io::split(remote);
+        let mut hs = [0u8; Handshake::LEN];
+        rd.read_exact(&mut hs).await.unwrap();
+        let mut mine = Handshake::new([0; 8], info_hash, *b"-SCRIPT-remote000002");
+        mine.set_fast(true);
+        let mut out = BytesMut::new();
+        mine.encode(&mut out);
+        Message::HaveAll.encode(&mut out);
+        Message::Unchoke.encode(&mut out);
+        wr.write_all(&out).await.unwrap();
+        let limits = Limits {
+            piece_count: Some(BLOCKS / 2),
+            ..Limits::default()
+        };
+        let mut buf = BytesMut::new();
+        loop {
+            while let Ok(Decoded::Complete(m)) = wire::decode_message(&mut buf, &limits) {
+                if let Message::Request(r) = m {
+                    out.clear();
+                    Message::Piece {
+                        index: r.index,
+                        begin: r.begin,
+                        data: Bytes::from(vec![r.index as u8; r.length as usize]),
+                    }
+                    .encode(&mut out);
+                    wr.write_all(&out).await.unwrap();
+                }
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+
+    let mut to_ask: Vec<Block> = (0..BLOCKS)
+        .rev()
+        .map(|i| Block {
+            piece: i / 2,
+            begin: (i % 2) * 16384,
+            length: 16384,
+        })
+        .collect();
+    let mut got = 0u32;
+    let mut timed_out = 0usize;
+    let mut cmds = None; // held: a dropped sender would end the peer
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got < BLOCKS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{got} blocks in 60 s"
+        );
+        match next_event(&mut torrent_rx).await {
+            TorrentMsg::PeerConnected { cmds: c, .. } => {
+                c.try_send(PeerCmd::Interested(true)).unwrap();
+                cmds = Some(c);
+            }
+            TorrentMsg::Exchange {
+                blocks,
+                want,
+                reply,
+                ..
+            } => {
+                got += blocks.len() as u32;
+                for (b, data) in &blocks {
+                    assert_eq!(data.len(), 16384);
+                    assert!(data.iter().all(|&x| x == b.piece as u8));
+                }
+                let n = (want as usize).min(to_ask.len());
+                let asked = to_ask.split_off(to_ask.len() - n);
+                answer(reply, asked);
+            }
+            TorrentMsg::TimedOut { blocks, .. } => {
+                timed_out += blocks.len();
+                to_ask.extend(blocks);
+            }
+            TorrentMsg::PeerGone { reason, .. } => panic!("peer gone: {reason}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        timed_out, 0,
+        "requests timed out while our limit held the reads"
+    );
+    drop(cmds);
+    let _ = task.await;
+    remote_task.abort();
+}

@@ -819,10 +819,14 @@ impl Conn<'_> {
                     let now = Instant::now();
                     self.session.flush_metrics();
                     self.up.turnaround.flush_into(&metrics::SERVE_TURNAROUND_US);
-                    if self.session.inactive(now) {
+                    // While our download limit holds the next read, what
+                    // the remote sent sits unread in the socket: that is
+                    // neither its inactivity nor its requests' lateness.
+                    let held = self.down_wait.is_some();
+                    if !held && self.session.inactive(now) {
                         return End::network("inactive");
                     }
-                    let expired = self.session.expire(now);
+                    let expired = if held { Vec::new() } else { self.session.expire(now) };
                     if !expired.is_empty() {
                         debug!(count = expired.len(), "requests timed out");
                         self.release_blocks(&expired);
