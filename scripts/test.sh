@@ -49,6 +49,9 @@ disk "install"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Broken or private intra-doc links are errors too (module docs name the
+# items they own; a renamed item must not leave a dead link).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 disk "clippy"
 # Benchmarks are compiled (and linted) by clippy above; running them here
 # would spend minutes measuring, which is bench/'s job, not the tests'.

@@ -3,9 +3,10 @@
 //!
 //! A [`HashJob`] is a whole piece (its blocks as `Bytes`, exactly as they came
 //! off the socket) and the expected digest. Workers take jobs from one bounded
-//! [`WorkQueue`](crate::queue) and park when it is empty. The result goes back
-//! through the job's own reply closure, so the caller picks the channel (a
-//! tokio `mpsc::Sender::try_send`, a std `SyncSender` in tests).
+//! `WorkQueue` (the crate's `queue` module) and park when it is empty. The
+//! result goes back through the job's own reply closure, so the caller picks
+//! the channel (a tokio `mpsc::Sender::try_send`, a std `SyncSender` in
+//! tests).
 //!
 //! A successful check yields a [`VerifiedPiece`], the only type the disk
 //! writers accept: nothing unverified can be written.

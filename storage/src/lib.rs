@@ -21,7 +21,7 @@
 //! opening, preallocation, syscalls), `queue` (the mailbox), [`hash`],
 //! [`writer`], [`reader`], [`pool`] (reused read buffers), [`storage`] (a
 //! torrent's opened files and the device registry), [`resume`],
-//! [`recheck`], [`error`].
+//! [`recheck`](mod@recheck), [`error`].
 
 pub mod error;
 mod fdcache;

@@ -22,7 +22,7 @@
 //! limited direction stops neither the other nor the tick.
 //! What waits to be written is bounded: block frames by
 //! `max_send_queue` (the upload side stops framing there), control
-//! messages by [`CONTROL_BACKLOG`] (reading pauses until the remote takes
+//! messages by `CONTROL_BACKLOG` (reading pauses until the remote takes
 //! them).
 //!
 //! Budget: before asking for `n` blocks the peer reserves `n` full blocks in
