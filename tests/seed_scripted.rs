@@ -346,13 +346,7 @@ fn memory_stays_bounded_under_floods() {
         during >> 20,
         peak >> 20
     );
-    assert!(peak > 0, "no VmHWM read for pid {}", seed.pid());
-    assert!(
-        peak < BOUND,
-        "seed peak RSS {} MiB exceeds {} MiB",
-        peak >> 20,
-        BOUND >> 20
-    );
+    seed.assert_peak_rss_under(BOUND);
     seed.stop(STEP);
 }
 
@@ -405,13 +399,7 @@ fn tiny_blocks_of_many_pieces_pin_no_more_than_the_budget() {
         "seed VmHWM {} MiB with {BLOCKS} tiny blocks unread",
         peak >> 20
     );
-    assert!(peak > 0, "no VmHWM read for pid {}", seed.pid());
-    assert!(
-        peak < BOUND,
-        "seed peak RSS {} MiB exceeds {} MiB",
-        peak >> 20,
-        BOUND >> 20
-    );
+    seed.assert_peak_rss_under(BOUND);
     l.wait_for(FETCH, "the tiny blocks", |p| p.good_blocks >= BLOCKS)
         .unwrap_or_else(|e| {
             seed.fail(&format!(

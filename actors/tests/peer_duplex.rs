@@ -18,7 +18,7 @@ use protocol::bencode::Bencode;
 use protocol::metainfo::Metainfo;
 use protocol::wire::{self, BlockRef, Decoded, Handshake, Limits, Message};
 use storage::{DiskIo, DiskIoConfig, Storage, StorageConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -70,20 +70,34 @@ fn answer(reply: tokio::sync::oneshot::Sender<ExchangeReply>, requests: Vec<Bloc
     });
 }
 
-/// A peer's context on a scripted torrent: no limits, no extensions but
+/// One test's torrent side: metadata of `pieces` pieces, its storage in a
+/// temporary directory, the torrent's mailbox and the buffer budget.
+struct Fixture {
+    meta: Metainfo,
+    _dir: tempfile::TempDir,
+    torrent_rx: mpsc::Receiver<TorrentMsg>,
+    budget: Arc<BufferBudget>,
+}
+
+/// A fixture and peer `n`'s context on it: no limits, no extensions but
 /// the protocol's own, nothing of ours to serve.
-fn context(
-    id: PeerId,
-    our_id: [u8; 20],
-    meta: &Metainfo,
-    storage: Storage,
-    torrent: mpsc::Sender<TorrentMsg>,
-    budget: &Arc<BufferBudget>,
-    config: Arc<ClientConfig>,
-) -> PeerContext {
+fn fixture(pieces: usize, n: u64, config: ClientConfig) -> (Fixture, PeerContext) {
+    let meta = meta(pieces);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_info(
+        &DiskIo::new(DiskIoConfig::default()),
+        &meta.info,
+        dir.path(),
+        &StorageConfig::default(),
+    )
+    .unwrap();
+    let (torrent, torrent_rx) = mpsc::channel(16);
+    let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
+    let mut our_id = *b"-AR0001-duplextest00";
+    our_id[18..].copy_from_slice(format!("{:02}", n % 100).as_bytes());
     let pieces = meta.info.piece_count();
-    PeerContext {
-        id,
+    let ctx = PeerContext {
+        id: PeerId(n),
         addr: SocketAddr::from(([127, 0, 0, 1], 1)),
         info_hash: meta.info_hash.0,
         our_id,
@@ -91,7 +105,7 @@ fn context(
         have: Bitfield::new(pieces),
         torrent,
         budget: budget.clone(),
-        config,
+        config: Arc::new(config),
         cancel: CancellationToken::new(),
         storage,
         up_limits: Vec::new(),
@@ -101,47 +115,61 @@ fn context(
         pex: false,
         dht: None,
         listen: None,
+    };
+    let f = Fixture {
+        meta,
+        _dir: dir,
+        torrent_rx,
+        budget,
+    };
+    (f, ctx)
+}
+
+/// The remote's half of the handshake: reads ours (returned) and answers
+/// with a fast-extension handshake and then `after` (have-all, unchoke).
+async fn remote_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    remote: &mut S,
+    info_hash: [u8; 20],
+    peer_id: &[u8; 20],
+    after: &[Message],
+) -> [u8; Handshake::LEN] {
+    let mut hs = [0u8; Handshake::LEN];
+    remote.read_exact(&mut hs).await.unwrap();
+    let mut mine = Handshake::new([0; 8], info_hash, *peer_id);
+    mine.set_fast(true);
+    let mut out = BytesMut::new();
+    mine.encode(&mut out);
+    for m in after {
+        m.encode(&mut out);
     }
+    remote.write_all(&out).await.unwrap();
+    hs
 }
 
 #[tokio::test]
 async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
-    let meta = meta(2);
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open_info(
-        &DiskIo::new(DiskIoConfig::default()),
-        &meta.info,
-        dir.path(),
-        &StorageConfig::default(),
-    )
-    .unwrap();
-    let (torrent_tx, mut torrent_rx) = mpsc::channel(16);
-    let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
-    let ctx = context(
-        PeerId(7),
-        *b"-AR0001-duplextest00",
-        &meta,
-        storage,
-        torrent_tx,
-        &budget,
-        Arc::new(ClientConfig::default()),
-    );
+    let (f, ctx) = fixture(2, 7, ClientConfig::default());
+    let Fixture {
+        meta,
+        _dir,
+        mut torrent_rx,
+        budget,
+    } = f;
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
 
     // The handshake: ours carries the extension and fast bits.
-    let mut hs = [0u8; Handshake::LEN];
-    remote.read_exact(&mut hs).await.unwrap();
+    let hs = remote_handshake(
+        &mut remote,
+        meta.info_hash.0,
+        b"-SCRIPT-remote000000",
+        &[Message::HaveAll, Message::Unchoke],
+    )
+    .await;
     let theirs = Handshake::decode(&hs).unwrap().complete().unwrap();
     assert!(theirs.supports_fast() && theirs.supports_extended());
     assert_eq!(theirs.info_hash, meta.info_hash.0);
-    let mut mine = Handshake::new([0; 8], meta.info_hash.0, *b"-SCRIPT-remote000000");
-    mine.set_fast(true);
     let mut out = BytesMut::new();
-    mine.encode(&mut out);
-    Message::HaveAll.encode(&mut out);
-    Message::Unchoke.encode(&mut out);
-    remote.write_all(&out).await.unwrap();
 
     let cmds = match next_event(&mut torrent_rx).await {
         TorrentMsg::PeerConnected { id, cmds, .. } => {
@@ -237,38 +265,26 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
 #[tokio::test]
 async fn blocks_ready_together_go_to_the_torrent_a_read_buffer_per_exchange() {
     const BLOCKS: u32 = 48; // 768 KiB: three exchanges' worth, 9 reads'
-    let meta = meta(BLOCKS as usize / 2);
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open_info(
-        &DiskIo::new(DiskIoConfig::default()),
-        &meta.info,
-        dir.path(),
-        &StorageConfig::default(),
-    )
-    .unwrap();
-    let (torrent_tx, mut torrent_rx) = mpsc::channel(16);
-    let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
     let config = ClientConfig::default();
     assert_eq!(config.read_buffer, 256 * 1024, "the sizes below assume it");
-    let ctx = context(
-        PeerId(8),
-        *b"-AR0001-duplextest01",
-        &meta,
-        storage,
-        torrent_tx,
-        &budget,
-        Arc::new(config),
-    );
+    let (f, ctx) = fixture(BLOCKS as usize / 2, 8, config);
+    let Fixture {
+        meta,
+        _dir,
+        mut torrent_rx,
+        budget,
+    } = f;
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
-    let mut hs = [0u8; Handshake::LEN];
-    remote.read_exact(&mut hs).await.unwrap();
-    let mut mine = Handshake::new([0; 8], meta.info_hash.0, *b"-SCRIPT-remote000001");
-    mine.set_fast(true);
+    let info_hash = meta.info_hash.0;
+    remote_handshake(
+        &mut remote,
+        info_hash,
+        b"-SCRIPT-remote000001",
+        &[Message::HaveAll],
+    )
+    .await;
     let mut out = BytesMut::new();
-    mine.encode(&mut out);
-    Message::HaveAll.encode(&mut out);
-    remote.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
     assert_eq!(next_msg(&mut remote, &mut buf).await, Message::HaveNone);
 
@@ -341,26 +357,13 @@ async fn requests_do_not_time_out_while_the_download_limit_holds_the_reads() {
     // 384 KiB: the 256 KiB burst, then a read the 16 KiB/s limit holds
     // for 4 s, twice the 2 s floor of the request timeout.
     const BLOCKS: u32 = 24;
-    let meta = meta(BLOCKS as usize / 2);
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open_info(
-        &DiskIo::new(DiskIoConfig::default()),
-        &meta.info,
-        dir.path(),
-        &StorageConfig::default(),
-    )
-    .unwrap();
-    let (torrent_tx, mut torrent_rx) = mpsc::channel(16);
-    let budget = Arc::new(BufferBudget::new(BudgetConfig::default()).unwrap());
-    let mut ctx = context(
-        PeerId(9),
-        *b"-AR0001-duplextest02",
-        &meta,
-        storage,
-        torrent_tx,
-        &budget,
-        Arc::new(ClientConfig::default()),
-    );
+    let (f, mut ctx) = fixture(BLOCKS as usize / 2, 9, ClientConfig::default());
+    let Fixture {
+        meta,
+        _dir,
+        mut torrent_rx,
+        ..
+    } = f;
     ctx.down_limits = vec![actors::ratelimit::fixed(16 * 1024)];
     let (local, remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
@@ -369,16 +372,11 @@ async fn requests_do_not_time_out_while_the_download_limit_holds_the_reads() {
     // at once.
     let info_hash = meta.info_hash.0;
     let remote_task = tokio::spawn(async move {
+        let mut remote = remote;
+        let after = [Message::HaveAll, Message::Unchoke];
+        remote_handshake(&mut remote, info_hash, b"-SCRIPT-remote000002", &after).await;
         let (mut rd, mut wr) = tokio::io::split(remote);
-        let mut hs = [0u8; Handshake::LEN];
-        rd.read_exact(&mut hs).await.unwrap();
-        let mut mine = Handshake::new([0; 8], info_hash, *b"-SCRIPT-remote000002");
-        mine.set_fast(true);
         let mut out = BytesMut::new();
-        mine.encode(&mut out);
-        Message::HaveAll.encode(&mut out);
-        Message::Unchoke.encode(&mut out);
-        wr.write_all(&out).await.unwrap();
         let limits = Limits {
             piece_count: Some(BLOCKS / 2),
             ..Limits::default()

@@ -83,11 +83,8 @@ fn raw_info_writes_at_hex_offsets() {
     let image = dir.path().join("img");
     let io = DiskIo::new(DiskIoConfig::default());
     let st = Storage::open_info_raw(&io, &info, &image, &StorageConfig::default()).unwrap();
-    let layout = st.layout().clone();
     let all = Bytes::from(all);
-    for p in 0..layout.piece_count() {
-        st.write_blocking(verified(&layout, &all, p)).unwrap();
-    }
+    write_in_order(&st, &all);
     let img = std::fs::read(&image).unwrap();
     assert_eq!(&img[0x10000..0x10000 + 20_000], &all[..20_000]);
     assert_eq!(&img[..20_000], &all[20_000..]);

@@ -21,22 +21,6 @@ fn fds_below(dir: &Path) -> usize {
         .count()
 }
 
-fn write_all(st: &Storage, all: &Bytes, seed: u64) {
-    let layout = st.layout().clone();
-    let (tx, rx) = sync_channel(layout.piece_count() as usize);
-    for p in shuffled(layout.piece_count(), seed) {
-        let tx = tx.clone();
-        st.write(WriteJob {
-            piece: verified(&layout, all, p),
-            reply: Box::new(move |d| tx.send(d).unwrap()),
-        })
-        .unwrap();
-    }
-    for _ in 0..layout.piece_count() {
-        rx.recv().unwrap().result.unwrap();
-    }
-}
-
 #[test]
 fn many_files_stay_under_the_cap_and_reopen_intact() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,7 +54,7 @@ fn many_files_stay_under_the_cap_and_reopen_intact() {
         torrents.push((st, files, all));
     }
     for (i, (st, _, all)) in torrents.iter().enumerate() {
-        write_all(st, all, i as u64);
+        write_shuffled(st, all, i as u64);
         assert!(fds_below(&root) <= cap, "{} open", fds_below(&root));
     }
     // Every byte is where it belongs, on disk and read back through the

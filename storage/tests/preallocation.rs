@@ -7,11 +7,10 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
 use common::*;
-use storage::{DiskIo, DiskIoConfig, FileSpec, Preallocation, Storage, StorageConfig, WriteJob};
+use storage::{DiskIo, DiskIoConfig, FileSpec, Preallocation, Storage, StorageConfig};
 
 const LEN: u64 = 4 << 20;
 const PIECE: u32 = 256 * 1024;
@@ -51,19 +50,7 @@ fn open(io: &DiskIo, root: &Path, mode: Preallocation) -> (Storage, u64) {
 
 fn write_all_and_check(st: &Storage, root: &Path) {
     let all = Bytes::from(data(LEN as usize, 3));
-    let layout = st.layout().clone();
-    let (tx, rx) = sync_channel(layout.piece_count() as usize);
-    for p in shuffled(layout.piece_count(), 5) {
-        let tx = tx.clone();
-        st.write(WriteJob {
-            piece: verified(&layout, &all, p),
-            reply: Box::new(move |d| tx.send(d).unwrap()),
-        })
-        .unwrap();
-    }
-    for _ in 0..layout.piece_count() {
-        rx.recv().unwrap().result.unwrap();
-    }
+    write_shuffled(st, &all, 5);
     let on_disk = std::fs::read(root.join("t").join("f.bin")).unwrap();
     assert!(on_disk == all[..], "the file holds the pieces written");
 }

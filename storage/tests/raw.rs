@@ -149,10 +149,7 @@ fn block_device_target_bounds_extents() {
         &StorageConfig::default(),
     )
     .unwrap();
-    let layout = st.layout().clone();
-    for p in 0..layout.piece_count() {
-        st.write_blocking(verified(&layout, &all, p)).unwrap();
-    }
+    write_in_order(&st, &all);
     st.sync_blocking().unwrap();
     drop(st);
     drop(_guard);

@@ -21,9 +21,7 @@ fn setup(dir: &std::path::Path) -> (Storage, Bytes, Vec<[u8; 20]>) {
     let io = DiskIo::new(DiskIoConfig::default());
     let st = Storage::open_files(&io, dir, files, 16 * 1024, &StorageConfig::default()).unwrap();
     let layout = st.layout().clone();
-    for p in 0..layout.piece_count() {
-        st.write_blocking(verified(&layout, &all, p)).unwrap();
-    }
+    write_in_order(&st, &all);
     let h = hashes(&layout, &all);
     (st, all, h)
 }

@@ -54,19 +54,7 @@ fn out_of_order_pieces_multi_file_read_back() {
     .unwrap();
     let layout = st.layout().clone();
     assert!(dir.path().join("t/empty").is_file());
-    let (tx, rx) = sync_channel(layout.piece_count() as usize);
-    for p in shuffled(layout.piece_count(), 7) {
-        let tx = tx.clone();
-        st.write(WriteJob {
-            piece: verified(&layout, &all, p),
-            reply: Box::new(move |d| tx.send(d).unwrap()),
-        })
-        .unwrap();
-    }
-    for _ in 0..layout.piece_count() {
-        let d = rx.recv().unwrap();
-        d.result.unwrap();
-    }
+    write_shuffled(&st, &all, 7);
     assert_eq!(read_all(dir.path(), &files), &all[..]);
     // Reads through the storage agree, across file boundaries too.
     let b = st.read_blocking(1, 30_000, 16_384).unwrap();
@@ -217,10 +205,7 @@ fn reader_pool_serves_blocks() {
     let io = io_with(WriterConfig::default());
     let st =
         Storage::open_files(&io, dir.path(), files, 32_768, &StorageConfig::default()).unwrap();
-    let layout = st.layout().clone();
-    for p in 0..layout.piece_count() {
-        st.write_blocking(verified(&layout, &all, p)).unwrap();
-    }
+    write_in_order(&st, &all);
     let (tx, rx) = sync_channel(16);
     for (piece, begin, length) in [(0u32, 0u32, 16_384u32), (1, 16_384, 16_384), (3, 0, 1_696)] {
         let tx = tx.clone();
@@ -304,10 +289,7 @@ fn read_buffers_are_reused_and_never_show_an_earlier_read() {
         &StorageConfig::default(),
     )
     .unwrap();
-    let layout = st.layout().clone();
-    for p in 0..layout.piece_count() {
-        st.write_blocking(verified(&layout, &all, p)).unwrap();
-    }
+    write_in_order(&st, &all);
     st.sync_blocking().unwrap();
     let start = io.read_pool_stats();
     let piece = |p: usize| &all[p * pl..((p + 1) * pl).min(all.len())];

@@ -311,6 +311,19 @@ impl Actorrent {
         proc_status_kib(self.pid(), "VmHWM:") * 1024
     }
 
+    /// Asserts the peak resident set (VmHWM) was read and is under `bound`
+    /// bytes.
+    pub fn assert_peak_rss_under(&self, bound: u64) {
+        let peak = self.vm_hwm();
+        assert!(peak > 0, "no VmHWM read for pid {}", self.pid());
+        assert!(
+            peak < bound,
+            "peak RSS {} MiB exceeds {} MiB",
+            peak >> 20,
+            bound >> 20
+        );
+    }
+
     /// User + system CPU time so far, in clock ticks (from /proc/<pid>/stat).
     pub fn cpu_ticks(&self) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))

@@ -1,9 +1,11 @@
 //! Helpers shared by the storage integration tests: deterministic data,
-//! pieces cut into 16 KiB blocks, and their hashes.
+//! pieces cut into 16 KiB blocks, their hashes, and writing them all.
 #![allow(dead_code)]
 
+use std::sync::mpsc::sync_channel;
+
 use bytes::Bytes;
-use storage::{Layout, VerifiedPiece, sha1_of};
+use storage::{Layout, Storage, VerifiedPiece, WriteJob, sha1_of};
 
 pub const BLOCK: usize = 16 * 1024;
 
@@ -53,4 +55,30 @@ pub fn shuffled(n: u32, seed: u64) -> Vec<u32> {
         v.swap(i, k);
     }
     v
+}
+
+/// Queues every piece of `all` to the writer in a shuffled order (`seed`)
+/// and waits until each is written.
+pub fn write_shuffled(st: &Storage, all: &Bytes, seed: u64) {
+    let layout = st.layout().clone();
+    let (tx, rx) = sync_channel(layout.piece_count() as usize);
+    for p in shuffled(layout.piece_count(), seed) {
+        let tx = tx.clone();
+        st.write(WriteJob {
+            piece: verified(&layout, all, p),
+            reply: Box::new(move |d| tx.send(d).unwrap()),
+        })
+        .unwrap();
+    }
+    for _ in 0..layout.piece_count() {
+        rx.recv().unwrap().result.unwrap();
+    }
+}
+
+/// Writes every piece of `all` in order, each call waiting for its write.
+pub fn write_in_order(st: &Storage, all: &Bytes) {
+    let layout = st.layout().clone();
+    for p in 0..layout.piece_count() {
+        st.write_blocking(verified(&layout, all, p)).unwrap();
+    }
 }
