@@ -148,30 +148,24 @@ async fn remote_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 
 #[tokio::test]
 async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
-    let (f, ctx) = fixture(2, 7, ClientConfig::default());
-    let Fixture {
-        meta,
-        _dir,
-        mut torrent_rx,
-        budget,
-    } = f;
+    let (mut f, ctx) = fixture(2, 7, ClientConfig::default());
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
 
     // The handshake: ours carries the extension and fast bits.
     let hs = remote_handshake(
         &mut remote,
-        meta.info_hash.0,
+        f.meta.info_hash.0,
         b"-SCRIPT-remote000000",
         &[Message::HaveAll, Message::Unchoke],
     )
     .await;
     let theirs = Handshake::decode(&hs).unwrap().complete().unwrap();
     assert!(theirs.supports_fast() && theirs.supports_extended());
-    assert_eq!(theirs.info_hash, meta.info_hash.0);
+    assert_eq!(theirs.info_hash, f.meta.info_hash.0);
     let mut out = BytesMut::new();
 
-    let cmds = match next_event(&mut torrent_rx).await {
+    let cmds = match next_event(&mut f.torrent_rx).await {
         TorrentMsg::PeerConnected { id, cmds, .. } => {
             assert_eq!(id, PeerId(7));
             cmds
@@ -179,7 +173,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
         other => panic!("expected PeerConnected, got {other:?}"),
     };
     assert!(matches!(
-        next_event(&mut torrent_rx).await,
+        next_event(&mut f.torrent_rx).await,
         TorrentMsg::HaveAll { id: PeerId(7) }
     ));
     // We have nothing: the peer says so with have-none (both sides fast).
@@ -195,7 +189,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
         length: 16384,
     };
     loop {
-        match next_event(&mut torrent_rx).await {
+        match next_event(&mut f.torrent_rx).await {
             TorrentMsg::Exchange { want, reply, .. } if want > 0 => {
                 answer(reply, vec![block]);
                 break;
@@ -213,7 +207,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
             length: 16384
         })
     );
-    assert!(budget.in_use() >= 16384, "the request holds budget");
+    assert!(f.budget.in_use() >= 16384, "the request holds budget");
 
     // The remote answers; the block reaches the torrent unchanged.
     let data = Bytes::from((0..16384u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
@@ -226,7 +220,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     .encode(&mut out);
     remote.write_all(&out).await.unwrap();
     loop {
-        match next_event(&mut torrent_rx).await {
+        match next_event(&mut f.torrent_rx).await {
             TorrentMsg::Exchange { blocks, reply, .. } if !blocks.is_empty() => {
                 assert_eq!(blocks.len(), 1);
                 assert_eq!(blocks[0].0, block);
@@ -244,7 +238,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     remote.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
     remote.write_all(&[7]).await.unwrap();
     let gone = loop {
-        match next_event(&mut torrent_rx).await {
+        match next_event(&mut f.torrent_rx).await {
             TorrentMsg::PeerGone { fault, reason, .. } => break (fault, reason),
             TorrentMsg::Exchange { reply, .. } => answer(reply, Vec::new()),
             _ => {}
@@ -254,7 +248,7 @@ async fn peer_requests_what_the_torrent_hands_out_and_drops_a_bad_frame() {
     task.await.unwrap();
     // The block's budget travelled to the (fake) torrent, which holds it;
     // nothing else is left reserved by the peer.
-    assert_eq!(budget.in_use(), 16384);
+    assert_eq!(f.budget.in_use(), 16384);
 }
 
 /// What one socket read cannot hold (a read fills a quarter of
@@ -267,19 +261,12 @@ async fn blocks_ready_together_go_to_the_torrent_a_read_buffer_per_exchange() {
     const BLOCKS: u32 = 48; // 768 KiB: three exchanges' worth, 9 reads'
     let config = ClientConfig::default();
     assert_eq!(config.read_buffer, 256 * 1024, "the sizes below assume it");
-    let (f, ctx) = fixture(BLOCKS as usize / 2, 8, config);
-    let Fixture {
-        meta,
-        _dir,
-        mut torrent_rx,
-        budget,
-    } = f;
+    let (mut f, ctx) = fixture(BLOCKS as usize / 2, 8, config);
     let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
-    let info_hash = meta.info_hash.0;
     remote_handshake(
         &mut remote,
-        info_hash,
+        f.meta.info_hash.0,
         b"-SCRIPT-remote000001",
         &[Message::HaveAll],
     )
@@ -305,7 +292,7 @@ async fn blocks_ready_together_go_to_the_torrent_a_read_buffer_per_exchange() {
     let mut exchanges = Vec::new();
     let mut _cmds = None; // held: a dropped sender would end the peer
     let gone = loop {
-        match next_event(&mut torrent_rx).await {
+        match next_event(&mut f.torrent_rx).await {
             TorrentMsg::PeerConnected { cmds, .. } => _cmds = Some(cmds),
             TorrentMsg::Exchange { blocks, reply, .. } => {
                 if !blocks.is_empty() {
@@ -345,7 +332,7 @@ async fn blocks_ready_together_go_to_the_torrent_a_read_buffer_per_exchange() {
         assert_eq!(*data, payload(i));
     }
     // Unrequested, each took its own budget, which travelled with it.
-    assert_eq!(budget.in_use(), u64::from(BLOCKS) * 16384);
+    assert_eq!(f.budget.in_use(), u64::from(BLOCKS) * 16384);
 }
 
 /// Under a download limit the bytes the remote already sent wait unread in
@@ -357,22 +344,15 @@ async fn requests_do_not_time_out_while_the_download_limit_holds_the_reads() {
     // 384 KiB: the 256 KiB burst, then a read the 16 KiB/s limit holds
     // for 4 s, twice the 2 s floor of the request timeout.
     const BLOCKS: u32 = 24;
-    let (f, mut ctx) = fixture(BLOCKS as usize / 2, 9, ClientConfig::default());
-    let Fixture {
-        meta,
-        _dir,
-        mut torrent_rx,
-        ..
-    } = f;
+    let (mut f, mut ctx) = fixture(BLOCKS as usize / 2, 9, ClientConfig::default());
     ctx.down_limits = vec![actors::ratelimit::fixed(16 * 1024)];
-    let (local, remote) = tokio::io::duplex(1 << 20);
+    let (local, mut remote) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(peer::run(local, None, ctx));
 
     // The remote: handshake, have-all, unchoke, then every request answered
     // at once.
-    let info_hash = meta.info_hash.0;
+    let info_hash = f.meta.info_hash.0;
     let remote_task = tokio::spawn(async move {
-        let mut remote = remote;
         let after = [Message::HaveAll, Message::Unchoke];
         remote_handshake(&mut remote, info_hash, b"-SCRIPT-remote000002", &after).await;
         let (mut rd, mut wr) = tokio::io::split(remote);
@@ -419,7 +399,7 @@ async fn requests_do_not_time_out_while_the_download_limit_holds_the_reads() {
             tokio::time::Instant::now() < deadline,
             "{got} blocks in 60 s"
         );
-        match next_event(&mut torrent_rx).await {
+        match next_event(&mut f.torrent_rx).await {
             TorrentMsg::PeerConnected { cmds: c, .. } => {
                 c.try_send(PeerCmd::Interested(true)).unwrap();
                 cmds = Some(c);
