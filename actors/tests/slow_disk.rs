@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use actors::budget::BudgetConfig;
 use actors::config::ClientConfig;
+use actors::mse_stream::Encryption;
 use actors::picker::Strategy;
+use actors::pipeline::PipelineConfig;
 use actors::session::Session;
 use actors::torrent::{Target, TorrentParams, TorrentState, TorrentStats};
 use bytes::{Bytes, BytesMut};
@@ -43,18 +45,20 @@ fn torrent(name: &str, payload: &[u8]) -> Vec<u8> {
     Bencode::Dict(top).encode()
 }
 
-/// Serves every request at once; counts the bytes requested of it.
+/// Serves every request, `delay` after the read that brought it (a link's
+/// round trip; zero for at once); counts the bytes requested of it.
 async fn seed(
     listener: TcpListener,
     info_hash: [u8; 20],
     payload: Arc<Vec<u8>>,
     asked: Arc<AtomicU64>,
+    delay: Duration,
 ) {
     while let Ok((sock, _)) = listener.accept().await {
         let payload = payload.clone();
         let asked = asked.clone();
         tokio::spawn(async move {
-            let _ = serve(sock, info_hash, payload, asked).await;
+            let _ = serve(sock, info_hash, payload, asked, delay).await;
         });
     }
 }
@@ -64,6 +68,7 @@ async fn serve(
     info_hash: [u8; 20],
     payload: Arc<Vec<u8>>,
     asked: Arc<AtomicU64>,
+    delay: Duration,
 ) -> std::io::Result<()> {
     let mut hs = [0u8; Handshake::LEN];
     sock.read_exact(&mut hs).await?;
@@ -102,9 +107,24 @@ async fn serve(
             }
         }
         if !out.is_empty() {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             sock.write_all(&out).await?;
             out.clear();
         }
+    }
+}
+
+/// The client's config for these seeds: plaintext, as they speak. Under the
+/// default `prefer` each connection would first try MSE, and a seed that
+/// answers it with a plain handshake (and no close) holds the attempt for
+/// the whole handshake timeout (10 s) before the plaintext retry; the
+/// download then ran in the last few ms of the test.
+fn plaintext() -> ClientConfig {
+    ClientConfig {
+        encryption: Encryption::Disable,
+        ..ClientConfig::default()
     }
 }
 
@@ -134,7 +154,7 @@ struct Swarm {
 }
 
 impl Swarm {
-    async fn start(name: &'static str, total: usize, rng_seed: u64) -> Swarm {
+    async fn start(name: &'static str, total: usize, rng_seed: u64, delay: Duration) -> Swarm {
         let mut payload = vec![0u8; total];
         rand::rngs::StdRng::seed_from_u64(rng_seed).fill_bytes(&mut payload);
         let payload = Arc::new(payload);
@@ -144,7 +164,13 @@ impl Swarm {
         for _ in 0..3 {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             peers.push(l.local_addr().unwrap());
-            tokio::spawn(seed(l, meta.info_hash.0, payload.clone(), asked.clone()));
+            tokio::spawn(seed(
+                l,
+                meta.info_hash.0,
+                payload.clone(),
+                asked.clone(),
+                delay,
+            ));
         }
         Swarm {
             name,
@@ -217,14 +243,14 @@ async fn slow_disk_pauses_requests_and_memory_stays_flat() {
     let _serial = SERIAL.lock().await;
     const TOTAL: usize = 64 << 20;
     const BUDGET: u64 = 2 << 20;
-    let swarm = Swarm::start("slow.bin", TOTAL, 6).await;
+    let swarm = Swarm::start("slow.bin", TOTAL, 6, Duration::ZERO).await;
 
     let mut config = ClientConfig {
         budget: BudgetConfig {
             capacity: BUDGET,
             ..BudgetConfig::default()
         },
-        ..ClientConfig::default()
+        ..plaintext()
     };
     // 16 MiB/s: the seeds deliver many times faster over loopback.
     config.disk.writer.max_bytes_per_sec = Some(16 << 20);
@@ -278,31 +304,44 @@ async fn slow_disk_pauses_requests_and_memory_stays_flat() {
 /// The effective limit follows the work: it starts at the floor, grows
 /// while the peers are starved by it (a fast disk, seeds answering at
 /// once, pipelines wanting more than the floor holds) and shrinks back to
-/// the floor once the download is done and nothing is requested.
+/// the floor once the download is done and nothing is requested. The
+/// seeds answer after 20 ms, so the limit (rate x latency) is what holds
+/// the download back and it lasts several 100 ms ticks (answering at once
+/// they finished 32 MiB within about one tick, and whether the limit grew
+/// was a race); the pipelines start and stay at least 32 deep, three
+/// seeds' worth 1.5 MiB against the 256 KiB floor (the default 4 deep,
+/// 12 blocks, would fit under the floor's 16 until they grew).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effective_budget_grows_when_starved_and_shrinks_when_idle() {
     let _serial = SERIAL.lock().await;
     const TOTAL: usize = 32 << 20;
     const CAPACITY: u64 = 16 << 20;
     const FLOOR: u64 = 256 << 10;
-    let swarm = Swarm::start("grow.bin", TOTAL, 7).await;
+    let swarm = Swarm::start("grow.bin", TOTAL, 7, Duration::from_millis(20)).await;
     let config = ClientConfig {
         budget: BudgetConfig {
             capacity: CAPACITY,
             floor: FLOOR,
             ..BudgetConfig::default()
         },
-        ..ClientConfig::default()
+        pipeline: PipelineConfig {
+            initial_depth: 32,
+            min_depth: 32,
+            ..PipelineConfig::default()
+        },
+        ..plaintext()
     };
     let session = Session::start(config).unwrap();
     assert_eq!(session.budget().limit(), FLOOR, "starts at the floor");
     let handle = session.add_torrent(swarm.params()).await.unwrap();
     let stats = handle.stats();
     let mut max_limit = 0u64;
+    let started = std::time::Instant::now();
     until_complete(&stats, || {
         max_limit = max_limit.max(session.budget().limit());
     })
     .await;
+    let took = started.elapsed();
     let grown = max_limit.max(session.budget().limit_peak());
     // Idle: from at most 16 MiB to 256 KiB is 6 halvings of a second each.
     let idle_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -312,7 +351,7 @@ async fn effective_budget_grows_when_starved_and_shrinks_when_idle() {
     let after = session.budget().limit();
     let peak = session.budget().peak();
     session.shutdown().await;
-    eprintln!("limit grew to {grown}, back to {after}, budget peak {peak}");
+    eprintln!("download {took:?}, limit grew to {grown}, back to {after}, budget peak {peak}");
 
     swarm.assert_downloaded();
     assert!(
@@ -338,14 +377,14 @@ async fn slow_disk_does_not_grow_the_effective_limit() {
     // a limit that grew on every 100 ms tick of the 2 s download would
     // reach the 256 MiB capacity.
     const BOUND: u64 = 2 * 3 * (4 << 20);
-    let swarm = Swarm::start("slowgrow.bin", TOTAL, 8).await;
+    let swarm = Swarm::start("slowgrow.bin", TOTAL, 8, Duration::ZERO).await;
     let mut config = ClientConfig {
         budget: BudgetConfig {
             floor: FLOOR,
             backlog: BACKLOG,
             ..BudgetConfig::default()
         },
-        ..ClientConfig::default()
+        ..plaintext()
     };
     config.disk.writer.max_bytes_per_sec = Some(16 << 20);
     let session = Session::start(config).unwrap();
